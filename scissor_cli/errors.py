@@ -1,0 +1,61 @@
+"""The one error seam. Core code raises these (``from e``); the CLI prints one line plus a hint and exits
+with the class's code. Standard library only."""
+
+from __future__ import annotations
+
+
+class ScissorError(Exception):
+    """Something the user can act on: ``message`` says what is wrong, ``hint`` what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OptionError(ScissorError):
+    """An option value out of range or contradictory (``--tau 2``, ``--retention`` with ``--tokens``)."""
+
+    exit_code = 2
+
+
+class ProfileError(ScissorError):
+    """A profile that cannot be found, parsed or validated."""
+
+    exit_code = 3
+
+
+class VideoError(ScissorError):
+    """A path that is not a readable video (missing, empty, corrupt, audio-only, ...)."""
+
+    exit_code = 4
+
+
+class ModelError(ScissorError):
+    """A checkpoint that cannot be found, downloaded or loaded."""
+
+    exit_code = 5
+
+
+class ManifestError(ScissorError):
+    """A batch manifest or output file that cannot be read or written."""
+
+    exit_code = 6
+
+
+# Documented in the README; the CLI also uses 130 for Ctrl-C.
+EXIT_CODES = {
+    "ok": 0,
+    "error (any other ScissorError; batch: some jobs failed)": ScissorError.exit_code,
+    "usage / option value": OptionError.exit_code,
+    "profile": ProfileError.exit_code,
+    "video": VideoError.exit_code,
+    "model": ModelError.exit_code,
+    "manifest / output file": ManifestError.exit_code,
+    "interrupted (Ctrl-C)": 130,
+}
