@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny random LLaVA-OneVision checkpoints, built once per test session (about 1 s each after
+the ~8 s transformers import), in both layouts. CLI and batch tests reuse them."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_checkpoint import build_tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory):
+    """A llava-hf layout checkpoint directory (Path)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llava-hf", layout="llava-hf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory):
+    """The same weights in the original LLaVA-NeXT / lmms-lab layout (``model_type: llava_qwen``) (Path)."""
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llava-next", layout="llava-next", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_zip_dir(tmp_path_factory):
+    """A LLaVA-Scissor baseline twin (``model_type: llava_qwen_zip``, ``mm_zip_tau`` 0.8, ``mm_zip_epsilon`` 0.1)."""
+    return build_tiny_checkpoint(
+        tmp_path_factory.mktemp("tiny") / "llava-zip", layout="llava-next", seed=0, zip_tau=0.8, zip_epsilon=0.1
+    )

@@ -1,0 +1,302 @@
+"""Tiny random LLaVA-OneVision checkpoints, built offline in about a second (no network, no torchvision).
+
+Two layouts of the *same* weights (for a given seed):
+
+* ``llava-hf``: what ``llava-hf/llava-onevision-*-hf`` holds (transformers ``save_pretrained`` names,
+  ``processor_config.json``, a tokenizer with ``<image>``/``<video>`` tokens and the llava-hf chat template).
+* ``llava-next``: the original LLaVA-NeXT / lmms-lab / LLaVA-Scissor layout (``model_type: llava_qwen`` or
+  ``llava_qwen_zip``, keys ``model.mm_projector.0.weight``, ``model.vision_tower.vision_tower.vision_model.*``,
+  ``model.layers.*``), no processor config, and a Qwen2 tokenizer that lacks ``<image>``/``<video>`` (as in some
+  of those checkpoints) with the Qwen2 chat template.
+
+Sizes: SigLIP 98 px / patch 14 -> an odd 7x7 grid (like the real 27x27) -> 16 pooled tokens per frame; vision
+hidden 64 with one head (the original layout carries no vision config, the loader infers head_dim 64 from shapes);
+Qwen2 hidden 64, 2 layers, vocab 400. ``initializer_range=0.3``: with 0.02 the random LM repeats one token, which
+would make greedy-equality tests vacuous.
+
+    python tests/tiny_checkpoint.py OUT_DIR [llava-hf|llava-next]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+IMAGE_SIZE, PATCH = 98, 14
+VOCAB_SIZE = 400
+MEDIA_TOKENS = ["<image>", "<video>"]
+BASE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "What is happening in this video?",
+    "Describe the video in detail.",
+    "A person is walking a dog in the park on a sunny day.",
+    "The cat jumps onto the table and knocks over a glass of water.",
+    "How many people appear in the clip? Answer with a number.",
+    "system user assistant You are a helpful assistant.",
+    "The car drives down the road, then turns left at the red light.",
+    "0 1 2 3 4 5 6 7 8 9 yes no red green blue",
+] * 4
+
+# llava-hf/llava-onevision-* processor chat template: a user turn [video, text] renders "<video>\n{text}".
+HF_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Qwen2-Instruct's template (string content only; a default system turn), as shipped by lmms-lab tokenizers.
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tokenizer(media_tokens: bool, chat_template: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = BASE_SPECIALS + (MEDIA_TOKENS if media_tokens else [])
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # byte-level: never <unk>
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=specials,  # ids 0..len-1, never split
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    extra = {"image_token": "<image>", "video_token": "<video>"} if media_tokens else {}
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        extra_special_tokens=extra,
+        model_max_length=32768,
+        padding_side="left",
+    )
+    hf_tok.chat_template = chat_template
+    return hf_tok
+
+
+def _hf_config():
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        vision_use_head=False,
+        initializer_range=0.3,
+    )
+    text = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,  # <|im_end|>
+        pad_token_id=0,  # <|endoftext|>
+        initializer_range=0.3,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_index=3,  # <image> in the llava-hf tokenizer
+        video_token_index=4,  # <video>
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=[[IMAGE_SIZE * a, IMAGE_SIZE * b] for a in (1, 2) for b in (1, 2)],
+        tie_word_embeddings=True,
+    )
+
+
+def _to_original_name(key: str) -> str | None:
+    """transformers 5.x in-memory name -> original LLaVA-NeXT name (None: not stored, i.e. the tied lm_head)."""
+    rules = [
+        ("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+        ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
+        ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
+        ("model.image_newline", "model.image_newline"),
+        ("model.language_model.", "model."),
+    ]
+    if key == "lm_head.weight":
+        return None
+    for old, new in rules:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    raise KeyError(f"no original name for {key}")
+
+
+def _original_config(hf_config, zip_tau: float | None, zip_epsilon: float | None) -> dict:
+    """A config.json like lmms-lab/llava-onevision-qwen2-*-ov (LlavaQwenConfig = Qwen2Config + mm_* fields)."""
+    t = hf_config.text_config
+    cfg = {
+        "_name_or_path": "lmms-lab/llava-onevision-qwen2-tiny-ov",
+        "architectures": ["LlavaQwenForCausalLM"],
+        "model_type": "llava_qwen",
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": t.hidden_size,
+        "intermediate_size": t.intermediate_size,
+        "num_hidden_layers": t.num_hidden_layers,
+        "num_attention_heads": t.num_attention_heads,
+        "num_key_value_heads": t.num_key_value_heads,
+        "max_position_embeddings": t.max_position_embeddings,
+        "max_window_layers": t.num_hidden_layers,
+        "rms_norm_eps": t.rms_norm_eps,
+        "rope_scaling": None,
+        "rope_theta": 1000000.0,
+        "sliding_window": 4096,
+        "use_sliding_window": False,
+        "tie_word_embeddings": True,
+        "vocab_size": t.vocab_size,
+        "initializer_range": 0.02,
+        "image_token_index": 151646,  # LLaVA-NeXT uses IMAGE_TOKEN_INDEX=-200 in code; this field is not a vocab id
+        "image_aspect_ratio": "anyres_max_9",
+        "image_crop_resolution": None,
+        "image_grid_pinpoints": [list(p) for p in hf_config.image_grid_pinpoints],
+        "image_split_resolution": None,
+        "mm_hidden_size": hf_config.vision_config.hidden_size,
+        "mm_newline_position": "one_token",
+        "mm_patch_merge_type": "spatial_unpad",
+        "mm_projector_lr": None,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_resampler_type": None,
+        "mm_spatial_pool_mode": "bilinear",
+        "mm_spatial_pool_stride": 2,
+        "mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model",
+        "mm_use_im_patch_token": False,
+        "mm_use_im_start_end": False,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_select_layer": -2,
+        "mm_vision_tower": "google/siglip-so400m-patch14-384",
+        "mm_vision_tower_lr": 2e-06,
+        "pos_skipping_range": 4096,
+        "tokenizer_model_max_length": 32768,
+        "tokenizer_padding_side": "right",
+        "torch_dtype": "float32",
+        "transformers_version": "4.40.0.dev0",
+        "use_cache": True,
+        "use_mm_proj": True,
+        "use_pos_skipping": False,
+        "vision_tower_pretrained": None,
+    }
+    if zip_tau is not None or zip_epsilon is not None:
+        # LLaVA-Scissor baseline checkpoints (HumanMLLM/LLaVA-Scissor): LlavaQwenZipConfig + SCC hyperparameters.
+        cfg["architectures"] = ["LlavaQwenZipForCausalLM"]
+        cfg["model_type"] = "llava_qwen_zip"
+        cfg["mm_zip_tau"] = 0.9 if zip_tau is None else zip_tau
+        cfg["mm_zip_epsilon"] = 0.05 if zip_epsilon is None else zip_epsilon
+    return cfg
+
+
+def build_tiny_checkpoint(
+    out_dir,
+    layout: str = "llava-hf",
+    seed: int = 0,
+    zip_tau: float | None = None,
+    zip_epsilon: float | None = None,
+) -> Path:
+    """Write a tiny random checkpoint into ``out_dir`` (replaced if it exists) and return its path.
+
+    The same ``seed`` gives the same weights in both layouts, so a llava-next directory is the original-layout
+    twin of the llava-hf one. ``zip_tau``/``zip_epsilon`` (llava-next only) make it a LLaVA-Scissor baseline
+    (``model_type: llava_qwen_zip`` with ``mm_zip_tau``/``mm_zip_epsilon``).
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    if layout not in ("llava-hf", "llava-next"):
+        raise ValueError(f"layout must be 'llava-hf' or 'llava-next', got {layout!r}")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+    config = _hf_config()
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+
+    if layout == "llava-hf":
+        model.save_pretrained(out)
+        tok = _tokenizer(media_tokens=True, chat_template=HF_CHAT_TEMPLATE)
+        tok.save_pretrained(out)
+        norm = {
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+            "resample": 3,
+            "rescale_factor": 1 / 255,
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        }
+        # transformers 5.x nests the image/video processor configs in processor_config.json; written by hand
+        # because LlavaOnevisionProcessor cannot be built without torchvision.
+        proc = {
+            "processor_class": "LlavaOnevisionProcessor",
+            "image_processor": {
+                **norm,
+                "do_pad": True,
+                "image_grid_pinpoints": config.image_grid_pinpoints,
+                "image_processor_type": "LlavaOnevisionImageProcessor",
+            },
+            "video_processor": {
+                **norm,
+                "do_sample_frames": False,
+                "return_metadata": False,
+                "video_processor_type": "LlavaOnevisionVideoProcessor",
+            },
+            "image_token": "<image>",
+            "video_token": "<video>",
+            "num_image_tokens": (IMAGE_SIZE // PATCH) ** 2,
+            "vision_aspect_ratio": "anyres_max_9",
+            "vision_feature_select_strategy": "full",
+        }
+        (out / "processor_config.json").write_text(json.dumps(proc, indent=2))
+        return out
+
+    state = {}
+    for key, value in model.state_dict().items():
+        name = _to_original_name(key)
+        if name is not None:
+            state[name] = value.detach().clone().contiguous()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = _original_config(config, zip_tau, zip_epsilon)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 0, "eos_token_id": [2, 0], "pad_token_id": 0}, indent=2)
+    )
+    tok = _tokenizer(media_tokens=False, chat_template=QWEN2_CHAT_TEMPLATE)
+    tok.save_pretrained(out)
+    return out
+
+
+if __name__ == "__main__":
+    path = build_tiny_checkpoint(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "llava-hf")
+    print(path, sorted(p.name for p in path.iterdir()))
