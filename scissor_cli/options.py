@@ -115,8 +115,12 @@ def _finite(x: Any) -> bool:
 def validate(p: Profile) -> Profile:
     """Check every value; return the profile unchanged or raise ``OptionError`` naming the dotted key."""
     s, c, g, m = p.sampling, p.compression, p.generation, p.model
-    _check(isinstance(s.n_frames, int) and not isinstance(s.n_frames, bool) and 1 <= s.n_frames <= 4096,
-           "sampling.n_frames", s.n_frames, "an integer from 1 to 4096")
+    _check(
+        isinstance(s.n_frames, int) and not isinstance(s.n_frames, bool) and 1 <= s.n_frames <= 4096,
+        "sampling.n_frames",
+        s.n_frames,
+        "an integer from 1 to 4096",
+    )
     _check(s.fps is None or (_finite(s.fps) and s.fps > 0), "sampling.fps", s.fps, "a number > 0")
     _check(s.start is None or (_finite(s.start) and s.start >= 0), "sampling.start", s.start, "seconds >= 0")
     _check(s.end is None or (_finite(s.end) and s.end > 0), "sampling.end", s.end, "seconds > 0")
@@ -126,33 +130,66 @@ def validate(p: Profile) -> Profile:
     _check(isinstance(c.enabled, bool), "compression.enabled", c.enabled, "true or false")
     for key in ("tau", "tau_temporal"):
         v = getattr(c, key)
-        _check(v is None or (_finite(v) and -1.0 <= v <= 1.0), f"compression.{key}", v,
-               "a cosine similarity from -1 to 1 (paper: 0.9; lower merges more)")
-    _check(c.epsilon is None or (_finite(c.epsilon) and 0 < c.epsilon <= 1), "compression.epsilon", c.epsilon,
-           "a number in (0, 1] (paper: 0.05)")
-    _check(c.retention is None or (_finite(c.retention) and 0 < c.retention <= 1), "compression.retention",
-           c.retention, "a fraction in (0, 1], e.g. 0.1 for 10 %")
-    _check(c.tokens is None or (isinstance(c.tokens, int) and not isinstance(c.tokens, bool) and c.tokens >= 1),
-           "compression.tokens", c.tokens, "an integer >= 1")
+        _check(
+            v is None or (_finite(v) and -1.0 <= v <= 1.0),
+            f"compression.{key}",
+            v,
+            "a cosine similarity from -1 to 1 (paper: 0.9; lower merges more)",
+        )
+    _check(
+        c.epsilon is None or (_finite(c.epsilon) and 0 < c.epsilon <= 1),
+        "compression.epsilon",
+        c.epsilon,
+        "a number in (0, 1] (paper: 0.05)",
+    )
+    _check(
+        c.retention is None or (_finite(c.retention) and 0 < c.retention <= 1),
+        "compression.retention",
+        c.retention,
+        "a fraction in (0, 1], e.g. 0.1 for 10 %",
+    )
+    _check(
+        c.tokens is None or (isinstance(c.tokens, int) and not isinstance(c.tokens, bool) and c.tokens >= 1),
+        "compression.tokens",
+        c.tokens,
+        "an integer >= 1",
+    )
     if c.retention is not None and c.tokens is not None:
-        raise OptionError("compression.retention and compression.tokens are both set",
-                          hint="give one budget: --retention R or --tokens N")
+        raise OptionError(
+            "compression.retention and compression.tokens are both set",
+            hint="give one budget: --retention R or --tokens N",
+        )
     _check(isinstance(c.seed, int) and not isinstance(c.seed, bool), "compression.seed", c.seed, "an integer")
 
-    _check(isinstance(g.max_new_tokens, int) and not isinstance(g.max_new_tokens, bool)
-           and 1 <= g.max_new_tokens <= 32768, "generation.max_new_tokens", g.max_new_tokens,
-           "an integer from 1 to 32768")
-    _check(_finite(g.temperature) and 0 <= g.temperature <= 10, "generation.temperature", g.temperature,
-           "a number from 0 (greedy) to 10")
+    _check(
+        isinstance(g.max_new_tokens, int) and not isinstance(g.max_new_tokens, bool) and 1 <= g.max_new_tokens <= 32768,
+        "generation.max_new_tokens",
+        g.max_new_tokens,
+        "an integer from 1 to 32768",
+    )
+    _check(
+        _finite(g.temperature) and 0 <= g.temperature <= 10,
+        "generation.temperature",
+        g.temperature,
+        "a number from 0 (greedy) to 10",
+    )
     _check(_finite(g.top_p) and 0 < g.top_p <= 1, "generation.top_p", g.top_p, "a number in (0, 1]")
     _check(isinstance(g.seed, int) and not isinstance(g.seed, bool), "generation.seed", g.seed, "an integer")
 
-    _check(isinstance(m.model, str) and m.model.strip() != "", "model.model", m.model,
-           "a hub id (org/name) or a local directory")
+    _check(
+        isinstance(m.model, str) and m.model.strip() != "",
+        "model.model",
+        m.model,
+        "a hub id (org/name) or a local directory",
+    )
     _check(m.revision is None or isinstance(m.revision, str), "model.revision", m.revision, "a branch, tag or commit")
-    _check(isinstance(m.device, str) and (m.device in ("auto", "cpu", "cuda", "mps")
-                                          or (m.device.startswith("cuda:") and m.device[5:].isdigit())),
-           "model.device", m.device, "auto, cpu, cuda, cuda:N or mps")
+    _check(
+        isinstance(m.device, str)
+        and (m.device in ("auto", "cpu", "cuda", "mps") or (m.device.startswith("cuda:") and m.device[5:].isdigit())),
+        "model.device",
+        m.device,
+        "auto, cpu, cuda, cuda:N or mps",
+    )
     _check(m.dtype in DTYPES, "model.dtype", m.dtype, " | ".join(DTYPES))
     for key in ("offline", "cache", "allow_pickle"):
         _check(isinstance(getattr(m, key), bool), f"model.{key}", getattr(m, key), "true or false")

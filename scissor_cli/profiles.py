@@ -77,8 +77,10 @@ def find_profile(name_or_path: str) -> Path:
     candidate = Path(name_or_path).expanduser()
     if name_or_path.endswith(SUFFIXES) or os.sep in name_or_path or candidate.is_file():
         if not candidate.is_file():
-            raise ProfileError(f"profile file {name_or_path} does not exist",
-                               hint="check the path, or give a profile name from `scissor profiles list`")
+            raise ProfileError(
+                f"profile file {name_or_path} does not exist",
+                hint="check the path, or give a profile name from `scissor profiles list`",
+            )
         return candidate
     for folder in (user_dir(), builtin_dir()):
         for suffix in SUFFIXES:
@@ -86,8 +88,9 @@ def find_profile(name_or_path: str) -> Path:
             if path.is_file():
                 return path
     names = ", ".join(e.name for e in list_profiles()) or "none found"
-    raise ProfileError(f"unknown profile {name_or_path!r}",
-                       hint=f"available profiles: {names}; or give a path to a .yaml file")
+    raise ProfileError(
+        f"unknown profile {name_or_path!r}", hint=f"available profiles: {names}; or give a path to a .yaml file"
+    )
 
 
 def _read_yaml(path: Path) -> Any:
@@ -107,8 +110,10 @@ def _read_yaml(path: Path) -> Any:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ProfileError(f"profile {path} is not valid YAML{where}: {problem}",
-                           hint="fix the YAML syntax (indentation, colons, quotes)") from e
+        raise ProfileError(
+            f"profile {path} is not valid YAML{where}: {problem}",
+            hint="fix the YAML syntax (indentation, colons, quotes)",
+        ) from e
 
 
 def _field_kind(annotation: str) -> tuple[str, bool]:
@@ -152,8 +157,10 @@ def load_profile(name_or_path: str | None = None) -> Profile:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ProfileError(f"profile {path} must be a mapping of sections, not {type(data).__name__}",
-                           hint=f"top-level keys allowed: {', '.join(TOP_KEYS)}")
+        raise ProfileError(
+            f"profile {path} must be a mapping of sections, not {type(data).__name__}",
+            hint=f"top-level keys allowed: {', '.join(TOP_KEYS)}",
+        )
     profile = Profile(name=path.stem)
     for key, value in data.items():
         if key not in TOP_KEYS:
@@ -164,15 +171,18 @@ def load_profile(name_or_path: str | None = None) -> Profile:
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise ProfileError(f"{path}: {key} must be a mapping, not {type(value).__name__}",
-                               hint=f"allowed keys under {key}: {', '.join(f.name for f in fields(SECTIONS[key]))}")
+            raise ProfileError(
+                f"{path}: {key} must be a mapping, not {type(value).__name__}",
+                hint=f"allowed keys under {key}: {', '.join(f.name for f in fields(SECTIONS[key]))}",
+            )
         known = {f.name: f for f in fields(SECTIONS[key])}
         changes = {}
         for sub, sub_value in value.items():
             dotted = f"{key}.{sub}"
             if sub not in known:
-                raise ProfileError(f"{path}: unknown key {dotted!r}",
-                                   hint=f"allowed keys under {key}: {', '.join(known)}")
+                raise ProfileError(
+                    f"{path}: unknown key {dotted!r}", hint=f"allowed keys under {key}: {', '.join(known)}"
+                )
             changes[sub] = _coerce(path, dotted, sub_value, str(known[sub].type))
         profile = replace(profile, **{key: replace(getattr(profile, key), **changes)})
     try:

@@ -1,0 +1,402 @@
+"""``answer()``: video -> frames -> features -> SCC -> LLM, with token counts and timings per stage.
+
+Everything the CLI does is three lines of Python::
+
+    vlm = load_model(profile.model)
+    answers = answer(vlm, "clip.mp4", "What happens?", profile)
+    print(answers[0].answer, answers[0].tokens)
+
+The stages are separate functions (``encode_video``, ``compress_video``, ``make_answers``) so batch mode can share one
+encoding between jobs and put many jobs through one ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from scissor_cli.options import PAPER_EPSILON, PAPER_TAU, Profile
+
+if TYPE_CHECKING:
+    import torch
+
+    from scissor_cli.model import GenerationOutput, VisionLanguageModel
+    from scissor_cli.video import VideoInfo
+
+Status = Callable[[str], None]
+
+
+def llm_tflops(n_layers: int, n_tokens: int, hidden: int, ffn: int, n_generated: int = 0) -> float:
+    """The paper's LLM FLOPs model (SCC.md), in TFLOPs; ``n_generated=0`` gives the prefill alone.
+
+    T·(4kd² + 2k²d + 2kdc) + T·R·((4d² + 2dc) + 2(dk + d(R+1)/2))
+    """
+    t, k, d, c, r = n_layers, n_tokens, hidden, ffn, n_generated
+    prefill = t * (4 * k * d * d + 2 * k * k * d + 2 * k * d * c)
+    decode = t * r * ((4 * d * d + 2 * d * c) + 2 * (d * k + d * (r + 1) / 2))
+    return (prefill + decode) / 1e12
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """A video's uncompressed visual tokens and where they came from."""
+
+    path: str
+    info: VideoInfo
+    indices: tuple[int, ...]  # sampled frame numbers
+    timestamps: tuple[float, ...]  # seconds
+    note: str | None  # e.g. "the video has 5 frames; 32 requested; each used once"
+    features: torch.Tensor  # [F, T, D] on the model's device
+    decode_s: float
+    vision_s: float
+    cache_hit: bool
+
+
+@dataclass(frozen=True)
+class CompressedVideo:
+    tokens: torch.Tensor  # [M, D]
+    n_original: int  # F*T
+    n_spatial: int
+    n_final: int  # M
+    retention: float  # M / (F*T)
+    tau: float | None  # threshold used (None: compression off)
+    tau_temporal: float | None
+    epsilon: float | None
+    spatial_per_frame: list[int]
+    assignment: torch.Tensor | None  # [F*T] kept-token index of each original token
+    compression_s: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One question about one video, with everything needed to trust (and reproduce) the answer."""
+
+    video: str
+    question: str
+    answer: str
+    tokens: dict[str, int]  # visual tokens: original, spatial, final (the newline token not counted)
+    retention: float
+    tau: float | None
+    tau_temporal: float | None
+    epsilon: float | None
+    frames: int
+    timestamps: list[float]
+    timings_s: dict[str, float]  # decode, vision, compression, prefill, generation
+    tflops: dict[str, float]  # estimated LLM prefill TFLOPs: before, after (paper's formula)
+    model: str
+    device: str
+    dtype: str
+    cache_hit: bool
+    note: str | None
+    profile: dict[str, Any] = field(default_factory=dict)  # the resolved settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "video": self.video,
+            "question": self.question,
+            "answer": self.answer,
+            "tokens": dict(self.tokens),
+            "retention": self.retention,
+            "tau": self.tau,
+            "tau_temporal": self.tau_temporal,
+            "epsilon": self.epsilon,
+            "frames": self.frames,
+            "timestamps": list(self.timestamps),
+            "timings_s": dict(self.timings_s),
+            "tflops": dict(self.tflops),
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "cache_hit": self.cache_hit,
+            "note": self.note,
+            "profile": self.profile,
+        }
+
+
+def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
+    """Fill the 'auto' compression values: the checkpoint's own mm_zip_tau/epsilon, else the paper's."""
+    c = profile.compression
+    tau = c.tau if c.tau is not None else (getattr(vlm, "default_tau", None) or PAPER_TAU)
+    epsilon = c.epsilon if c.epsilon is not None else (getattr(vlm, "default_epsilon", None) or PAPER_EPSILON)
+    return replace(profile, compression=replace(c, tau=tau, epsilon=epsilon))
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def encode_video(
+    vlm: VisionLanguageModel, video: str, profile: Profile, on_status: Status | None = None, cache: Any = None
+) -> EncodedVideo:
+    """Probe, plan frames, then features from the cache or from decoding + the vision tower.
+
+    ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off.
+    """
+    from scissor_cli import video as video_io
+
+    s = profile.sampling
+    info = video_io.probe(video)
+    plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
+    if cache is None and profile.model.cache:
+        from scissor_cli.cache import FeatureCache
+
+        cache = FeatureCache()
+    key = None
+    if cache is not None:
+        key = cache.key(video, plan.indices, vlm.name, vlm.revision, str(vlm.dtype))
+        cached = cache.get(key)
+        if cached is not None:
+            features = cached.to(device=vlm.device, dtype=vlm.dtype)
+            return EncodedVideo(
+                str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, features, 0.0, 0.0, True
+            )
+
+    if on_status:
+        on_status(f"decoding {len(plan.indices)} frames")
+    t0 = time.perf_counter()
+    clip = video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
+    decode_s = time.perf_counter() - t0
+
+    if on_status:
+        on_status(f"vision tower on {clip.frames.shape[0]} frames")
+    t0 = time.perf_counter()
+    features = vlm.encode(clip.frames)  # [F, T, D]
+    _sync(vlm.device)
+    vision_s = time.perf_counter() - t0
+    if cache is not None and key is not None:
+        cache.put(key, features)
+    return EncodedVideo(
+        str(video),
+        clip.info,
+        tuple(clip.indices),
+        tuple(clip.timestamps),
+        clip.note,
+        features,
+        decode_s,
+        vision_s,
+        False,
+    )
+
+
+def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
+    """SCC on the video's tokens with the profile's (resolved) settings; identity when compression is off."""
+    import torch
+
+    features = encoded.features
+    n_frames, n_per_frame = features.shape[0], features.shape[1]
+    n_original = n_frames * n_per_frame
+    c = profile.compression
+    if not c.enabled:
+        tokens = features.reshape(n_original, features.shape[-1])
+        return CompressedVideo(
+            tokens, n_original, n_original, n_original, 1.0, None, None, None, [n_per_frame] * n_frames, None, 0.0
+        )
+
+    from scissor_cli.scc import compress
+
+    generator = torch.Generator(device=features.device).manual_seed(c.seed)
+    t0 = time.perf_counter()
+    out = compress(
+        features, tau=c.tau, epsilon=c.epsilon, tau_temporal=c.tau_temporal, budget=c.budget, generator=generator
+    )
+    _sync(features.device)
+    compression_s = time.perf_counter() - t0
+    return CompressedVideo(
+        out.tokens,
+        out.n_input,
+        out.n_spatial,
+        out.n_output,
+        out.retention,
+        out.tau,
+        getattr(out, "tau_temporal", c.tau_temporal or out.tau),
+        c.epsilon,
+        list(out.spatial_per_frame),
+        out.assignment,
+        compression_s,
+    )
+
+
+def make_answers(
+    vlm: VisionLanguageModel,
+    encoded: EncodedVideo,
+    compressed: CompressedVideo,
+    questions: Sequence[str],
+    generated: GenerationOutput,
+    profile: Profile,
+) -> list[Answer]:
+    """Bundle the answers of one ``generate`` call on one video with the stats that explain them."""
+    dims = (vlm.n_layers, vlm.hidden_size, vlm.ffn_size)
+    tflops = {
+        "before": round(llm_tflops(dims[0], compressed.n_original, dims[1], dims[2]), 4),
+        "after": round(llm_tflops(dims[0], compressed.n_final, dims[1], dims[2]), 4),
+    }
+    timings = {
+        "decode": round(encoded.decode_s, 4),
+        "vision": round(encoded.vision_s, 4),
+        "compression": round(compressed.compression_s, 4),
+        "prefill": round(generated.prefill_s, 4),
+        "generation": round(generated.generation_s, 4),
+    }
+    settings = profile.to_dict()
+    return [
+        Answer(
+            video=encoded.path,
+            question=question,
+            answer=text,
+            tokens={"original": compressed.n_original, "spatial": compressed.n_spatial, "final": compressed.n_final},
+            retention=compressed.retention,
+            tau=compressed.tau,
+            tau_temporal=compressed.tau_temporal,
+            epsilon=compressed.epsilon,
+            frames=len(encoded.indices),
+            timestamps=[round(t, 3) for t in encoded.timestamps],
+            timings_s=timings,
+            tflops=tflops,
+            model=vlm.name,
+            device=str(vlm.device),
+            dtype=str(vlm.dtype).replace("torch.", ""),
+            cache_hit=encoded.cache_hit,
+            note=encoded.note,
+            profile=settings,
+        )
+        for question, text in zip(questions, generated.texts, strict=True)
+    ]
+
+
+def answer(
+    vlm: VisionLanguageModel,
+    video: str,
+    questions: str | Sequence[str],
+    profile: Profile,
+    on_status: Status | None = None,
+) -> list[Answer]:
+    """Answer one or more questions about one video; the video is decoded, encoded and compressed once."""
+    questions = [questions] if isinstance(questions, str) else list(questions)
+    profile = resolve_profile(vlm, profile)
+    encoded = encode_video(vlm, video, profile, on_status=on_status)
+    compressed = compress_video(encoded, profile)
+    if on_status:
+        n = len(questions)
+        on_status(f"generating {'an answer' if n == 1 else f'{n} answers'} from {compressed.n_final} visual tokens")
+    generated = vlm.generate([(compressed.tokens, q) for q in questions], profile.generation)
+    return make_answers(vlm, encoded, compressed, questions, generated, profile)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What ``scissor inspect`` reports: the video, the frame plan and (with a model) what SCC does to it."""
+
+    info: VideoInfo
+    indices: tuple[int, ...]
+    timestamps: tuple[float, ...]
+    note: str | None
+    profile: dict[str, Any]
+    encoded: EncodedVideo | None = None
+    compressed: CompressedVideo | None = None
+    sweep: list[tuple[float, int, int]] | None = None  # (tau, n_spatial, n_final)
+    tflops: dict[str, float] | None = None
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        info = self.info
+        out: dict[str, Any] = {
+            "video": info.path,
+            "info": {
+                "duration_s": info.duration,
+                "fps": info.fps,
+                "n_frames": info.n_frames,
+                "width": info.width,
+                "height": info.height,
+                "rotation": info.rotation,
+                "codec": info.codec,
+                "backend": info.backend,
+                "is_image": info.is_image,
+            },
+            "frames": len(self.indices),
+            "indices": list(self.indices),
+            "timestamps": [round(t, 3) for t in self.timestamps],
+            "note": self.note,
+            "profile": self.profile,
+        }
+        if self.compressed is not None and self.encoded is not None:
+            c = self.compressed
+            out.update(
+                {
+                    "model": self.model,
+                    "tokens": {"original": c.n_original, "spatial": c.n_spatial, "final": c.n_final},
+                    "spatial_per_frame": c.spatial_per_frame,
+                    "retention": c.retention,
+                    "tau": c.tau,
+                    "tau_temporal": c.tau_temporal,
+                    "epsilon": c.epsilon,
+                    "tflops": self.tflops,
+                    "timings_s": {
+                        "decode": round(self.encoded.decode_s, 4),
+                        "vision": round(self.encoded.vision_s, 4),
+                        "compression": round(c.compression_s, 4),
+                    },
+                    "cache_hit": self.encoded.cache_hit,
+                }
+            )
+        if self.sweep is not None:
+            out["sweep"] = [
+                {"tau": t, "spatial": s, "final": f, "retention": f / self.compressed.n_original}
+                for t, s, f in self.sweep
+            ]
+        return out
+
+
+def inspect_video(
+    vlm: VisionLanguageModel | None,
+    video: str,
+    profile: Profile,
+    sweep_taus: Sequence[float] | None = None,
+    on_status: Status | None = None,
+) -> Inspection:
+    """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional tau sweep."""
+    from scissor_cli import video as video_io
+
+    profile = resolve_profile(vlm, profile)
+    s = profile.sampling
+    info = video_io.probe(video)
+    plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
+    if vlm is None:
+        return Inspection(info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
+    encoded = encode_video(vlm, video, profile, on_status=on_status)
+    compressed = compress_video(encoded, profile)
+    sweep = None
+    if sweep_taus:
+        import torch
+
+        from scissor_cli.scc import retention_sweep
+
+        if on_status:
+            on_status(f"sweeping {len(sweep_taus)} tau values")
+        generator = torch.Generator(device=encoded.features.device).manual_seed(profile.compression.seed)
+        sweep = [
+            (float(t), int(a), int(b))
+            for t, a, b in retention_sweep(
+                encoded.features, list(sweep_taus), epsilon=profile.compression.epsilon, generator=generator
+            )
+        ]
+    tflops = {
+        "before": round(llm_tflops(vlm.n_layers, compressed.n_original, vlm.hidden_size, vlm.ffn_size), 4),
+        "after": round(llm_tflops(vlm.n_layers, compressed.n_final, vlm.hidden_size, vlm.ffn_size), 4),
+    }
+    return Inspection(
+        encoded.info,
+        encoded.indices,
+        encoded.timestamps,
+        encoded.note,
+        profile.to_dict(),
+        encoded,
+        compressed,
+        sweep,
+        tflops,
+        vlm.name,
+    )
