@@ -1,0 +1,279 @@
+"""Everything the terminal shows. Results go to stdout; progress, warnings and errors go to stderr.
+
+No other module prints. ``--json`` output is written with ``json.dumps`` straight to stdout: no markup, one object
+per line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from scissor_cli.errors import ScissorError
+
+if TYPE_CHECKING:
+    from scissor_cli.options import Profile
+    from scissor_cli.pipeline import Answer, Inspection
+    from scissor_cli.profiles import ProfileEntry
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def error(e: ScissorError) -> None:
+    err.print(f"[bold red]error:[/] {escape(e.message)}")
+    if e.hint:
+        err.print(f"[dim]hint:[/] {escape(e.hint)}")
+
+
+def internal_error(e: BaseException) -> None:
+    err.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(str(e) or 'no message')}")
+    err.print("[dim]hint:[/] rerun with SCISSOR_DEBUG=1 for the traceback, and report it with the command you ran")
+
+
+def warn(text: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(text)}")
+
+
+def interrupted() -> None:
+    err.print("[yellow]interrupted[/]")
+
+
+# ---------------------------------------------------------------------------------------------------- progress
+@contextmanager
+def stages() -> Iterator[Any]:
+    """A spinner line per stage (model load, decode, vision tower, ...) on stderr; yields ``on_status(text)``."""
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+    )
+    current: list[int] = []
+
+    def on_status(text: str) -> None:
+        if current:
+            progress.update(current[-1], completed=1, total=1)
+        current.append(progress.add_task(escape(text), total=None))
+
+    with progress:
+        yield on_status
+
+
+def write_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------------- ask
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _tokens_line(tokens: dict[str, int], retention: float) -> str:
+    return f"{tokens['original']:,} → {tokens['spatial']:,} → {tokens['final']:,}  ({retention * 100:.1f} % kept)"
+
+
+def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
+    for a in items:
+        out.print(f"[bold]Q:[/] {escape(a.question)}")
+        out.print(f"[bold green]A:[/] {escape(a.answer)}")
+        out.print()
+    if not items:
+        return
+    a = items[0]
+    table = Table(show_header=False, box=None, pad_edge=False, title=None)
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("video", escape(a.video))
+    table.add_row("frames", f"{a.frames}" + (f"  ({escape(a.note)})" if a.note else ""))
+    if show_timestamps:
+        table.add_row("timestamps", ", ".join(f"{t:.2f}s" for t in a.timestamps))
+    table.add_row("visual tokens", "original → spatial → final: " + _tokens_line(a.tokens, a.retention))
+    if a.tau is None:
+        table.add_row("compression", "off")
+    else:
+        tau = f"{a.tau:.4g}" + (f" (temporal {a.tau_temporal:.4g})" if a.tau_temporal not in (None, a.tau) else "")
+        table.add_row("tau / epsilon", f"{tau} / {a.epsilon:.4g}")
+    table.add_row("LLM prefill", f"{a.tflops['before']:.3g} → {a.tflops['after']:.3g} TFLOPs (estimated)")
+    t = a.timings_s
+    vision = "from cache" if a.cache_hit else f"decode {_fmt_s(t['decode'])}, vision {_fmt_s(t['vision'])}"
+    table.add_row(
+        "time",
+        f"{vision}, compression {_fmt_s(t['compression'])}, prefill {_fmt_s(t['prefill'])}, "
+        f"generation {_fmt_s(t['generation'])}"
+        + ("  (questions batched: prefill/generation are the batch's)" if len(items) > 1 else ""),
+    )
+    table.add_row("model", f"{escape(a.model)} on {a.device} ({a.dtype})")
+    table.add_row("profile", escape(str(a.profile.get("name", ""))))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------- inspect
+def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
+    i = insp.info
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("video", escape(i.path))
+    kind = "still image" if i.is_image else f"{i.codec}, {i.fps:.3g} fps, {i.n_frames} frames, {i.duration:.2f} s"
+    table.add_row(
+        "stream",
+        f"{kind}, {i.width}×{i.height}"
+        + (f", rotated {i.rotation}°" if i.rotation else "")
+        + f"  [dim](read with {i.backend})[/]",
+    )
+    plan = ", ".join(f"{n}@{t:.2f}s" for n, t in zip(insp.indices, insp.timestamps, strict=True))
+    table.add_row("frame plan", f"{len(insp.indices)} frames: {plan}")
+    if insp.note:
+        table.add_row("note", escape(insp.note))
+    c = insp.compressed
+    if c is not None and insp.encoded is not None:
+        e = insp.encoded
+        table.add_row("model", escape(insp.model or ""))
+        table.add_row(
+            "visual tokens",
+            "original → spatial → final: "
+            + _tokens_line({"original": c.n_original, "spatial": c.n_spatial, "final": c.n_final}, c.retention),
+        )
+        if c.tau is not None:
+            table.add_row("tau / epsilon", f"{c.tau:.4g} / {c.epsilon:.4g}")
+        if insp.tflops:
+            table.add_row("LLM prefill", f"{insp.tflops['before']:.3g} → {insp.tflops['after']:.3g} TFLOPs (est.)")
+        src = "from cache" if e.cache_hit else f"decode {_fmt_s(e.decode_s)}, vision {_fmt_s(e.vision_s)}"
+        table.add_row("time", f"{src}, compression {_fmt_s(c.compression_s)}")
+        if show_per_frame:
+            table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
+    out.print(table)
+    if insp.sweep and c is not None:
+        sweep = Table(title="retention by tau (one encoding)", title_justify="left")
+        for col in ("tau", "after spatial", "final", "retention"):
+            sweep.add_column(col, justify="right")
+        for tau, n_spatial, n_final in insp.sweep:
+            sweep.add_row(f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}", f"{n_final / c.n_original * 100:.1f} %")
+        out.print(sweep)
+
+
+# ---------------------------------------------------------------------------------------------------- profiles
+def profile_list(entries: Sequence[ProfileEntry]) -> None:
+    table = Table(box=None, pad_edge=False)
+    table.add_column("name", style="bold")
+    table.add_column("source", style="dim")
+    table.add_column("description")
+    for e in entries:
+        table.add_row(escape(e.name), e.source, escape(e.description))
+    out.print(table)
+
+
+def profile_detail(profile: Profile, path: str) -> None:
+    out.print(f"[bold]{escape(profile.name)}[/]  [dim]{escape(path)}[/]")
+    if profile.description:
+        out.print(escape(profile.description))
+    data = profile.to_dict()
+    auto = {
+        "compression.tau": "auto (checkpoint's mm_zip_tau, else 0.9)",
+        "compression.epsilon": "auto (checkpoint's mm_zip_epsilon, else 0.05)",
+        "compression.tau_temporal": "auto (same as tau)",
+        "model.newline": "auto (llava-hf: yes; original: no)",
+    }
+    for section in ("sampling", "compression", "generation", "model"):
+        out.print(f"[dim]{section}:[/]")
+        for key, value in data[section].items():
+            if value is None:
+                shown = auto.get(f"{section}.{key}", "none")
+            else:
+                shown = str(value).lower() if isinstance(value, bool) else str(value)
+            out.print(f"  {key}: {escape(shown)}")
+
+
+# ---------------------------------------------------------------------------------------------------- batch
+class BatchProgress:
+    """``BatchView`` for the terminal: a progress bar with rate and ETA on stderr, one line per failure."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self._task: Any = None
+        self._n_failed = 0
+
+    def __enter__(self) -> BatchProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def start(self, n_total: int, n_skipped: int) -> None:
+        if n_skipped:
+            err.print(f"[dim]resuming: {n_skipped} of {n_total} jobs already in the output[/]")
+        self._task = self._progress.add_task("jobs", total=n_total - n_skipped, rate="")
+
+    def status(self, text: str) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, description=escape(text))
+
+    def job_done(self, record: dict[str, Any]) -> None:
+        if record.get("status") != "ok":
+            self._n_failed += 1
+            self._progress.console.print(
+                f"[red]failed:[/] {escape(str(record.get('video')))}: {escape(str(record.get('error')))}"
+            )
+        if self._task is not None:
+            self._progress.advance(self._task)
+            task = self._progress.tasks[self._task]
+            rate = f"{task.completed / task.elapsed:.2f} jobs/s" if task.elapsed else ""
+            self._progress.update(self._task, description="jobs", rate=rate)
+
+
+def batch_summary(summary: Any) -> None:
+    table = Table(title="batch summary", title_justify="left", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    table.add_row("done", str(summary.n_done))
+    table.add_row("failed", f"[red]{summary.n_failed}[/]" if summary.n_failed else "0")
+    table.add_row("skipped (already in output)", str(summary.n_skipped))
+    if summary.mean_retention is not None:
+        table.add_row("mean retention", f"{summary.mean_retention * 100:.1f} %")
+    if summary.mean_time_s is not None:
+        table.add_row("mean time per job", _fmt_s(summary.mean_time_s))
+    acc = summary.accuracy
+    if acc:
+        table.add_row("accuracy", f"{acc['overall'] * 100:.1f} % ({acc['n_correct']}/{acc['n_scored']})")
+        for group, values in acc.get("by_group", {}).items():
+            for name, v in values.items():
+                table.add_row(
+                    f"  {escape(group)}={escape(str(name))}",
+                    f"{v['accuracy'] * 100:.1f} % ({v['n_correct']}/{v['n_scored']})",
+                )
+    table.add_row("output", escape(summary.output))
+    if summary.summary_path:
+        table.add_row("summary", escape(summary.summary_path))
+    out.print(table)
+
+
+def version(text: str) -> None:
+    out.print(text)
