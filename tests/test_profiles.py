@@ -1,0 +1,159 @@
+"""Profiles and options: strict YAML, precedence, validation, and the FLOPs model. Pure Python, no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from scissor_cli.cli import build_profile
+from scissor_cli.errors import OptionError, ProfileError
+from scissor_cli.options import Profile, validate
+from scissor_cli.pipeline import llm_tflops
+from scissor_cli.profiles import find_profile, list_profiles, load_profile
+
+BUILTIN = ("default", "r50", "r35", "r10", "r5", "fast", "off")
+
+
+@pytest.fixture(autouse=True)
+def no_user_profiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCISSOR_PROFILES_DIR", str(tmp_path / "user-profiles"))
+
+
+def write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_builtin_profile_loads_with_its_documented_values():
+    names = {e.name for e in list_profiles()}
+    assert set(BUILTIN) <= names, f"missing built-in profiles: {set(BUILTIN) - names}"
+    p = {n: load_profile(n) for n in BUILTIN}
+    assert p["default"].sampling.n_frames == 32 and p["default"].compression.enabled
+    assert p["default"].compression.tau is None, "default leaves tau to the checkpoint (else the paper's 0.9)"
+    for n, r in (("r50", 0.5), ("r35", 0.35), ("r10", 0.1), ("r5", 0.05)):
+        assert p[n].compression.retention == pytest.approx(r), n
+    assert p["fast"].sampling.n_frames == 8 and p["fast"].compression.retention == pytest.approx(0.1)
+    assert p["off"].compression.enabled is False
+    assert all(p[n].description for n in BUILTIN), "every built-in profile explains itself"
+
+
+def test_unknown_top_level_key_names_file_key_and_allowed(tmp_path):
+    path = write(tmp_path, "compresion:\n  tau: 0.8\n")
+    with pytest.raises(ProfileError) as e:
+        load_profile(path)
+    assert path in e.value.message and "compresion" in e.value.message
+    assert "compression" in e.value.hint and "sampling" in e.value.hint
+
+
+def test_unknown_nested_key_names_dotted_key_and_allowed(tmp_path):
+    path = write(tmp_path, "compression:\n  tua: 0.8\n")
+    with pytest.raises(ProfileError) as e:
+        load_profile(path)
+    assert "compression.tua" in e.value.message and path in e.value.message
+    assert "tau" in e.value.hint and "epsilon" in e.value.hint
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("compression:\n  tau: 2.5\n", "compression.tau"),
+        ("compression:\n  tau: high\n", "compression.tau"),
+        ("compression:\n  retention: 0\n", "compression.retention"),
+        ("compression:\n  retention: 0.1\n  tokens: 100\n", "compression.retention"),
+        ("sampling:\n  n_frames: 8.5\n", "sampling.n_frames"),
+        ("sampling:\n  n_frames: auto\n", "sampling.n_frames"),
+        ("sampling:\n  start: 5\n  end: 2\n", "sampling.end"),
+        ("generation:\n  temperature: -1\n", "generation.temperature"),
+        ("model:\n  dtype: float8\n", "model.dtype"),
+        ("model:\n  offline: maybe\n", "model.offline"),
+        ("compression: 0.9\n", "compression"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ProfileError) as e:
+        load_profile(path)
+    assert key in e.value.message, f"{e.value.message!r} should name {key}"
+    assert path in e.value.message and e.value.hint
+
+
+def test_invalid_yaml_reports_the_line(tmp_path):
+    path = write(tmp_path, "compression:\n  tau: 0.8\n   epsilon: [\n")
+    with pytest.raises(ProfileError, match="not valid YAML at line"):
+        load_profile(path)
+
+
+def test_not_a_mapping_and_empty_file(tmp_path):
+    with pytest.raises(ProfileError, match="must be a mapping"):
+        load_profile(write(tmp_path, "- a\n- b\n"))
+    assert load_profile(write(tmp_path, "", "empty.yaml")) == Profile(name="empty")
+
+
+def test_missing_profile_lists_the_available_ones(tmp_path):
+    with pytest.raises(ProfileError) as e:
+        load_profile("nope")
+    assert "nope" in e.value.message and "r10" in e.value.hint
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(str(tmp_path / "missing.yaml"))
+
+
+def test_auto_values_and_user_folder_shadowing(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "r10.yaml").write_text("description: my r10\ncompression:\n  tokens: 300\n  tau: auto\n")
+    monkeypatch.setenv("SCISSOR_PROFILES_DIR", str(folder))
+    p = load_profile("r10")
+    assert p.description == "my r10" and p.compression.tokens == 300 and p.compression.retention is None
+    assert find_profile("r10") == folder / "r10.yaml"
+    assert [e.source for e in list_profiles() if e.name == "r10"] == ["user"]
+
+
+def test_precedence_defaults_then_profile_then_flags(tmp_path):
+    path = write(tmp_path, "sampling:\n  n_frames: 12\ncompression:\n  tau: 0.8\n  epsilon: 0.1\n")
+    p = build_profile(path, epsilon=0.2, frames=None)
+    assert p.sampling.n_frames == 12, "profile beats built-in default"
+    assert p.compression.epsilon == 0.2, "flag beats profile"
+    assert p.compression.tau == 0.8 and p.generation.max_new_tokens == Profile().generation.max_new_tokens
+
+
+def test_budget_flags_replace_the_profiles_budget():
+    assert build_profile("r10", tokens=500).compression.budget == 500
+    assert build_profile("r10", retention=0.35).compression.budget == pytest.approx(0.35)
+    explicit = build_profile("r10", tau=0.85)
+    assert explicit.compression.budget is None and explicit.compression.tau == 0.85, "--tau means this threshold"
+    assert build_profile("off", no_compress=True).compression.enabled is False
+    with pytest.raises(OptionError):
+        build_profile(None, retention=0.1, tokens=10)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(tau=1.5),
+        dict(epsilon=0.0),
+        dict(retention=1.5),
+        dict(tokens=0),
+        dict(frames=0),
+        dict(fps=-1.0),
+        dict(start=3.0, end=1.0),
+        dict(max_new_tokens=0),
+        dict(temperature=-0.1),
+        dict(device="tpu"),
+        dict(dtype="fp8"),
+    ],
+)
+def test_flag_values_are_validated(kwargs):
+    with pytest.raises(OptionError) as e:
+        build_profile(None, **kwargs)
+    assert e.value.hint, "every range error says what is allowed"
+
+
+def test_validate_accepts_the_defaults():
+    assert validate(Profile()) == Profile()
+
+
+def test_flops_model_matches_the_paper():
+    # SCC.md: 7B (28 layers, d 3584, FFN 18944) at 6,272 tokens -> 41.4 TFLOPs; about 4.0 at 10 % (R = 100).
+    assert llm_tflops(28, 6272, 3584, 18944, n_generated=100) == pytest.approx(41.4, abs=0.05)
+    assert llm_tflops(28, 627, 3584, 18944, n_generated=100) == pytest.approx(3.9, abs=0.1)
+    assert llm_tflops(28, 6272, 3584, 18944) < llm_tflops(28, 6272, 3584, 18944, n_generated=1)
