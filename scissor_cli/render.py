@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from scissor_cli.profiles import ProfileEntry
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------- errors
