@@ -1,0 +1,584 @@
+"""Video input: any path -> ``probe`` -> ``plan_frames`` -> ``sample_frames`` -> uint8 RGB frames, or one VideoError.
+
+Backends, and why each is used when:
+
+- **ffprobe** always probes first. It reads every container ffmpeg knows, reports rotation (display matrix), and
+  its failures name the problem ("moov atom not found", "Invalid data"), so bad files get a specific message
+  before a decoder ever sees them (decord prints its own errors on stderr and may not return cleanly on them).
+- **decord** decodes when it can: it seeks to the sampled frames (``get_batch``), which is the fast path for long
+  videos and is what the paper's evaluation used. decord 0.6 applies rotation metadata itself (through its own
+  transpose filter); builds differ, so the frame shape tells us for 90/270 and we ``np.rot90`` only when decord
+  did not. Where the shape cannot tell (180, square frames) we use ffmpeg instead.
+- **ffmpeg** (through ffmpeg-python) decodes everything decord cannot open or decode: GIF, still images, some
+  pixel formats and sizes (decord 0.6 fails on rotated frames whose rows are not 64-byte aligned, and on 2x2),
+  VFR files whose frame count decord gets wrong. A ``select`` filter on the planned frame numbers pipes only those
+  frames as rawvideo rgb24, so memory stays ``F*H*W*3`` bytes however long the video is. ffmpeg autorotates.
+
+Frame numbers are presentation-order ordinals in both backends; timestamps are ``index / average fps`` (exact for
+constant frame rate, approximate for variable). Every subprocess runs under a timeout, with stdin closed.
+decord and ffmpeg are imported inside functions: ``scissor --help`` imports this module and must stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from scissor_cli.errors import OptionError, VideoError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Lower-case suffixes a folder scan (batch mode) picks up; still images count as one-frame videos.
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".wmv",
+        ".flv",
+        ".mpg",
+        ".mpeg",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".3gp",
+        ".3g2",
+        ".ogv",
+        ".gif",
+    }  # fmt: skip
+    | IMAGE_EXTENSIONS
+)
+
+PROBE_TIMEOUT_S = 30.0  # ffprobe reads headers (and counts packets when the container has no frame count)
+DECODE_TIMEOUT_S = 120.0  # ffmpeg decode: this much plus one second per second of video
+INSTALL_HINT = (
+    "install ffmpeg (Debian/Ubuntu: sudo apt install ffmpeg; macOS: brew install ffmpeg; "
+    "conda: conda install -c conda-forge ffmpeg) so that ffmpeg and ffprobe are on PATH"
+)
+_HEAD_BYTES = 4096  # read to check the file is readable and to recognise text files
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str  # absolute path
+    duration: float  # seconds; 0.0 for a still image
+    fps: float  # average frame rate; 0.0 for a still image
+    n_frames: int  # frames the decoders can address (1 for a still image)
+    width: int  # displayed (upright) width, after rotation
+    height: int  # displayed (upright) height
+    rotation: int  # 0/90/180/270: counter-clockwise degrees applied for display (ffprobe displaymatrix)
+    codec: str  # e.g. "h264", "vp9", "gif", "png"
+    backend: str  # planned decoder: "decord" | "ffmpeg" | "image" (sample_frames may still fall back to ffmpeg)
+    is_image: bool  # a still image, used as a one-frame video
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    indices: tuple[int, ...]  # frame numbers to decode, increasing, no duplicates
+    timestamps: tuple[float, ...]  # seconds, index / fps
+    n_requested: int  # n_frames asked for
+    note: str | None  # why len(indices) differs from n_requested, or how fps sampling was capped
+
+
+@dataclass(frozen=True)
+class Clip:
+    frames: np.ndarray  # uint8 [F, H, W, 3], RGB, upright
+    indices: tuple[int, ...]  # frame numbers of frames[i]
+    timestamps: tuple[float, ...]  # seconds
+    fps: float  # the video's average frame rate
+    backend: str  # decoder actually used: "decord" | "ffmpeg" | "image"
+    info: VideoInfo
+    note: str | None  # the plan's note, plus any frames that could not be decoded
+
+
+# ---------------------------------------------------------------------------------------------------- probe
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read a file's video properties with ffprobe; raise VideoError naming what is wrong with a bad file."""
+    shown = str(path)
+    abs_path, head = _check_file(path)
+    data = _ffprobe(abs_path, shown, head)
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    format_name = str(fmt.get("format_name", ""))
+    if format_name == "tty" or (not streams and _looks_like_text(head)):
+        raise _text_file_error(shown)
+    videos = [
+        s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+    ]
+    if not videos:
+        kinds = sorted({str(s.get("codec_type", "unknown")) for s in streams})
+        if "audio" in kinds:
+            raise VideoError(
+                f"{shown} has audio but no video stream",
+                hint="scissor answers questions about what is seen: give a video file or an image",
+            )
+        raise VideoError(
+            f"{shown} has no video stream (streams found: {', '.join(kinds) or 'none'})",
+            hint="give a video file or an image; check what the file holds with: ffprobe " + _quote(shown),
+        )
+    stream = videos[0]
+    codec = str(stream.get("codec_name", "unknown"))
+    stored_w, stored_h = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    if stored_w <= 0 or stored_h <= 0:
+        raise VideoError(
+            f"{shown}: the video stream has no frame size (codec {codec})",
+            hint="the file is probably corrupt; re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4",
+        )
+    rotation = _rotation(stream)
+    width, height = (stored_h, stored_w) if rotation in (90, 270) else (stored_w, stored_h)
+
+    is_image = format_name == "image2" or format_name.endswith("_pipe")
+    if is_image:
+        return VideoInfo(abs_path, 0.0, 0.0, 1, width, height, rotation, codec, "image", True)
+
+    fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
+    duration = _float(stream.get("duration")) or _float(fmt.get("duration"))
+    n_frames = _int(stream.get("nb_frames")) or _count_packets(abs_path, shown)
+    if n_frames <= 0 and duration > 0 and fps > 0:
+        n_frames = int(round(duration * fps))
+    if n_frames <= 0:
+        raise VideoError(
+            f"{shown}: the video stream holds no frames",
+            hint="the file is probably truncated or corrupt; check it with: ffprobe " + _quote(shown),
+        )
+    if fps <= 0:
+        fps = n_frames / duration if duration > 0 else 25.0  # no rate anywhere: assume 25, only timestamps use it
+    if duration <= 0:
+        duration = n_frames / fps
+
+    # decord 0.6 rotates by itself; its output shape only tells us so for non-square 90/270 (see module docstring).
+    ambiguous_rotation = rotation == 180 or (rotation in (90, 270) and width == height)
+    backend = "ffmpeg" if format_name == "gif" or ambiguous_rotation else "decord"
+    return VideoInfo(
+        abs_path, float(duration), float(fps), int(n_frames), width, height, rotation, codec, backend, False
+    )
+
+
+def _check_file(path: str | os.PathLike) -> tuple[str, bytes]:
+    """The cheap checks ffprobe would report badly: missing, directory, unreadable, empty. Returns the head bytes."""
+    shown = str(path)
+    if not shown:
+        raise VideoError("no video path given", hint="give the path of a video file")
+    abs_path = os.path.abspath(os.path.expanduser(shown))
+    if not os.path.exists(abs_path):
+        raise VideoError(
+            f"{shown}: no such file",
+            hint="check the path for typos; quote it if it contains spaces",
+        )
+    if os.path.isdir(abs_path):
+        raise VideoError(
+            f"{shown} is a directory, not a video file",
+            hint="give one video file; to answer for every video in a folder use `scissor batch`",
+        )
+    try:
+        with open(abs_path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except PermissionError as e:
+        raise VideoError(
+            f"{shown} cannot be read: permission denied",
+            hint="check the file's permissions (e.g. chmod u+r " + _quote(shown) + ")",
+        ) from e
+    except OSError as e:
+        raise VideoError(f"{shown} cannot be read: {e.strerror or e}", hint="check the file and the disk") from e
+    if not head:
+        raise VideoError(
+            f"{shown} is empty (0 bytes)",
+            hint="the file may still be downloading or copying, or the copy failed; check the source",
+        )
+    return abs_path, head
+
+
+def _ffprobe(abs_path: str, shown: str, head: bytes) -> dict:
+    args = [_binary("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", abs_path]
+    proc = _run(args, shown, PROBE_TIMEOUT_S, what="ffprobe")
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise _classify_probe_failure(shown, head, stderr)
+    try:
+        return json.loads(proc.stdout.decode("utf-8", "replace") or "{}")
+    except json.JSONDecodeError as e:
+        raise VideoError(f"{shown}: ffprobe gave unreadable output", hint=_last_line(stderr) or None) from e
+
+
+def _classify_probe_failure(shown: str, head: bytes, stderr: str) -> VideoError:
+    low = stderr.lower()
+    if _looks_like_text(head):
+        return _text_file_error(shown)
+    container = _container_magic(head)
+    if container == "mp4" and "moov atom not found" in low:
+        return VideoError(
+            f"{shown} is truncated or incomplete: its mp4 index (moov atom) is missing",
+            hint="the recording or download was probably interrupted; download or copy it again "
+            "(recovery tools such as untrunc can sometimes rebuild it)",
+        )
+    if container is not None:
+        return VideoError(
+            f"{shown} starts like {container} video but is truncated or corrupt ({_first_error(stderr)})",
+            hint="the file was probably cut short while downloading or copying; get it again",
+        )
+    if "invalid data found" in low or "moov atom not found" in low:
+        return VideoError(
+            f"{shown} is not a video or image file that ffmpeg recognises",
+            hint="supported: common video containers (mp4, mov, mkv, webm, avi, gif, ...) and still images; "
+            "check what the file is with: file " + _quote(shown),
+        )
+    if "permission denied" in low:
+        return VideoError(f"{shown} cannot be read: permission denied", hint="check the file's permissions")
+    return VideoError(
+        f"{shown} cannot be read as a video: {_last_line(stderr) or 'ffprobe failed'}",
+        hint="check the file with: ffprobe " + _quote(shown),
+    )
+
+
+def _text_file_error(shown: str) -> VideoError:
+    return VideoError(
+        f"{shown} is a text file, not a video",
+        hint="did you pass a manifest, subtitle or list file? give the video itself (manifests go to `scissor batch`)",
+    )
+
+
+def _container_magic(head: bytes) -> str | None:
+    """The container a file claims to be by its first bytes, for files ffprobe then fails on."""
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mp4"  # ISO base media (mp4, mov, m4v, 3gp): a box size then a box type
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # mkv, webm
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    control = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    return control == 0
+
+
+def _rotation(stream: dict) -> int:
+    """Counter-clockwise degrees (0/90/180/270) that ffmpeg applies for display."""
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            return int(round(float(side["rotation"]) / 90.0)) * 90 % 360
+    tag = (stream.get("tags") or {}).get("rotate")
+    if tag is not None:  # ffprobe < 5: the legacy tag counts clockwise
+        try:
+            return int(round(-float(tag) / 90.0)) * 90 % 360
+        except ValueError:
+            return 0
+    return 0
+
+
+def _count_packets(abs_path: str, shown: str) -> int:
+    """Frame count for containers that do not store one (mkv, webm): demux the video packets, no decoding."""
+    args = [_binary("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets"]
+    args += ["-show_entries", "stream=nb_read_packets", "-of", "json", abs_path]
+    proc = _run(args, shown, PROBE_TIMEOUT_S, what="ffprobe")
+    try:
+        streams = json.loads(proc.stdout.decode("utf-8", "replace") or "{}").get("streams") or [{}]
+        return _int(streams[0].get("nb_read_packets"))
+    except json.JSONDecodeError:
+        return 0
+
+
+# ------------------------------------------------------------------------------------------------------ plan
+
+
+def plan_frames(
+    info: VideoInfo,
+    n_frames: int = 32,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> FramePlan:
+    """Which frames to decode. Pure: the pipeline calls it before decoding to build the feature-cache key.
+
+    Default: ``n_frames`` uniformly over the video, ``np.linspace(0, n - 1, n_frames, dtype=int)`` (floor), as in
+    the paper's evaluation. ``fps``: one frame every ``1/fps`` s, capped at ``n_frames`` (spread uniformly when
+    more would be needed). ``start``/``end`` restrict either mode to a window. Frames are never repeated.
+    """
+    _check_plan_args(n_frames, fps, start, end)
+    if info.is_image:
+        note = None if n_frames == 1 and fps is None and not start else "a still image: used as one frame"
+        return FramePlan((0,), (0.0,), n_frames, note)
+    if start is not None and start >= info.duration:
+        raise VideoError(
+            f"the window starts at {start:g} s but {info.path} is only {info.duration:.2f} s long",
+            hint=f"give a --start below {info.duration:.2f}",
+        )
+
+    n, rate = info.n_frames, info.fps
+    t0 = float(start or 0.0)
+    t1 = info.duration if end is None else min(float(end), info.duration)
+    windowed = start is not None or end is not None
+    if windowed:  # frames whose time i / rate lies in [t0, t1); at least one
+        first = min(max(math.ceil(t0 * rate - 1e-6), 0), n - 1)
+        last = min(max(math.ceil(t1 * rate - 1e-6) - 1, first), n - 1)
+        where = f"the window {t0:g}-{t1:g} s"
+    else:
+        first, last = 0, n - 1
+        where = "the video"
+    n_available = last - first + 1
+
+    note = None
+    if fps is None:
+        indices, note = _uniform(first, last, n_frames, where)
+    else:
+        n_wanted = max(1, math.ceil((t1 - t0) * fps - 1e-9))
+        if n_wanted > n_frames:
+            indices, _ = _uniform(first, last, n_frames, where)
+            note = (
+                f"--fps {fps:g} over {t1 - t0:.2f} s would need {n_wanted} frames; "
+                f"capped at {n_frames}, spread uniformly"
+            )
+        else:
+            times = t0 + np.arange(n_wanted) / fps
+            raw = np.clip(np.floor(times * rate + 1e-6).astype(np.int64), first, last)
+            indices = np.unique(raw)  # sorted; fps above the video's rate would repeat frames
+            if len(indices) < n_wanted:
+                note = (
+                    f"--fps {fps:g} asks for more frames than {where} has ({n_available} at {rate:g} fps); "
+                    f"each frame used once ({len(indices)} frames)"
+                )
+    indices = tuple(int(i) for i in indices)
+    timestamps = tuple(round(i / rate, 6) for i in indices)
+    return FramePlan(indices, timestamps, n_frames, note)
+
+
+def _uniform(first: int, last: int, n_frames: int, where: str) -> tuple[np.ndarray, str | None]:
+    n_available = last - first + 1
+    if n_available <= n_frames:
+        note = None
+        if n_available < n_frames:
+            frames = "frame" if n_available == 1 else "frames"
+            note = f"{where} has {n_available} {frames}; {n_frames} requested; each used once"
+        return np.arange(first, last + 1), note
+    # step >= 1, so the floored values are distinct
+    return np.linspace(first, last, n_frames, dtype=int), None
+
+
+def _check_plan_args(n_frames: int, fps: float | None, start: float | None, end: float | None) -> None:
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+        raise OptionError(f"n_frames must be an integer >= 1, got {n_frames!r}", hint="e.g. --frames 32")
+    if fps is not None and not (fps > 0 and math.isfinite(fps)):
+        raise OptionError(f"fps must be a positive number, got {fps!r}", hint="e.g. --fps 1 for one frame a second")
+    if start is not None and not (start >= 0 and math.isfinite(start)):
+        raise OptionError(f"start must be >= 0 seconds, got {start!r}", hint="e.g. --start 10")
+    if end is not None and not (end > 0 and math.isfinite(end)):
+        raise OptionError(f"end must be > 0 seconds, got {end!r}", hint="e.g. --end 60")
+    if start is not None and end is not None and end <= start:
+        raise OptionError(f"end ({end:g} s) must be after start ({start:g} s)", hint="e.g. --start 10 --end 20")
+
+
+# ---------------------------------------------------------------------------------------------------- sample
+
+
+def sample_frames(
+    path: str | os.PathLike,
+    n_frames: int = 32,
+    fps: float | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    info: VideoInfo | None = None,
+) -> Clip:
+    """Decode the frames ``plan_frames`` picks. decord first, ffmpeg when decord cannot open or decode the file."""
+    if info is None:
+        info = probe(path)
+    plan = plan_frames(info, n_frames=n_frames, fps=fps, start=start, end=end)
+    shown = str(path)
+
+    frames = None
+    backend = info.backend
+    if info.backend == "decord":
+        frames = _decode_decord(info, plan.indices)
+        if frames is None:
+            backend = "ffmpeg"
+    if frames is None:
+        frames = _decode_ffmpeg(info, plan.indices, shown)
+
+    indices, timestamps, note = plan.indices, plan.timestamps, plan.note
+    if len(frames) < len(indices):  # the file ends before its header says it does
+        lost = (
+            f"only {len(frames)} of {len(indices)} planned frames could be decoded (the file ends early or is corrupt)"
+        )
+        note = f"{note}; {lost}" if note else lost
+        indices, timestamps = indices[: len(frames)], timestamps[: len(frames)]
+    return Clip(frames, indices, timestamps, info.fps, backend, info, note)
+
+
+def _decode_decord(info: VideoInfo, indices: tuple[int, ...]) -> np.ndarray | None:
+    """uint8 [F, H, W, 3] upright, or None when decord is missing or fails (the caller falls back to ffmpeg)."""
+    try:
+        import decord
+    except ImportError:  # no wheel for this platform (e.g. macOS arm64): ffmpeg does the work
+        return None
+    if hasattr(decord, "logging") and hasattr(decord.logging, "QUIET"):
+        decord.logging.set_level(decord.logging.QUIET)
+    try:
+        reader = decord.VideoReader(info.path, ctx=decord.cpu(0))
+        if max(indices) >= len(reader):  # frame count disagrees with ffprobe (VFR, broken header)
+            return None
+        frames = reader.get_batch(list(indices)).asnumpy()
+        del reader
+    except Exception:  # decord raises DECORDError/RuntimeError with C++ traces; ffmpeg gets a second try
+        return None
+
+    # [F, h, w, 3]; decord 0.6 rotates by itself, older builds do not
+    shape = frames.shape[1:3]
+    if frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        return None
+    if shape == (info.height, info.width):
+        return frames
+    if info.rotation in (90, 270) and shape == (info.width, info.height):
+        return np.ascontiguousarray(np.rot90(frames, k=info.rotation // 90, axes=(1, 2)))
+    return None
+
+
+def _decode_ffmpeg(info: VideoInfo, indices: tuple[int, ...], shown: str) -> np.ndarray:
+    """Pipe only the selected frames as rawvideo rgb24: memory is F*H*W*3 bytes, never the whole video."""
+    import ffmpeg
+
+    ffmpeg_bin = _binary("ffmpeg")
+    width, height = info.width, info.height
+    stream = ffmpeg.input(info.path)
+    if not info.is_image:
+        # frame numbers n count decoded frames in presentation order, as decord's indices do
+        stream = stream.filter("select", "+".join(f"eq(n,{i})" for i in indices))
+    # ffmpeg has already autorotated here; scale is a no-op at the probed size and pins the rawvideo frame size
+    stream = stream.filter("scale", width, height)
+    out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync=0, **{"frames:v": len(indices)})
+    args = out.compile(cmd=ffmpeg_bin)
+    args = [args[0], "-nostdin", "-hide_banner", "-v", "error", *args[1:]]
+
+    frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+    timeout = DECODE_TIMEOUT_S + info.duration
+    n_bytes, returncode, stderr = _read_into(args, frames, shown, timeout)
+    n_decoded = n_bytes // (height * width * 3)
+    if n_decoded == 0:
+        detail = _first_error(stderr)
+        raise VideoError(
+            f"{shown}: no frame could be decoded (the video data is corrupt or truncated)",
+            hint=(f"ffmpeg said: {detail}; " if detail else "")
+            + "if it plays elsewhere, re-encode it: ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4",
+        )
+    return frames[:n_decoded]
+
+
+def _read_into(args: list[str], frames: np.ndarray, shown: str, timeout: float) -> tuple[int, int, str]:
+    """Run ffmpeg, reading its stdout straight into ``frames``; kill it after ``timeout`` s.
+
+    stderr goes to a temporary file: a pipe we do not drain could fill and block ffmpeg on a corrupt file.
+    """
+    buffer = memoryview(frames).cast("B")
+    timed_out = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        except OSError as e:
+            raise VideoError(f"ffmpeg could not be started: {e}", hint=INSTALL_HINT) from e
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        n_bytes = 0
+        try:
+            while n_bytes < buffer.nbytes:
+                got = proc.stdout.readinto(buffer[n_bytes:])
+                if not got:
+                    break
+                n_bytes += got
+        finally:
+            proc.stdout.close()
+            returncode = proc.wait()
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    if timed_out.is_set():
+        raise VideoError(
+            f"{shown}: ffmpeg did not finish decoding within {timeout:.0f} s",
+            hint="the file may be damaged or on a slow or stalled disk; try a shorter --start/--end window",
+        )
+    return n_bytes, returncode, stderr
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise VideoError(
+            f"{name} was not found on PATH (scissor needs ffmpeg and ffprobe to read videos)", INSTALL_HINT
+        )
+    return found
+
+
+def _run(args: list[str], shown: str, timeout: float, what: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise VideoError(
+            f"{shown}: {what} did not answer within {timeout:.0f} s",
+            hint="the file may be on a slow or stalled disk or network mount; copy it locally and retry",
+        ) from e
+    except OSError as e:
+        raise VideoError(f"{what} could not be started: {e}", hint=INSTALL_HINT) from e
+
+
+def _first_error(stderr: str) -> str:
+    """ffmpeg's first message without its "[h264 @ 0x...]" prefix: the cause; later lines are consequences."""
+    for line in stderr.splitlines():
+        line = re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", line.strip())
+        if line:
+            return line[:200].rstrip(".")
+    return ""
+
+
+def _last_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _quote(path: str) -> str:
+    return "'" + path.replace("'", "'\\''") + "'" if any(c in path for c in " '\"$`\\") else path
+
+
+def _rate(value: object) -> float:
+    """ffprobe rates are "num/den"; "0/0" means unknown."""
+    try:
+        num, _, den = str(value).partition("/")
+        rate = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return rate if math.isfinite(rate) and rate > 0 else 0.0
+
+
+def _float(value: object) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return x if math.isfinite(x) and x > 0 else 0.0
+
+
+def _int(value: object) -> int:
+    try:
+        return max(int(value), 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
