@@ -1,0 +1,726 @@
+"""LLaVA-OneVision through transformers: load a checkpoint, encode frames into video tokens, generate with
+(compressed) video tokens spliced into the prompt. The only module that imports transformers.
+
+The seam is deliberately narrow (see shared/notes/transformers.md): ``encode`` runs what transformers'
+``get_video_features`` runs (SigLIP -> projector -> 2x2 bilinear pooling) and strips its trailing
+``image_newline``; ``generate`` splices the kept tokens (+ ``image_newline`` when ``newline``) where the prompt's
+single video placeholder was and calls ``generate(inputs_embeds=...)``. With nothing removed this is bit-identical
+to transformers' own path (``input_ids`` with expanded placeholders + ``pixel_values_videos``); a test checks it.
+
+Two checkpoint layouts load:
+
+* ``llava-hf``: ``llava-hf/llava-onevision-*-hf`` (``model_type: llava_onevision``).
+* ``llava-next``: the original LLaVA-NeXT layout of lmms-lab LLaVA-OneVision and the LLaVA-Scissor baselines
+  (``model_type: llava_qwen`` / ``llava_qwen_zip``, keys ``model.mm_projector.0.weight`` ...). Its config has no
+  vision config (LLaVA-NeXT fetched SigLIP by name), so the tower's shape is read from the weight shapes; keys are
+  renamed on load, and any missing or unexpected key is an error (transformers would otherwise keep random weights).
+
+torch and transformers are imported inside functions: the CLI's light paths import this module's names only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scissor_cli.errors import ModelError
+from scissor_cli.options import GenerationOptions, ModelOptions
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+LAYOUTS = ("llava-hf", "llava-next")
+# What snapshot_download fetches: configs, tokenizer files, chat templates, safetensors weights. Never pickles
+# unless allowed (then a second call adds *.bin).
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+FRAMES_PER_CHUNK = 8  # vision tower batch: bounds activation memory (27x27 patches x 1152 x 26 layers per frame)
+SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)  # SigLIP normalisation; the llava-hf configs store the same values
+# A placeholder no tokenizer will split or produce from user text; the prompt is cut around it.
+VIDEO_MARK = "\u2063<scissor-video>\u2063"
+
+# original LLaVA-NeXT name -> transformers 5.x in-memory name (applied by from_pretrained's key_mapping)
+NEXT_KEY_MAPPING = {
+    r"^model\.vision_tower\.vision_tower\.vision_model\.": "model.vision_tower.",
+    r"^model\.mm_projector\.0\.": "model.multi_modal_projector.linear_1.",
+    r"^model\.mm_projector\.2\.": "model.multi_modal_projector.linear_2.",
+    r"^model\.(embed_tokens|layers|norm)\.": r"model.language_model.\1.",
+}
+NEXT_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+# Qwen2 fields of a LlavaQwenConfig that carry over to the text config unchanged
+QWEN2_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "hidden_act",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "attention_dropout",
+    "bos_token_id",
+    "eos_token_id",
+)
+
+
+@dataclass
+class GenerationOutput:
+    texts: list[str]  # one answer per request, special tokens removed
+    n_prompt_tokens: list[int]  # per request: text + video (+ newline) tokens the LLM saw
+    prefill_s: float  # time to the first generated token (the whole batch's prefill)
+    generation_s: float  # the rest of generate (decoding)
+    n_new_tokens: list[int] = field(default_factory=list)  # generated tokens per request, up to its eos
+    token_ids: list[list[int]] = field(default_factory=list)  # the generated ids per request, up to its eos
+
+
+def download_hint(name: str) -> str:
+    return f"download it with `hf download {name}` (while online), or point --model at a local directory"
+
+
+# ---------------------------------------------------------------------------------------------- resolving
+
+
+def _env_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_cache_dir() -> str | None:
+    """The Hugging Face cache as the environment says *now* (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.replace("/", "") or name.count("/") > 1
+
+
+def resolve_model_dir(name: str, revision: str | None = None, offline: bool = False) -> Path:
+    """A local directory holding config.json, tokenizer and weights: ``name`` itself, or the Hub snapshot (downloaded
+    into the normal Hugging Face cache unless offline). Raises ModelError naming the model, the reason and a fix."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(
+                f"{name} is a directory but has no config.json",
+                hint="point --model at a checkpoint directory (config.json, tokenizer, *.safetensors) or a hub id",
+            )
+        return local
+    if local.exists() or _looks_like_path(name):
+        raise ModelError(
+            f"model directory {name} does not exist" if not local.exists() else f"{name} is not a directory",
+            hint=f"check the path, or give a hub id such as {ModelOptions.model}",
+        )
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = offline or _env_offline()
+    at = f"{name}@{revision}" if revision else name
+    try:
+        path = snapshot_download(
+            name,
+            revision=revision,
+            allow_patterns=ALLOW_PATTERNS,
+            local_files_only=offline,
+            cache_dir=_hub_cache_dir(),
+        )
+    except HFValidationError as e:
+        raise ModelError(
+            f"{name} is neither a local directory nor a valid hub id",
+            hint=f"give a directory path or a hub id such as {ModelOptions.model}",
+        ) from e
+    except GatedRepoError as e:
+        raise ModelError(
+            f"model {at} is gated on the Hugging Face Hub",
+            hint=f"accept its license on huggingface.co and log in (`hf auth login`), or {download_hint(name)}",
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise ModelError(
+            f"model {name} was not found on the Hugging Face Hub (wrong id, or private)",
+            hint=f"check the id (default: {ModelOptions.model}) or point --model at a local directory",
+        ) from e
+    except RevisionNotFoundError as e:
+        raise ModelError(
+            f"revision {revision!r} of model {name} was not found",
+            hint="give an existing branch, tag or commit with --revision, or leave it out",
+        ) from e
+    except LocalEntryNotFoundError as e:
+        why = "offline mode is on (HF_HUB_OFFLINE or --offline)" if offline else "the Hub could not be reached"
+        raise ModelError(f"model {at} is not in the Hugging Face cache and {why}", hint=download_hint(name)) from e
+    except OSError as e:  # network errors, disk full, permissions
+        raise ModelError(f"could not fetch model {at}: {e}", hint=download_hint(name)) from e
+    return Path(path)
+
+
+def _weight_files(model_dir: Path, name: str, allow_pickle: bool) -> tuple[list[Path], bool]:
+    """The checkpoint's weight files and whether they are safetensors. Pickles only with ``allow_pickle``."""
+    safetensors = sorted(model_dir.glob("*.safetensors"))
+    if safetensors:
+        return safetensors, True
+    pickles = sorted(model_dir.glob("*.bin"))
+    if pickles and allow_pickle:
+        return pickles, False
+    if pickles:
+        raise ModelError(
+            f"model {name} has only pickle weights ({pickles[0].name}); they are refused because loading a pickle "
+            "can run arbitrary code",
+            hint="use a safetensors checkpoint, or set model.allow_pickle: true in a profile if you trust its source",
+        )
+    raise ModelError(
+        f"model {name} has no weights (*.safetensors) in {model_dir}",
+        hint="pickle-only checkpoints (pytorch_model.bin) are fetched only with model.allow_pickle: true; "
+        "otherwise check the directory or hub id",
+    )
+
+
+def _fetch_pickles(name: str, revision: str | None, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                name,
+                revision=revision,
+                allow_patterns=[*ALLOW_PATTERNS, "*.bin"],
+                local_files_only=offline or _env_offline(),
+                cache_dir=_hub_cache_dir(),
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - any hub failure here means "no pickle weights to be had"
+        raise ModelError(f"could not fetch the pickle weights of model {name}: {e}", hint=download_hint(name)) from e
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path} is not valid JSON: {e}", hint="re-download the checkpoint") from e
+
+
+def detect_layout(config: dict) -> str:
+    """``llava-hf`` (transformers' LlavaOnevision config) or ``llava-next`` (LLaVA-NeXT's LlavaQwen config)."""
+    model_type = config.get("model_type", "")
+    if model_type == "llava_onevision":
+        return "llava-hf"
+    arch = " ".join(config.get("architectures") or [])
+    if model_type in ("llava_qwen", "llava_qwen_zip") or ("mm_vision_tower" in config and "Qwen" in arch):
+        return "llava-next"
+    raise ModelError(
+        f"unsupported checkpoint type {model_type or '(none)'} ({arch or 'no architectures'})",
+        hint="scissor runs LLaVA-OneVision checkpoints: llava-hf/llava-onevision-qwen2-*-hf, "
+        "lmms-lab/llava-onevision-qwen2-*-ov or the LLaVA-Scissor baselines",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- configs
+
+
+def _tensor_shapes(files: list[Path], safetensors: bool) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the safetensors headers (no data read)."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        if safetensors:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="pt") as sf:
+                for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
+                    shapes[k] = tuple(sf.get_slice(k).get_shape())
+        else:
+            sd = torch.load(str(f), map_location="meta", weights_only=True, mmap=True)
+            shapes.update({k: tuple(v.shape) for k, v in sd.items()})
+    return shapes
+
+
+def _next_config(cfg: dict, shapes: dict[str, tuple[int, ...]], name: str):
+    """Build a LlavaOnevisionConfig for an original-layout checkpoint (the vision tower's sizes from its weights)."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    def unsupported(what: str, value) -> ModelError:
+        return ModelError(
+            f"model {name}: {what} = {value!r} is not supported",
+            hint="scissor loads LLaVA-OneVision (SigLIP + mlp2x_gelu projector + bilinear video pooling, Qwen2)",
+        )
+
+    if cfg.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise unsupported("mm_projector_type", cfg.get("mm_projector_type"))
+    if cfg.get("mm_spatial_pool_mode", "bilinear") != "bilinear":
+        raise unsupported("mm_spatial_pool_mode", cfg.get("mm_spatial_pool_mode"))
+    if cfg.get("mm_spatial_pool_stride", 2) != 2:
+        raise unsupported("mm_spatial_pool_stride", cfg.get("mm_spatial_pool_stride"))
+    if "siglip" not in str(cfg.get("mm_vision_tower", "siglip")).lower():
+        raise unsupported("mm_vision_tower", cfg.get("mm_vision_tower"))
+
+    p = NEXT_VISION_PREFIX
+    try:
+        hidden, _, patch, _ = shapes[p + "embeddings.patch_embedding.weight"]
+        n_positions = shapes[p + "embeddings.position_embedding.weight"][0]
+        intermediate = shapes[p + "encoder.layers.0.mlp.fc1.weight"][0]
+    except KeyError as e:
+        raise ModelError(
+            f"model {name}: the original-layout weights have no SigLIP tensor {e.args[0]}",
+            hint="the checkpoint is incomplete or not a LLaVA-OneVision checkpoint",
+        ) from e
+    layer_ids = {int(m.group(1)) for k in shapes if (m := re.match(re.escape(p) + r"encoder\.layers\.(\d+)\.", k))}
+    side = math.isqrt(n_positions)
+    # so400m: 16 heads of 72; other SigLIP towers use head_dim 64. The config does not say (LLaVA-NeXT fetched it).
+    n_heads = 16 if hidden == 1152 else hidden // 64
+    if side * side != n_positions or n_heads < 1 or hidden % n_heads:
+        raise ModelError(
+            f"model {name}: cannot infer the SigLIP tower shape (hidden {hidden}, {n_positions} positions)",
+            hint="convert the checkpoint to the llava-hf layout with transformers' convert_llava_onevision script",
+        )
+    vision = SiglipVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=len(layer_ids),  # LLaVA-OV stores the 26 layers it uses (so400m has 27)
+        num_attention_heads=n_heads,
+        image_size=side * patch,
+        patch_size=patch,
+        vision_use_head=False,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+    )
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    text = Qwen2Config(**{k: cfg[k] for k in QWEN2_FIELDS if k in cfg}, tie_word_embeddings=tied)
+    return LlavaOnevisionConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,  # last layer of the stored tower == LLaVA-NeXT's mm_vision_select_layer -2
+        vision_aspect_ratio=cfg.get("image_aspect_ratio", "anyres_max_9"),
+        image_grid_pinpoints=cfg.get("image_grid_pinpoints"),
+        tie_word_embeddings=tied,
+    )
+
+
+def _processor_settings(model_dir: Path, image_size: int) -> tuple[tuple[int, int], tuple, tuple]:
+    """(height, width), mean, std of the checkpoint's video preprocessing; SigLIP defaults when it has none."""
+    proc = _read_json(model_dir / "processor_config.json") or {}
+    candidates = [
+        proc.get("video_processor"),
+        _read_json(model_dir / "video_preprocessor_config.json"),
+        proc.get("image_processor"),
+        _read_json(model_dir / "preprocessor_config.json"),
+    ]
+    chosen = next((c for c in candidates if isinstance(c, dict)), {})
+    size = chosen.get("size") or {}
+    if "height" in size and "width" in size:
+        hw = (int(size["height"]), int(size["width"]))
+    elif "shortest_edge" in size:
+        hw = (int(size["shortest_edge"]),) * 2
+    else:
+        hw = (image_size, image_size)
+    mean = tuple(float(x) for x in chosen.get("image_mean", SIGLIP_MEAN_STD))
+    std = tuple(float(x) for x in chosen.get("image_std", SIGLIP_MEAN_STD))
+    return hw, mean, std
+
+
+# ---------------------------------------------------------------------------------------------- frames
+
+
+def preprocess_frames(frames: np.ndarray, size, mean=SIGLIP_MEAN_STD, std=SIGLIP_MEAN_STD) -> torch.Tensor:
+    """uint8 [F, H, W, 3] RGB -> float32 [F, 3, S, S] (``size`` an int or (height, width)).
+
+    Bit-identical to transformers' LlavaOnevisionVideoProcessor (torchvision backend): a uint8 bicubic antialiased
+    resize straight to the target size (no aspect keep, no crop), then (x - 255*mean) / (255*std)."""
+    import numpy as np
+    import torch
+
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()  # uint8 [F, 3, H, W]
+    x = torch.nn.functional.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True)
+    m = torch.tensor(mean, dtype=torch.float32) * 255.0
+    s = torch.tensor(std, dtype=torch.float32) * 255.0
+    return (x.to(torch.float32) - m[:, None, None]) / s[:, None, None]
+
+
+# ---------------------------------------------------------------------------------------------- device, dtype
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device} was requested but CUDA is not available", hint="use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("device mps was requested but MPS is not available", hint="use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device):
+    """auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (bf16 matmuls are ~4x slower on
+    CPUs without AVX-512-BF16/AMX, and the 0.5B model fits in fp32 easily)."""
+    import torch
+
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+class VisionLanguageModel:
+    """A loaded LLaVA-OneVision checkpoint: ``encode`` frames into video tokens, ``generate`` answers."""
+
+    def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
+                 image_size: tuple[int, int], mean: tuple, std: tuple,
+                 default_tau: float | None = None, default_epsilon: float | None = None):  # fmt: skip
+
+        self.hf_model = hf_model  # LlavaOnevisionForConditionalGeneration, eval mode
+        self.tokenizer = tokenizer
+        self.name = name
+        self.revision = revision
+        self.layout = layout
+        self.newline = newline
+        self.default_tau = default_tau
+        self.default_epsilon = default_epsilon
+        self.image_size = image_size  # (height, width) frames are resized to
+        self.mean, self.std = mean, std
+        embeddings = hf_model.get_input_embeddings()
+        self.device: torch.device = embeddings.weight.device  # first device under device_map="auto"
+        self.dtype: torch.dtype = embeddings.weight.dtype
+        cfg = hf_model.config
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        self.tokens_per_frame = math.ceil(side / 2) ** 2  # 2x2 bilinear pooling: 27x27 -> 14x14 = 196
+        self.hidden_size = cfg.text_config.hidden_size
+        self.n_layers = cfg.text_config.num_hidden_layers
+        self.ffn_size = cfg.text_config.intermediate_size
+        vocab = tokenizer.get_vocab()
+        # <image>/<video> exist in llava-hf tokenizers only; never generated as text
+        self.suppress_ids = sorted({vocab[t] for t in ("<image>", "<video>") if t in vocab})
+        self._prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def __repr__(self) -> str:
+        return (f"VisionLanguageModel({self.name!r}, layout={self.layout}, device={self.device}, "
+                f"dtype={self.dtype}, newline={self.newline})")  # fmt: skip
+
+    # ------------------------------------------------------------------ encode
+    def encode(self, frames: np.ndarray, on_progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """uint8 [F, H, W, 3] -> video tokens [F, T, D] on ``self.device`` in ``self.dtype`` (T = tokens_per_frame).
+
+        What ``get_video_features`` computes without its trailing image_newline, FRAMES_PER_CHUNK frames at a time.
+        ``on_progress(n_done, n_frames)`` after each chunk."""
+        import torch
+
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+            raise ValueError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got shape {tuple(frames.shape)}")
+        n_frames = frames.shape[0]
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, n_frames, FRAMES_PER_CHUNK):
+                pixels = preprocess_frames(
+                    frames[start : start + FRAMES_PER_CHUNK], self.image_size, self.mean, self.std
+                )
+                pixels = pixels.to(self.device, self.dtype)[None]  # [1, f, 3, S, S]
+                pooled = self.hf_model.model.get_video_features(pixels).pooler_output  # [1, f*T + 1, D]
+                chunks.append(pooled[0, :-1].reshape(pixels.shape[1], -1, pooled.shape[-1]))  # [f, T, D]
+                if on_progress is not None:
+                    on_progress(min(start + FRAMES_PER_CHUNK, n_frames), n_frames)
+        return torch.cat(chunks, 0).to(self.device)
+
+    # ------------------------------------------------------------------ prompt
+    def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the video in the checkpoint's chat prompt for ``question`` (user turn =
+        [video, text], generation prompt added). Never relies on a <video> id being in the vocabulary."""
+        if question not in self._prompt_cache:
+            before, after = self._prompt_text(question)
+            tok = self.tokenizer
+            ids = (tok(before, add_special_tokens=False).input_ids, tok(after, add_special_tokens=False).input_ids)
+            if len(self._prompt_cache) > 256:
+                self._prompt_cache.clear()
+            self._prompt_cache[question] = ids
+        return self._prompt_cache[question]
+
+    def _prompt_text(self, question: str) -> tuple[str, str]:
+        tok = self.tokenizer
+        video_token = getattr(tok, "video_token", None)
+        if tok.chat_template:
+            if video_token:
+                # llava-hf templates render a structured user turn; the video becomes "<video>\n" before the text.
+                conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+                try:
+                    text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+                except Exception:  # noqa: BLE001 - a string-only template; fall through to the string form
+                    text = ""
+                if video_token in text and question in text.split(video_token, 1)[1]:
+                    before, after = text.split(video_token, 1)
+                    return before, after
+            # String-content templates (Qwen2's, shipped by lmms-lab): LLaVA-NeXT's qwen_1_5 turn "<image>\n{text}".
+            conv = [{"role": "user", "content": f"{VIDEO_MARK}\n{question}"}]
+            text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+            if text.count(VIDEO_MARK) == 1:
+                before, after = text.split(VIDEO_MARK)
+                return before, after
+        # No usable template: LLaVA-NeXT's qwen_1_5 conversation format, written out.
+        before = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        return before, f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    # ------------------------------------------------------------------ generate
+    def embed_request(self, video: torch.Tensor, question: str) -> torch.Tensor:
+        """[L, D] input embeddings: text before, the K video tokens (+ image_newline), text after."""
+        import torch
+
+        before, after = self.prompt_ids(question)
+        video = video.reshape(-1, video.shape[-1]).to(self.device, self.dtype)  # [K, D] (also takes [F, T, D])
+        parts = [video]
+        if self.newline:
+            parts.append(self.hf_model.model.image_newline.to(self.device, self.dtype)[None])
+        embed = self.hf_model.get_input_embeddings()
+        ids = torch.tensor(before + after, dtype=torch.long, device=self.device)
+        text = embed(ids)  # one lookup for both sides
+        return torch.cat([text[: len(before)], *parts, text[len(before) :]], 0)
+
+    def generate(self, requests: list[tuple[torch.Tensor, str]], gen: GenerationOptions) -> GenerationOutput:
+        """Answer several (video tokens [K, D], question) requests in one ``generate`` call (left padding; K may
+        differ per row). Several questions about one video: pass the same tensor in several requests."""
+        import torch
+        from transformers import GenerationConfig
+        from transformers.generation.streamers import BaseStreamer
+
+        if not requests:
+            return GenerationOutput(texts=[], n_prompt_tokens=[], prefill_s=0.0, generation_s=0.0)
+        tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
+        with torch.inference_mode():
+            rows = [self.embed_request(video, question) for video, question in requests]
+            lengths = [r.shape[0] for r in rows]
+            n_max = max(lengths)
+            pad = self.hf_model.get_input_embeddings()(torch.tensor([pad_id], device=self.device))[0]
+            embeds = torch.stack([torch.cat([pad.expand(n_max - r.shape[0], -1), r], 0) for r in rows])  # [B, L, D]
+            mask = torch.zeros(len(rows), n_max, dtype=torch.long, device=self.device)
+            for i, n in enumerate(lengths):
+                mask[i, n_max - n :] = 1
+
+            sample = gen.temperature > 0
+            config = GenerationConfig(
+                max_new_tokens=gen.max_new_tokens,
+                do_sample=sample,
+                temperature=gen.temperature if sample else None,
+                top_p=gen.top_p if sample else None,
+                top_k=None,
+                eos_token_id=self._eos_ids(),
+                pad_token_id=pad_id,
+                suppress_tokens=self.suppress_ids or None,
+            )
+
+            class _FirstToken(BaseStreamer):
+                """generate() puts the prompt first, then each step's tokens: the 2nd put is the first token."""
+
+                def __init__(self):
+                    self.n_puts, self.t_first = 0, None
+
+                def put(self, value):
+                    self.n_puts += 1
+                    if self.n_puts == 2:
+                        self.t_first = time.perf_counter()
+
+                def end(self):
+                    pass
+
+            streamer = _FirstToken()
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices, enabled=sample):
+                if sample:
+                    torch.manual_seed(gen.seed)
+                t0 = time.perf_counter()
+                out = self.hf_model.generate(
+                    inputs_embeds=embeds, attention_mask=mask, generation_config=config, streamer=streamer
+                )  # [B, n_new]: only the new tokens on the inputs_embeds path
+                t_end = time.perf_counter()
+        t_first = streamer.t_first or t_end
+        texts, n_new, token_ids = [], [], []
+        eos = set(self._eos_ids())
+        for row in out.tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            n_new.append(cut)
+            token_ids.append(row[:cut])
+            texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+        return GenerationOutput(
+            texts=texts,
+            n_prompt_tokens=lengths,
+            prefill_s=t_first - t0,
+            generation_s=t_end - t_first,
+            n_new_tokens=n_new,
+            token_ids=token_ids,
+        )
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.hf_model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' own warnings, reports and progress bars off for a block (library code never prints)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = None) -> VisionLanguageModel:
+    """Load ``opts.model`` (hub id or directory, either layout) for inference. Raises ModelError.
+
+    Device auto = cuda -> mps -> cpu. With several visible GPUs and device auto/cuda the weights are spread over
+    them (``device_map="auto"``, for 72B models); inputs go to the first. Weights only from safetensors unless
+    ``allow_pickle``; never ``trust_remote_code``."""
+    status = on_status or (lambda _msg: None)
+    name, revision = opts.model, opts.revision
+    status(f"resolving {name}" + (f"@{revision}" if revision else ""))
+    model_dir = resolve_model_dir(name, revision, opts.offline)
+    raw = _read_json(model_dir / "config.json") or {}
+    layout = detect_layout(raw)
+    try:
+        files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
+    except ModelError:
+        if not (opts.allow_pickle and model_dir != Path(name).expanduser()):
+            raise
+        model_dir = _fetch_pickles(name, revision, opts.offline)
+        files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
+
+    import torch
+    from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    if layout == "llava-hf":
+        with _quiet_transformers():
+            config = LlavaOnevisionConfig.from_pretrained(str(model_dir))
+        key_mapping = None
+        newline_default = True
+    else:
+        with _quiet_transformers():  # Qwen2Config's rope_scaling=None deprecation warning
+            config = _next_config(raw, _tensor_shapes(files, is_safetensors), name)
+        key_mapping = NEXT_KEY_MAPPING
+        newline_default = False  # LLaVA-NeXT video ("flat", as the LLaVA-Scissor baselines were trained)
+    newline = newline_default if opts.newline is None else opts.newline
+
+    try:
+        with _quiet_transformers():  # e.g. "a model of type llava_qwen ..." when it peeks at config.json
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - tokenizers fail in many ways; all mean "no usable tokenizer"
+        raise ModelError(f"model {name}: cannot load its tokenizer: {e}", hint=download_hint(name)) from e
+    if layout == "llava-next":
+        vocab = tokenizer.get_vocab()
+        for attr, token in (("image_token_index", "<image>"), ("video_token_index", "<video>")):
+            if token in vocab:
+                setattr(config, attr, vocab[token])
+
+    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    # Spread over several GPUs only when asked for "any GPU" (needs the accelerate package); else one device.
+    device_map = "auto" if (opts.device in ("auto", "cuda") and n_gpus > 1) else None
+    status(f"loading {name} ({layout} layout) on {device} as {str(dtype).removeprefix('torch.')}")
+    try:
+        with _quiet_transformers():  # its LOAD REPORT would duplicate the ModelError below
+            hf_model, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
+                str(model_dir),
+                config=config,
+                dtype=dtype,
+                attn_implementation="sdpa",
+                device_map=device_map,
+                key_mapping=key_mapping,
+                use_safetensors=is_safetensors,
+                trust_remote_code=False,
+                output_loading_info=True,
+            )
+    except ImportError as e:
+        raise ModelError(
+            f"model {name}: {e}", hint="pip install accelerate (needed to spread a model over GPUs)"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - shape mismatches, truncated files, out of memory ...
+        raise ModelError(
+            f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
+            hint="re-download it, or check that it is a LLaVA-OneVision checkpoint",
+        ) from e
+    _check_loading_info(info, config, name, layout)
+    if device_map is None:
+        hf_model.to(device)
+    hf_model.eval()
+
+    hw, mean, std = _processor_settings(model_dir, config.vision_config.image_size)
+    return VisionLanguageModel(
+        hf_model,
+        tokenizer,
+        name=name,
+        revision=revision,
+        layout=layout,
+        newline=newline,
+        image_size=hw,
+        mean=mean,
+        std=std,
+        default_tau=raw.get("mm_zip_tau"),
+        default_epsilon=raw.get("mm_zip_epsilon"),
+    )
+
+
+def _check_loading_info(info: dict, config, name: str, layout: str) -> None:
+    """transformers keeps random weights for missing keys and ignores unexpected ones; both are errors here."""
+    tied = bool(getattr(config, "tie_word_embeddings", False) or config.text_config.tie_word_embeddings)
+    missing = sorted(k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight"))
+    unexpected = sorted(info.get("unexpected_keys", []))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", []))
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} {label} weight(s): {shown}")
+    if problems:
+        raise ModelError(
+            f"model {name} ({layout} layout) does not match LLaVA-OneVision: " + "; ".join(problems),
+            hint="the checkpoint is incomplete, corrupt, or a different architecture; re-download it",
+        )
