@@ -1,0 +1,266 @@
+"""model.py on tiny random checkpoints (both layouts): our encode/splice/generate path is transformers' own path,
+loading is strict, the cache skips the vision tower, batching changes nothing."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from scissor_cli.cache import FeatureCache
+from scissor_cli.errors import ModelError
+from scissor_cli.model import GenerationOutput, detect_layout, load_model, preprocess_frames
+from scissor_cli.options import GenerationOptions, ModelOptions
+
+GREEDY = GenerationOptions(max_new_tokens=10)
+QUESTION = "What is happening in this video?"
+
+
+@pytest.fixture(scope="module")
+def hf_vlm(tiny_hf_dir):
+    return load_model(ModelOptions(model=str(tiny_hf_dir)))
+
+
+@pytest.fixture(scope="module")
+def next_vlm(tiny_next_dir):
+    return load_model(ModelOptions(model=str(tiny_next_dir)))
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return np.random.default_rng(0).integers(0, 256, size=(4, 50, 70, 3), dtype=np.uint8)
+
+
+def reference_inputs(vlm, frames, question):
+    """transformers' own inputs: chat prompt with <video> expanded to F*T+1 ids, plus pixel_values_videos."""
+    tok, cfg = vlm.tokenizer, vlm.hf_model.config
+    conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    ids = tok(tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)).input_ids
+    n_video = frames.shape[0] * vlm.tokens_per_frame + 1
+    p = ids.index(cfg.video_token_index)
+    expanded = torch.tensor([ids[:p] + [cfg.video_token_index] * n_video + ids[p + 1 :]])
+    pixels = preprocess_frames(frames, vlm.image_size, vlm.mean, vlm.std)[None]
+    return expanded, pixels
+
+
+def test_identity_is_transformers_path(hf_vlm, frames):
+    ids, pixels = reference_inputs(hf_vlm, frames, QUESTION)
+    video = hf_vlm.encode(frames)
+    assert video.shape == (4, hf_vlm.tokens_per_frame, hf_vlm.hidden_size)
+    ours = hf_vlm.embed_request(video.flatten(0, 1), QUESTION)[None]
+    assert ours.shape[1] == ids.shape[1], "same sequence length as the expanded prompt"
+    model = hf_vlm.hf_model
+    with torch.inference_mode():
+        ref_logits = model(input_ids=ids, pixel_values_videos=pixels).logits[:, -1]
+        our_logits = model(inputs_embeds=ours).logits[:, -1]
+        ref = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values_videos=pixels,
+            max_new_tokens=GREEDY.max_new_tokens,
+            do_sample=False,
+            suppress_tokens=hf_vlm.suppress_ids,
+            eos_token_id=hf_vlm._eos_ids(),
+            pad_token_id=hf_vlm.tokenizer.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
+    assert torch.equal(our_logits, ref_logits), f"max |dlogit| {(our_logits - ref_logits).abs().max().item()}"
+    eos = set(hf_vlm._eos_ids())
+    ref = ref[: next((i for i, t in enumerate(ref) if t in eos), len(ref))]
+    out = hf_vlm.generate([(video.flatten(0, 1), QUESTION)], GREEDY)
+    assert len(ref) >= 3, f"degenerate reference generation {ref}"
+    assert out.token_ids[0] == ref, "greedy tokens must equal transformers' own path"
+    assert out.n_prompt_tokens == [ids.shape[1]]
+    assert out.prefill_s >= 0 and out.generation_s >= 0
+
+
+def test_preprocess_matches_hf_video_processor(frames):
+    pytest.importorskip("torchvision")  # the HF video processor needs it; not installable next to CPU torch here
+    from transformers import LlavaOnevisionVideoProcessor
+
+    proc = LlavaOnevisionVideoProcessor(size={"height": 98, "width": 98}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    ref = proc(videos=[frames], return_tensors="pt").pixel_values_videos[0]
+    assert torch.equal(preprocess_frames(frames, 98), ref)
+
+
+def test_preprocess_shape_and_range(frames):
+    x = preprocess_frames(frames, (98, 98))
+    assert x.shape == (4, 3, 98, 98) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+
+
+@pytest.mark.parametrize("newline_opt", [None, False, True])
+def test_compressed_splices_exactly_k_tokens(tiny_hf_dir, tiny_next_dir, hf_vlm, next_vlm, frames, newline_opt):
+    for vlm, directory in ((hf_vlm, tiny_hf_dir), (next_vlm, tiny_next_dir)):
+        if newline_opt is not None:
+            vlm = load_model(ModelOptions(model=str(directory), newline=newline_opt))
+        kept = vlm.encode(frames).flatten(0, 1)[::5]  # a stand-in compressor: K = 13 of 64 tokens
+        before, after = vlm.prompt_ids(QUESTION)
+        expected_newline = (vlm.layout == "llava-hf") if newline_opt is None else newline_opt
+        assert vlm.newline is expected_newline
+        emb = vlm.embed_request(kept, QUESTION)
+        assert emb.shape[0] == len(before) + kept.shape[0] + int(expected_newline) + len(after)
+        assert torch.equal(emb[len(before) : len(before) + kept.shape[0]], kept), "kept tokens spliced verbatim"
+        if expected_newline:
+            assert torch.equal(emb[len(before) + kept.shape[0]], vlm.hf_model.model.image_newline)
+
+
+def test_original_layout_loads_identical_weights(hf_vlm, next_vlm, tiny_zip_dir):
+    assert (hf_vlm.layout, next_vlm.layout) == ("llava-hf", "llava-next")
+    a, b = hf_vlm.hf_model.state_dict(), next_vlm.hf_model.state_dict()
+    assert set(a) == set(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ after renaming: {different[:3]}"
+    assert next_vlm.default_tau is None and not next_vlm.newline and next_vlm.suppress_ids == []
+    zipped = load_model(ModelOptions(model=str(tiny_zip_dir)))
+    assert (zipped.default_tau, zipped.default_epsilon) == (0.8, 0.1)
+    # no <video> token in this tokenizer: the prompt is still the Qwen2 chat turn around the video
+    before, after = next_vlm.prompt_ids(QUESTION)
+    text = next_vlm.tokenizer.decode(before) + "|" + next_vlm.tokenizer.decode(after)
+    assert text.endswith(f"user\n|\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"), text
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["llava-hf", "llava-next"])
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_weight_mismatch_is_a_clear_error(tiny_hf_dir, tiny_next_dir, tmp_path, layout, change):
+    d = _copy(tiny_hf_dir if layout == "llava-hf" else tiny_next_dir, tmp_path / "ckpt")
+    weights = load_file(d / "model.safetensors")
+    if change == "missing":
+        victim = next(k for k in weights if "mlp.down_proj" in k)
+        del weights[victim]
+    else:
+        weights["model.extra_adapter.weight"] = torch.zeros(2, 2)
+    save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=change) as e:
+        load_model(ModelOptions(model=str(d)))
+    assert str(d) in str(e.value)
+
+
+def test_pickle_only_checkpoint_is_refused(tiny_hf_dir, tmp_path):
+    d = _copy(tiny_hf_dir, tmp_path / "pickled")
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="pickle") as e:
+        load_model(ModelOptions(model=str(d)))
+    assert "allow_pickle" in e.value.hint
+    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True))  # opt-in works (weights_only unpickling)
+    assert vlm.layout == "llava-hf"
+
+
+def test_offline_missing_model_names_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    name = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+    with pytest.raises(ModelError) as e:
+        load_model(ModelOptions(model=name))
+    assert name in e.value.message and "offline" in e.value.message
+    assert f"hf download {name}" in e.value.hint and "local directory" in e.value.hint
+
+
+def test_offline_option_without_env(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelError, match="some-org/some-model"):
+        load_model(ModelOptions(model="some-org/some-model", offline=True))
+
+
+@pytest.mark.parametrize("path", ["./no/such/dir", "/definitely/not/here"])
+def test_nonexistent_directory(path):
+    with pytest.raises(ModelError, match="does not exist") as e:
+        load_model(ModelOptions(model=path))
+    assert path in e.value.message
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ModelError, match="config.json"):
+        load_model(ModelOptions(model=str(tmp_path)))
+
+
+def test_unsupported_config():
+    with pytest.raises(ModelError, match="unsupported"):
+        detect_layout({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    assert detect_layout({"model_type": "llava_qwen_zip"}) == "llava-next"
+    assert detect_layout({"model_type": "llava", "architectures": ["LlavaQwenForCausalLM"], "mm_vision_tower": "x"})
+
+
+def test_cache_hit_skips_vision_tower(hf_vlm, frames, tmp_path):
+    calls = []
+    hook = hf_vlm.hf_model.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        video_file = tmp_path / "clip.bin"
+        video_file.write_bytes(frames.tobytes())
+        cache = FeatureCache(tmp_path / "features")
+        key = cache.key(video_file, range(4), hf_vlm.name, hf_vlm.revision, hf_vlm.dtype)
+
+        def features():
+            cached = cache.get(key, device=hf_vlm.device)
+            if cached is None:
+                cached = hf_vlm.encode(frames)
+                cache.put(key, cached)
+            return cached
+
+        first = hf_vlm.generate([(features(), QUESTION)], GREEDY)
+        n_calls = len(calls)
+        assert n_calls >= 1
+        second = hf_vlm.generate([(features(), QUESTION)], GREEDY)
+        assert len(calls) == n_calls, "a cache hit must not run the vision tower"
+        assert second.token_ids == first.token_ids and second.texts == first.texts
+    finally:
+        hook.remove()
+
+
+def test_batched_generate_equals_unbatched(hf_vlm, next_vlm, frames):
+    for vlm in (hf_vlm, next_vlm):
+        video = vlm.encode(frames).flatten(0, 1)
+        requests = [(video, QUESTION), (video[::3], "Describe the video in detail."), (video[:7], "How many?")]
+        batched = vlm.generate(requests, GREEDY)
+        single = [vlm.generate([r], GREEDY) for r in requests]
+        assert batched.token_ids == [s.token_ids[0] for s in single], f"{vlm.layout}: batching changed the answer"
+        assert batched.n_prompt_tokens == [s.n_prompt_tokens[0] for s in single]
+        assert len(set(batched.n_prompt_tokens)) == 3, "rows must have different lengths (left padding exercised)"
+
+
+def test_several_questions_one_encode(hf_vlm, frames):
+    calls = []
+    hook = hf_vlm.hf_model.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        video = hf_vlm.encode(frames)
+        questions = [QUESTION, "Describe the video in detail.", "What color is the car?"]
+        out = hf_vlm.generate([(video, q) for q in questions], GREEDY)
+    finally:
+        hook.remove()
+    assert isinstance(out, GenerationOutput) and len(out.texts) == 3 and len(calls) == 1
+    alone = hf_vlm.generate([(video, questions[2])], GREEDY)
+    assert out.token_ids[2] == alone.token_ids[0]
+
+
+def test_sampling_is_seeded(hf_vlm, frames):
+    video = hf_vlm.encode(frames)
+    opts = GenerationOptions(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    a = hf_vlm.generate([(video, QUESTION)], opts)
+    b = hf_vlm.generate([(video, QUESTION)], opts)
+    assert a.token_ids == b.token_ids
+
+
+def test_media_token_ids_never_generated(hf_vlm, frames):
+    video = hf_vlm.encode(frames)
+    out = hf_vlm.generate([(video[:, ::2], q) for q in (QUESTION, "Describe.")], GenerationOptions(max_new_tokens=30))
+    assert hf_vlm.suppress_ids == [3, 4]
+    assert not any(t in hf_vlm.suppress_ids for row in out.token_ids for t in row)
+
+
+def test_processor_config_is_read(tiny_hf_dir, tmp_path):
+    d = _copy(tiny_hf_dir, tmp_path / "custom-proc")
+    proc = json.loads((d / "processor_config.json").read_text())
+    proc["video_processor"]["image_mean"] = [0.48145466, 0.4578275, 0.40821073]
+    proc["video_processor"]["size"] = {"height": 98, "width": 98}
+    (d / "processor_config.json").write_text(json.dumps(proc))
+    vlm = load_model(ModelOptions(model=str(d)))
+    assert vlm.mean[0] == pytest.approx(0.48145466) and vlm.std == (0.5, 0.5, 0.5) and vlm.image_size == (98, 98)
