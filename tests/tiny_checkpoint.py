@@ -59,7 +59,9 @@ QWEN2_CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer(media_tokens: bool, chat_template: str):
+def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMPLATE):
+    """The tiny byte-level BPE tokenizer (vocab 400; <image>/<video> only with ``media_tokens``). Also used by
+    bench/bench_model.py, which has no hub access to fetch the real Qwen2 tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -243,7 +245,7 @@ def build_tiny_checkpoint(
 
     if layout == "llava-hf":
         model.save_pretrained(out)
-        tok = _tokenizer(media_tokens=True, chat_template=HF_CHAT_TEMPLATE)
+        tok = build_tokenizer(media_tokens=True, chat_template=HF_CHAT_TEMPLATE)
         tok.save_pretrained(out)
         norm = {
             "image_mean": [0.5, 0.5, 0.5],
@@ -292,7 +294,7 @@ def build_tiny_checkpoint(
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 0, "eos_token_id": [2, 0], "pad_token_id": 0}, indent=2)
     )
-    tok = _tokenizer(media_tokens=False, chat_template=QWEN2_CHAT_TEMPLATE)
+    tok = build_tokenizer(media_tokens=False, chat_template=QWEN2_CHAT_TEMPLATE)
     tok.save_pretrained(out)
     return out
 
