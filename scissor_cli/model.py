@@ -341,6 +341,17 @@ def _processor_settings(model_dir: Path, image_size: int) -> tuple[tuple[int, in
     return hw, mean, std
 
 
+def _processor_chat_template(model_dir: Path) -> str | None:
+    """Checkpoints saved by older transformers keep the chat template with the processor, not the tokenizer."""
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "processor_config.json"):
+        template = (_read_json(model_dir / name) or {}).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- frames
 
 
@@ -470,7 +481,7 @@ class VisionLanguageModel:
 
     def _prompt_text(self, question: str) -> tuple[str, str]:
         tok = self.tokenizer
-        video_token = getattr(tok, "video_token", None)
+        video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
         if tok.chat_template:
             if video_token:
                 # llava-hf templates render a structured user turn; the video becomes "<video>\n" before the text.
@@ -655,6 +666,8 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - tokenizers fail in many ways; all mean "no usable tokenizer"
         raise ModelError(f"model {name}: cannot load its tokenizer: {e}", hint=download_hint(name)) from e
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = _processor_chat_template(model_dir)
     if layout == "llava-next":
         vocab = tokenizer.get_vocab()
         for attr, token in (("image_token_index", "<image>"), ("video_token_index", "<video>")):

@@ -121,6 +121,30 @@ def test_original_layout_loads_identical_weights(hf_vlm, next_vlm, tiny_zip_dir)
     assert text.endswith(f"user\n|\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n"), text
 
 
+def test_original_layout_computes_like_hf(hf_vlm, next_vlm, frames):
+    """Same weights + inferred SigLIP/Qwen2 config => the same features and the same logits."""
+    a, b = hf_vlm.encode(frames), next_vlm.encode(frames)
+    assert torch.equal(a, b), "the vision config inferred from weight shapes must match the llava-hf one"
+    emb = hf_vlm.embed_request(a[:, ::2], QUESTION)[None]
+    with torch.inference_mode():
+        assert torch.equal(hf_vlm.hf_model(inputs_embeds=emb).logits, next_vlm.hf_model(inputs_embeds=emb).logits)
+
+
+def test_chat_template_from_processor_files(tiny_hf_dir, tmp_path):
+    """Older llava-hf repos keep the template in chat_template.json and no video_token on the tokenizer."""
+    d = _copy(tiny_hf_dir, tmp_path / "old-style")
+    template = (d / "chat_template.jinja").read_text()
+    (d / "chat_template.jinja").unlink()
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    cfg.pop("extra_special_tokens", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    vlm = load_model(ModelOptions(model=str(d)))
+    reference = load_model(ModelOptions(model=str(tiny_hf_dir)))
+    assert vlm.prompt_ids(QUESTION) == reference.prompt_ids(QUESTION)
+
+
 def _copy(src, dst):
     shutil.copytree(src, dst)
     return dst
