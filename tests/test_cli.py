@@ -318,10 +318,11 @@ def test_debug_variable_shows_the_traceback(clip, tmp_path):
     assert result.exit_code == ModelError.exit_code and "Traceback" in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("scissor") is None, reason="console script not installed")
 def test_console_script_and_module_entry_points(clip):
+    script = shutil.which("scissor", path=os.path.dirname(sys.executable)) or shutil.which("scissor")
+    assert script, "the `scissor` console script is installed next to the interpreter"
     for cmd in (
-        ["scissor", "inspect", clip, "--video-only", "--json"],
+        [script, "inspect", clip, "--video-only", "--json"],
         [sys.executable, "-m", "scissor_cli", "inspect", clip, "--video-only", "--json"],
     ):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
