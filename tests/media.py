@@ -85,6 +85,7 @@ class Media:
     audio_only: Path  # AAC in .m4a
     truncated: Path  # first half of an mp4 whose index (moov) is at the end
     truncated_faststart: Path  # moov at the front, but the frame data cut off
+    truncated_partial: Path  # moov at the front, the last tenth of the frame data cut off (some frames decode)
     directory: Path
 
 
@@ -155,14 +156,13 @@ def make_media(directory: str | os.PathLike) -> Media:
     moov_end = fs.index(b"mdat") + 4  # keep the header and index, drop every frame's data
     truncated_faststart = d / "truncated_faststart.mp4"
     truncated_faststart.write_bytes(fs[:moov_end] + b"\x00" * 64)
+    truncated_partial = d / "truncated_partial.mp4"
+    truncated_partial.write_bytes(fs[: moov_end + (len(fs) - moov_end) * 9 // 10])
     directory = d / "a_folder.mp4"
     directory.mkdir(exist_ok=True)
 
-    media = Media(
-        index_mp4, index_webm, index_mkv, index_gif, index_yuv444, rot90, rot90_small, rot180, vfr, vfr_indices,
-        one_frame, tiny, png, jpg, webp, empty, random_bytes, text, audio_only, truncated, truncated_faststart,
-        directory,
-    )  # fmt: skip
+    made = locals()  # every Media field is a local of the same name
+    media = Media(**{f.name: made[f.name] for f in fields(Media)})
     for f in fields(Media):
         value = getattr(media, f.name)
         if isinstance(value, Path) and not value.exists():

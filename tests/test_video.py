@@ -264,6 +264,18 @@ def test_still_image_is_a_one_frame_video(media, name):
     _assert_content(clip, expected=(5,))
 
 
+@pytest.mark.parametrize("backend", ["decord", "ffmpeg"])
+def test_file_ending_early_returns_the_decodable_frames_and_says_so(media, backend):
+    # the header promises 40 frames; the data for the last ones is missing (an interrupted copy)
+    clip = _sample(media.truncated_partial, backend=backend, n_frames=8)
+    planned = tuple(int(i) for i in np.linspace(0, N_INDEX_FRAMES - 1, 8, dtype=int))
+    assert clip.backend == "ffmpeg", "decord cannot open it; ffmpeg decodes what is there"
+    assert 0 < len(clip.indices) < 8 and clip.indices == planned[: len(clip.indices)]
+    assert len(clip.frames) == len(clip.timestamps) == len(clip.indices)
+    assert f"only {len(clip.indices)} of 8 planned frames could be decoded" in clip.note
+    _assert_content(clip)
+
+
 # ------------------------------------------------------------------------------------------- fake decord builds
 
 
@@ -442,7 +454,7 @@ def test_subprocesses_are_bounded_by_timeouts(media, monkeypatch):
 
 
 def test_terminal_stays_clean(media, capfd):
-    for name in [*INDEX_CLIPS, "rot90_small", "tiny", "vfr", "png"]:
+    for name in [*INDEX_CLIPS, "rot90_small", "tiny", "vfr", "png", "truncated_partial"]:
         video.sample_frames(getattr(media, name), n_frames=4)
     for name in BAD:
         with pytest.raises(VideoError):
