@@ -606,7 +606,7 @@ def _error_record(job: Job, e: Exception) -> dict[str, Any]:
         record.update(error=e.message, error_type=type(e).__name__, hint=e.hint)
     else:
         record.update(error=f"{type(e).__name__}: {e}", error_type=type(e).__name__, hint=DEBUG_HINT)
-        if os.environ.get("SCISSOR_DEBUG"):
+        if os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no"):
             record["traceback"] = traceback.format_exc()
     if job.answer is not None:
         record["correct"] = False

@@ -1,0 +1,609 @@
+"""Batch mode: job sources, manifest errors, records and failures, resume (incl. SIGKILL), accuracy, batching,
+two processes, and the CLI command. Most tests use ``FakeVLM`` (deterministic, instant) on real tiny videos; the
+batched == unbatched check and the CLI tests use the tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from scissor_cli.batch import (
+    MC_INSTRUCTION,
+    Job,
+    build_prompt,
+    expected_letter,
+    jobs_from_manifest,
+    jobs_from_paths,
+    normalize_text,
+    parse_choice,
+    part_path,
+    run_batch,
+    strip_letter_labels,
+    summary_path_for,
+)
+from scissor_cli.errors import ManifestError, VideoError
+from scissor_cli.options import ModelOptions, Profile, SamplingOptions
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------------------------------------- fakes
+@dataclass
+class FakeOutput:
+    texts: list[str]
+    n_prompt_tokens: list[int]
+    prefill_s: float = 0.0
+    generation_s: float = 0.0
+    n_new_tokens: list[int] = field(default_factory=list)
+    token_ids: list[list[int]] = field(default_factory=list)
+
+
+class FakeVLM:
+    """The VisionLanguageModel surface batch mode uses. Answers: ``answers[question's first line]`` if given, else
+    "<K> tokens: <first line>". A question containing "boom" makes ``generate`` raise (an unexpected error)."""
+
+    name, revision, newline = "fake", None, False
+    default_tau = default_epsilon = None
+    tokens_per_frame, hidden_size, n_layers, ffn_size = 4, 8, 2, 16
+
+    def __init__(self, answers: dict[str, str] | None = None, delay_s: float = 0.0):
+        import torch
+
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.answers, self.delay_s = answers or {}, delay_s
+        self.n_encoded = 0
+        self.generate_rows: list[int] = []
+
+    def encode(self, frames):
+        import torch
+
+        self.n_encoded += 1
+        x = torch.from_numpy(frames).float().permute(0, 3, 1, 2) / 255  # [F, 3, H, W]
+        tokens = torch.nn.functional.adaptive_avg_pool2d(x, (2, 2)).flatten(2).transpose(1, 2)  # [F, 4, 3]
+        n = tokens.shape[0]
+        position = torch.arange(4.0).expand(n, 4).unsqueeze(-1)
+        return torch.cat([tokens, torch.ones(n, 4, 1), position, tokens**2], -1)  # [F, 4, 8]
+
+    def generate(self, requests, gen):
+        self.generate_rows.append(len(requests))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        texts = []
+        for tokens, question in requests:
+            first = question.splitlines()[0]
+            if "boom" in first:
+                raise RuntimeError("the fake model exploded")
+            texts.append(self.answers.get(first, f"{tokens.shape[0]} tokens: {first}"))
+        return FakeOutput(texts, [t.shape[0] + len(q.split()) for t, q in requests])
+
+
+def fake_profile(**sampling) -> Profile:
+    return Profile(sampling=SamplingOptions(n_frames=4, **sampling), model=ModelOptions(model="fake", cache=False))
+
+
+class RecordingView:
+    def __init__(self):
+        self.started, self.statuses, self.records = None, [], []
+
+    def start(self, n_total, n_skipped):
+        self.started = (n_total, n_skipped)
+
+    def status(self, text):
+        self.statuses.append(text)
+
+    def job_done(self, record):
+        self.records.append(record)
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def make_clip(path: Path, pattern: str = "testsrc", seconds: float = 1.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"{pattern}=size=64x48:rate=10"]
+        + ["-t", str(seconds), "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+        timeout=60,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Four decodable clips (two in a sub folder) and one corrupt file, made once."""
+    d = tmp_path_factory.mktemp("clips")
+    out = {
+        "a": make_clip(d / "a.mp4", "testsrc"),
+        "b": make_clip(d / "b.mp4", "testsrc2"),
+        "c": make_clip(d / "sub" / "c.mp4", "rgbtestsrc"),
+        "d": make_clip(d / "sub" / "d.mp4", "smptebars"),
+    }
+    bad = d / "bad.mp4"
+    bad.write_bytes(os.urandom(4096))
+    out["bad"] = bad
+    return out
+
+
+@pytest.fixture
+def folder(clips, tmp_path) -> Path:
+    """A fresh copy of the clips: tests may break or fix files in it."""
+    d = tmp_path / "videos"
+    for src in clips.values():
+        dst = d / src.relative_to(src.parent.parent if src.parent.name == "sub" else src.parent)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    (d / ".hidden.mp4").write_bytes(b"not scanned")
+    (d / "notes.txt").write_text("not a video")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SCISSOR_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# ---------------------------------------------------------------------------------------------------- job sources
+def test_jobs_from_paths_recursive_sorted_filtered(folder):
+    jobs = jobs_from_paths([str(folder)], "What happens?")
+    rel = [os.path.relpath(j.video, folder) for j in jobs]
+    assert rel == ["a.mp4", "b.mp4", "bad.mp4", "sub/c.mp4", "sub/d.mp4"], "recursive, sorted, hidden/.txt skipped"
+    assert len({j.id for j in jobs}) == 5 and all(j.id.startswith(j.video + "#") for j in jobs)
+    other = jobs_from_paths([str(folder)], "Another question?")
+    assert {j.id for j in jobs}.isdisjoint(j.id for j in other), "ids include the question"
+    assert [j.id for j in jobs] == [j.id for j in jobs_from_paths([str(folder)], "What happens?")], "deterministic"
+
+    only_sub = jobs_from_paths([str(folder)], "Q?", glob="sub/*")
+    assert [os.path.basename(j.video) for j in only_sub] == ["c.mp4", "d.mp4"]
+    assert [os.path.basename(j.video) for j in jobs_from_paths([str(folder)], "Q?", glob="[ab].mp4")] == [
+        "a.mp4",
+        "b.mp4",
+    ]
+    # a file named explicitly is taken whatever its extension; duplicates collapse
+    both = jobs_from_paths([str(folder / "notes.txt"), str(folder / "a.mp4"), str(folder)], "Q?")
+    assert len(both) == 6 and sum(j.video.endswith("a.mp4") for j in both) == 1
+
+    with pytest.raises(ManifestError, match="no such file"):
+        jobs_from_paths([str(folder / "missing")], "Q?")
+    with pytest.raises(ManifestError, match="no videos found") as e:
+        jobs_from_paths([str(folder)], "Q?", glob="*.nothing")
+    assert "--glob" in e.value.hint
+
+
+def test_manifest_jsonl_and_csv(folder, tmp_path):
+    man = folder / "jobs.jsonl"
+    rows = [
+        {"video": "a.mp4", "question": "What is shown?", "id": "one", "task": "count"},
+        {"video": "sub/c.mp4", "question": "Which color?", "options": ["red", "green"], "answer": "green"},
+        {"video": str(folder / "b.mp4"), "question": "Which?", "options": "A. x|B. y|C. z", "answer": "(c)"},
+        {"video": "a.mp4", "question": "How many?", "answer": 3},
+    ]
+    man.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    jobs = jobs_from_manifest(str(man))
+    assert [j.video for j in jobs] == [str(folder / p) for p in ("a.mp4", "sub/c.mp4", "b.mp4", "a.mp4")]
+    assert jobs[0].id == "one" and jobs[0].extra == {"task": "count"} and jobs[0].options is None
+    assert jobs[1].options == ("red", "green") and jobs[1].answer == "green" and jobs[1].id.startswith("sub/c.mp4#")
+    assert jobs[2].options == ("x", "y", "z"), "letter labels in the data are stripped"
+    assert jobs[3].answer == "3"
+
+    csv_path = tmp_path / "jobs.csv"
+    csv_path.write_text(
+        "\ufeffvideo,question,options,answer,category\n"
+        f'{folder / "a.mp4"},"Is it, really?","[""yes"", ""no""]",A,yn\n'
+        f"{folder / 'b.mp4'},Which animal?,cat|dog|bird,dog,\n",
+        encoding="utf-8",
+    )
+    jobs = jobs_from_manifest(str(csv_path))
+    assert (
+        jobs[0].question == "Is it, really?"
+        and jobs[0].options == ("yes", "no")
+        and jobs[0].extra == {"category": "yn"}
+    )
+    assert jobs[1].options == ("cat", "dog", "bird") and jobs[1].answer == "dog" and jobs[1].extra == {}
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "line", "words"),
+    [
+        (".jsonl", '{"video": "a.mp4", "question": "q"}\n{"video": "b.mp4", "question": \n', 2, "not valid JSON"),
+        (".jsonl", '{"video": "a.mp4", "question": "q"}\n\n{"question": "q"}\n', 3, "missing 'video'"),
+        (".jsonl", '{"video": "a.mp4"}\n', 1, "missing 'question'"),
+        (".jsonl", '{"video": "a.mp4", "question": "q", "id": 1}\n{"video": "b.mp4", "question": "r", "id": "1"}\n',
+         2, "duplicate id '1' (first on line 1)"),
+        (".jsonl", '{"video": "a.mp4", "question": "q"}\n{"video": "a.mp4", "question": "q"}\n', 2, "duplicate id"),
+        (".jsonl", '{"video": "a.mp4", "question": "q", "options": ["x", "y"], "answer": "C"}\n', 1,
+         "neither an option letter"),
+        (".jsonl", '{"video": "a.mp4", "question": "q", "options": ["x"]}\n', 1, "1 options"),
+        (".jsonl", '{"video": "a.mp4", "question": "q", "status": "ok"}\n', 1, "reserved"),
+        (".jsonl", '["a.mp4", "q"]\n', 1, "expected a JSON object"),
+        (".csv", "video,question\na.mp4,q\nb.mp4,\n", 3, "missing 'question'"),
+        (".csv", "path,question\na.mp4,q\n", 1, "no 'video' column"),
+        (".csv", "video,question\na.mp4,q,extra\n", 2, "more cells"),
+        (".csv", 'video,question,options\na.mp4,q,"[""x"", "\n', 2, "not a valid JSON list"),
+    ],
+)  # fmt: skip
+def test_malformed_manifest_names_file_and_line(tmp_path, suffix, text, line, words):
+    path = tmp_path / f"jobs{suffix}"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as e:
+        jobs_from_manifest(str(path))
+    assert str(path) in e.value.message and f"line {line}" in e.value.message, e.value.message
+    assert words in e.value.message and e.value.hint, (e.value.message, e.value.hint)
+
+
+def test_manifest_file_errors(tmp_path):
+    with pytest.raises(ManifestError, match="no such manifest"):
+        jobs_from_manifest(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "jobs.txt").write_text("x")
+    with pytest.raises(ManifestError, match="unknown manifest format"):
+        jobs_from_manifest(str(tmp_path / "jobs.txt"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ManifestError, match="no jobs"):
+        jobs_from_manifest(str(tmp_path / "empty.jsonl"))
+
+
+# ----------------------------------------------------------------------------------------- prompts and scoring
+def test_multiple_choice_prompt_is_lmms_eval_style():
+    prompt = build_prompt("What does the man do?", ("runs", "sits", "jumps"))
+    assert prompt == (
+        "What does the man do?\nA. runs\nB. sits\nC. jumps\nAnswer with the option's letter from the given choices "
+        "directly."
+    )
+    assert prompt.endswith(MC_INSTRUCTION) and build_prompt("Plain?", None) == "Plain?"
+    assert strip_letter_labels(["A. x", "B. y"]) == ("x", "y")
+    assert strip_letter_labels(["(A) x", "(B) y"]) == ("x", "y")
+    assert strip_letter_labels(["B. x", "A. y"]) == ("B. x", "A. y"), "labels out of order are content"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("B", "B"), ("B.", "B"), ("(C)", "C"), ("C) jumps", "C"), ("A. runs", "A"), ("A", "A"),
+        ("The answer is B.", "B"), ("Answer: (B) sits", "B"), ("Best option: C", "C"), (" b ", None),
+        ("sits", "B"), ("He sits.", "B"), ("A man jumps over the fence.", "C"), ("I think it is B", "B"),
+        ("The man sits and then jumps", None), ("D", None), ("no idea", None), ("", None),
+    ],
+)  # fmt: skip
+def test_parse_choice(text, expected):
+    assert parse_choice(text, ("runs", "sits", "jumps")) == expected, text
+
+
+def test_expected_letter_and_exact_match_normalization():
+    options = ("red car", "blue car")
+    assert expected_letter("b", options) == "B" and expected_letter("(A)", options) == "A"
+    assert expected_letter("Blue car.", options) == "B" and expected_letter("C", options) is None
+    assert normalize_text("  The CAT, sat!  ") == normalize_text("the cat sat") == "the cat sat"
+
+
+# ----------------------------------------------------------------------------------------------------- running
+def test_bad_file_among_good_ones_is_isolated(folder, tmp_path):
+    jobs = jobs_from_paths([str(folder)], "What happens?")
+    out = tmp_path / "out" / "results.jsonl"
+    out.parent.mkdir()
+    view = RecordingView()
+    vlm = FakeVLM()
+    summary = run_batch(lambda: vlm, jobs, str(out), fake_profile(), batch_size=2, view=view)
+
+    records = read_jsonl(out)
+    assert [r["id"] for r in view.records] == [r["id"] for r in records], "view sees records as they are written"
+    assert sorted(r["id"] for r in records) == sorted(j.id for j in jobs)
+    bad = [r for r in records if r["status"] == "error"]
+    assert len(bad) == 1 and bad[0]["video"].endswith("bad.mp4"), records
+    assert bad[0]["error"] and bad[0]["hint"] and bad[0]["error_type"] == VideoError.__name__
+    ok = [r for r in records if r["status"] == "ok"]
+    for r in ok:
+        assert r["answer"] == f"{r['tokens']['final']} tokens: What happens?", r
+        assert r["tokens"]["original"] == 4 * 4 and 0 < r["retention"] <= 1 and r["model"] == "fake"
+        assert "profile" in r and "timings_s" in r and r["batch_rows"] in (1, 2)
+    assert (summary.n_total, summary.n_done, summary.n_failed, summary.n_skipped) == (5, 4, 1, 0)
+    assert summary.mean_retention == pytest.approx(sum(r["retention"] for r in ok) / 4)
+    assert summary.mean_time_s > 0 and summary.accuracy is None and summary.summary_path is None
+    assert view.started == (5, 0) and any("loading" in s for s in view.statuses)
+    assert vlm.n_encoded == 4 and vlm.generate_rows == [2, 2], "4 good videos, batch_size 2"
+
+
+def test_shared_encoding_and_batch_isolation(folder, tmp_path):
+    a, b = str(folder / "a.mp4"), str(folder / "b.mp4")
+    jobs = [Job(f"a{i}", a, f"Question {i}?") for i in range(3)]
+    jobs += [Job("boom", b, "boom?"), Job("b1", b, "Fine?")]
+    vlm = FakeVLM()
+    out = tmp_path / "r.jsonl"
+    summary = run_batch(lambda: vlm, jobs, str(out), fake_profile(), batch_size=4)
+    assert vlm.n_encoded == 2, "one encoding per video, however many questions"
+    # [a0 a1 a2 boom] fails as a batch -> 4 single calls, then [b1]
+    assert vlm.generate_rows == [4, 1, 1, 1, 1, 1], vlm.generate_rows
+    records = {r["id"]: r for r in read_jsonl(out)}
+    assert records["boom"]["status"] == "error" and records["boom"]["error"].startswith("RuntimeError: the fake")
+    assert "SCISSOR_DEBUG=1" in records["boom"]["hint"] and "traceback" not in records["boom"]
+    assert all(records[k]["status"] == "ok" for k in ("a0", "a1", "a2", "b1"))
+    assert (summary.n_done, summary.n_failed) == (4, 1)
+
+
+def test_debug_records_traceback(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCISSOR_DEBUG", "1")
+    out = tmp_path / "r.jsonl"
+    run_batch(FakeVLM, [Job("x", str(folder / "a.mp4"), "boom")], str(out), fake_profile())
+    assert "RuntimeError" in read_jsonl(out)[0]["traceback"]
+
+
+def test_resume_skips_ok_retries_errors_and_keeps_one_record_per_job(folder, tmp_path, clips):
+    jobs = jobs_from_paths([str(folder)], "What happens?")
+    out = tmp_path / "r.jsonl"
+    first = run_batch(FakeVLM, jobs, str(out), fake_profile())
+    assert (first.n_done, first.n_failed) == (4, 1)
+
+    loads = []
+    again = run_batch(lambda: loads.append(1) or FakeVLM(), jobs, str(out), fake_profile())
+    assert (again.n_done, again.n_failed, again.n_skipped) == (0, 1, 4), "only the errored job is retried"
+
+    (folder / "bad.mp4").write_bytes(clips["a"].read_bytes())  # the user fixes the file
+    fixed = run_batch(FakeVLM, jobs, str(out), fake_profile())
+    assert (fixed.n_done, fixed.n_failed, fixed.n_skipped) == (1, 0, 4)
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == sorted(j.id for j in jobs), "one record per job after retries"
+    assert all(r["status"] == "ok" for r in records)
+
+    view = RecordingView()
+    loads.clear()
+    done = run_batch(lambda: loads.append(1) or FakeVLM(), jobs, str(out), fake_profile(), view=view)
+    assert (done.n_done, done.n_skipped) == (0, 5) and view.started == (5, 5)
+    assert loads == [], "nothing pending: the model is not loaded"
+
+    fresh = run_batch(FakeVLM, jobs[:2], str(out), fake_profile(), overwrite=True)
+    assert (fresh.n_done, fresh.n_skipped) == (2, 0) and len(read_jsonl(out)) == 2, "--overwrite starts fresh"
+
+
+def test_records_without_id_match_by_video_and_question(folder, tmp_path):
+    job = Job("new-id", str(folder / "a.mp4"), "Q?")
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"status": "ok", "video": job.video, "question": "Q?", "answer": "x"}) + "\n")
+    assert run_batch(FakeVLM, [job], str(out), fake_profile()).n_skipped == 1
+
+
+def test_partial_trailing_line_is_cut_away(folder, tmp_path):
+    jobs = jobs_from_paths([str(folder / "a.mp4"), str(folder / "b.mp4")], "Q?")
+    out = tmp_path / "r.jsonl"
+    run_batch(FakeVLM, jobs[:1], str(out), fake_profile())
+    with open(out, "ab") as f:
+        f.write(b'{"id": "' + jobs[1].id.encode() + b'", "status": "ok", "answ')  # killed mid-write
+    summary = run_batch(FakeVLM, jobs, str(out), fake_profile())
+    assert (summary.n_done, summary.n_skipped) == (1, 1), "the half-written job is not counted as finished"
+    assert [r["id"] for r in read_jsonl(out)] == [j.id for j in jobs]
+
+
+def test_output_problems_raise_manifest_error(folder, tmp_path):
+    jobs = [Job("x", str(folder / "a.mp4"), "Q?")]
+    with pytest.raises(ManifestError, match="does not exist") as e:
+        run_batch(FakeVLM, jobs, str(tmp_path / "missing" / "r.jsonl"), fake_profile())
+    assert "mkdir" in e.value.hint
+    with pytest.raises(ManifestError, match="is a folder"):
+        run_batch(FakeVLM, jobs, str(tmp_path), fake_profile())
+    out = tmp_path / "notes.jsonl"
+    out.write_text("just some text\n")
+    with pytest.raises(ManifestError, match="not a scissor batch output") as e:
+        run_batch(FakeVLM, jobs, str(out), fake_profile())
+    assert "--overwrite" in e.value.hint
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ManifestError, match="cannot write"):
+            run_batch(FakeVLM, jobs, str(locked / "r.jsonl"), fake_profile())
+
+
+def test_accuracy_overall_and_per_task(folder, tmp_path):
+    rows = [
+        {"id": "mc-right", "video": "a.mp4", "question": "Color?", "options": ["red", "blue"], "answer": "B",
+         "task": "color"},
+        {"id": "mc-text", "video": "a.mp4", "question": "Shape?", "options": ["round", "square"], "answer": "square",
+         "task": "shape"},
+        {"id": "mc-wrong", "video": "b.mp4", "question": "Size?", "options": ["big", "small"], "answer": "A",
+         "task": "shape"},
+        {"id": "exact", "video": "b.mp4", "question": "Count?", "answer": "Three.", "task": "count"},
+        {"id": "failed", "video": "bad.mp4", "question": "Count?", "answer": "THREE", "task": "count"},
+        {"id": "free", "video": "b.mp4", "question": "Describe."},
+    ]  # fmt: skip
+    man = folder / "jobs.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = {"Color?": "B. blue", "Shape?": "It is square.", "Size?": "small", "Count?": "three"}
+    out = tmp_path / "results.jsonl"
+    summary = run_batch(lambda: FakeVLM(answers), jobs_from_manifest(str(man)), str(out), fake_profile())
+
+    records = {r["id"]: r for r in read_jsonl(out)}
+    assert records["mc-right"]["prompt"] == build_prompt("Color?", ("red", "blue"))
+    assert records["mc-right"]["question"] == "Color?" and records["mc-right"]["options"] == ["red", "blue"]
+    assert (records["mc-right"]["predicted"], records["mc-right"]["correct"]) == ("B", True)
+    assert (records["mc-text"]["predicted"], records["mc-text"]["correct"]) == ("B", True)
+    assert (records["mc-wrong"]["predicted"], records["mc-wrong"]["correct"]) == ("B", False)
+    assert records["exact"]["correct"] is True and records["exact"]["expected"] == "Three."
+    assert records["failed"]["status"] == "error" and records["failed"]["correct"] is False
+    assert records["failed"]["task"] == "count", "extra manifest fields are kept on error records too"
+    assert "correct" not in records["free"] and "expected" not in records["free"]
+
+    acc = summary.accuracy
+    assert (acc["overall"], acc["n_correct"], acc["n_scored"], acc["n_failed"]) == (3 / 5, 3, 5, 1)
+    by_task = acc["by_group"]["task"]
+    assert {k: (v["n_correct"], v["n_scored"]) for k, v in by_task.items()} == {
+        "color": (1, 1),
+        "count": (1, 2),
+        "shape": (1, 2),
+    }
+    assert summary.summary_path == str(tmp_path / "results.summary.json") == summary_path_for(str(out))
+    saved = json.loads(Path(summary.summary_path).read_text())
+    assert saved["accuracy"] == acc and saved["n_records"] == 6 and saved["n_error"] == 1
+
+    # a resumed run's summary covers every record in the output, not only its own jobs
+    (folder / "bad.mp4").write_bytes((folder / "a.mp4").read_bytes())
+    again = run_batch(lambda: FakeVLM(answers), jobs_from_manifest(str(man)), str(out), fake_profile())
+    assert (again.n_done, again.n_skipped) == (1, 5)
+    assert (again.accuracy["n_correct"], again.accuracy["n_scored"], again.accuracy["n_failed"]) == (4, 5, 0)
+
+
+def test_batched_answers_equal_unbatched_on_tiny_checkpoint(tiny_hf_dir, folder, tmp_path):
+    from scissor_cli.model import load_model
+
+    profile = Profile(sampling=SamplingOptions(n_frames=4), model=ModelOptions(model=str(tiny_hf_dir)))
+    profile = profile.override(generation={"max_new_tokens": 8})
+    vlm = load_model(profile.model)
+    jobs = [j for j in jobs_from_paths([str(folder)], "What is happening?") if "bad" not in j.video]
+    jobs += [Job("extra", jobs[0].video, "Describe the video in detail.")]
+    answers = {}
+    for batch_size in (1, 4):
+        out = tmp_path / f"b{batch_size}.jsonl"
+        summary = run_batch(lambda: vlm, jobs, str(out), profile, batch_size=batch_size)
+        assert summary.n_done == len(jobs)
+        records = read_jsonl(out)
+        assert {r["batch_rows"] for r in records} == ({1} if batch_size == 1 else {4, 1})
+        answers[batch_size] = {r["id"]: r["answer"] for r in records}
+    assert answers[1] == answers[4], "left-padded batched generation must answer like one call per question"
+    assert len(set(answers[1].values())) > 1, "the random model should not give one answer to everything"
+
+
+# ------------------------------------------------------------------------------------------- other processes
+DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_batch import FakeVLM, RecordingView, fake_profile
+from scissor_cli.batch import jobs_from_paths, run_batch
+
+folder, out, delay, report = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+view = RecordingView()
+s = run_batch(lambda: FakeVLM(delay_s=delay), jobs_from_paths([folder], "Q?"), out, fake_profile(), batch_size=1,
+              view=view)
+json.dump({{"n_done": s.n_done, "n_failed": s.n_failed, "n_skipped": s.n_skipped, "output": s.output,
+           "ids": [r["id"] for r in view.records]}}, open(report, "w"))
+"""
+
+
+def write_driver(tmp_path) -> Path:
+    path = tmp_path / "driver.py"
+    path.write_text(textwrap.dedent(DRIVER.format(tests=str(TESTS_DIR))))
+    return path
+
+
+def test_sigkill_mid_run_then_resume(folder, tmp_path):
+    driver = write_driver(tmp_path)
+    out = tmp_path / "r.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(driver), str(folder), str(out), "1.0", str(tmp_path / "rep.json")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the driver ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    n_before = len(read_jsonl(out))
+    assert 1 <= n_before < 5, n_before
+    with open(out, "ab") as f:
+        f.write(b'{"id": "half')  # as if the kill had landed inside a write
+
+    jobs = jobs_from_paths([str(folder)], "Q?")
+    summary = run_batch(FakeVLM, jobs, str(out), fake_profile())
+    assert summary.n_skipped == n_before and summary.n_done + summary.n_failed == 5 - n_before
+    ids = [r["id"] for r in read_jsonl(out)]
+    assert sorted(ids) == sorted(j.id for j in jobs), "every job exactly once"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(driver, folder, out, tmp_path, world_size=2, tag="run") -> list[dict]:
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), SCISSOR_BATCH_BARRIER_S="120")
+        report = tmp_path / f"{tag}-{rank}.json"
+        cmd = [sys.executable, str(driver), str(folder), str(out), "0", str(report)]
+        procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), report))
+    reports = []
+    for proc, report in procs:
+        text = proc.communicate(timeout=180)[0].decode()
+        assert proc.returncode == 0, text[-3000:]
+        reports.append(json.loads(report.read_text()))
+    return reports
+
+
+def test_two_processes_shard_merge_and_resume(folder, tmp_path, clips):
+    driver = write_driver(tmp_path)
+    out = tmp_path / "r.jsonl"
+    (folder / "bad.mp4").unlink()
+    # a part file left by an earlier killed 3-process run: its job counts as done and is merged at the end
+    a_job = jobs_from_paths([str(folder / "a.mp4")], "Q?")[0]
+    leftover = {"id": a_job.id, "status": "ok", "video": a_job.video, "question": "Q?", "answer": "from before"}
+    Path(part_path(str(out), 2, 3)).write_text(json.dumps(leftover) + "\n")
+
+    r0, r1 = run_ranks(driver, folder, out, tmp_path)
+    jobs = jobs_from_paths([str(folder)], "Q?")
+    assert set(r0["ids"]).isdisjoint(r1["ids"]) and r0["ids"] and r1["ids"], "each rank answers its own share"
+    assert sorted(r0["ids"] + r1["ids"] + [a_job.id]) == sorted(j.id for j in jobs)
+    assert r0["n_skipped"] == r1["n_skipped"] == 1
+    assert r0["n_done"] == 3 and r1["n_done"] == len(r1["ids"]), "rank 0 reports every rank's work"
+    assert r0["output"] == str(out) and r1["output"] == part_path(str(out), 1, 2)
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == sorted(j.id for j in jobs), "merged: every job exactly once"
+    assert not list(tmp_path.glob("r.jsonl.part-*")), "merged part files are removed"
+
+    for name in ("e", "f"):
+        make_clip(folder / "new" / f"{name}.mp4", "testsrc")
+    s0, s1 = run_ranks(driver, folder, out, tmp_path, tag="resume")
+    assert sorted(s0["ids"] + s1["ids"]) == sorted(j.id for j in jobs_from_paths([str(folder / "new")], "Q?"))
+    assert s0["n_skipped"] == 4 and s0["n_done"] == 2
+    assert len(read_jsonl(out)) == 6 and not list(tmp_path.glob("r.jsonl.part-*"))
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+def test_cli_batch_folder_and_manifest(tiny_hf_dir, folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, ["batch", *map(str, args)])
+
+    common = ["--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "4"]
+    out = tmp_path / "r.jsonl"
+    result = run(folder, "-q", "What is happening?", "-o", out, *common)
+    assert result.exit_code == 1, f"a failed job exits 1:\n{result.output}"
+    records = read_jsonl(out)
+    assert len(records) == 5 and sum(r["status"] == "error" for r in records) == 1
+
+    (folder / "bad.mp4").write_bytes((folder / "a.mp4").read_bytes())  # fixed: the errored job is retried
+    result = run(folder, "-q", "What is happening?", "-o", out, *common)
+    assert result.exit_code == 0, result.output
+    assert "4 of 5 jobs already in the output" in result.output, result.output
+    assert [r["status"] for r in read_jsonl(out)] == ["ok"] * 5, "one record per job, the error replaced"
+
+    man = folder / "jobs.csv"
+    man.write_text("video,question,options,answer,task\na.mp4,Which?,x|y,A,t1\nb.mp4,Which?,x|y,y,t2\n")
+    summary_file = tmp_path / "m.summary.json"
+    result = run("--manifest", man, "-o", tmp_path / "m.jsonl", "--batch-size", "2", *common)
+    assert result.exit_code == 0, result.output
+    assert json.loads(summary_file.read_text())["accuracy"]["n_scored"] == 2
+
+    bad = folder / "bad.jsonl"
+    bad.write_text('{"video": "a.mp4"}\n')
+    result = run("--manifest", bad, "-o", tmp_path / "x.jsonl", *common)
+    assert result.exit_code == ManifestError.exit_code and "line 1" in result.stderr, result.output
+    result = run(folder, "-o", tmp_path / "x.jsonl", *common)
+    assert result.exit_code == 2, "a usage error (no question) exits 2"
