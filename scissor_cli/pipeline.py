@@ -52,6 +52,7 @@ class EncodedVideo:
     decode_s: float
     vision_s: float
     cache_hit: bool
+    backend: str  # the decoder that produced the frames ("decord", "ffmpeg"), or "cache"
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,9 @@ def encode_video(
         cached = cache.get(key)
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
-            return EncodedVideo(
-                str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, features, 0.0, 0.0, True
-            )
+            n = features.shape[0]  # a file that ended early cached fewer frames than planned
+            indices, timestamps = tuple(plan.indices[:n]), tuple(plan.timestamps[:n])
+            return EncodedVideo(str(video), info, indices, timestamps, plan.note, features, 0.0, 0.0, True, "cache")
 
     if on_status:
         on_status(f"decoding {len(plan.indices)} frames")
@@ -180,6 +181,7 @@ def encode_video(
         decode_s,
         vision_s,
         False,
+        clip.backend,
     )
 
 

@@ -154,7 +154,7 @@ def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
             table.add_row("tau / epsilon", f"{c.tau:.4g} / {c.epsilon:.4g}")
         if insp.tflops:
             table.add_row("LLM prefill", f"{insp.tflops['before']:.3g} → {insp.tflops['after']:.3g} TFLOPs (est.)")
-        src = "from cache" if e.cache_hit else f"decode {_fmt_s(e.decode_s)}, vision {_fmt_s(e.vision_s)}"
+        src = "from cache" if e.cache_hit else f"decode {_fmt_s(e.decode_s)} ({e.backend}), vision {_fmt_s(e.vision_s)}"
         table.add_row("time", f"{src}, compression {_fmt_s(c.compression_s)}")
         if show_per_frame:
             table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
