@@ -1,0 +1,600 @@
+"""LLaVA-Scissor's Semantic Connected Components (SCC): compress one video's visual tokens.
+
+This module is the algorithm of ``/work/shared/SCC.md`` as a pure tensor function: tokens ``[F, T, D]`` in,
+kept tokens ``[M, D]`` plus per-step counts out. No I/O, no global RNG (an explicit ``torch.Generator``).
+
+The parts, named after the paper:
+
+* **similarity graph** -- cosine similarity in float32 (whatever the input dtype); adjacency ``cos > tau``
+  (strict), diagonal included; a zero vector has cosine 0 with everything.
+* **connected components** -- min-label union of the graph's edges: every root hooks onto the smallest root it
+  touches (``scatter_reduce amin``), then ``ceil(log2 N)`` pointer jumps flatten the forest. One host sync per
+  round (the "all edges settled?" test); rounds are few (O(log N) in practice). In the sampled regime
+  (``N' = min(N, ceil(ln N / eps^2)) < N``) only the edges of ``N'`` sampled vertices are unioned, so
+  vertices that are neither sampled nor adjacent to a sample stay singletons. Component members are all
+  vertices with that root (SCC.md fix 2); components are ordered by the index of their highest-degree member
+  (degree in the full A, ties to the lowest index). Each component becomes the plain mean of its members.
+* **spatial step** -- SCC per frame, batched over all frames at once (``[F, T, T]`` via ``bmm``).
+* **temporal step** -- one global SCC over the spatial output ``[M1, D]``. Above ``DENSE_LIMIT`` tokens the
+  similarity graph is built in row blocks of ``BLOCK_ROWS`` and each block's edges are unioned into the running
+  forest at once, so no ``M1 x M1`` matrix ever exists.
+* **merge** -- every original token goes to its most similar kept token (argmax cosine, ties to the lowest
+  index); kept_j <- (kept_j + sum of its originals) / (count_j + 1). Row-blocked when ``F*T x M`` is large.
+
+Sampling: ``draw_sample`` draws each sampled vertex set from ``generator`` on the generator's own device
+(a CPU generator works for CUDA tokens; indices are moved over). Draw order: the spatial step's samples
+(one set per frame, only when ``T' < T``) and then the temporal step's (only when ``M1' < M1``). With
+``generator=None`` a fresh CPU generator seeded with 0 is used, so the output is always reproducible.
+
+Token budget (``budget=``): the similarity matrices do not depend on tau, and for tau' <= tau every spatial
+component at tau' is a union of spatial components at tau (the threshold graph only gains edges). So the
+search computes the per-frame similarities once, and the Gram matrix of the spatial component *sums* once at
+a "base" tau above the answer; the temporal similarities at any lower tau are that Gram matrix summed over
+the coarser components (``O(M1^2)``, no ``D``), and the count at each candidate tau is a connected-components
+run on it. A safeguarded regula falsi on ``log M`` (every third step a bisection) shrinks the bracket
+[feasible tau, infeasible tau] until M lands in ``[0.9 B, B]`` or the bracket is below float resolution; the
+answer is the highest feasible tau found, and the final compression runs at it exactly as a plain call would
+(``compress(x, tau=out.tau, tau_temporal=out.tau_temporal)`` gives the same tokens). Direct (matmul)
+evaluations are used instead when the spatial step is itself sampled (components then do not nest) or the
+base would exceed ``DENSE_LIMIT`` tokens; those cost one temporal pass each and are capped at
+``MAX_DIRECT_EVALS``. How tau_temporal interacts with a budget: if ``tau_temporal`` is None, one tau is searched
+and used by both steps; if it is given, it is kept fixed and only the spatial tau is searched.
+
+Complexity (N = F*T tokens, M1 spatial tokens, M kept tokens, D width, b = BLOCK_ROWS):
+
+=============  ==========================  ==============================================
+step           time                        extra memory
+=============  ==========================  ==============================================
+spatial        O(F T^2 D) (one bmm)        O(F T^2) (chunked at 2^24 elements)
+temporal       O(M1^2 D)                   O(M1^2) dense; O(b M1 + edges per block) above DENSE_LIMIT
+components     O(E log N) per step         O(N + E)
+merge          O(N M D)                    O(N M), or O(b M) when N*M > DENSE_LIMIT^2
+budget search  one spatial bmm + one base  O(F T^2 + M1^2); each candidate O(F T^2 + M1^2)
+               Gram O(M1^2 D) + final merge
+=============  ==========================  ==============================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import torch
+
+from scissor_cli.errors import OptionError
+
+BLOCK_ELEMENTS = 1 << 23  # similarity entries per block: rows per block = BLOCK_ELEMENTS // N (>= 1), so a
+# graph over more than sqrt(2^23) ~ 2,896 tokens (and any past 8,192) is built in row blocks, never N x N
+DENSE_LIMIT = 8192  # the budget search keeps an M1 x M1 Gram matrix only up to this many spatial tokens
+MAX_SEARCH_EVALS = 48  # cheap (Gram-aggregated) candidate evaluations in the budget search
+MAX_DIRECT_EVALS = 10  # candidate evaluations that need a fresh temporal matmul each
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    tokens: torch.Tensor  # [M, D], the input's device and dtype
+    n_input: int  # F * T
+    n_spatial: int  # M1, tokens after the spatial step
+    n_output: int  # M
+    tau: float  # spatial tau actually used (the searched one in budget mode)
+    tau_temporal: float  # temporal tau actually used
+    epsilon: float
+    budget: int | None  # token budget resolved to a count, None without a budget
+    spatial_per_frame: list[int]  # [F], kept per frame by the spatial step
+    assignment: torch.Tensor  # [F*T] long: index of the kept token each original token merged into
+
+    @property
+    def retention(self) -> float:
+        return self.n_output / self.n_input
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_tokens(tokens: object) -> None:
+    if not isinstance(tokens, torch.Tensor):
+        raise OptionError(
+            f"tokens must be a torch.Tensor, got {type(tokens).__name__}",
+            hint="pass the video features as a [F, T, D] float tensor",
+        )
+    if tokens.ndim != 3:
+        raise OptionError(
+            f"tokens must have 3 dims [F, T, D], got shape {tuple(tokens.shape)}",
+            hint="one video at a time: frames x tokens per frame x width",
+        )
+    if tokens.numel() == 0:
+        raise OptionError(f"tokens are empty, shape {tuple(tokens.shape)}", hint="F, T and D must all be >= 1")
+    if not tokens.is_floating_point():
+        raise OptionError(f"tokens must be floating point, got {tokens.dtype}", hint="cast with .float()")
+
+
+def _check_tau(name: str, tau: object) -> float:
+    if not _is_real(tau):
+        raise OptionError(
+            f"{name} = {tau!r} is not a finite number",
+            hint=f"{name} is a cosine threshold, usually 0.8 to 0.95 (>= 1 keeps every token)",
+        )
+    return float(tau)
+
+
+def _check_epsilon(epsilon: object) -> float:
+    if not _is_real(epsilon) or not 0 < epsilon <= 1:
+        raise OptionError(f"epsilon = {epsilon!r} is out of range", hint="epsilon must be in (0, 1] (paper: 0.05)")
+    return float(epsilon)
+
+
+def _resolve_budget(budget: object, n_input: int) -> int | None:
+    """A float in (0, 1] is a ratio of F*T (rounded down, at least 1 token); an int >= 1 is a count."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise OptionError(
+            f"budget = {budget!r} is not a number",
+            hint="a retention ratio in (0, 1] (e.g. 0.1) or a token count >= 1 (e.g. 600)",
+        )
+    if isinstance(budget, float):
+        if not math.isfinite(budget) or not 0 < budget <= 1:
+            raise OptionError(
+                f"budget = {budget!r} is not a ratio in (0, 1]",
+                hint="give a fraction such as 0.1 for 10 %, or an integer token count",
+            )
+        return max(1, math.floor(budget * n_input + 1e-9))
+    if budget < 1:
+        raise OptionError(f"budget = {budget!r} tokens is below 1", hint="a token budget must be >= 1")
+    return int(budget)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def sample_size(n: int, epsilon: float) -> int:
+    """N' = min(N, ceil(ln(N) / epsilon^2)); N' = N means exact components."""
+    if n <= 1:
+        return n
+    return min(n, math.ceil(math.log(n) / epsilon**2))
+
+
+def draw_sample(n: int, n_sample: int, generator: torch.Generator, n_sets: int = 1) -> torch.Tensor:
+    """[n_sets, n_sample] vertex indices, each row uniform without replacement, on the generator's device.
+
+    Random float64 keys sorted per row (a batched randperm); shared with the slow reference in the tests so
+    both use the same sample.
+    """
+    keys = torch.rand((n_sets, n), generator=generator, device=generator.device, dtype=torch.float64)
+    return keys.argsort(dim=1)[:, :n_sample]
+
+
+def _sample_mask(n: int, epsilon: float, generator: torch.Generator, n_sets: int, device) -> torch.Tensor | None:
+    """[n_sets, n] bool, True for sampled vertices; None in the exact regime (nothing drawn)."""
+    n_sample = sample_size(n, epsilon)
+    if n_sample >= n:
+        return None
+    idx = draw_sample(n, n_sample, generator, n_sets).to(device)
+    mask = torch.zeros((n_sets, n), dtype=torch.bool, device=device)
+    return mask.scatter_(1, idx, True)
+
+
+def _clone(generator: torch.Generator) -> torch.Generator:
+    g = torch.Generator(device=generator.device)
+    g.set_state(generator.get_state())
+    return g
+
+
+# ------------------------------------------------------------------------------------ similarity & components
+
+# CPU only: everything but the similarity matmuls is memory-bound bookkeeping (thresholds, nonzero, unions,
+# scatters) made of many short ops. With the caller's thread count, each short op opens an OpenMP parallel
+# region whose barrier waits a whole scheduler slice whenever another process holds a core: measured on the
+# shared 2-core CI box, 0.8 s single-threaded vs 1.9 s with 2 threads at 32x196x896. So the bookkeeping runs on
+# one thread and each matmul gets the caller's threads back (set_num_threads costs well under a microsecond).
+_MATMUL_THREADS: ContextVar[int | None] = ContextVar("scissor_scc_matmul_threads", default=None)
+
+
+@contextmanager
+def _serial_bookkeeping(device: torch.device) -> Iterator[None]:
+    n_threads = torch.get_num_threads()
+    if device.type != "cpu" or n_threads == 1:
+        yield
+        return
+    token = _MATMUL_THREADS.set(n_threads)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n_threads)
+        _MATMUL_THREADS.reset(token)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """matmul (batched too) with the caller's CPU threads, see _serial_bookkeeping."""
+    n_threads = _MATMUL_THREADS.get()
+    if n_threads is None:
+        return torch.matmul(a, b)
+    torch.set_num_threads(n_threads)
+    try:
+        return torch.matmul(a, b)
+    finally:
+        torch.set_num_threads(1)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length; zero rows stay zero (so their cosine with everything is 0, never NaN)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+
+def _block_edges(adj: torch.Tensor, row0: int, offset: int, in_sample: torch.Tensor | None):
+    """Edges and degrees of a block of adjacency rows.
+
+    adj: [C, R, n] bool, rows row0..row0+R of C graphs with n vertices each (C > 1 only for frames).
+    Vertex ids are global: offset + c * n + local id. Exact regime: each edge once (i < j). Sampled regime
+    (in_sample [C, R]): every edge of a sampled row, i.e. each sample joined with all its neighbours.
+    Returns (u [E], v [E], degree [C*R]); degree counts the diagonal once (it is in A by definition).
+    One pass over the block (nonzero); everything after it is O(edges).
+    """
+    c, r, n = adj.shape
+    graph, row, col = adj.nonzero().unbind(1)  # both directions, diagonal included
+    row = row + row0
+    off = row != col
+    flat_row = graph * r + row - row0  # [E'] row index within the block
+    degree = torch.bincount(flat_row[off], minlength=c * r) + 1
+    if in_sample is None:
+        keep = row < col
+    else:
+        keep = off & in_sample.reshape(-1).index_select(0, flat_row)
+    base = offset + graph[keep] * n
+    return base + row[keep], base + col[keep], degree
+
+
+def _union(labels: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
+    """Union edges (u, v) into the flat forest ``labels`` (in place; every entry points at its root, the
+    smallest vertex of its component). One host sync per round."""
+    if u.numel() == 0:
+        return
+    n_jumps = max(1, math.ceil(math.log2(labels.numel())))
+    # index_select, not labels[u]: advanced indexing runs a parallel region even for tiny index tensors,
+    # which costs milliseconds per call when the cores are shared
+    while True:
+        ru, rv = labels.index_select(0, u), labels.index_select(0, v)
+        if torch.equal(ru, rv):
+            return
+        # a root hooks onto the smallest root it meets; settled edges are no-ops (lab[r] = min(r, r))
+        labels.scatter_reduce_(0, torch.maximum(ru, rv), torch.minimum(ru, rv), reduce="amin")
+        for _ in range(n_jumps):  # chains are at most N long: log2(N) doublings flatten them
+            labels.copy_(labels.index_select(0, labels))
+
+
+def _order(labels: torch.Tensor, degree: torch.Tensor):
+    """Component ids in output order: by the index of the highest-degree member (ties: lowest index).
+
+    labels, degree: [N]. Returns (comp [N] long in 0..K-1, rep [K] long: each component's representative).
+    """
+    n = labels.numel()
+    ids = torch.arange(n, device=labels.device)
+    key = degree.long() * n + (n - 1 - ids)  # larger degree first, then smaller index
+    best = torch.full((n,), -1, dtype=torch.long, device=labels.device).scatter_reduce_(0, labels, key, "amax")
+    roots = (labels == ids).nonzero().squeeze(1)
+    rep = n - 1 - best.index_select(0, roots) % n
+    rep, order = rep.sort()
+    slot = torch.empty(n, dtype=torch.long, device=labels.device)
+    slot.scatter_(0, roots.index_select(0, order), torch.arange(roots.numel(), device=labels.device))
+    return slot.index_select(0, labels), rep
+
+
+def _sum_rows(x: torch.Tensor, index: torch.Tensor, n_rows: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, D] -> [n_rows, D]: row i added into row index[i] (of ``out`` if given). scatter_add with an expanded
+    index: on CPU it is ~15x faster than index_add_ over rows."""
+    if out is None:
+        out = torch.zeros((n_rows, x.shape[1]), dtype=x.dtype, device=x.device)
+    return out.scatter_add_(0, index[:, None].expand(-1, x.shape[1]), x)
+
+
+def _means(x: torch.Tensor, comp: torch.Tensor, n_comp: int) -> torch.Tensor:
+    """[N, D] members -> [K, D] plain means (float32)."""
+    sums = _sum_rows(x, comp, n_comp)
+    counts = torch.bincount(comp, minlength=n_comp).to(x.dtype)
+    return sums / counts[:, None]
+
+
+def _frame_sims(unit: torch.Tensor):
+    """Yield (f0, [c, T, T] cosine) for chunks of frames. unit: [F, T, D] float32 unit rows."""
+    f, t, _ = unit.shape
+    step = max(1, BLOCK_ELEMENTS // (t * t))
+    for f0 in range(0, f, step):
+        u = unit[f0 : f0 + step]
+        yield f0, _mm(u, u.transpose(1, 2))
+
+
+def _spatial_graph(sims, n_frames: int, n_per_frame: int, tau: float, in_sample: torch.Tensor | None, device):
+    """Per-frame components of all frames as one forest over F*T global ids. sims: iterable of (f0, [c,T,T])."""
+    n = n_frames * n_per_frame
+    labels = torch.arange(n, device=device)
+    degrees = []
+    for f0, sim in sims:
+        c = sim.shape[0]
+        if tau >= 1:  # cos <= 1: nothing but the diagonal is adjacent
+            degrees.append(torch.ones(c * n_per_frame, dtype=torch.long, device=device))
+            continue
+        mask = None if in_sample is None else in_sample[f0 : f0 + c]
+        u, v, deg = _block_edges(sim > tau, 0, f0 * n_per_frame, mask)
+        degrees.append(deg)
+        _union(labels, u, v)
+    return labels, torch.cat(degrees)
+
+
+def _block_rows(n_cols: int) -> int:
+    return max(1, BLOCK_ELEMENTS // max(1, n_cols))
+
+
+def _rows_graph(unit: torch.Tensor, tau: float, in_sample: torch.Tensor | None):
+    """Components of one graph over unit rows [n, D], built BLOCK_ELEMENTS similarities at a time."""
+    n = unit.shape[0]
+    labels = torch.arange(n, device=unit.device)
+    if tau >= 1:
+        return labels, torch.ones(n, dtype=torch.long, device=unit.device)
+    step = _block_rows(n)
+    degrees = []
+    for r0 in range(0, n, step):
+        sim = _mm(unit[r0 : r0 + step], unit.T)  # [b, n]
+        mask = None if in_sample is None else in_sample[:, r0 : r0 + step]
+        u, v, deg = _block_edges((sim > tau)[None], r0, 0, mask)
+        del sim
+        degrees.append(deg)
+        _union(labels, u, v)
+    return labels, torch.cat(degrees)
+
+
+def _gram_graph(gram: torch.Tensor, tau: float, in_sample: torch.Tensor | None) -> torch.Tensor:
+    """Component labels of the graph cos > tau, cos taken from a Gram matrix of (unnormalised) sums [K, K]."""
+    n = gram.shape[0]
+    labels = torch.arange(n, device=gram.device)
+    if tau >= 1:
+        return labels
+    d = gram.diagonal().clamp_min(0).sqrt()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    cos = gram / d[:, None] / d[None, :]
+    u, v, _ = _block_edges((cos > tau)[None], 0, 0, in_sample)
+    _union(labels, u, v)
+    return labels
+
+
+# --------------------------------------------------------------------------------------------------- steps
+
+
+class _Video:
+    """One video's float32 tokens and per-frame similarities; runs the three steps at any tau."""
+
+    def __init__(self, tokens: torch.Tensor, epsilon: float, keep_sims: bool):
+        self.f, self.t, self.d = tokens.shape
+        self.n = self.f * self.t
+        self.device = tokens.device
+        self.epsilon = epsilon
+        self.x = tokens.reshape(self.n, self.d).float()  # [N, D]; a copy only when the input is not fp32
+        norm = torch.linalg.vector_norm(self.x, dim=1, keepdim=True)  # [N, 1]
+        # a NaN or inf anywhere makes its row's norm non-finite: one check over N values, not N*D
+        if not bool(torch.isfinite(norm).all()):
+            raise OptionError(
+                "tokens contain NaN or inf (or values too large for float32 norms)",
+                hint="check the vision encoder's output",
+            )
+        self.unit = self.x / torch.where(norm > 0, norm, torch.ones_like(norm))  # [N, D], zero rows stay zero
+        # the spatial similarities never change with tau: kept for the budget search and the sweep
+        unit3 = self.unit.view(self.f, self.t, self.d)
+        self.sims = list(_frame_sims(unit3)) if keep_sims else None
+        self.spatial_sampled = sample_size(self.t, epsilon) < self.t
+
+    def spatial(self, tau: float, generator: torch.Generator):
+        """-> (comp [N] in output order, rep [M1]); draws the per-frame samples first when sampled."""
+        in_sample = _sample_mask(self.t, self.epsilon, generator, self.f, self.device)
+        sims = self.sims if self.sims is not None else _frame_sims(self.unit.view(self.f, self.t, self.d))
+        labels, degree = _spatial_graph(sims, self.f, self.t, tau, in_sample, self.device)
+        return _order(labels, degree)
+
+    def temporal(self, spatial_tokens: torch.Tensor, tau: float, generator: torch.Generator):
+        """[M1, D] -> (comp [M1] in output order, rep [M])."""
+        m1 = spatial_tokens.shape[0]
+        in_sample = _sample_mask(m1, self.epsilon, generator, 1, self.device)
+        labels, degree = _rows_graph(_unit(spatial_tokens), tau, in_sample)
+        return _order(labels, degree)
+
+    def merge(self, kept: torch.Tensor):
+        """kept [M, D] -> (merged [M, D], assignment [N])."""
+        m = kept.shape[0]
+        unit_kept = _unit(kept)
+        step = _block_rows(m)
+        assignment = torch.cat(
+            [_mm(self.unit[r0 : r0 + step], unit_kept.T).argmax(dim=1) for r0 in range(0, self.n, step)]
+        )
+        sums = _sum_rows(self.x, assignment, m, out=kept.clone())
+        counts = torch.bincount(assignment, minlength=m).to(kept.dtype)
+        return sums / (counts + 1)[:, None], assignment
+
+    def run(self, tau: float, tau_temporal: float, generator: torch.Generator):
+        comp1, rep1 = self.spatial(tau, generator)
+        m1 = rep1.numel()
+        spatial_tokens = _means(self.x, comp1, m1)  # [M1, D]
+        comp2, rep2 = self.temporal(spatial_tokens, tau_temporal, generator)
+        kept = _means(spatial_tokens, comp2, rep2.numel())  # [M, D]
+        merged, assignment = self.merge(kept)
+        per_frame = torch.bincount(rep1 // self.t, minlength=self.f).tolist()
+        return merged, assignment, m1, per_frame
+
+
+# ------------------------------------------------------------------------------------------ budget search
+
+
+class _Counter:
+    """Output counts M(tau) for the budget search and the sweep, reusing the per-frame similarities and,
+    where components nest, one Gram matrix of spatial component sums (see the module docstring)."""
+
+    def __init__(self, video: _Video, generator: torch.Generator, tau_temporal: float | None):
+        self.video = video
+        self.state = generator  # never consumed: every evaluation draws from a clone
+        self.tau_temporal = tau_temporal
+        # (tau, rep [K_b] a member of each base component, gram [K_b, K_b] of the component sums); only where
+        # spatial components nest (exact spatial regime)
+        self.base = None
+        self.n_direct = 0
+
+    def _spatial(self, tau: float):
+        g = _clone(self.state)
+        comp, rep = self.video.spatial(tau, g)
+        return g, comp, rep
+
+    def can_aggregate(self, tau: float) -> bool:
+        return self.base is not None and tau <= self.base[0]
+
+    def count(self, tau: float) -> tuple[int, int]:
+        """-> (M1, M) at spatial tau (temporal tau: the fixed one, else the same)."""
+        tt = tau if self.tau_temporal is None else self.tau_temporal
+        n = self.video.n
+        if tau >= 1 and tt >= 1:
+            return n, n
+        g, comp, rep = self._spatial(tau)
+        m1 = rep.numel()
+        if not self.can_aggregate(tau) and not self.video.spatial_sampled and m1 <= DENSE_LIMIT:
+            # a matmul is due anyway: keep its Gram matrix as the base for every lower tau
+            sums = _sum_rows(self.video.x, comp, m1)
+            self.base = (tau, rep, _mm(sums, sums.T))  # [M1, M1]
+            self.n_direct += 1
+        if self.can_aggregate(tau):
+            _, base_rep, gram = self.base
+            to_comp = comp.index_select(0, base_rep)  # [K_b]: base components nest inside the coarser ones
+            rows = _sum_rows(gram, to_comp, m1)  # [M1, K_b]
+            agg = _sum_rows(rows.T.contiguous(), to_comp, m1)  # [M1, M1] (symmetric)
+            in_sample = _sample_mask(m1, self.video.epsilon, g, 1, self.video.device)
+            labels = _gram_graph(agg, tt, in_sample)
+        else:
+            self.n_direct += 1
+            means = _means(self.video.x, comp, m1)
+            in_sample = _sample_mask(m1, self.video.epsilon, g, 1, self.video.device)
+            labels, _ = _rows_graph(_unit(means), tt, in_sample)
+        ids = torch.arange(m1, device=labels.device)
+        return m1, int((labels == ids).sum())
+
+
+def _search_tau(counter: _Counter, budget: int, tau0: float) -> float:
+    """Highest tau found with M <= budget, stopping early once M >= 0.9 * budget (see module docstring)."""
+    n = counter.video.n
+    if budget >= n:
+        return 1.0
+    floor = math.ceil(0.9 * budget)
+    lo, m_lo = -1.5, 1  # below -1 every pair is adjacent: one token
+    hi, m_hi = 1.0, n  # at 1 nothing merges
+    cand = min(max(tau0, -1.0), 0.999)
+    for step in range(MAX_SEARCH_EVALS):
+        if not counter.can_aggregate(cand) and counter.n_direct >= MAX_DIRECT_EVALS:
+            break
+        _, m = counter.count(cand)
+        if m <= budget:
+            lo, m_lo = cand, m
+            if m >= floor:
+                break
+        else:
+            hi, m_hi = cand, m
+        if hi - lo < 1e-7:
+            break
+        # next candidate: regula falsi aiming at 0.95 budget, on log M against s = log(1.001 - tau) (counts
+        # change fastest near tau = 1), kept inside the middle 90 % of the bracket; every third step bisects
+        if step % 3 == 2:
+            cand = (lo + hi) / 2
+        else:
+            s_lo, s_hi = math.log(1.001 - lo), math.log(1.001 - hi)
+            frac = (math.log(0.95 * budget) - math.log(m_lo)) / max(math.log(m_hi) - math.log(m_lo), 1e-12)
+            cand = 1.001 - math.exp(s_lo + (s_hi - s_lo) * min(max(frac, 0.05), 0.95))
+        if not lo < cand < hi:
+            break
+    return lo
+
+
+# ------------------------------------------------------------------------------------------------- public
+
+
+def _default_generator(generator: object) -> torch.Generator:
+    if generator is None:
+        return torch.Generator(device="cpu").manual_seed(0)
+    if not isinstance(generator, torch.Generator):
+        raise OptionError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}",
+            hint="torch.Generator().manual_seed(seed), or None for seed 0",
+        )
+    return generator
+
+
+def compress(
+    tokens: torch.Tensor,
+    tau: float = 0.9,
+    epsilon: float = 0.05,
+    tau_temporal: float | None = None,
+    budget: float | int | None = None,
+    generator: torch.Generator | None = None,
+) -> CompressionResult:
+    """Compress one video's tokens [F, T, D] -> CompressionResult with kept tokens [M, D].
+
+    tau: cosine threshold (strict >) for both steps; any finite value, >= 1 keeps every token.
+    epsilon: sampled-components tolerance in (0, 1]; sampling starts where ceil(ln N / eps^2) < N.
+    tau_temporal: threshold for the temporal step; None: same as tau.
+    budget: None; a float in (0, 1] (keep at most floor(ratio * F*T) tokens, at least 1); or an int >= 1
+        (keep at most that many). tau is then searched per video so that M <= budget and, whenever some tau
+        allows it, M >= 0.9 * budget; ``tau`` seeds the search. Without ``tau_temporal`` one tau is searched
+        for both steps; with it the temporal tau stays fixed and only the spatial tau is searched.
+    generator: draws the sampled regime's vertices (on the generator's device); None: CPU, seed 0. The same
+        input and generator state give bit-identical output. Budget mode evaluates candidates on clones of
+        the generator and consumes it only in the final compression.
+
+    Raises OptionError for invalid arguments.
+    """
+    _check_tokens(tokens)
+    tau = _check_tau("tau", tau)
+    tau_t = None if tau_temporal is None else _check_tau("tau_temporal", tau_temporal)
+    epsilon = _check_epsilon(epsilon)
+    f, t, _ = tokens.shape
+    n_budget = _resolve_budget(budget, f * t)
+    generator = _default_generator(generator)
+
+    with torch.no_grad(), _serial_bookkeeping(tokens.device):
+        video = _Video(tokens, epsilon, keep_sims=n_budget is not None)
+        if n_budget is not None:
+            counter = _Counter(video, generator, tau_t)
+            tau = _search_tau(counter, n_budget, tau)
+            counter.base = None
+        used_t = tau if tau_t is None else tau_t
+        merged, assignment, m1, per_frame = video.run(tau, used_t, generator)
+    return CompressionResult(
+        tokens=merged.to(tokens.dtype),
+        n_input=f * t,
+        n_spatial=m1,
+        n_output=merged.shape[0],
+        tau=tau,
+        tau_temporal=used_t,
+        epsilon=epsilon,
+        budget=n_budget,
+        spatial_per_frame=per_frame,
+        assignment=assignment,
+    )
+
+
+def retention_sweep(
+    tokens: torch.Tensor, taus, epsilon: float = 0.05, generator: torch.Generator | None = None
+) -> list[tuple[float, int, int]]:
+    """(tau, n_spatial, n_output) for each tau (in the given order), each as ``compress(tokens, tau, epsilon,
+    generator=<a copy of generator>)`` would count it. The per-frame similarities are computed once; where
+    components nest, the temporal similarities of every lower tau come from one Gram matrix at the highest
+    tau whose spatial output fits DENSE_LIMIT."""
+    _check_tokens(tokens)
+    taus = [_check_tau("tau", x) for x in taus]
+    epsilon = _check_epsilon(epsilon)
+    generator = _default_generator(generator)
+    out: dict[float, tuple[int, int]] = {}
+    with torch.no_grad(), _serial_bookkeeping(tokens.device):
+        counter = _Counter(_Video(tokens, epsilon, keep_sims=True), generator, None)
+        for tau in sorted(set(taus), reverse=True):
+            out[tau] = counter.count(tau)
+    return [(tau, *out[tau]) for tau in taus]

@@ -1,0 +1,155 @@
+"""A slow, obviously-correct SCC (numpy + Python union-find, one frame at a time), written straight from
+SCC.md, plus synthetic "video-like" tokens. Used by tests/test_scc.py and bench/bench_scc.py.
+
+The reference computes cosines in float64 and reports the smallest distance of any compared similarity from
+its threshold (and of any merge argmax from the runner-up), so a test can tell a real disagreement from a
+float32 rounding tie. The sampled regime uses ``scissor_cli.scc.draw_sample`` in the same order as
+``compress`` (per-frame samples, then the temporal sample), so both see the same vertices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from scissor_cli.scc import draw_sample, sample_size
+
+
+@dataclass
+class ReferenceResult:
+    tokens: np.ndarray  # [M, D] float64
+    assignment: np.ndarray  # [F*T]
+    n_spatial: int
+    spatial_per_frame: list[int]
+    margin: float  # min |cos - tau| over all compared pairs; min top-1/top-2 cosine gap in the merge
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def scc_reference(k: np.ndarray, tau: float, sample: np.ndarray | None):
+    """SCC on [N, D] -> (means [K, D] in output order, members per component, margin)."""
+    n = k.shape[0]
+    unit = _unit(k)
+    cos = unit @ unit.T
+    adj = cos > tau
+    np.fill_diagonal(adj, True)
+    off = ~np.eye(n, dtype=bool)
+    margin = float(np.abs(cos - tau)[off].min()) if n > 1 else math.inf
+
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    if sample is None:  # exact: every edge
+        for i in range(n):
+            for j in np.flatnonzero(adj[i, i + 1 :]) + i + 1:
+                union(i, int(j))
+    else:  # sampled: each sampled vertex with all its neighbours
+        for s in sample:
+            for j in np.flatnonzero(adj[s]):
+                union(int(s), int(j))
+
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)  # every vertex under its root, however deep
+    degree = adj.sum(axis=1)
+    reps = {root: max(members, key=lambda i: (degree[i], -i)) for root, members in groups.items()}
+    ordered = sorted(groups, key=lambda root: reps[root])
+    members = [groups[root] for root in ordered]
+    means = np.stack([k[m].mean(axis=0) for m in members])
+    return means, members, margin
+
+
+def compress_reference(
+    tokens: torch.Tensor,
+    tau: float = 0.9,
+    epsilon: float = 0.05,
+    tau_temporal: float | None = None,
+    generator: torch.Generator | None = None,
+):
+    """The three steps of SCC.md, one frame at a time."""
+    tau_temporal = tau if tau_temporal is None else tau_temporal
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    x = tokens.double().cpu().numpy()
+    f, t, d = x.shape
+
+    samples = [None] * f
+    if sample_size(t, epsilon) < t:
+        drawn = draw_sample(t, sample_size(t, epsilon), generator, f).cpu().numpy()
+        samples = list(drawn)
+    spatial, per_frame, margins = [], [], []
+    for i in range(f):
+        means, _, margin = scc_reference(x[i], tau, samples[i])
+        spatial.append(means)
+        per_frame.append(means.shape[0])
+        margins.append(margin)
+    spatial = np.concatenate(spatial)
+
+    m1 = spatial.shape[0]
+    sample = None
+    if sample_size(m1, epsilon) < m1:
+        sample = draw_sample(m1, sample_size(m1, epsilon), generator, 1)[0].cpu().numpy()
+    kept, _, margin = scc_reference(spatial, tau_temporal, sample)
+    margins.append(margin)
+
+    flat = x.reshape(f * t, d)
+    cos = _unit(flat) @ _unit(kept).T  # [N, M]
+    assignment = cos.argmax(axis=1)
+    if kept.shape[0] > 1:
+        top2 = np.sort(cos, axis=1)[:, -2:]
+        margins.append(float((top2[:, 1] - top2[:, 0]).min()))
+    merged = kept.copy()
+    counts = np.zeros(kept.shape[0])
+    for i, j in enumerate(assignment):
+        merged[j] += flat[i]
+        counts[j] += 1
+    merged /= (counts + 1)[:, None]
+    return ReferenceResult(merged, assignment, m1, per_frame, min(margins))
+
+
+def video_like_tokens(
+    n_frames: int, n_tokens: int = 196, dim: int = 896, seed: int = 0, n_centres: int = 300
+) -> torch.Tensor:
+    """[F, T, D] float32 tokens that merge like video features do (random tokens almost never merge at 0.9).
+
+    A scene is a few hundred random centres laid out as a coarse label map (blocks of 2x2 grid cells, so
+    regions span several tokens); the map scrolls by one cell every few frames and a fifth of the blocks
+    change centre every 8 frames (scene motion / cuts). Each token is its centre plus a slow per-frame drift
+    and isotropic noise whose level varies per token (sigma in [0.1, 0.5] of the centre's scale): at tau 0.9
+    low-noise tokens of one region merge, high-noise ones stay alone, which keeps roughly 10-40 %.
+    """
+    g = np.random.default_rng(seed)
+    side = max(1, int(round(math.sqrt(n_tokens))))
+    centres = g.standard_normal((n_centres, dim)).astype(np.float32)
+    coarse = g.integers(0, n_centres, size=(side, side))
+    out = np.empty((n_frames, n_tokens, dim), dtype=np.float32)
+    drift = np.zeros((n_centres, dim), dtype=np.float32)
+    for f in range(n_frames):
+        if f and f % 8 == 0:
+            change = g.random(coarse.shape) < 0.2
+            coarse = np.where(change, g.integers(0, n_centres, size=coarse.shape), coarse)
+        drift += 0.03 * g.standard_normal(drift.shape).astype(np.float32)
+        shift = f // 4
+        rows = (np.arange(side)[:, None] // 2 + shift) % side
+        cols = np.arange(side)[None, :] // 2
+        labels = coarse[rows, cols].reshape(-1)
+        labels = np.resize(labels, n_tokens)
+        sigma = g.uniform(0.1, 0.5, size=(n_tokens, 1)).astype(np.float32)
+        noise = g.standard_normal((n_tokens, dim)).astype(np.float32)
+        out[f] = centres[labels] + drift[labels] + sigma * noise
+    return torch.from_numpy(out)

