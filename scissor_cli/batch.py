@@ -290,11 +290,14 @@ _ANSWER_PREFIX = re.compile(
 
 
 def parse_choice(text: str, options: Sequence[str]) -> str | None:
-    """The predicted letter: a leading "B" / "(B)" / "B." (after an "Answer is" prefix), else the answer equal to
-    (or containing exactly one) option's text, else the first standalone valid capital letter that is not the
-    article "A" starting a sentence ("A man walks ..."). None when nothing matches."""
+    """The predicted letter: a lone letter ("b", "(C)"); a leading "B" / "(B)" / "B." (after an "The answer is"
+    prefix); the answer equal to (or containing exactly one) option's text; else the first standalone valid capital
+    letter that is not the article "A" ("A man walks ..."). None when nothing matches."""
     valid = LETTERS[: len(options)]
     stripped = _ANSWER_PREFIX.sub("", text.strip())
+    alone = re.fullmatch(r"\(?([A-Za-z])[.):]?", stripped)  # a lone letter, any case: "b", "(c)", "D."
+    if alone:
+        return alone.group(1).upper() if alone.group(1).upper() in valid else None
     lead = re.match(r"^\(?([A-Z])\)?(?:[.):,]|\s*$|\s+[-–]|\s+\S)", stripped)
     if lead and lead.group(1) in valid:
         rest = stripped[lead.end(1) :]
@@ -344,8 +347,9 @@ def _job_keys(job: Job) -> tuple[str, str]:
     return "id:" + job.id, f"vq:{job.video}\n{job.question}"
 
 
-def _read_records(path: str, truncate_partial: bool = False) -> list[_Record]:
-    """Records of a JSONL output; a trailing line without its newline (killed mid-write) is ignored or cut away."""
+def _read_records(path: str, truncate_partial: bool = False, keep_raw: bool = True) -> list[_Record]:
+    """Records of a JSONL output; a trailing line without its newline (killed mid-write) is ignored or cut away.
+    ``keep_raw=False`` drops the lines themselves (enough to find finished jobs; a fraction of the memory)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -371,7 +375,7 @@ def _read_records(path: str, truncate_partial: bool = False) -> list[_Record]:
             )
         slim_keys = ("id", "status", "video", "question", "expected", "correct", "retention") + GROUP_FIELDS
         slim = {k: record[k] for k in slim_keys if k in record}
-        records.append(_Record(_record_key(record), record.get("status") == "ok", raw, slim))
+        records.append(_Record(_record_key(record), record.get("status") == "ok", raw if keep_raw else b"", slim))
     return records
 
 
@@ -770,7 +774,7 @@ def _run(
         if world_size == 1:
             _merge_parts(output)  # leftovers of a killed multi-process run
         _read_records(target, truncate_partial=True)  # only this rank writes `target`
-        existing = _read_records(output) + [r for p in _part_files(output) for r in _read_records(p)]
+        existing = [r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False)]
     finished = {r.key for r in existing if r.ok}
     pending = [j for j in jobs if not any(k in finished for k in _job_keys(j))]
     n_skipped = len(jobs) - len(pending)

@@ -273,7 +273,7 @@ def test_multiple_choice_prompt_is_lmms_eval_style():
     ("text", "expected"),
     [
         ("B", "B"), ("B.", "B"), ("(C)", "C"), ("C) jumps", "C"), ("A. runs", "A"), ("A", "A"),
-        ("The answer is B.", "B"), ("Answer: (B) sits", "B"), ("Best option: C", "C"), (" b ", None),
+        ("The answer is B.", "B"), ("Answer: (B) sits", "B"), ("Best option: C", "C"), (" b ", "B"), ("c)", "C"),
         ("sits", "B"), ("He sits.", "B"), ("A man jumps over the fence.", "C"), ("I think it is B", "B"),
         ("The man sits and then jumps", None), ("D", None), ("no idea", None), ("", None),
     ],
