@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--video", default=str(ROOT / "samples" / "bigbuckbunny.mp4"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_model.md"))
+    ap.add_argument("--repeats", type=int, default=2, help="LLM runs per row; the fastest is reported")
     args = ap.parse_args()
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
@@ -161,7 +162,9 @@ def main() -> None:
                 )
                 t_comp = time.perf_counter() - t
                 tokens, n_tok, retention = res.tokens, res.n_output, res.retention
-            out = vlm.generate([(tokens, QUESTION)], gen)
+            # best of --repeats: the CPU is shared, the minimum is the least disturbed measurement
+            runs = [vlm.generate([(tokens, QUESTION)], gen) for _ in range(args.repeats)]
+            out = min(runs, key=lambda o: o.prefill_s + o.generation_s)
             n_new = out.n_new_tokens[0]
             per_tok = out.generation_s / max(1, n_new - 1)
             log(f"{label}: {n_tok} video tokens, prefill {out.prefill_s:.1f} s, {n_new} new tokens")
@@ -211,7 +214,8 @@ def main() -> None:
         "**Shared CPU:** other engineers' test runs were using the same 2 cores during this run, so times are "
         "upper bounds with some noise.  ",
         f"Video: `{os.path.relpath(args.video, ROOT)}`, {len(frames)} frames, 196 tokens/frame; "
-        f"{args.new_tokens} new tokens max; model instantiation {t_init:.0f} s ({n_params:.1f} M params, not "
+        f"{args.new_tokens} new tokens max; LLM rows best of {args.repeats}; "
+        f"model instantiation {t_init:.0f} s ({n_params:.1f} M params, not "
         f"counted below); imports {t_import:.1f} s.",
         "",
         "| step | time | note |",
