@@ -471,10 +471,10 @@ def batch(
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view
         )
-    if summary is not None:
+    if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         render.batch_summary(summary)
-        if summary.n_failed:
-            raise typer.Exit(1)
+    if summary.n_failed:
+        raise typer.Exit(1)
 
 
 @profiles_app.command("list")
