@@ -50,12 +50,28 @@ def file_digest(path: str | os.PathLike) -> str:
     return _file_hashes[memo]
 
 
+def default_max_bytes() -> int:
+    """$SCISSOR_CACHE_MAX_GB (a number of GiB), else 2 GiB."""
+    value = os.environ.get("SCISSOR_CACHE_MAX_GB", "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = -1.0
+    if not gib >= 0:
+        from scissor_cli.errors import OptionError
+
+        raise OptionError(f"SCISSOR_CACHE_MAX_GB={value!r} is not a size", hint="set it to a number of GiB, e.g. 4")
+    return int(gib * 1024**3)
+
+
 class FeatureCache:
     """``get``/``put`` video tokens by ``key``; evicts least recently used entries beyond ``max_bytes``."""
 
-    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = int(max_bytes) if max_bytes is not None else default_max_bytes()
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r}, max_bytes={self.max_bytes})"

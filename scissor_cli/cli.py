@@ -29,6 +29,8 @@ app = typer.Typer(
 )
 profiles_app = typer.Typer(help="List and show the YAML profiles (tau/epsilon/budget presets).", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
+cache_app = typer.Typer(help="The on-disk cache of encoded video features.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -493,6 +495,26 @@ def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or path
     from scissor_cli.profiles import find_profile, load_profile
 
     render.profile_detail(load_profile(name), str(find_profile(name)))
+
+
+@cache_app.command("info")
+@handle_errors
+def cache_info() -> None:
+    """Where the feature cache is, how full, and its size bound (SCISSOR_CACHE_DIR, SCISSOR_CACHE_MAX_GB)."""
+    from scissor_cli.cache import FeatureCache
+
+    cache = FeatureCache()
+    render.cache_info(str(cache.root), len(cache.entries()), cache.size_bytes(), cache.max_bytes)
+
+
+@cache_app.command("clear")
+@handle_errors
+def cache_clear() -> None:
+    """Delete every cached video encoding."""
+    from scissor_cli.cache import FeatureCache
+
+    cache = FeatureCache()
+    render.cache_cleared(str(cache.root), cache.clear())
 
 
 @app.command()

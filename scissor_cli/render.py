@@ -275,5 +275,14 @@ def batch_summary(summary: Any) -> None:
     out.print(table)
 
 
+def cache_info(root: str, n_entries: int, n_bytes: int, max_bytes: int) -> None:
+    gib = 1024**3
+    out.print(f"{escape(root)}: {n_entries} encodings, {n_bytes / gib:.2f} GiB of {max_bytes / gib:.2f} GiB")
+
+
+def cache_cleared(root: str, n_removed: int) -> None:
+    out.print(f"removed {n_removed} cached encodings from {escape(root)}")
+
+
 def version(text: str) -> None:
     out.print(text)

@@ -328,3 +328,12 @@ def test_console_script_and_module_entry_points(clip):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["frames"] == 20, "a 20-frame clip with 32 asked gives each frame once"
+
+
+def test_cache_info_and_clear(tiny_hf_dir, clip):
+    assert "0 encodings" in run("cache", "info").stdout
+    run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "1")
+    assert "1 encodings" in run("cache", "info").stdout
+    assert "removed 1" in run("cache", "clear").stdout
+    assert "0 encodings" in run("cache", "info").stdout
+    one_line_error(run("cache", "info", env={"SCISSOR_CACHE_MAX_GB": "lots"}), OptionError.exit_code, "GiB")
