@@ -300,16 +300,7 @@ def _means(x: torch.Tensor, comp: torch.Tensor, n_comp: int) -> torch.Tensor:
     """[N, D] members -> [K, D] plain means (float32)."""
     sums = _sum_rows(x, comp, n_comp)
     counts = torch.bincount(comp, minlength=n_comp).to(x.dtype)
-    return sums / counts[:, None]
-
-
-def _frame_sims(unit: torch.Tensor):
-    """Yield (f0, [c, T, T] cosine) for chunks of frames. unit: [F, T, D] float32 unit rows."""
-    f, t, _ = unit.shape
-    step = max(1, BLOCK_ELEMENTS // (t * t))
-    for f0 in range(0, f, step):
-        u = unit[f0 : f0 + step]
-        yield f0, _mm(u, u.transpose(1, 2))
+    return sums.div_(counts[:, None])
 
 
 def _spatial_graph(sims, n_frames: int, n_per_frame: int, tau: float, in_sample: torch.Tensor | None, device):
@@ -333,33 +324,49 @@ def _block_rows(n_cols: int) -> int:
     return max(1, BLOCK_ELEMENTS // max(1, n_cols))
 
 
+TRIANGLE_BLOCKS = 8  # a graph over >= 1024 tokens is built in at least this many row blocks, each only against
+# the columns from its own first row on (the upper triangle): ~(1/2 + 1/16) of the full matmul
+
+
 def _rows_graph(unit: torch.Tensor, tau: float, in_sample: torch.Tensor | None):
-    """Components of one graph over unit rows [n, D], built BLOCK_ELEMENTS similarities at a time."""
+    """Components of one graph over unit rows [n, D] -> (labels [n], degree [n]).
+
+    Row block [r0, r1) is compared with columns r0..n only (cosine is symmetric), at most BLOCK_ELEMENTS
+    similarities at a time; degrees count each edge at both ends. Sampled regime (in_sample [1, n]): only edges
+    with a sampled end are unioned (each sample joined with all its neighbours).
+    """
     n = unit.shape[0]
     labels = torch.arange(n, device=unit.device)
+    degree = torch.ones(n, dtype=torch.long, device=unit.device)  # the diagonal
     if tau >= 1:
-        return labels, torch.ones(n, dtype=torch.long, device=unit.device)
-    step = _block_rows(n)
-    degrees = []
+        return labels, degree
+    n_blocks = max(math.ceil(n * n / BLOCK_ELEMENTS), TRIANGLE_BLOCKS if n >= 1024 else 1)
+    step = math.ceil(n / n_blocks)
     for r0 in range(0, n, step):
-        sim = _mm(unit[r0 : r0 + step], unit.T)  # [b, n]
-        mask = None if in_sample is None else in_sample[:, r0 : r0 + step]
-        u, v, deg = _block_edges((sim > tau)[None], r0, 0, mask)
+        sim = _mm(unit[r0 : r0 + step], unit[r0:].T)  # [b, n - r0]
+        row, col = (sim > tau).nonzero().unbind(1)
         del sim
-        degrees.append(deg)
+        keep = row < col  # strictly above the diagonal
+        u, v = row[keep] + r0, col[keep] + r0
+        degree += torch.bincount(u, minlength=n) + torch.bincount(v, minlength=n)
+        if in_sample is not None:
+            sampled = in_sample[0]
+            keep = sampled.index_select(0, u) | sampled.index_select(0, v)
+            u, v = u[keep], v[keep]
         _union(labels, u, v)
-    return labels, torch.cat(degrees)
+    return labels, degree
 
 
-def _gram_graph(gram: torch.Tensor, tau: float, in_sample: torch.Tensor | None) -> torch.Tensor:
-    """Component labels of the graph cos > tau, cos taken from a Gram matrix of (unnormalised) sums [K, K]."""
+def _gram_graph(gram: torch.Tensor, tau: float, in_sample: torch.Tensor | None, scratch: torch.Tensor) -> torch.Tensor:
+    """Component labels of the graph cos > tau, cos taken from a Gram matrix of (unnormalised) sums [K, K].
+    scratch: K*K floats of workspace (gram itself is left untouched)."""
     n = gram.shape[0]
     labels = torch.arange(n, device=gram.device)
     if tau >= 1:
         return labels
     d = gram.diagonal().clamp_min(0).sqrt()
-    d = torch.where(d > 0, d, torch.ones_like(d))
-    cos = gram / d[:, None] / d[None, :]
+    d = torch.where(d > 0, d, torch.ones_like(d))  # zero sums: cos 0 with everything
+    cos = torch.div(gram, d[:, None], out=scratch[: n * n].view(n, n)).div_(d[None, :])
     u, v, _ = _block_edges((cos > tau)[None], 0, 0, in_sample)
     _union(labels, u, v)
     return labels
@@ -384,16 +391,27 @@ class _Video:
                 "tokens contain NaN or inf (or values too large for float32 norms)",
                 hint="check the vision encoder's output",
             )
-        self.unit = self.x / torch.where(norm > 0, norm, torch.ones_like(norm))  # [N, D], zero rows stay zero
+        # 1 / norm, zero rows -> 1 (their dot products are 0, so cosine 0); similarities are dot products
+        # rescaled by these, which saves a normalised [N, D] copy of the tokens
+        self.inv_norm = 1 / torch.where(norm > 0, norm, torch.ones_like(norm)).squeeze(1)  # [N]
         # the spatial similarities never change with tau: kept for the budget search and the sweep
-        unit3 = self.unit.view(self.f, self.t, self.d)
-        self.sims = list(_frame_sims(unit3)) if keep_sims else None
+        self.sims = list(self._frame_sims()) if keep_sims else None
         self.spatial_sampled = sample_size(self.t, epsilon) < self.t
+
+    def _frame_sims(self):
+        """Yield (f0, [c, T, T] cosine) for chunks of frames, at most BLOCK_ELEMENTS entries each."""
+        x3 = self.x.view(self.f, self.t, self.d)
+        inv = self.inv_norm.view(self.f, self.t)
+        step = max(1, BLOCK_ELEMENTS // (self.t * self.t))
+        for f0 in range(0, self.f, step):
+            c = x3[f0 : f0 + step]
+            s = inv[f0 : f0 + step]
+            yield f0, _mm(c, c.transpose(1, 2)).mul_(s[:, :, None]).mul_(s[:, None, :])
 
     def spatial(self, tau: float, generator: torch.Generator):
         """-> (comp [N] in output order, rep [M1]); draws the per-frame samples first when sampled."""
         in_sample = _sample_mask(self.t, self.epsilon, generator, self.f, self.device)
-        sims = self.sims if self.sims is not None else _frame_sims(self.unit.view(self.f, self.t, self.d))
+        sims = self.sims if self.sims is not None else self._frame_sims()
         labels, degree = _spatial_graph(sims, self.f, self.t, tau, in_sample, self.device)
         return _order(labels, degree)
 
@@ -407,14 +425,16 @@ class _Video:
     def merge(self, kept: torch.Tensor):
         """kept [M, D] -> (merged [M, D], assignment [N])."""
         m = kept.shape[0]
-        unit_kept = _unit(kept)
+        # argmax_j cos(x_i, k_j) = argmax_j x_i . k_j / |k_j| (|x_i| is the same for the whole row; a zero row
+        # scores 0 everywhere, as its cosines do, and goes to index 0 like any all-tie row)
+        unit_kept_t = _unit(kept).T  # [D, M]
         step = _block_rows(m)
         assignment = torch.cat(
-            [_mm(self.unit[r0 : r0 + step], unit_kept.T).argmax(dim=1) for r0 in range(0, self.n, step)]
+            [_mm(self.x[r0 : r0 + step], unit_kept_t).argmax(dim=1) for r0 in range(0, self.n, step)]
         )
         sums = _sum_rows(self.x, assignment, m, out=kept.clone())
         counts = torch.bincount(assignment, minlength=m).to(kept.dtype)
-        return sums / (counts + 1)[:, None], assignment
+        return sums.div_((counts + 1)[:, None]), assignment
 
     def run(self, tau: float, tau_temporal: float, generator: torch.Generator):
         comp1, rep1 = self.spatial(tau, generator)
@@ -441,7 +461,16 @@ class _Counter:
         # (tau, rep [K_b] a member of each base component, gram [K_b, K_b] of the component sums); only where
         # spatial components nest (exact spatial regime)
         self.base = None
+        self.last = None  # the latest aggregated (tau, rep, gram): the next base if that tau becomes the bracket top
         self.n_direct = 0
+        self.scratch: list[torch.Tensor] = []  # reused workspaces: fresh multi-MB buffers cost page faults
+
+    def _buffer(self, i: int, n: int) -> torch.Tensor:
+        while len(self.scratch) <= i:
+            self.scratch.append(torch.empty(0, device=self.video.device))
+        if self.scratch[i].numel() < n:
+            self.scratch[i] = torch.empty(n, device=self.video.device)
+        return self.scratch[i][:n]
 
     def _spatial(self, tau: float):
         g = _clone(self.state)
@@ -451,6 +480,12 @@ class _Counter:
     def can_aggregate(self, tau: float) -> bool:
         return self.base is not None and tau <= self.base[0]
 
+    def rebase(self, tau: float) -> None:
+        """The last aggregated count (at tau) became the top of the bracket: later candidates are all below it,
+        so its smaller Gram matrix serves them."""
+        if self.last is not None and self.last[0] == tau:
+            self.base = (tau, self.last[1], self.last[2].clone())
+
     def count(self, tau: float) -> tuple[int, int]:
         """-> (M1, M) at spatial tau (temporal tau: the fixed one, else the same)."""
         tt = tau if self.tau_temporal is None else self.tau_temporal
@@ -459,6 +494,7 @@ class _Counter:
             return n, n
         g, comp, rep = self._spatial(tau)
         m1 = rep.numel()
+        self.last = None
         if not self.can_aggregate(tau) and not self.video.spatial_sampled and m1 <= DENSE_LIMIT:
             # a matmul is due anyway: keep its Gram matrix as the base for every lower tau
             sums = _sum_rows(self.video.x, comp, m1)
@@ -466,11 +502,15 @@ class _Counter:
             self.n_direct += 1
         if self.can_aggregate(tau):
             _, base_rep, gram = self.base
+            k_b = gram.shape[0]
             to_comp = comp.index_select(0, base_rep)  # [K_b]: base components nest inside the coarser ones
-            rows = _sum_rows(gram, to_comp, m1)  # [M1, K_b]
-            agg = _sum_rows(rows.T.contiguous(), to_comp, m1)  # [M1, M1] (symmetric)
+            rows = self._buffer(0, m1 * k_b).view(m1, k_b).zero_()
+            rows.scatter_add_(0, to_comp[:, None].expand(-1, k_b), gram)  # [M1, K_b] = P G
+            agg = self._buffer(1, m1 * m1).view(m1, m1).zero_()
+            agg.scatter_add_(1, to_comp[None, :].expand(m1, -1), rows)  # [M1, M1] = P G P^T
+            self.last = (tau, rep, agg)
             in_sample = _sample_mask(m1, self.video.epsilon, g, 1, self.video.device)
-            labels = _gram_graph(agg, tt, in_sample)
+            labels = _gram_graph(agg, tt, in_sample, self._buffer(2, m1 * m1))
         else:
             self.n_direct += 1
             means = _means(self.video.x, comp, m1)
@@ -499,6 +539,7 @@ def _search_tau(counter: _Counter, budget: int, tau0: float) -> float:
                 break
         else:
             hi, m_hi = cand, m
+            counter.rebase(cand)
         if hi - lo < 1e-7:
             break
         # next candidate: regula falsi aiming at 0.95 budget, on log M against s = log(1.001 - tau) (counts
@@ -564,7 +605,7 @@ def compress(
         if n_budget is not None:
             counter = _Counter(video, generator, tau_t)
             tau = _search_tau(counter, n_budget, tau)
-            counter.base = None
+            del counter
         used_t = tau if tau_t is None else tau_t
         merged, assignment, m1, per_frame = video.run(tau, used_t, generator)
     return CompressionResult(
