@@ -76,7 +76,7 @@ def measure_row(n_frames: int, dim: int, setting) -> dict:
         out = scc.compress(tokens, **kwargs)
         peak_mib = float("nan")
 
-    n_repeat = 5 if n_frames * dim <= 32 * 896 else 3 if n_frames <= 64 else 1
+    n_repeat = 5 if n_frames * dim <= 32 * 896 else 3 if n_frames * dim <= 64 * 896 else 1
     times = []
     for _ in range(n_repeat):
         start = time.perf_counter()

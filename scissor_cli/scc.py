@@ -14,12 +14,18 @@ The parts, named after the paper:
   vertices that are neither sampled nor adjacent to a sample stay singletons. Component members are all
   vertices with that root (SCC.md fix 2); components are ordered by the index of their highest-degree member
   (degree in the full A, ties to the lowest index). Each component becomes the plain mean of its members.
-* **spatial step** -- SCC per frame, batched over all frames at once (``[F, T, T]`` via ``bmm``).
-* **temporal step** -- one global SCC over the spatial output ``[M1, D]``. Above ``DENSE_LIMIT`` tokens the
-  similarity graph is built in row blocks of ``BLOCK_ROWS`` and each block's edges are unioned into the running
-  forest at once, so no ``M1 x M1`` matrix ever exists.
+* **spatial step** -- SCC per frame, batched over all frames at once (``[F, T, T]`` via ``bmm``, chunked at
+  ``BLOCK_ELEMENTS`` similarities), all frames' edges unioned in one forest over F*T global ids.
+* **temporal step** -- one global SCC over the spatial output ``[M1, D]``, built in row blocks: block rows
+  ``[r0, r1)`` are compared with columns ``r0..M1`` only (the upper triangle, ~56 % of the full product with the
+  default 8+ blocks), at most ``BLOCK_ELEMENTS`` (2^23) similarities at a time; each block's edges are unioned
+  into the running forest and the block is dropped. So no ``M1 x M1`` matrix exists past sqrt(2^23) ~ 2,896
+  tokens, in particular never past 8,192.
 * **merge** -- every original token goes to its most similar kept token (argmax cosine, ties to the lowest
-  index); kept_j <- (kept_j + sum of its originals) / (count_j + 1). Row-blocked when ``F*T x M`` is large.
+  index); kept_j <- (kept_j + sum of its originals) / (count_j + 1). Row-blocked the same way.
+
+Cosines are dot products rescaled by precomputed inverse norms (no normalised copy of the [N, D] tokens). On
+CPU the bookkeeping between matmuls runs on one thread (see ``_serial_bookkeeping``).
 
 Sampling: ``draw_sample`` draws each sampled vertex set from ``generator`` on the generator's own device
 (a CPU generator works for CUDA tokens; indices are moved over). Draw order: the spatial step's samples
@@ -40,18 +46,19 @@ base would exceed ``DENSE_LIMIT`` tokens; those cost one temporal pass each and 
 ``MAX_DIRECT_EVALS``. How tau_temporal interacts with a budget: if ``tau_temporal`` is None, one tau is searched
 and used by both steps; if it is given, it is kept fixed and only the spatial tau is searched.
 
-Complexity (N = F*T tokens, M1 spatial tokens, M kept tokens, D width, b = BLOCK_ROWS):
+Complexity (N = F*T tokens, M1 spatial tokens, M kept tokens, E edges, D width, B = BLOCK_ELEMENTS = 2^23):
 
-=============  ==========================  ==============================================
-step           time                        extra memory
-=============  ==========================  ==============================================
-spatial        O(F T^2 D) (one bmm)        O(F T^2) (chunked at 2^24 elements)
-temporal       O(M1^2 D)                   O(M1^2) dense; O(b M1 + edges per block) above DENSE_LIMIT
-components     O(E log N) per step         O(N + E)
-merge          O(N M D)                    O(N M), or O(b M) when N*M > DENSE_LIMIT^2
-budget search  one spatial bmm + one base  O(F T^2 + M1^2); each candidate O(F T^2 + M1^2)
-               Gram O(M1^2 D) + final merge
-=============  ==========================  ==============================================
+=============  ================================  =============================================================
+step           time                              extra memory
+=============  ================================  =============================================================
+spatial        O(F T^2 D) (bmm)                  O(F T^2) similarities, at most max(T^2, B) at once
+temporal       ~0.56 M1^2 D (upper triangle)     O(min(M1^2, B) + M1): one block of similarities + its edges
+components     O(E) per round, O(log N) rounds   O(N + E_block)
+merge          O(N M D)                          O(min(N M, B))
+budget search  spatial bmm once, one Gram         O(F T^2 + M1^2) for M1 <= DENSE_LIMIT (the Gram matrix);
+               O(M1^2 D), then O(F T^2 + M1^2)   above it each candidate is a blockwise temporal pass
+               per candidate (no D); final run
+=============  ================================  =============================================================
 """
 
 from __future__ import annotations
@@ -212,16 +219,37 @@ def _serial_bookkeeping(device: torch.device) -> Iterator[None]:
         _MATMUL_THREADS.reset(token)
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """matmul (batched too) with the caller's CPU threads, see _serial_bookkeeping."""
     n_threads = _MATMUL_THREADS.get()
     if n_threads is None:
-        return torch.matmul(a, b)
+        return torch.matmul(a, b, out=out)
     torch.set_num_threads(n_threads)
     try:
-        return torch.matmul(a, b)
+        return torch.matmul(a, b, out=out)
     finally:
         torch.set_num_threads(1)
+
+
+class _Blocks:
+    """Reused similarity / adjacency block buffers. A fresh ~32 MB block per step makes glibc grow its heap
+    instead of reusing memory (its mmap threshold adapts to freed blocks): measured 1.5 GB of RSS left after
+    the 256-frame merge with fresh blocks, 50 MB with these."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.buffers.get(dtype)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[dtype] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+    def above(self, sim: torch.Tensor, tau: float) -> torch.Tensor:
+        """sim > tau into the reused bool buffer."""
+        return torch.gt(sim, tau, out=self.get(tuple(sim.shape), torch.bool))
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -303,7 +331,9 @@ def _means(x: torch.Tensor, comp: torch.Tensor, n_comp: int) -> torch.Tensor:
     return sums.div_(counts[:, None])
 
 
-def _spatial_graph(sims, n_frames: int, n_per_frame: int, tau: float, in_sample: torch.Tensor | None, device):
+def _spatial_graph(
+    sims, n_frames: int, n_per_frame: int, tau: float, in_sample: torch.Tensor | None, device, blocks: _Blocks
+):
     """Per-frame components of all frames as one forest over F*T global ids. sims: iterable of (f0, [c,T,T])."""
     n = n_frames * n_per_frame
     labels = torch.arange(n, device=device)
@@ -314,7 +344,7 @@ def _spatial_graph(sims, n_frames: int, n_per_frame: int, tau: float, in_sample:
             degrees.append(torch.ones(c * n_per_frame, dtype=torch.long, device=device))
             continue
         mask = None if in_sample is None else in_sample[f0 : f0 + c]
-        u, v, deg = _block_edges(sim > tau, 0, f0 * n_per_frame, mask)
+        u, v, deg = _block_edges(blocks.above(sim, tau), 0, f0 * n_per_frame, mask)
         degrees.append(deg)
         _union(labels, u, v)
     return labels, torch.cat(degrees)
@@ -328,7 +358,7 @@ TRIANGLE_BLOCKS = 8  # a graph over >= 1024 tokens is built in at least this man
 # the columns from its own first row on (the upper triangle): ~(1/2 + 1/16) of the full matmul
 
 
-def _rows_graph(unit: torch.Tensor, tau: float, in_sample: torch.Tensor | None):
+def _rows_graph(unit: torch.Tensor, tau: float, in_sample: torch.Tensor | None, blocks: _Blocks | None = None):
     """Components of one graph over unit rows [n, D] -> (labels [n], degree [n]).
 
     Row block [r0, r1) is compared with columns r0..n only (cosine is symmetric), at most BLOCK_ELEMENTS
@@ -336,6 +366,7 @@ def _rows_graph(unit: torch.Tensor, tau: float, in_sample: torch.Tensor | None):
     with a sampled end are unioned (each sample joined with all its neighbours).
     """
     n = unit.shape[0]
+    blocks = blocks if blocks is not None else _Blocks(unit.device)
     labels = torch.arange(n, device=unit.device)
     degree = torch.ones(n, dtype=torch.long, device=unit.device)  # the diagonal
     if tau >= 1:
@@ -343,9 +374,9 @@ def _rows_graph(unit: torch.Tensor, tau: float, in_sample: torch.Tensor | None):
     n_blocks = max(math.ceil(n * n / BLOCK_ELEMENTS), TRIANGLE_BLOCKS if n >= 1024 else 1)
     step = math.ceil(n / n_blocks)
     for r0 in range(0, n, step):
-        sim = _mm(unit[r0 : r0 + step], unit[r0:].T)  # [b, n - r0]
-        row, col = (sim > tau).nonzero().unbind(1)
-        del sim
+        a = unit[r0 : r0 + step]
+        sim = _mm(a, unit[r0:].T, out=blocks.get((a.shape[0], n - r0)))  # [b, n - r0]
+        row, col = blocks.above(sim, tau).nonzero().unbind(1)
         keep = row < col  # strictly above the diagonal
         u, v = row[keep] + r0, col[keep] + r0
         degree += torch.bincount(u, minlength=n) + torch.bincount(v, minlength=n)
@@ -395,10 +426,11 @@ class _Video:
         # rescaled by these, which saves a normalised [N, D] copy of the tokens
         self.inv_norm = 1 / torch.where(norm > 0, norm, torch.ones_like(norm)).squeeze(1)  # [N]
         # the spatial similarities never change with tau: kept for the budget search and the sweep
-        self.sims = list(self._frame_sims()) if keep_sims else None
+        self.blocks = _Blocks(self.device)
+        self.sims = list(self._frame_sims(reuse=False)) if keep_sims else None
         self.spatial_sampled = sample_size(self.t, epsilon) < self.t
 
-    def _frame_sims(self):
+    def _frame_sims(self, reuse: bool = True):
         """Yield (f0, [c, T, T] cosine) for chunks of frames, at most BLOCK_ELEMENTS entries each."""
         x3 = self.x.view(self.f, self.t, self.d)
         inv = self.inv_norm.view(self.f, self.t)
@@ -406,20 +438,21 @@ class _Video:
         for f0 in range(0, self.f, step):
             c = x3[f0 : f0 + step]
             s = inv[f0 : f0 + step]
-            yield f0, _mm(c, c.transpose(1, 2)).mul_(s[:, :, None]).mul_(s[:, None, :])
+            out = self.blocks.get((c.shape[0], self.t, self.t)) if reuse else None
+            yield f0, _mm(c, c.transpose(1, 2), out=out).mul_(s[:, :, None]).mul_(s[:, None, :])
 
     def spatial(self, tau: float, generator: torch.Generator):
         """-> (comp [N] in output order, rep [M1]); draws the per-frame samples first when sampled."""
         in_sample = _sample_mask(self.t, self.epsilon, generator, self.f, self.device)
         sims = self.sims if self.sims is not None else self._frame_sims()
-        labels, degree = _spatial_graph(sims, self.f, self.t, tau, in_sample, self.device)
+        labels, degree = _spatial_graph(sims, self.f, self.t, tau, in_sample, self.device, self.blocks)
         return _order(labels, degree)
 
     def temporal(self, spatial_tokens: torch.Tensor, tau: float, generator: torch.Generator):
         """[M1, D] -> (comp [M1] in output order, rep [M])."""
         m1 = spatial_tokens.shape[0]
         in_sample = _sample_mask(m1, self.epsilon, generator, 1, self.device)
-        labels, degree = _rows_graph(_unit(spatial_tokens), tau, in_sample)
+        labels, degree = _rows_graph(_unit(spatial_tokens), tau, in_sample, self.blocks)
         return _order(labels, degree)
 
     def merge(self, kept: torch.Tensor):
@@ -430,7 +463,7 @@ class _Video:
         unit_kept_t = _unit(kept).T  # [D, M]
         step = _block_rows(m)
         assignment = torch.cat(
-            [_mm(self.x[r0 : r0 + step], unit_kept_t).argmax(dim=1) for r0 in range(0, self.n, step)]
+            [_mm(a, unit_kept_t, out=self.blocks.get((a.shape[0], m))).argmax(dim=1) for a in self.x.split(step)]
         )
         sums = _sum_rows(self.x, assignment, m, out=kept.clone())
         counts = torch.bincount(assignment, minlength=m).to(kept.dtype)
@@ -515,7 +548,7 @@ class _Counter:
             self.n_direct += 1
             means = _means(self.video.x, comp, m1)
             in_sample = _sample_mask(m1, self.video.epsilon, g, 1, self.video.device)
-            labels, _ = _rows_graph(_unit(means), tt, in_sample)
+            labels, _ = _rows_graph(_unit(means), tt, in_sample, self.video.blocks)
         ids = torch.arange(m1, device=labels.device)
         return m1, int((labels == ids).sum())
 

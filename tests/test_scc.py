@@ -308,15 +308,24 @@ def test_budget_is_met_within_ten_percent(budget):
 
 def test_budget_costs_few_matmuls(monkeypatch):
     x = video_like_tokens(8, 196, 64, seed=4)
-    calls = []
+    flops = []
     real = scc._mm
-    monkeypatch.setattr(scc, "_mm", lambda a, b: calls.append(a.shape) or real(a, b))
-    compress(x)
-    n_plain = len(calls)
-    calls.clear()
+
+    def counting(a, b, out=None):
+        flops.append(a.shape[:-1].numel() * a.shape[-1] * b.shape[-1])
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(scc, "_mm", counting)
+    compress(x, tau=0.9)
+    n_plain = sum(flops)
+    flops.clear()
+    out = compress(x, budget=0.1)
+    compress(x, tau=out.tau)
+    n_final = sum(flops[len(flops) // 2 :])  # rough: the matmuls of a plain call at the tau found
+    flops.clear()
     compress(x, budget=0.1)
     # one spatial bmm, one Gram matrix (two if the first guess was too low), the final temporal and merge
-    assert len(calls) <= n_plain + 2, f"budget search ran {len(calls)} matmuls vs {n_plain} for one compression"
+    assert sum(flops) <= 3 * max(n_plain, n_final), f"budget search: {sum(flops)} multiply-adds vs {n_plain} plain"
 
 
 def test_budget_with_explicit_temporal_tau_and_edges():
