@@ -517,7 +517,10 @@ class _Counter:
         """The last aggregated count (at tau) became the top of the bracket: later candidates are all below it,
         so its smaller Gram matrix serves them."""
         if self.last is not None and self.last[0] == tau:
-            self.base = (tau, self.last[1], self.last[2].clone())
+            self.base = self.last
+            # the new base lives in workspace 1; the old base's storage (slot 3) becomes the next workspace 1
+            self._buffer(3, 0)
+            self.scratch[1], self.scratch[3] = self.scratch[3], self.scratch[1]
 
     def count(self, tau: float) -> tuple[int, int]:
         """-> (M1, M) at spatial tau (temporal tau: the fixed one, else the same)."""

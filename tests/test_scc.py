@@ -360,6 +360,24 @@ def test_retention_sweep_matches_compress():
             assert (n_spatial, n_output) == (out.n_spatial, out.n_output), f"sweep disagrees at tau={tau} eps={eps}"
 
 
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x = video_like_tokens(8, 196, 64, seed=4)
+    cpu, gpu = compress(x), compress(x.cuda())
+    assert gpu.tokens.device.type == "cuda" and gpu.assignment.device.type == "cuda"
+    assert gpu.spatial_per_frame == cpu.spatial_per_frame and gpu.n_output == cpu.n_output, "CUDA counts differ"
+    assert torch.allclose(gpu.tokens.cpu(), cpu.tokens, atol=1e-4)
+    # a CUDA generator draws on the GPU; a CPU generator works for CUDA tokens and gives the CPU result
+    on_gpu = compress(x.cuda(), epsilon=0.5, generator=torch.Generator(device="cuda").manual_seed(1))
+    again = compress(x.cuda(), epsilon=0.5, generator=torch.Generator(device="cuda").manual_seed(1))
+    assert torch.equal(on_gpu.tokens, again.tokens)
+    from_cpu = compress(x.cuda(), epsilon=0.5, generator=torch.Generator().manual_seed(1))
+    assert from_cpu.n_output == compress(x, epsilon=0.5, generator=torch.Generator().manual_seed(1)).n_output
+    assert compress(x.cuda().half(), budget=0.1).tokens.dtype == torch.float16
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 
