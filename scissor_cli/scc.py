@@ -35,16 +35,21 @@ Sampling: ``draw_sample`` draws each sampled vertex set from ``generator`` on th
 Token budget (``budget=``): the similarity matrices do not depend on tau, and for tau' <= tau every spatial
 component at tau' is a union of spatial components at tau (the threshold graph only gains edges). So the
 search computes the per-frame similarities once, and the Gram matrix of the spatial component *sums* once at
-a "base" tau above the answer; the temporal similarities at any lower tau are that Gram matrix summed over
-the coarser components (``O(M1^2)``, no ``D``), and the count at each candidate tau is a connected-components
-run on it. A safeguarded regula falsi on ``log M`` (every third step a bisection) shrinks the bracket
-[feasible tau, infeasible tau] until M lands in ``[0.9 B, B]`` or the bracket is below float resolution; the
-answer is the highest feasible tau found, and the final compression runs at it exactly as a plain call would
-(``compress(x, tau=out.tau, tau_temporal=out.tau_temporal)`` gives the same tokens). Direct (matmul)
-evaluations are used instead when the spatial step is itself sampled (components then do not nest) or the
-base would exceed ``DENSE_LIMIT`` tokens; those cost one temporal pass each and are capped at
-``MAX_DIRECT_EVALS``. How tau_temporal interacts with a budget: if ``tau_temporal`` is None, one tau is searched
-and used by both steps; if it is given, it is kept fixed and only the spatial tau is searched.
+the first candidate (the ``tau`` argument); the temporal similarities at any lower tau are that Gram matrix
+summed over the coarser components (``O(M1^2)``, no ``D``), and the count at each candidate is a
+connected-components run on it. A safeguarded regula falsi on ``log M`` against ``log(1.001 - tau)`` (every
+third step a bisection) shrinks the bracket [feasible tau, too-high tau] until M lands in ``[0.9 B, B]`` or the
+bracket is below float resolution; whenever a candidate becomes the bracket's top, its smaller aggregated Gram
+matrix becomes the base. The answer is the highest feasible tau found, and the final compression runs at it
+exactly as a plain call would (``compress(x, tau=out.tau, tau_temporal=out.tau_temporal)`` gives the same
+tokens). Candidates above the base, candidates whose spatial output exceeds ``DENSE_LIMIT`` tokens, and all
+candidates when the spatial step is itself sampled (components then do not nest) are counted directly: one
+blockwise temporal pass each, at most ``MAX_DIRECT_EVALS``. Measured (bench/results_scc.md): 32x196x896 at
+10 %: 2.4x a plain compression at tau 0.9, 4.5x the matmul floor of one compression at the tau found; 256
+frames: 5 direct passes, 3.0x that floor. In the sampled regime M jumps as tau moves (the sample changes with
+M1), so only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if ``tau_temporal`` is
+None, one tau is searched and used by both steps; if it is given, it stays fixed and only the spatial tau is
+searched.
 
 Complexity (N = F*T tokens, M1 spatial tokens, M kept tokens, E edges, D width, B = BLOCK_ELEMENTS = 2^23):
 
@@ -620,8 +625,9 @@ def compress(
     tau_temporal: threshold for the temporal step; None: same as tau.
     budget: None; a float in (0, 1] (keep at most floor(ratio * F*T) tokens, at least 1); or an int >= 1
         (keep at most that many). tau is then searched per video so that M <= budget and, whenever some tau
-        allows it, M >= 0.9 * budget; ``tau`` seeds the search. Without ``tau_temporal`` one tau is searched
-        for both steps; with it the temporal tau stays fixed and only the spatial tau is searched.
+        allows it, M >= 0.9 * budget (in the sampled regime only M <= budget is guaranteed); ``tau`` seeds the
+        search; a budget of at least F*T keeps every token (tau 1.0). Without ``tau_temporal`` one tau is
+        searched for both steps; with it the temporal tau stays fixed and only the spatial tau is searched.
     generator: draws the sampled regime's vertices (on the generator's device); None: CPU, seed 0. The same
         input and generator state give bit-identical output. Budget mode evaluates candidates on clones of
         the generator and consumes it only in the final compression.
