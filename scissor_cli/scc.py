@@ -672,7 +672,10 @@ def retention_sweep(
     components nest, the temporal similarities of every lower tau come from one Gram matrix at the highest
     tau whose spatial output fits DENSE_LIMIT."""
     _check_tokens(tokens)
-    taus = [_check_tau("tau", x) for x in taus]
+    try:
+        taus = [_check_tau("tau", x) for x in taus]
+    except TypeError as e:
+        raise OptionError(f"taus must be a list of numbers, got {taus!r}", hint="e.g. [0.95, 0.9, 0.85, 0.8]") from e
     epsilon = _check_epsilon(epsilon)
     generator = _default_generator(generator)
     out: dict[float, tuple[int, int]] = {}

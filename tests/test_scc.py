@@ -349,6 +349,14 @@ def test_budget_in_the_sampled_regime():
     assert torch.equal(again.tokens, out.tokens), "budget result should equal a plain call at its tau and seed"
 
 
+def test_retention_sweep_rejects_bad_taus():
+    with pytest.raises(OptionError):
+        retention_sweep(torch.randn(2, 3, 4), 0.9)
+    with pytest.raises(OptionError):
+        retention_sweep(torch.randn(2, 3, 4), [0.9, float("nan")])
+    assert retention_sweep(torch.randn(2, 3, 4), []) == []
+
+
 def test_retention_sweep_matches_compress():
     x = video_like_tokens(6, 100, 32, seed=9)
     taus = [0.95, 0.7, 0.9, 0.8, 1.0]
