@@ -39,6 +39,11 @@ def llm_tflops(n_layers: int, n_tokens: int, hidden: int, ffn: int, n_generated:
     return (prefill + decode) / 1e12
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """Round to significant digits: a tiny model's 3e-7 TFLOPs must not print as 0."""
+    return float(f"{x:.{digits}g}")
+
+
 @dataclass(frozen=True)
 class EncodedVideo:
     """A video's uncompressed visual tokens and where they came from."""
@@ -234,8 +239,8 @@ def make_answers(
     """Bundle the answers of one ``generate`` call on one video with the stats that explain them."""
     dims = (vlm.n_layers, vlm.hidden_size, vlm.ffn_size)
     tflops = {
-        "before": round(llm_tflops(dims[0], compressed.n_original, dims[1], dims[2]), 4),
-        "after": round(llm_tflops(dims[0], compressed.n_final, dims[1], dims[2]), 4),
+        "before": _sig(llm_tflops(dims[0], compressed.n_original, dims[1], dims[2])),
+        "after": _sig(llm_tflops(dims[0], compressed.n_final, dims[1], dims[2])),
     }
     timings = {
         "decode": round(encoded.decode_s, 4),
@@ -387,8 +392,8 @@ def inspect_video(
             )
         ]
     tflops = {
-        "before": round(llm_tflops(vlm.n_layers, compressed.n_original, vlm.hidden_size, vlm.ffn_size), 4),
-        "after": round(llm_tflops(vlm.n_layers, compressed.n_final, vlm.hidden_size, vlm.ffn_size), 4),
+        "before": _sig(llm_tflops(vlm.n_layers, compressed.n_original, vlm.hidden_size, vlm.ffn_size)),
+        "after": _sig(llm_tflops(vlm.n_layers, compressed.n_final, vlm.hidden_size, vlm.ffn_size)),
     }
     return Inspection(
         encoded.info,

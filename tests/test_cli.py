@@ -181,6 +181,7 @@ def test_ask_json_fields_and_counts(tiny_hf_dir, clip):
         assert set(r["timings_s"]) >= {"decode", "vision", "compression", "prefill", "generation"}
         assert r["profile"]["compression"]["tau"] == pytest.approx(0.9), "profile carries the resolved settings"
         assert r["model"] == str(tiny_hf_dir)
+        assert 0 < r["tflops"]["after"] <= r["tflops"]["before"], "tiny but nonzero estimated cost"
     assert records[0]["timings_s"]["vision"] == records[1]["timings_s"]["vision"], "one encoding for both questions"
 
 
@@ -266,8 +267,12 @@ def test_inspect_with_model_sweep_and_viz(tiny_hf_dir, clip, tmp_path):
     data = json_lines(result.stdout)[0]
     assert data["tokens"]["original"] == 64 and len(data["spatial_per_frame"]) == 4
     assert sum(data["spatial_per_frame"]) == data["tokens"]["spatial"]
-    finals = [row["final"] for row in sorted(data["sweep"], key=lambda r: r["tau"])]
-    assert finals == sorted(finals), "a higher tau never keeps fewer tokens"
+    rows = sorted(data["sweep"], key=lambda r: r["tau"])
+    spatial = [row["spatial"] for row in rows]
+    # components at a higher tau refine those at a lower one, so the spatial count is monotone; the final count
+    # need not be (the temporal step sees different means), but never exceeds the spatial one
+    assert spatial == sorted(spatial), "a higher tau never keeps fewer tokens in the spatial step"
+    assert all(1 <= row["final"] <= row["spatial"] for row in rows)
     raw = png.read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
