@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_checkpoint.build_tokenizer
+sys.path.insert(0, str(ROOT / "bench"))  # bench_gpu.config: the real architectures
 
 QUESTION = "What is happening in this video?"
 BUDGETS = [("uncompressed", None), ("50 %", 0.5), ("35 %", 0.35), ("10 %", 0.1)]
@@ -31,46 +32,6 @@ BUDGETS = [("uncompressed", None), ("50 %", 0.5), ("35 %", 0.35), ("10 %", 0.1)]
 def rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def real_05b_config():
-    """llava-hf/llava-onevision-qwen2-0.5b-ov-hf: SigLIP so400m (26 layers kept) + Qwen2-0.5B-Instruct."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-
-    vision = SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=26,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-        vision_use_head=False,
-        hidden_act="gelu_pytorch_tanh",
-        layer_norm_eps=1e-6,
-    )
-    text = Qwen2Config(
-        vocab_size=152000,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        bos_token_id=151643,
-        eos_token_id=151645,
-    )
-    return LlavaOnevisionConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_index=151646,
-        video_token_index=151647,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-        tie_word_embeddings=True,
-    )
 
 
 def main() -> None:
@@ -85,6 +46,7 @@ def main() -> None:
 
     t_import = time.perf_counter()
     import torch
+    from bench_gpu import config
     from tiny_checkpoint import build_tokenizer
     from transformers import LlavaOnevisionForConditionalGeneration
 
@@ -102,7 +64,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     t = time.perf_counter()
-    hf_model = LlavaOnevisionForConditionalGeneration(real_05b_config()).eval()
+    hf_model = LlavaOnevisionForConditionalGeneration(config("0.5b")).eval()
     t_init = time.perf_counter() - t
     n_params = sum(p.numel() for p in hf_model.parameters()) / 1e6
     log(f"instantiated random 0.5B ({n_params:.1f} M params) in {t_init:.1f} s, peak RSS {rss_gb():.2f} GB")

@@ -192,6 +192,17 @@ def build_profile(
     )
 
 
+SHARED_FLAGS = frozenset(
+    ("model", "revision", "tau", "tau_temporal", "epsilon", "retention", "tokens", "no_compress", "frames", "fps",
+     "start", "end", "max_new_tokens", "temperature", "seed", "device", "dtype", "offline", "no_cache", "newline")
+)  # fmt: skip
+
+
+def profile_from_flags(params: dict[str, Any]) -> Profile:
+    """``build_profile`` from a command's parameters (its ``locals()``): the shared flags it declares, by name."""
+    return build_profile(params["profile"], **{k: v for k, v in params.items() if k in SHARED_FLAGS})
+
+
 def _load(profile: Profile, on_status: Callable[[str], None]) -> Any:
     from scissor_cli.model import load_model
 
@@ -242,29 +253,7 @@ def ask(
     newline: NewlineOpt = None,
 ) -> None:
     """Answer questions about a video, and show what the compression did."""
-    p = build_profile(
-        profile,
-        model=model,
-        revision=revision,
-        tau=tau,
-        tau_temporal=tau_temporal,
-        epsilon=epsilon,
-        retention=retention,
-        tokens=tokens,
-        no_compress=no_compress,
-        frames=frames,
-        fps=fps,
-        start=start,
-        end=end,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        offline=offline,
-        no_cache=no_cache,
-        newline=newline,
-    )
+    p = profile_from_flags(locals())
     questions = [question, *(more or [])]
     from scissor_cli import video as video_io
 
@@ -327,26 +316,7 @@ def inspect(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    p = build_profile(
-        profile,
-        model=model,
-        revision=revision,
-        tau=tau,
-        tau_temporal=tau_temporal,
-        epsilon=epsilon,
-        retention=retention,
-        tokens=tokens,
-        no_compress=no_compress,
-        frames=frames,
-        fps=fps,
-        start=start,
-        end=end,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        offline=offline,
-        no_cache=no_cache,
-    )
+    p = profile_from_flags(locals())
     if video_only and (sweep or viz):
         raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
     if viz is not None and viz.suffix.lower() != ".png":
@@ -426,29 +396,7 @@ def batch(
     newline: NewlineOpt = None,
 ) -> None:
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
-    p = build_profile(
-        profile,
-        model=model,
-        revision=revision,
-        tau=tau,
-        tau_temporal=tau_temporal,
-        epsilon=epsilon,
-        retention=retention,
-        tokens=tokens,
-        no_compress=no_compress,
-        frames=frames,
-        fps=fps,
-        start=start,
-        end=end,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        offline=offline,
-        no_cache=no_cache,
-        newline=newline,
-    )
+    p = profile_from_flags(locals())
     from scissor_cli import batch as batch_mod
 
     if manifest and paths:
