@@ -171,7 +171,11 @@ def encode_video(
     if on_status:
         on_status(f"vision tower on {clip.frames.shape[0]} frames")
     t0 = time.perf_counter()
-    features = vlm.encode(clip.frames)  # [F, T, D]
+    on_progress = getattr(on_status, "progress", None)  # render.stages() draws a bar from it
+    if on_progress is not None:
+        features = vlm.encode(clip.frames, on_progress=on_progress)  # [F, T, D]
+    else:
+        features = vlm.encode(clip.frames)
     _sync(vlm.device)
     vision_s = time.perf_counter() - t0
     if cache is not None and key is not None:

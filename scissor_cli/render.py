@@ -57,21 +57,38 @@ def interrupted() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- progress
+class _Stages:
+    """``on_status(text)`` starts a stage line; ``on_status.progress(done, total)`` turns it into a bar."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+        self._task: Any = None
+
+    def __call__(self, text: str) -> None:
+        if self._task is not None:
+            task = self._progress.tasks[self._task]
+            self._progress.update(self._task, completed=task.total or 1, total=task.total or 1)
+        self._task = self._progress.add_task(escape(text), total=None)
+
+    def progress(self, done: int, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+
 @contextmanager
-def stages() -> Iterator[Any]:
-    """A spinner line per stage (model load, decode, vision tower, ...) on stderr; yields ``on_status(text)``."""
+def stages() -> Iterator[_Stages]:
+    """A line per stage (model load, decode, vision tower, ...) on stderr, with a bar where progress is known."""
     progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     )
-    current: list[int] = []
-
-    def on_status(text: str) -> None:
-        if current:
-            progress.update(current[-1], completed=1, total=1)
-        current.append(progress.add_task(escape(text), total=None))
-
     with progress:
-        yield on_status
+        yield _Stages(progress)
 
 
 def write_json(obj: Any) -> None:
