@@ -6,13 +6,15 @@ Columns, one row per (frames F, width D, tau or budget), 196 tokens per frame:
 * ``compress``: median wall time of ``compress`` (fewer repeats for big rows).
 * ``floor``: the similarity matmuls a direct implementation cannot avoid, timed alone in the same process on the
   same tensors: the per-frame ``[F, T, D] x [F, D, T]`` bmm, the temporal ``[M1, D] x [D, M1]`` and the merge's
-  ``[F*T, D] x [D, M]`` (row-blocked as compress blocks them). compress itself computes only the upper
-  triangle of the temporal product (~56 % of it), so big rows can go below 1. For budget rows the floor is that
-  of one compression at the tau the search picked, so the ratio includes the search.
+  ``[F*T, D] x [D, M]`` (row-blocked as compress blocks them: ``CACHE_BLOCK_ELEMENTS`` similarities at a time).
+  compress itself computes only the upper triangle of the temporal product (~56 % of it), so big rows can go below
+  1. For budget rows the floor is that of one compression at the tau the search picked, so the ratio includes the
+  search.
 * ``ratio`` = compress / floor: the robust number (same process, same load). The goal is <= 1.25 for plain rows
   (at 8-16 frames the floor is a few ms and fixed Python costs show).
-* ``slow ref``: tests/scc_reference.py (numpy float64 similarities, Python union-find over the edges, one frame at
-  a time); "—" where it would take more than about a minute (F > 32 and budget rows, which it has no search for).
+* ``slow ref``: median of 3 runs of tests/scc_reference.py (numpy float64 similarities, Python union-find over the
+  edges, one frame at a time); "—" where it would take more than about a minute (F > 32 and budget rows, which it
+  has no search for).
 * ``peak extra MiB``: the peak resident memory of one ``compress`` call above the tokens already in memory, from
   ``VmHWM`` after resetting it (``/proc/self/clear_refs``), in a fresh subprocess per row.
 
@@ -99,10 +101,10 @@ def measure_row(n_frames: int, dim: int, setting) -> dict:
         for f0 in range(0, n_frames, max(1, scc.BLOCK_ELEMENTS // 196**2)):
             chunk = u3[f0 : f0 + max(1, scc.BLOCK_ELEMENTS // 196**2)]
             torch.bmm(chunk, chunk.transpose(1, 2))
-        step = scc._block_rows(spatial_unit.shape[0])
+        step = max(1, scc.CACHE_BLOCK_ELEMENTS // spatial_unit.shape[0])
         for r0 in range(0, spatial_unit.shape[0], step):
             spatial_unit[r0 : r0 + step] @ spatial_unit.T
-        step = scc._block_rows(kept_unit.shape[0])
+        step = max(1, scc.CACHE_BLOCK_ELEMENTS // kept_unit.shape[0])
         for r0 in range(0, unit.shape[0], step):
             unit[r0 : r0 + step] @ kept_unit.T
 
@@ -114,9 +116,12 @@ def measure_row(n_frames: int, dim: int, setting) -> dict:
 
     ref_s = None
     if n_frames <= REFERENCE_MAX_FRAMES and setting != "10%":
-        start = time.perf_counter()
-        ref = compress_reference(tokens, tau=float(setting))
-        ref_s = time.perf_counter() - start
+        ref_times = []
+        for _ in range(3):  # a median like compress's (one run varied 0.75-1.04 s at 32x196x896)
+            start = time.perf_counter()
+            ref = compress_reference(tokens, tau=float(setting))
+            ref_times.append(time.perf_counter() - start)
+        ref_s = statistics.median(ref_times)
         if ref.tokens.shape[0] != out.n_output:
             raise SystemExit(f"reference kept {ref.tokens.shape[0]}, compress {out.n_output}")
     return {
