@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--video", default=str(ROOT / "samples" / "bigbuckbunny.mp4"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_model.md"))
     ap.add_argument("--repeats", type=int, default=2, help="LLM runs per row; the fastest is reported")
+    ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
     args = ap.parse_args()
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
@@ -173,8 +174,7 @@ def main() -> None:
         f"Command: `{command}`  ",
         f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, fp32, "
         f"torch {torch.__version__}. Measured {time.strftime('%Y-%m-%d')}.  ",
-        "**Shared CPU:** other engineers' test runs were using the same 2 cores during this run, so times are "
-        "upper bounds with some noise.  ",
+        *([f"Note: {args.note}  "] if args.note else []),
         f"Video: `{os.path.relpath(args.video, ROOT)}`, {len(frames)} frames, 196 tokens/frame; "
         f"{args.new_tokens} new tokens max; LLM rows best of {args.repeats}; "
         f"model instantiation {t_init:.0f} s ({n_params:.1f} M params, not "
