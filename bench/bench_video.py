@@ -100,7 +100,9 @@ def main() -> None:
     print(f"\n{args.minutes:g} min {WIDTH}x{HEIGHT} {args.fps} fps ({n_video} frames); sampling {args.frames} frames")
     print(f"whole video decoded to uint8 RGB would take {mib(whole)}; the {args.frames} sampled frames take "
           f"{mib(results[0]['frames_bytes'])}\n")  # fmt: skip
-    header = f"{'backend':8} {'decode':>8} {'probe':>7} {'python peak RSS':>16} {'(baseline)':>11} {'ffmpeg peak RSS':>16}"
+    header = (
+        f"{'backend':8} {'decode':>8} {'probe':>7} {'python peak RSS':>16} {'(baseline)':>11} {'ffmpeg peak RSS':>16}"
+    )
     print(header)
     for r in results:
         child = mib(r["peak_child_rss_bytes"]) if r["backend"] == "ffmpeg" else "-"
