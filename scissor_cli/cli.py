@@ -174,8 +174,23 @@ def build_profile(
         # replaces the other kind.
         p = replace(p, compression=replace(p.compression, retention=None, tokens=None))
         compression.update(retention=retention, tokens=tokens)
+    asked = [
+        flag
+        for flag, v in (
+            ("--tau", tau),
+            ("--tau-temporal", tau_temporal),
+            ("--epsilon", epsilon),
+            ("--retention", retention),
+            ("--tokens", tokens),
+        )
+        if v is not None
+    ]
+    if no_compress and asked:
+        raise OptionError(f"--no-compress contradicts {', '.join(asked)}", hint="drop one of them")
     if no_compress:
         compression["enabled"] = False
+    elif asked:  # a compression flag over a profile that turns compression off (e.g. --profile off) means "compress"
+        compression["enabled"] = True
     return p.override(
         sampling={"n_frames": frames, "fps": fps, "start": start, "end": end},
         compression=compression,
@@ -255,6 +270,12 @@ def ask(
     """Answer questions about a video, and show what the compression did."""
     p = profile_from_flags(locals())
     questions = [question, *(more or [])]
+    if any(not q.strip() for q in questions):
+        raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
+    if p.model.cache:
+        from scissor_cli.cache import default_max_bytes
+
+        default_max_bytes()  # a bad SCISSOR_CACHE_MAX_GB fails now, not after the model has loaded
     from scissor_cli import video as video_io
 
     video_io.probe(video)  # a bad path fails here, before minutes of model loading
@@ -323,6 +344,8 @@ def inspect(
         raise OptionError(f"--viz {viz} must end in .png", hint="e.g. --viz tokens.png")
     if viz is not None and not viz.resolve().parent.is_dir():
         raise OptionError(f"--viz: folder {viz.resolve().parent} does not exist", hint="create it or pick another path")
+    if viz is not None and not os.access(viz.resolve().parent, os.W_OK):
+        raise OptionError(f"--viz: folder {viz.resolve().parent} is not writable", hint="pick another path")
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 

@@ -706,7 +706,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
     hf_model.eval()
 
     hw, mean, std = _processor_settings(model_dir, config.vision_config.image_size)
-    return VisionLanguageModel(
+    vlm = VisionLanguageModel(
         hf_model,
         tokenizer,
         name=name,
@@ -719,6 +719,8 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         default_tau=raw.get("mm_zip_tau"),
         default_epsilon=raw.get("mm_zip_epsilon"),
     )
+    vlm.model_dir = model_dir  # the resolved folder (a Hub snapshot is named by its commit)
+    return vlm
 
 
 def _check_loading_info(info: dict, config, name: str, layout: str) -> None:

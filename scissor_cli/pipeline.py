@@ -129,6 +129,23 @@ def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profil
     return replace(profile, compression=replace(c, tau=tau, epsilon=epsilon))
 
 
+def model_fingerprint(vlm: VisionLanguageModel) -> str:
+    """The model part of a feature-cache key: its name plus the resolved folder and the size and mtime of its
+    weights and configs, so re-training into the same folder (or a new Hub commit) is a cache miss."""
+    import hashlib
+    from pathlib import Path
+
+    folder = getattr(vlm, "model_dir", None)
+    if folder is None:
+        return vlm.name
+    parts = [str(Path(folder).resolve())]
+    for f in sorted(Path(folder).iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".json"):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return f"{vlm.name}|{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}"
+
+
 def _sync(device: Any) -> None:
     import torch
 
@@ -154,13 +171,20 @@ def encode_video(
         cache = FeatureCache()
     key = None
     if cache is not None:
-        key = cache.key(video, plan.indices, vlm.name, vlm.revision, str(vlm.dtype))
+        key = cache.key(video, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
         cached = cache.get(key)
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
             n = features.shape[0]  # a file that ended early cached fewer frames than planned
             indices, timestamps = tuple(plan.indices[:n]), tuple(plan.timestamps[:n])
-            return EncodedVideo(str(video), info, indices, timestamps, plan.note, features, 0.0, 0.0, True, "cache")
+            note = plan.note
+            if n < len(plan.indices):  # the same words sample_frames used when it decoded the file
+                short = (
+                    f"only {n} of {len(plan.indices)} planned frames could be decoded "
+                    "(the file ends early or is corrupt)"
+                )
+                note = f"{note}; {short}" if note else short
+            return EncodedVideo(str(video), info, indices, timestamps, note, features, 0.0, 0.0, True, "cache")
 
     if on_status:
         on_status(f"decoding {len(plan.indices)} frames")
@@ -392,7 +416,11 @@ def inspect_video(
         sweep = [
             (float(t), int(a), int(b))
             for t, a, b in retention_sweep(
-                encoded.features, list(sweep_taus), epsilon=profile.compression.epsilon, generator=generator
+                encoded.features,
+                list(sweep_taus),
+                epsilon=profile.compression.epsilon,
+                generator=generator,
+                tau_temporal=profile.compression.tau_temporal,
             )
         ]
     tflops = {

@@ -76,6 +76,8 @@ def list_profiles() -> list[ProfileEntry]:
 def find_profile(name_or_path: str) -> Path:
     candidate = Path(name_or_path).expanduser()
     if name_or_path.endswith(SUFFIXES) or os.sep in name_or_path or candidate.is_file():
+        if candidate.is_dir():
+            raise ProfileError(f"profile {name_or_path} is a directory", hint="give one .yaml file or a profile name")
         if not candidate.is_file():
             raise ProfileError(
                 f"profile file {name_or_path} does not exist",

@@ -101,6 +101,10 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def _tau(tau: float, tau_temporal: float | None) -> str:
+    return f"{tau:.4g}" + (f" (temporal {tau_temporal:.4g})" if tau_temporal not in (None, tau) else "")
+
+
 def _tokens_line(tokens: dict[str, int], retention: float) -> str:
     return f"{tokens['original']:,} → {tokens['spatial']:,} → {tokens['final']:,}  ({retention * 100:.1f} % kept)"
 
@@ -124,8 +128,7 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     if a.tau is None:
         table.add_row("compression", "off")
     else:
-        tau = f"{a.tau:.4g}" + (f" (temporal {a.tau_temporal:.4g})" if a.tau_temporal not in (None, a.tau) else "")
-        table.add_row("tau / epsilon", f"{tau} / {a.epsilon:.4g}")
+        table.add_row("tau / epsilon", f"{_tau(a.tau, a.tau_temporal)} / {a.epsilon:.4g}")
     table.add_row("LLM prefill", f"{a.tflops['before']:.3g} → {a.tflops['after']:.3g} TFLOPs (estimated)")
     t = a.timings_s
     vision = "from cache" if a.cache_hit else f"decode {_fmt_s(t['decode'])}, vision {_fmt_s(t['vision'])}"
@@ -155,7 +158,8 @@ def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
         + f"  [dim](read with {i.backend})[/]",
     )
     plan = ", ".join(f"{n}@{t:.2f}s" for n, t in zip(insp.indices, insp.timestamps, strict=True))
-    table.add_row("frame plan", f"{len(insp.indices)} frames: {plan}")
+    n = len(insp.indices)
+    table.add_row("frame plan", f"{n} frame{'s' if n != 1 else ''}: {plan}")
     if insp.note:
         table.add_row("note", escape(insp.note))
     c = insp.compressed
@@ -168,7 +172,7 @@ def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
             + _tokens_line({"original": c.n_original, "spatial": c.n_spatial, "final": c.n_final}, c.retention),
         )
         if c.tau is not None:
-            table.add_row("tau / epsilon", f"{c.tau:.4g} / {c.epsilon:.4g}")
+            table.add_row("tau / epsilon", f"{_tau(c.tau, c.tau_temporal)} / {c.epsilon:.4g}")
         if insp.tflops:
             table.add_row("LLM prefill", f"{insp.tflops['before']:.3g} → {insp.tflops['after']:.3g} TFLOPs (est.)")
         src = "from cache" if e.cache_hit else f"decode {_fmt_s(e.decode_s)} ({e.backend}), vision {_fmt_s(e.vision_s)}"

@@ -714,10 +714,15 @@ def compress(
 
 
 def retention_sweep(
-    tokens: torch.Tensor, taus, epsilon: float = 0.05, generator: torch.Generator | None = None
+    tokens: torch.Tensor,
+    taus,
+    epsilon: float = 0.05,
+    generator: torch.Generator | None = None,
+    tau_temporal: float | None = None,
 ) -> list[tuple[float, int, int]]:
     """(tau, n_spatial, n_output) for each tau (in the given order), each as ``compress(tokens, tau, epsilon,
-    generator=<a copy of generator>)`` would count it. The per-frame similarities are computed once; where
+    generator=<a copy of generator>, tau_temporal=tau_temporal)`` would count it (``tau_temporal`` None: the
+    temporal step uses each tau too). The per-frame similarities are computed once; where
     components nest, the temporal similarities of every lower tau come from one Gram matrix at the highest
     tau whose spatial output fits DENSE_LIMIT."""
     _check_tokens(tokens)
@@ -726,10 +731,12 @@ def retention_sweep(
     except TypeError as e:
         raise OptionError(f"taus must be a list of numbers, got {taus!r}", hint="e.g. [0.95, 0.9, 0.85, 0.8]") from e
     epsilon = _check_epsilon(epsilon)
+    if tau_temporal is not None:
+        tau_temporal = _check_tau("tau_temporal", tau_temporal)
     generator = _default_generator(generator)
     out: dict[float, tuple[int, int]] = {}
     with torch.no_grad(), _serial_bookkeeping(tokens.device):
-        counter = _Counter(_Video(tokens, epsilon, keep_sims=True), generator, None)
+        counter = _Counter(_Video(tokens, epsilon, keep_sims=True), generator, tau_temporal)
         for tau in sorted(set(taus), reverse=True):
             out[tau] = counter.count(tau)
     return [(tau, *out[tau]) for tau in taus]

@@ -342,3 +342,47 @@ def test_cache_info_and_clear(tiny_hf_dir, clip):
     assert "removed 1" in run("cache", "clear").stdout
     assert "0 encodings" in run("cache", "info").stdout
     one_line_error(run("cache", "info", env={"SCISSOR_CACHE_MAX_GB": "lots"}), OptionError.exit_code, "GiB")
+
+
+def test_compression_flags_switch_a_profiles_compression_back_on(tiny_hf_dir, clip):
+    args = ("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "4", "--max-new-tokens", "1", "--json")
+    r = json_lines(run(*args, "--profile", "off", "--tokens", "10").stdout)[0]
+    assert r["tokens"]["final"] <= 10 and r["profile"]["compression"]["enabled"] is True, "the flag beats the profile"
+    one_line_error(run(*args, "--no-compress", "--tau", "0.5"), OptionError.exit_code, "--no-compress", "--tau")
+    one_line_error(run(*args[:3], "-q", "  ", *args[3:]), OptionError.exit_code, "empty")
+
+
+def test_cache_key_changes_when_a_local_checkpoint_is_retrained(tmp_path, clip):
+    from tiny_checkpoint import build_tiny_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    args = ("inspect", clip, "--model", ckpt, "--frames", "4", "--json")
+    build_tiny_checkpoint(ckpt, seed=0)
+    first = json_lines(run(*args).stdout)[0]
+    build_tiny_checkpoint(ckpt, seed=7)  # new weights in the same folder
+    second = json_lines(run(*args).stdout)[0]
+    fresh = json_lines(run(*args, "--no-cache").stdout)[0]
+    assert first["cache_hit"] is False and second["cache_hit"] is False, "new weights must not hit the old entry"
+    assert second["tokens"] == fresh["tokens"] and second["spatial_per_frame"] == fresh["spatial_per_frame"]
+
+
+def test_sweep_and_text_output_honour_tau_temporal(tiny_hf_dir, clip):
+    args = ("inspect", clip, "--model", tiny_hf_dir, "--frames", "8", "--tau-temporal", "0.5", "--sweep")
+    data = json_lines(run(*args, "--json").stdout)[0]
+    row = next(r for r in data["sweep"] if r["tau"] == 0.9)
+    assert (row["spatial"], row["final"]) == (data["tokens"]["spatial"], data["tokens"]["final"]), (
+        "the sweep's tau 0.9 row counts what compress at tau 0.9 (temporal 0.5) keeps"
+    )
+    assert "(temporal 0.5)" in run(*args).stdout
+
+
+def test_viz_into_an_unwritable_folder_fails_before_any_work(clip, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("root writes anywhere")
+        one_line_error(run("inspect", clip, "--viz", folder / "x.png"), OptionError.exit_code, "not writable")
+    finally:
+        folder.chmod(0o700)

@@ -157,3 +157,8 @@ def test_flops_model_matches_the_paper():
     assert llm_tflops(28, 6272, 3584, 18944, n_generated=100) == pytest.approx(41.4, abs=0.05)
     assert llm_tflops(28, 627, 3584, 18944, n_generated=100) == pytest.approx(3.9, abs=0.1)
     assert llm_tflops(28, 6272, 3584, 18944) < llm_tflops(28, 6272, 3584, 18944, n_generated=1)
+
+
+def test_a_directory_is_not_a_profile(tmp_path):
+    with pytest.raises(ProfileError, match="is a directory"):
+        load_profile(str(tmp_path))
