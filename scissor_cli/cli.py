@@ -278,12 +278,12 @@ def ask(
         default_max_bytes()  # a bad SCISSOR_CACHE_MAX_GB fails now, not after the model has loaded
     from scissor_cli import video as video_io
 
-    video_io.probe(video)  # a bad path fails here, before minutes of model loading
+    info = video_io.probe(video)  # a bad path fails here, before minutes of model loading
     with render.stages() as on_status:
         vlm = _load(p, on_status)
         from scissor_cli.pipeline import answer
 
-        results = answer(vlm, video, questions, p, on_status=on_status)
+        results = answer(vlm, video, questions, p, on_status=on_status, info=info)
     if json_out:
         for a in results:
             render.write_json(a.to_dict())
@@ -349,10 +349,10 @@ def inspect(
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 
-    video_io.probe(video)
+    info = video_io.probe(video)
     with render.stages() as on_status:
         vlm = None if video_only else _load(p, on_status)
-        result = inspect_video(vlm, video, p, sweep_taus=SWEEP_TAUS if sweep else None, on_status=on_status)
+        result = inspect_video(vlm, video, p, sweep_taus=SWEEP_TAUS if sweep else None, on_status=on_status, info=info)
         if viz is not None and result.compressed is not None:
             from scissor_cli.viz import token_map
 

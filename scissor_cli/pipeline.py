@@ -154,16 +154,22 @@ def _sync(device: Any) -> None:
 
 
 def encode_video(
-    vlm: VisionLanguageModel, video: str, profile: Profile, on_status: Status | None = None, cache: Any = None
+    vlm: VisionLanguageModel,
+    video: str,
+    profile: Profile,
+    on_status: Status | None = None,
+    cache: Any = None,
+    info: VideoInfo | None = None,
 ) -> EncodedVideo:
     """Probe, plan frames, then features from the cache or from decoding + the vision tower.
 
     ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off.
+    ``info``: the video's ``probe()`` when the caller already has it.
     """
     from scissor_cli import video as video_io
 
     s = profile.sampling
-    info = video_io.probe(video)
+    info = info if info is not None else video_io.probe(video)
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if cache is None and profile.model.cache:
         from scissor_cli.cache import FeatureCache
@@ -309,11 +315,12 @@ def answer(
     questions: str | Sequence[str],
     profile: Profile,
     on_status: Status | None = None,
+    info: VideoInfo | None = None,
 ) -> list[Answer]:
     """Answer one or more questions about one video; the video is decoded, encoded and compressed once."""
     questions = [questions] if isinstance(questions, str) else list(questions)
     profile = resolve_profile(vlm, profile)
-    encoded = encode_video(vlm, video, profile, on_status=on_status)
+    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
     if on_status:
         n = len(questions)
@@ -392,17 +399,18 @@ def inspect_video(
     profile: Profile,
     sweep_taus: Sequence[float] | None = None,
     on_status: Status | None = None,
+    info: VideoInfo | None = None,
 ) -> Inspection:
     """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional tau sweep."""
     from scissor_cli import video as video_io
 
     profile = resolve_profile(vlm, profile)
     s = profile.sampling
-    info = video_io.probe(video)
+    info = info if info is not None else video_io.probe(video)
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
         return Inspection(info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
-    encoded = encode_video(vlm, video, profile, on_status=on_status)
+    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
     sweep = None
     if sweep_taus:
