@@ -215,7 +215,12 @@ SHARED_FLAGS = frozenset(
 
 def profile_from_flags(params: dict[str, Any]) -> Profile:
     """``build_profile`` from a command's parameters (its ``locals()``): the shared flags it declares, by name."""
-    return build_profile(params["profile"], **{k: v for k, v in params.items() if k in SHARED_FLAGS})
+    profile = build_profile(params["profile"], **{k: v for k, v in params.items() if k in SHARED_FLAGS})
+    if profile.model.cache:
+        from scissor_cli.cache import default_max_bytes
+
+        default_max_bytes()  # a bad SCISSOR_CACHE_MAX_GB fails now, not after the model has loaded
+    return profile
 
 
 def _load(profile: Profile, on_status: Callable[[str], None]) -> Any:
@@ -272,10 +277,6 @@ def ask(
     questions = [question, *(more or [])]
     if any(not q.strip() for q in questions):
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
-    if p.model.cache:
-        from scissor_cli.cache import default_max_bytes
-
-        default_max_bytes()  # a bad SCISSOR_CACHE_MAX_GB fails now, not after the model has loaded
     from scissor_cli import video as video_io
 
     info = video_io.probe(video)  # a bad path fails here, before minutes of model loading

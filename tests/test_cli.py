@@ -342,6 +342,9 @@ def test_cache_info_and_clear(tiny_hf_dir, clip):
     assert "removed 1" in run("cache", "clear").stdout
     assert "0 encodings" in run("cache", "info").stdout
     one_line_error(run("cache", "info", env={"SCISSOR_CACHE_MAX_GB": "lots"}), OptionError.exit_code, "GiB")
+    for cmd in (("ask", clip, "Q?"), ("inspect", clip), ("batch", clip, "-q", "Q?")):  # before any model loads
+        result = run(*cmd, "--model", tiny_hf_dir.parent / "no-such-model", env={"SCISSOR_CACHE_MAX_GB": "lots"})
+        one_line_error(result, OptionError.exit_code, "SCISSOR_CACHE_MAX_GB")
 
 
 def test_compression_flags_switch_a_profiles_compression_back_on(tiny_hf_dir, clip):
