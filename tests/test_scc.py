@@ -19,6 +19,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 from scc_reference import compress_reference, video_like_tokens  # noqa: E402
 
 
+@pytest.fixture(params=["candidates", "dense"])
+def merge_path(request, monkeypatch):
+    """Run a test through both merge paths: certified candidates from one kept token on, or every score."""
+    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1 if request.param == "candidates" else 10**9)
+    return request.param
+
+
 def angles(*degrees: float) -> torch.Tensor:
     """2-D unit vectors at the given angles: cosine between two is cos(angle difference)."""
     rad = torch.tensor(degrees, dtype=torch.float64) * math.pi / 180
@@ -113,6 +120,7 @@ def test_rows_are_member_means_and_ordering_rule():
     assert out.assignment.tolist() == [1, 0, 1, 1]
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_degree_ties_go_to_the_lowest_index():
     # {t0, t2} adjacent (both degree 2) and {t1} alone: reps 0 and 1, so the pair comes first.
     x = angles(0, 90, 10)[None]
@@ -122,6 +130,7 @@ def test_degree_ties_go_to_the_lowest_index():
     assert torch.allclose(out.tokens[1], x[0, 1])
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_merge_formula():
     # chain a(0) - b(20) - c(40) - e(60) and d(-24.5): a is not d's neighbour (24.5 > 24 degrees), but the
     # chain's mean points at 30 degrees, so in the merge a goes to d's token, not its own component's.
@@ -135,6 +144,7 @@ def test_merge_formula():
     assert torch.allclose(out.tokens[1], expect1, atol=1e-6), f"{out.tokens[1]} != {expect1}"
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_result_fields_and_assignment_consistency():
     x = video_like_tokens(4, 49, 32, seed=3)
     out = compress(x)
@@ -195,6 +205,7 @@ def test_low_precision_inputs_compare_in_float32():
     assert torch.equal(a.tokens, b.tokens.to(torch.bfloat16))
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_zero_vectors_give_no_nan():
     x = torch.randn(2, 6, 8)
     x[0, 1] = 0
@@ -217,6 +228,7 @@ def test_tau_at_least_one_keeps_every_token(tau):
     assert out.n_output == 15 and out.n_spatial == 15, f"tau={tau} should keep all 15 tokens, kept {out.n_output}"
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_single_frame_and_single_token():
     one = torch.randn(1, 1, 5)
     out = compress(one)
@@ -229,6 +241,7 @@ def test_single_frame_and_single_token():
 # ------------------------------------------------------------------------------------------ the reference
 
 
+@pytest.mark.usefixtures("merge_path")
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_reference_random(seed):
     x = torch.randn(4, 40, 12, generator=torch.Generator().manual_seed(seed))
@@ -236,6 +249,7 @@ def test_matches_reference_random(seed):
     assert_matches_reference(x, tau=0.3, tau_temporal=0.55)
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_matches_reference_video_like():
     x = video_like_tokens(6, 196, 96, seed=5)
     for tau in (0.9, 0.8):
@@ -243,6 +257,7 @@ def test_matches_reference_video_like():
         assert out.n_output < out.n_spatial < out.n_input, "video-like tokens should merge in both steps"
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_matches_reference_real_video():
     x = frame_tokens(n_frames=6)
     for tau in (0.93, 0.85):
@@ -250,6 +265,7 @@ def test_matches_reference_real_video():
         assert out.n_output < out.n_input
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_sampled_regime_is_seeded_and_matches_reference():
     x = video_like_tokens(4, 100, 32, seed=7)
     assert scc.sample_size(100, 0.5) < 100 and scc.sample_size(400, 0.5) < 300, "sampled regime must trigger"
@@ -273,9 +289,105 @@ def test_draw_sample_is_uniform_without_replacement():
         assert len(set(row.tolist())) == 20 and int(row.max()) < 50
 
 
+# --------------------------------------------------------------------------------------- certified merge
+
+
+def merge_inputs():
+    """(name, tokens, tau): video-like, isotropic random, anisotropic (a shared direction, like real features),
+    zero rows, rows scaled by 1e-3..1e3, and exact duplicates (score ties)."""
+    g = torch.Generator().manual_seed(21)
+    aniso = 3 * torch.randn(24, generator=g) + torch.randn(6, 40, 24, generator=g)
+    scaled = torch.randn(6, 40, 16, generator=g) * torch.logspace(-3, 3, 40)[None, :, None]
+    zeros = torch.randn(6, 40, 16, generator=g)
+    zeros[:, ::7] = 0
+    dupes = torch.randn(6, 40, 16, generator=g)
+    dupes[:, 20:] = dupes[:, :20]
+    return [
+        ("video 0.9", video_like_tokens(8, 196, 64, seed=2), 0.9),
+        ("video 0.8", video_like_tokens(8, 196, 64, seed=2), 0.8),
+        ("video 0.97", video_like_tokens(8, 196, 64, seed=2), 0.97),
+        ("random 0.3", torch.randn(6, 40, 16, generator=g), 0.3),
+        ("random -0.2", torch.randn(6, 40, 16, generator=g), -0.2),
+        ("anisotropic 0.9", aniso, 0.9),
+        ("anisotropic 0.97", aniso, 0.97),
+        ("scaled 0.4", scaled, 0.4),
+        ("zeros 0.4", zeros, 0.4),
+        ("duplicates 0.99", dupes, 0.99),
+    ]
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"RIVAL_ROWS_MAX": 0.0},  # every rival search over the whole Gram triangle
+        {"RIVAL_ROWS_MAX": 2.0},  # every rival search over the asking rows only
+        {"GROUP_OVERHEAD": 10**15},  # open rows scored against all kept tokens
+        {"CACHE_BLOCK_ELEMENTS": 64},  # tiny blocks everywhere
+    ],
+    ids=["default", "triangle", "rows", "dense-open-rows", "tiny-blocks"],
+)
+def test_candidate_merge_equals_scoring_everything(monkeypatch, knobs):
+    for name, x, tau in merge_inputs():
+        monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 10**9)
+        dense = compress(x, tau=tau)
+        monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1)
+        for key, value in knobs.items():
+            monkeypatch.setattr(scc, key, value)
+        cand = compress(x, tau=tau)
+        monkeypatch.undo()
+        assert torch.equal(cand.assignment, dense.assignment), f"{name}: candidate merge chose other tokens"
+        assert torch.equal(cand.tokens, dense.tokens), f"{name}: merged tokens differ"
+
+
+def test_candidate_merge_skips_most_scores(monkeypatch):
+    x = video_like_tokens(16, 196, 256, seed=4)  # at small D the per-anchor steps cost more than they save
+    work = []
+    real_mm, real_torch_mm = scc._mm, torch.mm
+
+    def counting(a, b, out=None):
+        work.append(a.shape[:-1].numel() * a.shape[-1] * b.shape[-1])
+        return real_mm(a, b, out=out)
+
+    def counting_torch(a, b, *args, **kwargs):
+        work.append(a.shape[0] * a.shape[1] * b.shape[1])
+        return real_torch_mm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(scc, "_mm", counting)
+    monkeypatch.setattr(torch, "mm", counting_torch)
+    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 10**9)
+    dense = compress(x, tau=0.9)
+    dense_work = sum(work)
+    work.clear()
+    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1)
+    cand = compress(x, tau=0.9)
+    merge_work = 16 * 196 * dense.n_output * 256  # what scoring every original against every kept token costs
+    assert torch.equal(cand.assignment, dense.assignment)
+    assert sum(work) < dense_work - 0.8 * merge_work, f"{sum(work)} vs {dense_work} multiply-adds"
+
+
+def test_isolated_kept_bound_holds():
+    x = video_like_tokens(8, 196, 64, seed=6)
+    video = scc._Video(x, 0.05, keep_sims=False)
+    g = torch.Generator().manual_seed(0)
+    comp1, rep1 = video.spatial(0.9, g)
+    spatial = scc._means(video.x, comp1, rep1.numel())
+    comp2, rep2, degree = video.temporal(spatial, 0.9, g)
+    kept = scc._means(spatial, comp2, rep2.numel())
+    isolated, bound = scc._isolated_kept(spatial, comp2, degree, kept, 0.9)
+    assert 10 < int(isolated.sum()) < kept.shape[0], "expected some isolated kept tokens and some merged ones"
+    unit = torch.nn.functional.normalize(kept.double(), dim=1)
+    cos = unit @ unit.T
+    cos.fill_diagonal_(-1)
+    worst = float(cos[isolated].max())
+    assert worst <= bound, f"an isolated kept token has cosine {worst} > bound {bound} with another"
+    assert bound < 1, "the bound should be informative"
+
+
 # ------------------------------------------------------------------------------------------------ blocks
 
 
+@pytest.mark.usefixtures("merge_path")
 def test_blockwise_equals_dense(monkeypatch):
     x = video_like_tokens(6, 49, 32, seed=11)
     dense = compress(x, tau=0.85)
