@@ -3,18 +3,21 @@
     .venv/bin/python bench/bench_scc.py [--quick] [--out bench/results_scc.md]
 
 Columns, one row per (frames F, width D, tau or budget), 196 tokens per frame:
-* ``compress``: median wall time of ``compress`` (fewer repeats for big rows).
+* ``compress``: median wall time of ``compress``.
 * ``floor``: the similarity matmuls a direct implementation cannot avoid, timed alone in the same process on the
   same tensors: the per-frame ``[F, T, D] x [F, D, T]`` bmm, the temporal ``[M1, D] x [D, M1]`` and the merge's
   ``[F*T, D] x [D, M]`` (row-blocked as compress blocks them: ``CACHE_BLOCK_ELEMENTS`` similarities at a time).
-  compress itself computes only the upper triangle of the temporal product (~56 % of it), so big rows can go below
-  1. For budget rows the floor is that of one compression at the tau the search picked, so the ratio includes the
+  compress itself computes only the upper triangle of the temporal product (~56 % of it) and, on CPU, certifies most of
+  the merge's argmax instead of scoring it (kept-token Gram rows plus the open rows' candidates, see
+  ``scissor_cli/scc.py``), so rows go below 1: the floor is what a direct implementation pays, not a bound on ours.
+  For budget rows the floor is that of one compression at the tau the search picked, so the ratio includes the
   search.
 * ``ratio`` = compress / floor: the robust number (same process, same load). The goal is <= 1.25 for plain rows
   (at 8-16 frames the floor is a few ms and fixed Python costs show).
-* ``slow ref``: median of 3 runs of tests/scc_reference.py (numpy float64 similarities, Python union-find over the
-  edges, one frame at a time); "—" where it would take more than about a minute (F > 32 and budget rows, which it
-  has no search for).
+* ``slow ref``: tests/scc_reference.py (numpy float64 similarities, Python union-find over the edges, one frame at
+  a time); "—" where it would take more than about a minute (F > 32 and budget rows, which it has no search for).
+* Each row runs rounds of (compress, floor, slow ref) and reports each column's median (5 rounds up to 32 x 896,
+  then 3, then 1), so a load change on the shared machine hits all columns alike.
 * ``peak extra MiB``: the peak resident memory of one ``compress`` call above the tokens already in memory, from
   ``VmHWM`` after resetting it (``/proc/self/clear_refs``), in a fresh subprocess per row.
 
@@ -81,11 +84,6 @@ def measure_row(n_frames: int, dim: int, setting) -> dict:
         peak_mib = float("nan")
 
     n_repeat = 5 if n_frames * dim <= 32 * 896 else 3 if n_frames * dim <= 64 * 896 else 1
-    times = []
-    for _ in range(n_repeat):
-        start = time.perf_counter()
-        out = scc.compress(tokens, **kwargs)
-        times.append(time.perf_counter() - start)
 
     # the floor: same tensors, same blocking, matmuls only
     x = tokens.reshape(-1, dim).float()
@@ -108,22 +106,24 @@ def measure_row(n_frames: int, dim: int, setting) -> dict:
         for r0 in range(0, unit.shape[0], step):
             unit[r0 : r0 + step] @ kept_unit.T
 
-    floors = []
-    for _ in range(n_repeat):
+    # interleaved (compress, floor, reference) rounds, medians of each: a load change on the shared machine then
+    # hits all three columns alike instead of whichever happened to run during it
+    with_ref = n_frames <= REFERENCE_MAX_FRAMES and setting != "10%"
+    times, floors, ref_times = [], [], []
+    for _ in range(max(n_repeat, 3) if with_ref else n_repeat):
+        start = time.perf_counter()
+        out = scc.compress(tokens, **kwargs)
+        times.append(time.perf_counter() - start)
         start = time.perf_counter()
         floor_once()
         floors.append(time.perf_counter() - start)
-
-    ref_s = None
-    if n_frames <= REFERENCE_MAX_FRAMES and setting != "10%":
-        ref_times = []
-        for _ in range(3):  # a median like compress's (one run varied 0.75-1.04 s at 32x196x896)
+        if with_ref:
             start = time.perf_counter()
             ref = compress_reference(tokens, tau=float(setting))
             ref_times.append(time.perf_counter() - start)
-        ref_s = statistics.median(ref_times)
-        if ref.tokens.shape[0] != out.n_output:
-            raise SystemExit(f"reference kept {ref.tokens.shape[0]}, compress {out.n_output}")
+            if ref.tokens.shape[0] != out.n_output:
+                raise SystemExit(f"reference kept {ref.tokens.shape[0]}, compress {out.n_output}")
+    ref_s = statistics.median(ref_times) if with_ref else None
     return {
         "compress_s": statistics.median(times),
         "floor_s": statistics.median(floors),

@@ -569,14 +569,14 @@ class _Video:
         counts = torch.bincount(assignment, minlength=m).to(kept.dtype)
         return sums.div_((counts + 1)[:, None])
 
-    def _assign_dense(self, unit: torch.Tensor, m: int, x: torch.Tensor) -> torch.Tensor:
-        """Argmax over all M kept tokens for every row of x, in row blocks of CACHE_BLOCK_ELEMENTS scores."""
+    def _assign_dense(self, unit: torch.Tensor, m: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Argmax over all M kept tokens for every original (or those in ``rows``), in row blocks of
+        CACHE_BLOCK_ELEMENTS scores (a block of ``rows`` is gathered at a time, never all of them)."""
         unit_t = unit[: m + (-m % COL_ALIGN)].T  # [D, M_pad]
         m_pad = unit_t.shape[1]
         step = max(1, CACHE_BLOCK_ELEMENTS // m_pad)
-        return torch.cat(
-            [_argmax_rows(_mm(a, unit_t, out=self.blocks.get((a.shape[0], m_pad)))[:, :m]) for a in x.split(step)]
-        )
+        chunks = self.x.split(step) if rows is None else (self.x.index_select(0, r) for r in rows.split(step))
+        return torch.cat([_argmax_rows(_mm(a, unit_t, out=self.blocks.get((len(a), m_pad)))[:, :m]) for a in chunks])
 
     def _assign_by_candidates(
         self, unit: torch.Tensor, m: int, anchor: torch.Tensor, isolated: torch.Tensor, rival_bound: float
@@ -621,7 +621,7 @@ class _Video:
         pair_work = int((rows_per * cand_per).sum())
         dense_work = open_rows.numel() * m * d
         if open_anchors.numel() * GROUP_OVERHEAD + SMALL_MM_PENALTY * pair_work * d >= dense_work:
-            assignment[open_rows] = self._assign_dense(unit, m, self.x.index_select(0, open_rows))
+            assignment[open_rows] = self._assign_dense(unit, m, open_rows)
             return assignment
 
         # candidates per open anchor, ascending (the anchor included), and its rows, both grouped by anchor
@@ -690,7 +690,7 @@ class _Video:
             isolated, bound = _isolated_kept(spatial_tokens, comp2, degree, kept, tau_temporal)
             assignment = self._assign_by_candidates(unit, m, anchor, isolated, bound)
         else:
-            assignment = self._assign_dense(unit, m, self.x)
+            assignment = self._assign_dense(unit, m)
         merged = self.merge(kept, assignment)
         per_frame = torch.bincount(rep1 // self.t, minlength=self.f).tolist()
         return merged, assignment, m1, per_frame
