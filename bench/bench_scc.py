@@ -17,7 +17,8 @@ Columns, one row per (frames F, width D, tau or budget), 196 tokens per frame:
 * ``slow ref``: tests/scc_reference.py (numpy float64 similarities, Python union-find over the edges, one frame at
   a time); "—" where it would take more than about a minute (F > 32 and budget rows, which it has no search for).
 * Each row runs rounds of (compress, floor, slow ref) and reports each column's median (5 rounds up to 32 x 896,
-  then 3, then 1), so a load change on the shared machine hits all columns alike.
+  then 3, then 1), so a load change on the shared machine hits all columns alike; a 0.3 s pause before each timed
+  part lets the previous part's spinning BLAS/OpenMP worker threads go idle first.
 * ``peak extra MiB``: the peak resident memory of one ``compress`` call above the tokens already in memory, from
   ``VmHWM`` after resetting it (``/proc/self/clear_refs``), in a fresh subprocess per row.
 
@@ -54,6 +55,10 @@ FULL = [(f, d, tau) for f in (8, 16, 32, 64) for d in (896, 3584) for tau in (0.
 ]
 QUICK = [(8, 896, 0.9), (32, 896, 0.8), (32, 896, 0.9), (32, 896, "10%"), (32, 3584, 0.9)]
 REFERENCE_MAX_FRAMES = 32
+# pause before each timed part: after a matmul, numpy's OpenBLAS workers and torch's OpenMP workers keep spinning for
+# a while (~0.1 s) and, on 2 cores, take a core from whichever part runs next (measured: compress at 32 x 896, tau
+# 0.8 took 0.08-0.11 s right after the reference, 0.045-0.05 s after a pause)
+SETTLE_S = 0.3
 
 
 def status_kib(key: str) -> int:
@@ -111,13 +116,16 @@ def measure_row(n_frames: int, dim: int, setting) -> dict:
     with_ref = n_frames <= REFERENCE_MAX_FRAMES and setting != "10%"
     times, floors, ref_times = [], [], []
     for _ in range(max(n_repeat, 3) if with_ref else n_repeat):
+        time.sleep(SETTLE_S)
         start = time.perf_counter()
         out = scc.compress(tokens, **kwargs)
         times.append(time.perf_counter() - start)
+        time.sleep(SETTLE_S)
         start = time.perf_counter()
         floor_once()
         floors.append(time.perf_counter() - start)
         if with_ref:
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             ref = compress_reference(tokens, tau=float(setting))
             ref_times.append(time.perf_counter() - start)
