@@ -501,13 +501,33 @@ def _symmetric_gram(x: torch.Tensor, blocks: _Blocks) -> torch.Tensor:
     return gram
 
 
-def _gram_cos(gram: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """[1, K, K] cosines from a Gram matrix of (unnormalised) sums [K, K], written into scratch (K*K floats);
-    gram itself is left untouched. Zero sums: cosine 0 with everything."""
+def _gram_edges(gram: torch.Tensor, tau: float, in_sample: torch.Tensor | None, blocks: _Blocks):
+    """Edges (u [E], v [E], u < v) of the threshold graph cos > tau, cosines taken from a Gram matrix of (unnormalised)
+    sums [K, K] (left untouched; zero sums: cosine 0 with everything). Row blocks of CACHE_BLOCK_ELEMENTS
+    cosines against the columns from their own first row on (the upper triangle), in reused buffers, so no
+    K x K scratch; each cosine is G_ij / d_i / d_j, the same float operations as on the whole matrix. Sampled
+    regime (in_sample [1, K]): an edge counts when either end is sampled, as in ``_rows_graph``."""
     n = gram.shape[0]
+    if tau >= 1:
+        return gram.new_empty(0, dtype=torch.long), gram.new_empty(0, dtype=torch.long)
     d = gram.diagonal().clamp_min(0).sqrt()
     d = torch.where(d > 0, d, torch.ones_like(d))
-    return torch.div(gram, d[:, None], out=scratch[: n * n].view(n, n)).div_(d[None, :])[None]
+    step = max(1, CACHE_BLOCK_ELEMENTS // n)
+    us, vs = [], []
+    for r0 in range(0, n, step):
+        r1 = min(r0 + step, n)
+        shape = (r1 - r0, n - r0)
+        cos = torch.div(gram[r0:r1, r0:], d[r0:r1, None], out=blocks.get(shape)).div_(d[None, r0:])
+        row, col = blocks.above(cos, tau).nonzero().unbind(1)
+        keep = row < col  # strictly above the diagonal
+        u, v = row[keep] + r0, col[keep] + r0
+        if in_sample is not None:
+            sampled = in_sample[0]
+            keep = sampled.index_select(0, u) | sampled.index_select(0, v)
+            u, v = u[keep], v[keep]
+        us.append(u)
+        vs.append(v)
+    return torch.cat(us), torch.cat(vs)
 
 
 # --------------------------------------------------------------------------------------------------- steps
@@ -767,11 +787,9 @@ class _Counter:
                     agg = self._buffer(1, m1 * m1).view(m1, m1).zero_()
                     agg.scatter_add_(1, to_comp[None, :].expand(m1, -1), rows)  # [M1, M1] = P G P^T
                     self.last = (tau, rep, agg)
-                cos = _gram_cos(agg, self._buffer(2, m1 * m1))
-                edges = _block_edges(cos > tt, 0, 0, in_sample)[:2] if tt < 1 else None
+                edges = _gram_edges(agg, tt, in_sample, self.video.blocks)
             labels = torch.arange(m1, device=agg.device)
-            if edges is not None:
-                _union(labels, *edges)
+            _union(labels, *edges)
         else:
             self.n_direct += 1
             means = _means(self.video.x, comp, m1)

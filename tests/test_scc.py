@@ -472,12 +472,39 @@ def test_retention_sweep_rejects_bad_taus():
 def test_retention_sweep_matches_compress():
     x = video_like_tokens(6, 100, 32, seed=9)
     taus = [0.95, 0.7, 0.9, 0.8, 1.0]
-    for eps in (0.05, 0.5):
+    # 0.05: both steps exact; 0.18: exact frames, sampled temporal step (aggregated Gram counts with a sample);
+    # 0.5: sampled frames (every tau counted directly)
+    for eps in (0.05, 0.18, 0.5):
         rows = retention_sweep(x, taus, epsilon=eps, generator=torch.Generator().manual_seed(2))
         assert [r[0] for r in rows] == taus
         for tau, n_spatial, n_output in rows:
             out = compress(x, tau=tau, epsilon=eps, generator=torch.Generator().manual_seed(2))
             assert (n_spatial, n_output) == (out.n_spatial, out.n_output), f"sweep disagrees at tau={tau} eps={eps}"
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_gram_edges_match_the_whole_cosine_matrix(sampled):
+    # the budget search's blockwise threshold on a Gram matrix of sums, against thresholding all cosines at once
+    g = torch.Generator().manual_seed(3)
+    sums = torch.randn(1500, 24, generator=g)
+    sums[[7, 900]] = 0  # zero sums: cosine 0 with everything
+    sums[100:140] = sums[50] * 3  # exact duplicates, cosine 1
+    gram = sums @ sums.T
+    d = gram.diagonal().clamp_min(0).sqrt()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    cos = gram / d[:, None] / d[None, :]
+    in_sample = (torch.rand(1, 1500, generator=g) < 0.1) if sampled else None
+    blocks = scc._Blocks(gram.device)
+    for tau in (0.3, 0.0, -0.2, 0.999):
+        u, v = scc._gram_edges(gram, tau, in_sample, blocks)
+        assert bool((u < v).all())
+        row, col = torch.triu(cos > tau, diagonal=1).nonzero().unbind(1)
+        if sampled:
+            keep = in_sample[0, row] | in_sample[0, col]
+            row, col = row[keep], col[keep]
+        got = sorted(zip(u.tolist(), v.tolist(), strict=True))
+        assert got == sorted(zip(row.tolist(), col.tolist(), strict=True)), f"edges differ at tau={tau}"
+    assert scc._gram_edges(gram, 1.0, in_sample, blocks)[0].numel() == 0
 
 
 @pytest.mark.gpu
