@@ -782,10 +782,15 @@ class _Counter:
                 else:
                     k_b = gram.shape[0]
                     to_comp = comp.index_select(0, base_rep)  # [K_b]: base components nest inside the coarser ones
-                    rows = self._buffer(0, m1 * k_b).view(m1, k_b).zero_()
-                    rows.scatter_add_(0, to_comp[:, None].expand(-1, k_b), gram)  # [M1, K_b] = P G
                     agg = self._buffer(1, m1 * m1).view(m1, m1).zero_()
-                    agg.scatter_add_(1, to_comp[None, :].expand(m1, -1), rows)  # [M1, M1] = P G P^T
+                    # [M1, M1] = P G P^T, a cache-sized block of G's rows at a time: its columns summed into the
+                    # coarse components (G P^T rows), then those rows added into their own components' rows
+                    step = max(1, CACHE_BLOCK_ELEMENTS // m1)
+                    for i0 in range(0, k_b, step):
+                        i1 = min(i0 + step, k_b)
+                        part = self._buffer(0, (i1 - i0) * m1).view(i1 - i0, m1).zero_()
+                        part.scatter_add_(1, to_comp[None, :].expand(i1 - i0, -1), gram[i0:i1])
+                        agg.index_add_(0, to_comp[i0:i1], part)
                     self.last = (tau, rep, agg)
                 edges = _gram_edges(agg, tt, in_sample, self.video.blocks)
             labels = torch.arange(m1, device=agg.device)
