@@ -53,9 +53,9 @@ exactly as a plain call would (``compress(x, tau=out.tau, tau_temporal=out.tau_t
 tokens). Candidates above the base, candidates whose spatial output exceeds ``DENSE_LIMIT`` tokens, and all
 candidates when the spatial step is itself sampled (components then do not nest) are counted directly: one
 blockwise temporal pass each, at most ``MAX_DIRECT_EVALS``. Measured (bench/results_scc.md): 32x196x896 at
-10 %: 2.4x a plain compression at tau 0.9, 4.5x the matmul floor of one compression at the tau found; 256
-frames: 5 direct passes, 3.0x that floor. In the sampled regime M jumps as tau moves (the sample changes with
-M1), so only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if ``tau_temporal`` is
+10 %: 2.0x a plain compression at tau 0.9 (64 frames: 2.4x); 256 frames: 5 direct passes, 4.2x a plain
+compression (2.1x the matmul floor of one at the tau found). In the sampled regime M jumps as tau moves (the
+sample changes with M1), so only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if ``tau_temporal`` is
 None, one tau is searched and used by both steps; if it is given, it stays fixed and only the spatial tau is
 searched.
 
