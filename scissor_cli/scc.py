@@ -55,9 +55,9 @@ candidates when the spatial step is itself sampled (components then do not nest)
 blockwise temporal pass each, at most ``MAX_DIRECT_EVALS``. Measured (bench/results_scc.md): 32x196x896 at
 10 %: 2.0x a plain compression at tau 0.9 (64 frames: 2.4x); 256 frames: 5 direct passes, 4.2x a plain
 compression (2.1x the matmul floor of one at the tau found). In the sampled regime M jumps as tau moves (the
-sample changes with M1), so only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if ``tau_temporal`` is
-None, one tau is searched and used by both steps; if it is given, it stays fixed and only the spatial tau is
-searched.
+sample changes with M1), so only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if
+``tau_temporal`` is None, one tau is searched and used by both steps; if it is given, it stays fixed and only the
+spatial tau is searched.
 
 Complexity (N = F*T tokens, M1 spatial tokens, M kept tokens, E edges, D width, B = BLOCK_ELEMENTS = 2^23; in the
 certified merge M_a <= M anchors need Gram rows and "pairs" = sum over open anchors of rows x candidates):
