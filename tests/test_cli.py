@@ -308,6 +308,12 @@ def test_bad_profile_and_bad_values(clip, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+def test_budget_out_of_reach_is_one_line(clip, tiny_hf_dir):
+    # a temporal tau of 1 merges nothing, so 4 frames keep at least 4 tokens whatever the spatial tau
+    result = run("inspect", clip, "--model", tiny_hf_dir, "--frames", "4", "--tokens", "2", "--tau-temporal", "1")
+    one_line_error(result, OptionError.exit_code, "out of reach", "tau_temporal", "hint:")
+
+
 def test_unknown_model_is_a_model_error(clip, tmp_path):
     one_line_error(run("ask", clip, "Q?", "--model", tmp_path / "no-such-dir"), ModelError.exit_code, "no-such-dir")
     one_line_error(

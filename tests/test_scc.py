@@ -461,6 +461,45 @@ def test_budget_in_the_sampled_regime():
     assert torch.equal(again.tokens, out.tokens), "budget result should equal a plain call at its tau and seed"
 
 
+def test_budget_search_with_direct_counts(monkeypatch):
+    # past DENSE_LIMIT spatial tokens every candidate is a full temporal pass: few of them, window still met
+    monkeypatch.setattr(scc, "DENSE_LIMIT", 0)
+    direct = []
+    real = scc._Counter.count
+
+    def counting(self, tau):
+        out = real(self, tau)
+        direct.append(self.n_direct)
+        return out
+
+    monkeypatch.setattr(scc._Counter, "count", counting)
+    for frames, dim, budget in ((8, 64, 0.1), (16, 64, 0.1), (12, 32, 100)):
+        x = video_like_tokens(frames, 196, dim, seed=4)
+        direct.clear()
+        out = compress(x, budget=budget)
+        assert 0.9 * out.budget <= out.n_output <= out.budget, f"{frames} frames: kept {out.n_output} of {out.budget}"
+        assert direct[-1] <= 4, f"{frames} frames: {direct[-1]} temporal passes for the search"
+        assert torch.equal(compress(x, tau=out.tau).tokens, out.tokens)
+
+
+def test_budget_out_of_reach_with_a_fixed_temporal_tau():
+    # one token per frame already (T = 1) and a temporal tau that merges none of them: no spatial tau helps
+    x = torch.eye(40).reshape(40, 1, 40)
+    with pytest.raises(OptionError, match="out of reach with tau_temporal=0.95.*leaves 40"):
+        compress(x, budget=0.1, tau_temporal=0.95)
+    # without tau_temporal one tau serves both steps: orthogonal tokens all merge below tau 0, none above
+    assert compress(x, budget=0.1).n_output == 1
+
+
+@pytest.mark.parametrize("epsilon", [0.05, 0.5])
+def test_count_one_per_frame_is_the_count_below_minus_one(epsilon):
+    x = video_like_tokens(6, 100, 32, seed=8)
+    for tau_temporal in (0.9, 0.99, 1.0):
+        video = scc._Video(x, epsilon, keep_sims=True)
+        counter = scc._Counter(video, torch.Generator().manual_seed(3), tau_temporal)
+        assert counter.count_one_per_frame() == counter.count(-1.5)
+
+
 def test_retention_sweep_rejects_bad_taus():
     with pytest.raises(OptionError):
         retention_sweep(torch.randn(2, 3, 4), 0.9)
