@@ -45,19 +45,22 @@ component at tau' is a union of spatial components at tau (the threshold graph o
 search computes the per-frame similarities once, and the Gram matrix of the spatial component *sums* once at
 the first candidate (the ``tau`` argument); the temporal similarities at any lower tau are that Gram matrix
 summed over the coarser components (``O(M1^2)``, no ``D``), and the count at each candidate is a
-connected-components run on it. A safeguarded regula falsi on ``log M`` against ``log(1.001 - tau)`` (every
-third step a bisection) shrinks the bracket [feasible tau, too-high tau] until M lands in ``[0.9 B, B]`` or the
-bracket is below float resolution; whenever a candidate becomes the bracket's top, its smaller aggregated Gram
-matrix becomes the base. The answer is the highest feasible tau found, and the final compression runs at it
-exactly as a plain call would (``compress(x, tau=out.tau, tau_temporal=out.tau_temporal)`` gives the same
-tokens). Candidates above the base, candidates whose spatial output exceeds ``DENSE_LIMIT`` tokens, and all
-candidates when the spatial step is itself sampled (components then do not nest) are counted directly: one
-blockwise temporal pass each, at most ``MAX_DIRECT_EVALS``. Measured (bench/results_scc.md): 32x196x896 at
-10 %: 2.0x a plain compression at tau 0.9 (64 frames: 2.4x); 256 frames: 5 direct passes, 4.2x a plain
-compression (2.1x the matmul floor of one at the tau found). In the sampled regime M jumps as tau moves (the
-sample changes with M1), so only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if
-``tau_temporal`` is None, one tau is searched and used by both steps; if it is given, it stays fixed and only the
-spatial tau is searched.
+connected-components run on it. The search shrinks the bracket [feasible tau, too-high tau] until M lands in
+``[0.9 B, B]`` or the bracket is below float resolution; whenever a candidate becomes the bracket's top, its
+smaller aggregated Gram matrix becomes the base. Candidates (``_next_candidate``): near the answer M grows like
+M1^k, k fitted through the bracket's counted ends (else the last two counts, else ``K_GUESS``); the spatial
+count that would give 0.95 B is found with a few spatial-only counts (no matmul: the per-frame similarities are
+kept; Illinois regula falsi on log M1 against ``log(1.001 - tau)``). Fallbacks: regula falsi on log M where M1
+does not move, a bisection when one end moves twice running. The answer is the highest feasible tau found, and
+the final compression runs at it exactly as a plain call would (``compress(x, tau=out.tau,
+tau_temporal=out.tau_temporal)`` gives the same tokens). Candidates above the base, candidates whose spatial
+output exceeds ``DENSE_LIMIT`` tokens, and all candidates when the spatial step is itself sampled (components
+then do not nest) are counted directly: one blockwise temporal pass each, at most ``MAX_DIRECT_EVALS``.
+Measured (bench/results_scc.md): 32x196x896 at 10 %: 1.8x a plain compression at tau 0.9 (64 frames: 1.9x);
+256 frames: 2 direct passes, 2.2x. In the sampled regime M jumps as tau moves (the sample changes with M1), so
+only ``M <= B`` is guaranteed there. How tau_temporal interacts with a budget: if ``tau_temporal`` is None, one
+tau is searched and used by both steps; if it is given, it stays fixed and only the spatial tau is searched, and
+a budget that even one token per frame exceeds after that temporal step raises OptionError.
 
 Complexity (N = F*T tokens, M1 spatial tokens, M kept tokens, E edges, D width, B = BLOCK_ELEMENTS = 2^23; in the
 certified merge M_a <= M anchors need Gram rows and "pairs" = sum over open anchors of rows x candidates):
