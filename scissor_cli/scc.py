@@ -455,16 +455,27 @@ def _rows_graph(rows: torch.Tensor, tau: float, in_sample: torch.Tensor | None, 
         a = unit[r0 : min(r0 + step, n)]
         width = -(-(n - r0) // COL_ALIGN) * COL_ALIGN  # r0 + width < n + COL_ALIGN
         sim = _mm(a, unit[r0 : r0 + width].T, out=blocks.get((a.shape[0], width)))[:, : n - r0]  # [b, n - r0]
-        row, col = blocks.above(sim, tau).nonzero().unbind(1)
-        keep = row < col  # strictly above the diagonal
-        u, v = row[keep] + r0, col[keep] + r0
+        u, v = _triangle_edges(blocks.above(sim, tau), r0)
         degree += torch.bincount(u, minlength=n) + torch.bincount(v, minlength=n)
-        if in_sample is not None:
-            sampled = in_sample[0]
-            keep = sampled.index_select(0, u) | sampled.index_select(0, v)
-            u, v = u[keep], v[keep]
-        _union(labels, u, v)
+        _union(labels, *_sampled_edges(u, v, in_sample))
     return labels, degree
+
+
+def _triangle_edges(adj: torch.Tensor, r0: int):
+    """Edges (u < v, global ids) of an adjacency block [b, n - r0]: rows r0..r0+b against columns r0..n."""
+    row, col = adj.nonzero().unbind(1)
+    keep = row < col  # strictly above the diagonal
+    return row[keep] + r0, col[keep] + r0
+
+
+def _sampled_edges(u: torch.Tensor, v: torch.Tensor, in_sample: torch.Tensor | None):
+    """The edges that count in the sampled regime (in_sample [1, n]): those with a sampled end (each sample joined
+    with all its neighbours); all of them in the exact regime (in_sample None)."""
+    if in_sample is None:
+        return u, v
+    sampled = in_sample[0]
+    keep = sampled.index_select(0, u) | sampled.index_select(0, v)
+    return u[keep], v[keep]
 
 
 def _isolated_kept(spatial: torch.Tensor, comp: torch.Tensor, degree: torch.Tensor, kept: torch.Tensor, tau: float):
@@ -521,13 +532,7 @@ def _gram_edges(gram: torch.Tensor, tau: float, in_sample: torch.Tensor | None, 
         r1 = min(r0 + step, n)
         shape = (r1 - r0, n - r0)
         cos = torch.div(gram[r0:r1, r0:], d[r0:r1, None], out=blocks.get(shape)).div_(d[None, r0:])
-        row, col = blocks.above(cos, tau).nonzero().unbind(1)
-        keep = row < col  # strictly above the diagonal
-        u, v = row[keep] + r0, col[keep] + r0
-        if in_sample is not None:
-            sampled = in_sample[0]
-            keep = sampled.index_select(0, u) | sampled.index_select(0, v)
-            u, v = u[keep], v[keep]
+        u, v = _sampled_edges(*_triangle_edges(blocks.above(cos, tau), r0), in_sample)
         us.append(u)
         vs.append(v)
     return torch.cat(us), torch.cat(vs)
@@ -891,9 +896,9 @@ def _next_candidate(
     Coordinates: s = log(1.001 - tau), in which counts change about evenly (they change fastest near tau = 1);
     the candidate stays within the middle 98 % of the bracket in s. Guess: the temporal count follows the
     spatial one as M ~ M1^k (k through the two ends when both were counted, else through the last two counted
-    candidates, else K_GUESS), so the wanted spatial
-    count is M1_hi * (target / M_hi)^(1/k), and tau comes from a few spatial-only counts (cheap: the per-frame
-    similarities are kept; Illinois regula falsi on log M1 against s). Where M1 does not separate the ends
+    candidates, else K_GUESS), so the wanted spatial count is M1_hi * (target / M_hi)^(1/k), and tau comes from
+    a few spatial-only counts (cheap: the per-frame similarities are kept; Illinois regula falsi on log M1
+    against s). Where M1 does not separate the ends
     (T = 1, say) it falls back to regula falsi on log M against s; ``stalled`` bisects in s.
     """
     s_lo, s_hi = math.log(1.001 - lo[0]), math.log(1.001 - hi[0])
