@@ -766,10 +766,14 @@ class _Counter:
         g = _clone(self.state)
         _sample_mask(video.t, video.epsilon, g, video.f, video.device)  # the spatial step's draws, if any
         comp = torch.arange(video.f, device=video.device).repeat_interleave(video.t)
-        means = _means(video.x, comp, video.f)
-        in_sample = _sample_mask(video.f, video.epsilon, g, 1, video.device)
-        labels, _ = _rows_graph(means, self.tau_temporal, in_sample, video.blocks)
-        return video.f, int((labels == torch.arange(video.f, device=labels.device)).sum())
+        return video.f, _n_roots(self._direct_labels(comp, video.f, g, self.tau_temporal))
+
+    def _direct_labels(self, comp: torch.Tensor, m1: int, g: torch.Generator, tau: float) -> torch.Tensor:
+        """Temporal component labels [M1] of the spatial output ``comp`` (N -> 0..M1-1): the members' means, the
+        temporal step's draw from ``g``, one blockwise pass, as the temporal step itself does it."""
+        means = _means(self.video.x, comp, m1)
+        in_sample = _sample_mask(m1, self.video.epsilon, g, 1, self.video.device)
+        return _rows_graph(means, tau, in_sample, self.video.blocks)[0]
 
     def can_aggregate(self, tau: float) -> bool:
         return self.base is not None and tau <= self.base[0]
@@ -822,11 +826,13 @@ class _Counter:
             _union(labels, *edges)
         else:
             self.n_direct += 1
-            means = _means(self.video.x, comp, m1)
-            in_sample = _sample_mask(m1, self.video.epsilon, g, 1, self.video.device)
-            labels, _ = _rows_graph(means, tt, in_sample, self.video.blocks)
-        ids = torch.arange(m1, device=labels.device)
-        return m1, int((labels == ids).sum())
+            labels = self._direct_labels(comp, m1, g, tt)
+        return m1, _n_roots(labels)
+
+
+def _n_roots(labels: torch.Tensor) -> int:
+    """Components in a flat forest: the entries that are their own root."""
+    return int((labels == torch.arange(labels.numel(), device=labels.device)).sum())
 
 
 K_GUESS = 3.0  # M grows like M1^k near the answer; k before two measured counts pin it down. Measured on the bench's
@@ -898,8 +904,8 @@ def _next_candidate(
     spatial one as M ~ M1^k (k through the two ends when both were counted, else through the last two counted
     candidates, else K_GUESS), so the wanted spatial count is M1_hi * (target / M_hi)^(1/k), and tau comes from
     a few spatial-only counts (cheap: the per-frame similarities are kept; Illinois regula falsi on log M1
-    against s). Where M1 does not separate the ends
-    (T = 1, say) it falls back to regula falsi on log M against s; ``stalled`` bisects in s.
+    against s). Where M1 does not separate the ends (T = 1, say) it falls back to regula falsi on log M against
+    s; ``stalled`` bisects in s.
     """
     s_lo, s_hi = math.log(1.001 - lo[0]), math.log(1.001 - hi[0])
 
