@@ -48,14 +48,7 @@ class ManifestError(ScissorError):
     exit_code = 6
 
 
-# Documented in the README; the CLI also uses 130 for Ctrl-C.
-EXIT_CODES = {
-    "ok": 0,
-    "error (any other ScissorError; batch: some jobs failed)": ScissorError.exit_code,
-    "usage / option value": OptionError.exit_code,
-    "profile": ProfileError.exit_code,
-    "video": VideoError.exit_code,
-    "model": ModelError.exit_code,
-    "manifest / output file": ManifestError.exit_code,
-    "interrupted (Ctrl-C)": 130,
-}
+class Interrupted(ScissorError):
+    """Ctrl-C (SIGINT) or SIGTERM: the message says what was kept (e.g. how many batch jobs are saved)."""
+
+    exit_code = 130
