@@ -242,6 +242,7 @@ class BatchProgress:
             TimeRemainingColumn(),
             console=err,
             transient=False,
+            redirect_stdout=False,  # with -o - the records are stdout: never route them into the bar's stderr
         )
         self._started = False  # the live display runs only once there is something to show
         self._task: Any = None

@@ -879,6 +879,24 @@ def test_live_bar_on_a_terminal_only_with_pending_jobs(monkeypatch):
     assert "eta" not in nothing and "0/0" not in nothing and "3 of 3 jobs already" in nothing
 
 
+def test_records_on_stdout_stay_on_stdout_under_a_live_bar(monkeypatch, capsys):
+    """`scissor batch ... -o - | jq` on a terminal: the bar (stderr) must not capture the records written to stdout."""
+    import io
+
+    from rich.console import Console
+
+    from scissor_cli import batch, render
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(render, "err", Console(file=buffer, force_terminal=True, width=120, highlight=False))
+    with render.BatchProgress() as view:
+        view.start(2, 0)
+        batch._write_stdout({"id": "x", "status": "ok"})
+        view.job_done({"status": "ok", "video": "a.mp4"})
+    assert json.loads(capsys.readouterr().out) == {"id": "x", "status": "ok"}
+    assert '"id"' not in buffer.getvalue()
+
+
 # ------------------------------------------------------------------------------------- 10. -o - and -o x.csv
 def test_output_dash_streams_jsonl_to_stdout(fake_cli, folder, tmp_path):
     result = fake_cli(folder, "-q", "Q?", "-o", "-")
