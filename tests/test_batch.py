@@ -647,6 +647,7 @@ def test_output_resolving_to_an_input_is_refused_untouched(folder, tmp_path, ove
     man = folder / "jobs.jsonl"
     man.write_text(json.dumps({"video": "a.mp4", "question": "Q?"}) + "\n")
     (tmp_path / "link.jsonl").symlink_to(man)
+    os.link(man, tmp_path / "hard.jsonl")
     array = folder / "r.summary.json"  # a .json manifest that r.jsonl's summary file would replace
     array.write_text(json.dumps([{"video": "b.mp4", "question": "Q?"}]))
     jobs = jobs_from_manifest(str(man)) + [Job("b", str(folder / "b.mp4"), "Q?")]
@@ -657,6 +658,7 @@ def test_output_resolving_to_an_input_is_refused_untouched(folder, tmp_path, ove
         (os.path.relpath(man), [str(man)], "is the manifest"),  # another spelling of the same file
         (str(folder / "." / "jobs.jsonl"), [str(man)], "is the manifest"),
         (str(tmp_path / "link.jsonl"), [str(man)], "is the manifest"),  # through a symlink
+        (str(tmp_path / "hard.jsonl"), [str(man)], "is the manifest"),  # a hard link
         (str(folder / "a.mp4"), [str(man)], "is a video of the job list"),
         (str(folder / "sub" / ".." / "b.mp4"), [], "is a video of the job list"),
         (str(folder / "r.jsonl"), [str(array)], "writes its summary to"),
