@@ -225,7 +225,8 @@ def profile_detail(profile: Profile, path: str) -> None:
 # ---------------------------------------------------------------------------------------------------- batch
 class BatchProgress:
     """``BatchView`` for the terminal, on stderr. On a terminal: a progress bar with rate and ETA, one line per
-    failure. Off a terminal (a pipe, a log file): one plain line per job, ``[12/240] ok clips/a.mp4 (3.1 s)``.
+    failure. Off a terminal (a pipe, a log file): one plain line per job, ``[12/240] ok clips/a.mp4 (3.1 s)``, the
+    time being the wall time since the previous line, split evenly between the rows of one ``generate`` call.
     ``quiet``: nothing. Nothing pending: no bar at all."""
 
     def __init__(self, quiet: bool = False, live: bool | None = None) -> None:
@@ -248,6 +249,7 @@ class BatchProgress:
         self._task: Any = None
         self._n_pending = self._n_finished = 0
         self._last = time.perf_counter()
+        self._share_s, self._n_share_left = 0.0, 0  # rows of one generate call share its wall time
 
     def __enter__(self) -> BatchProgress:
         return self
@@ -285,6 +287,11 @@ class BatchProgress:
         self._n_finished += 1
         now = time.perf_counter()
         elapsed, self._last = now - self._last, now
+        if self._n_share_left:  # a batch-mate of the previous record: same generate call, same share
+            self._n_share_left -= 1
+        else:
+            n_rows = record.get("batch_rows") or 1
+            self._share_s, self._n_share_left = elapsed / n_rows, n_rows - 1
         if self._quiet:
             return
         ok = record.get("status") == "ok"
@@ -292,7 +299,7 @@ class BatchProgress:
         if self._task is None:  # off a terminal: a plain line per job
             n = f"[{self._n_finished}/{self._n_pending}]"
             if ok:
-                err.print(f"{escape(n)} ok {video} ({elapsed:.1f} s)")
+                err.print(f"{escape(n)} ok {video} ({self._share_s:.1f} s)")
             else:
                 err.print(f"{escape(n)} [red]error[/] {video}: {escape(str(record.get('error')))}")
             return

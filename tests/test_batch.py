@@ -860,6 +860,33 @@ def test_progress_lines_off_a_terminal_and_quiet(fake_cli, folder):
     assert "4 of 4 jobs already in the output" in again.stderr
 
 
+def test_progress_line_times_split_a_generate_call_between_its_rows(monkeypatch):
+    import io
+    import types
+
+    from rich.console import Console
+
+    from scissor_cli import render
+
+    buffer, clock = io.StringIO(), [0.0]
+    monkeypatch.setattr(render, "err", Console(file=buffer, width=200, highlight=False))
+    monkeypatch.setattr(render, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    with render.BatchProgress(live=False) as view:
+        view.start(5, 0)
+        view.note("loading the model")
+        clock[0] = 30.0  # the model load is not a job's time
+        view.status("[1/2] a.mp4")
+        clock[0] = 34.0
+        for _ in range(4):  # one generate call of 4 rows
+            view.job_done({"status": "ok", "video": "a.mp4", "batch_rows": 4})
+        clock[0] = 36.5
+        view.job_done({"status": "ok", "video": "b.mp4", "batch_rows": 1})
+    lines = buffer.getvalue().splitlines()
+    assert lines == ["loading the model"] + [f"[{i}/5] ok a.mp4 (1.0 s)" for i in range(1, 5)] + [
+        "[5/5] ok b.mp4 (2.5 s)"
+    ], lines
+
+
 def test_live_bar_on_a_terminal_only_with_pending_jobs(monkeypatch):
     import io
 
