@@ -1,16 +1,19 @@
 """Batch mode: many (video, question) jobs with the model loaded once, streamed to a resumable JSONL file.
 
-    jobs = jobs_from_paths(["videos/"], "What is happening?")      # or jobs_from_manifest("jobs.csv")
+    jobs = jobs_from_paths(["videos/"], ["What is happening?"])      # scissor_cli.jobs; or jobs_from_manifest(...)
     summary = run_batch(lambda: load_model(profile.model), jobs, "results.jsonl", profile)
 
-Output: one JSON line per job (``Answer.to_dict()`` plus ``id``, ``status`` and the job's own fields), written with
-one ``os.write`` of the whole line and ``fsync``'d as soon as the job finishes. A job that fails records ``error``
-and ``hint`` and the run goes on.
+Output: one JSON line per job (``Answer.to_dict()`` plus ``id``, ``status``, the job's own fields, and the run's
+``config`` with its ``config_hash``), written with one ``os.write`` of the whole line and ``fsync``'d as soon as the
+job finishes. A job that fails records ``error`` and ``hint`` and the run goes on. ``output="-"`` streams the lines
+to stdout instead (nothing to resume from).
 
 Resume: a job is finished when the output holds a record with its ``id`` and ``status: "ok"``; those are skipped,
-errored jobs are retried (after fixing a file, rerunning the command is the fix). A trailing line without its
-newline (the process was killed mid-write) is cut away on start. When a job ends up with several records (an error,
-then a retry), the file is rewritten atomically at the end keeping one record per job: ok wins, else the latest.
+errored jobs are retried (after fixing a file, rerunning the command is the fix). One output holds one configuration:
+before the model loads, every record's ``config`` must equal this run's (``run_config``: the settings that change an
+answer), else ``OptionError`` names each differing setting. A trailing line without its newline (the process was
+killed mid-write) is cut away on start. When a job ends up with several records (an error, then a retry), the file is
+rewritten atomically at the end keeping one record per job: ok wins, else the latest.
 
 Jobs about the same video share one decode + vision tower + SCC; up to ``batch_size`` questions (from one or
 several videos) go through one ``generate`` call, which answers the same as one call per question (left padding).
@@ -24,308 +27,116 @@ them. Part files left by a killed run count as finished work on the next start a
 
 from __future__ import annotations
 
-import csv
-import fnmatch
+import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
-import string
+import sys
 import time
 import traceback
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scissor_cli.errors import ManifestError, OptionError, ScissorError
+from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError
+from scissor_cli.jobs import Job, derive_id, jobs_from_manifest, jobs_from_paths
 from scissor_cli.options import Profile
+from scissor_cli.scoring import GROUP_FIELDS, build_prompt, prompt_template, score, summarize
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.pipeline import CompressedVideo, EncodedVideo
 
-LETTERS = string.ascii_uppercase
-# lmms-eval's post prompt for LLaVA-OneVision multiple-choice video benchmarks (Video-MME, NExT-QA, ...)
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-GROUP_FIELDS = ("task", "category")  # manifest fields accuracy is broken down by
-MANIFEST_FIELDS = ("id", "video", "question", "options", "answer")
-# Record fields a manifest's extra column may not overwrite.
-RESERVED = frozenset(
-    {"status", "error", "error_type", "hint", "traceback", "expected", "predicted", "correct", "prompt", "batch_rows"}
-    | {"tokens", "retention", "tau", "tau_temporal", "epsilon", "frames", "timestamps", "timings_s", "tflops"}
-    | {"model", "device", "dtype", "cache_hit", "note", "profile"}
-)
+__all__ = [  # the job readers are re-exported: `from scissor_cli.batch import jobs_from_manifest, run_batch`
+    "BatchSummary", "BatchView", "Job", "config_hash", "derive_id", "jobs_from_manifest", "jobs_from_paths",
+    "part_path", "run_batch", "run_config", "shard_device", "summary_path_for",
+]  # fmt: skip
+
+STDOUT = "-"  # --output - : JSONL on stdout
 DEBUG_HINT = "rerun with SCISSOR_DEBUG=1 to record the traceback in the output, and report it if it is a bug"
 BARRIER_TIMEOUT_S = float(os.environ.get("SCISSOR_BATCH_BARRIER_S", 6 * 3600))  # how long ranks wait for each other
+# Profile fields that do not change an answer, left out of a run's config: where it runs and how fast (device;
+# dtype, which follows the device under "auto"), how the weights are fetched, and the feature cache.
+NOT_CONFIG = frozenset({"name", "description", "model.device", "model.dtype", "model.offline", "model.cache",
+                        "model.allow_pickle"})  # fmt: skip
+TABLE_SUFFIXES = (".csv", ".tsv")
 
 
-# ------------------------------------------------------------------------------------------------------------ jobs
-@dataclass(frozen=True)
-class Job:
-    id: str  # unique within a run; the resume key
-    video: str  # path (manifest-relative paths already resolved)
-    question: str  # as asked; multiple choice adds the lettered options to the prompt
-    options: tuple[str, ...] | None = None  # multiple-choice candidates, lettered A, B, ...
-    answer: str | None = None  # expected answer: a letter or an option's text, or free text for exact match
-    extra: dict = field(default_factory=dict)  # other manifest fields (task, category, ...), copied to the record
-
-
-def derive_id(video: str, question: str, options: Sequence[str] | None = None) -> str:
-    """``<video>#<8 hex>``: readable, and different questions about one video get different ids."""
-    text = question if not options else question + "\x00" + "\x00".join(options)
-    return f"{video}#{hashlib.sha1(text.encode()).hexdigest()[:8]}"
-
-
-def _glob_match(rel: str, name: str, pattern: str) -> bool:
-    # '*' in fnmatch also crosses '/', so '*cat*' and 'sub/*.mp4' both do what people expect
-    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(name, pattern)
-
-
-def jobs_from_paths(paths: Sequence[str], question: str, glob: str | None = None) -> list[Job]:
-    """One job per video file under ``paths`` (folders searched recursively, hidden entries skipped), sorted."""
-    from scissor_cli.video import VIDEO_EXTENSIONS
-
-    if not question or not question.strip():
-        raise ManifestError("the question is empty", hint='pass --question "What is happening in this video?"')
-    found: set[str] = set()
-    for given in paths:
-        path = os.path.expanduser(given)
-        if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                for name in files:
-                    if name.startswith(".") or os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS:
-                        continue
-                    full = os.path.join(root, name)
-                    if glob and not _glob_match(os.path.relpath(full, path).replace(os.sep, "/"), name, glob):
-                        continue
-                    found.add(os.path.normpath(full))
-        elif os.path.exists(path):
-            # a file named explicitly is taken whatever its extension: a bad one fails as its own job
-            if not glob or _glob_match(path.replace(os.sep, "/"), os.path.basename(path), glob):
-                found.add(os.path.normpath(path))
-        else:
-            raise ManifestError(f"{given}: no such file or folder", hint="check the path (folders are searched too)")
-    if not found:
-        exts = " ".join(sorted(VIDEO_EXTENSIONS))
-        raise ManifestError(
-            f"no videos found in {', '.join(paths)}" + (f" matching {glob!r}" if glob else ""),
-            hint=f"folder scans pick up files ending in {exts}" + ("; check --glob" if glob else ""),
-        )
-    return [Job(derive_id(v, question), v, question) for v in sorted(found)]
-
-
-def _split_options(value: Any, bad: Callable[[str, str], None]) -> tuple[str, ...] | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    hint = 'options are a JSON list ["a cat", "a dog"] or, in CSV, "a cat|a dog"'
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as e:
-                bad(f"options are not a valid JSON list ({e.msg})", hint)
-        else:
-            value = [part.strip() for part in text.split("|")]
-    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and v != "" for v in value):
-        bad("options must be a list of non-empty strings", hint)
-    options = [str(v).strip() for v in value]
-    if not 2 <= len(options) <= len(LETTERS):
-        bad(f"{len(options)} options; multiple choice needs 2 to {len(LETTERS)}", hint)
-    return strip_letter_labels(options)
-
-
-def strip_letter_labels(options: Sequence[str]) -> tuple[str, ...]:
-    """Drop "A. " / "(A) " / "A) " prefixes when every option carries its own letter (Video-MME style data)."""
-    pattern = re.compile(r"^\(?([A-Z])[.):]\s*(.*)$", re.S)
-    matches = [pattern.match(o) for o in options]
-    if all(m and m.group(1) == LETTERS[i] and m.group(2).strip() for i, m in enumerate(matches)):
-        return tuple(m.group(2).strip() for m in matches)
-    return tuple(options)
-
-
-def _job_from_row(row: dict, line: int, path: str, base: str, default_question: str | None) -> Job:
-    def bad(message: str, hint: str) -> None:
-        raise ManifestError(f"{path} line {line}: {message}", hint=hint)
-
-    if None in row:  # csv.DictReader puts surplus cells under the key None
-        bad("more cells than header columns", "quote cells that contain commas")
-    video = row.get("video")
-    if not isinstance(video, str) or not video.strip():
-        bad("missing 'video'", "every row needs a video path (relative paths resolve against the manifest's folder)")
-    question = row.get("question")
-    if question in (None, "") and default_question:
-        question = default_question
-    if not isinstance(question, str) or not question.strip():
-        bad("missing 'question'", "every row needs a question")
-    options = _split_options(row.get("options"), bad)
-    answer = row.get("answer")
-    if answer == "":
-        answer = None
-    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
-        answer = str(answer)
-    if answer is not None and not isinstance(answer, str):
-        bad(f"answer must be a string, not {type(answer).__name__}", "give the expected letter or text")
-    if options and answer is not None and expected_letter(answer, options) is None:
-        bad(
-            f"answer {answer!r} is neither an option letter nor one of the options",
-            f"use a letter A-{LETTERS[len(options) - 1]} or the exact text of an option",
-        )
-    video = video.strip()
-    job_id = row.get("id")
-    if job_id in (None, ""):
-        job_id = derive_id(video, question, options)
-    elif isinstance(job_id, (str, int)) and not isinstance(job_id, bool):
-        job_id = str(job_id).strip()
-    else:
-        bad("id must be a string or an integer", "or leave it out: ids then derive from the video and question")
-    extra = {}
-    for key, value in row.items():
-        if key in MANIFEST_FIELDS or value in (None, ""):
+# ------------------------------------------------------------------------------------------------------ config
+def run_config(profile: Profile) -> dict[str, Any]:
+    """The settings that change an answer, as every record stores them: each profile section's fields (model and
+    revision, frames/fps/window, tau/epsilon/budget, compression on/off, generation and seeds) minus ``NOT_CONFIG``,
+    plus the multiple-choice prompt template. Built from the profile's fields generically, so a new option is part
+    of the config unless it is listed in ``NOT_CONFIG``. "auto" values stay ``null`` (the model decides them)."""
+    config: dict[str, Any] = {}
+    for section in dataclasses.fields(profile):
+        value = getattr(profile, section.name)
+        if not dataclasses.is_dataclass(value):
+            if section.name not in NOT_CONFIG:
+                config[section.name] = value
             continue
-        if key in RESERVED:
-            bad(f"field {key!r} is reserved for the output record", "rename that column")
-        extra[key] = value
-    resolved = os.path.expanduser(video)
-    if not os.path.isabs(resolved):
-        resolved = os.path.normpath(os.path.join(base, resolved))
-    return Job(job_id, resolved, question, options, answer, extra)
+        config[section.name] = {
+            f.name: getattr(value, f.name)
+            for f in dataclasses.fields(value)
+            if f"{section.name}.{f.name}" not in NOT_CONFIG
+        }
+    config["prompt_template"] = prompt_template()
+    return config
 
 
-def _manifest_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    """(line number, row) pairs; JSONL rows are whatever the line parses to, CSV rows are dicts of strings."""
-    suffix = path.suffix.lower()
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if suffix in (".jsonl", ".ndjson"):
-                for n, text in enumerate(f, 1):
-                    if not text.strip():
-                        continue
-                    try:
-                        yield n, json.loads(text)
-                    except json.JSONDecodeError as e:
-                        raise ManifestError(
-                            f"{path} line {n}: not valid JSON ({e.msg}, column {e.colno})",
-                            hint='each line is one object: {"video": "a.mp4", "question": "..."}',
-                        ) from e
-            elif suffix == ".csv":
-                reader = csv.DictReader(f)
-                header = [h.strip() for h in (reader.fieldnames or [])]
-                if "video" not in header:
-                    raise ManifestError(
-                        f"{path} line 1: the header has no 'video' column",
-                        hint="the first row names the columns: video,question[,id,options,answer,...]",
-                    )
-                reader.fieldnames = header
-                for row in reader:
-                    yield reader.line_num, {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
-            else:
-                raise ManifestError(f"{path}: unknown manifest format {suffix!r}", hint="use a .jsonl or .csv file")
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ManifestError(f"cannot read manifest {path}: {e}", hint="a UTF-8 .jsonl or .csv file") from e
+def config_hash(config: dict[str, Any]) -> str:
+    """First 12 hex digits of the SHA-256 of the config's canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def jobs_from_manifest(path: str, default_question: str | None = None) -> list[Job]:
-    """Jobs from a .jsonl / .csv manifest; every row is checked before any model work (ManifestError + line)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ManifestError(f"{path}: no such manifest", hint="a .jsonl or .csv file with video and question fields")
-    jobs: list[Job] = []
-    first_line: dict[str, int] = {}
-    for line, row in _manifest_rows(p):
-        if not isinstance(row, dict):
-            raise ManifestError(
-                f"{path} line {line}: expected a JSON object, got {type(row).__name__}",
-                hint='each line is one object: {"video": "a.mp4", "question": "..."}',
-            )
-        job = _job_from_row(row, line, str(path), str(p.parent), default_question)
-        if job.id in first_line:
-            raise ManifestError(
-                f"{path} line {line}: duplicate id {job.id!r} (first on line {first_line[job.id]})",
-                hint="give each row a unique id (rows without one get <video>#<hash of the question>)",
-            )
-        first_line[job.id] = line
-        jobs.append(job)
-    if not jobs:
-        raise ManifestError(f"{path}: no jobs in the manifest", hint="add one row per (video, question)")
-    return jobs
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
 
-# ------------------------------------------------------------------------------------------------------ answers
-def build_prompt(question: str, options: Sequence[str] | None) -> str:
-    """The question as the model sees it; multiple choice as lmms-eval asks LLaVA-OneVision (Video-MME style)."""
-    if not options:
-        return question
-    lines = [question.strip()] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)] + [MC_INSTRUCTION]
-    return "\n".join(lines)
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every setting that differs; a missing key reads as "(absent)"."""
+    a, b = _flatten(old), _flatten(new)
+    missing = "(absent)"
+    return [
+        (k, a.get(k, missing), b.get(k, missing))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, missing) != b.get(k, missing)
+    ]
 
 
-def normalize_text(text: str) -> str:
-    """Lower case, punctuation dropped, whitespace collapsed: "The cat." == "the  cat"."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in text)
-    return " ".join(text.split())
+def _shown(value: Any) -> str:
+    return value if value == "(absent)" else json.dumps(value, ensure_ascii=False, default=str)
 
 
-def expected_letter(answer: str, options: Sequence[str]) -> str | None:
-    """The expected option's letter from a letter ("B", "(B)", "b.") or from the option's text."""
-    letter = re.fullmatch(r"\s*\(?([A-Za-z])[.):]?\s*", answer)
-    if letter and letter.group(1).upper() in LETTERS[: len(options)]:
-        return letter.group(1).upper()
-    target = normalize_text(answer)
-    for i, option in enumerate(options):
-        if normalize_text(option) == target:
-            return LETTERS[i]
-    return None
-
-
-_ANSWER_PREFIX = re.compile(
-    r"^\s*(?:the\s+)?(?:best\s+|correct\s+|final\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:：]?\s*", re.I
-)
-
-
-def parse_choice(text: str, options: Sequence[str]) -> str | None:
-    """The predicted letter: a lone letter ("b", "(C)"); a leading "B" / "(B)" / "B." (after an "The answer is"
-    prefix); the answer equal to (or containing exactly one) option's text; else the first standalone valid capital
-    letter that is not the article "A" ("A man walks ..."). None when nothing matches."""
-    valid = LETTERS[: len(options)]
-    stripped = _ANSWER_PREFIX.sub("", text.strip())
-    alone = re.fullmatch(r"\(?([A-Za-z])[.):]?", stripped)  # a lone letter, any case: "b", "(c)", "D."
-    if alone:
-        return alone.group(1).upper() if alone.group(1).upper() in valid else None
-    lead = re.match(r"^\(?([A-Z])\)?(?:[.):,]|\s*$|\s+[-–]|\s+\S)", stripped)
-    if lead and lead.group(1) in valid:
-        rest = stripped[lead.end(1) :]
-        # "A man ..." is an article, not a choice; "A. man" / "(A) man" / "A" alone are choices
-        if not (lead.group(1) in ("A", "I") and re.match(r"^\s+[a-z]", rest) and not stripped.startswith("(")):
-            return lead.group(1)
-    norm = normalize_text(stripped)
-    texts = [normalize_text(o) for o in options]
-    for i, option in enumerate(texts):
-        if option and norm == option:
-            return valid[i]
-    contained = [i for i, option in enumerate(texts) if option and re.search(rf"\b{re.escape(option)}\b", norm)]
-    if len(contained) == 1:
-        return valid[contained[0]]
-    for m in re.finditer(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])", stripped):
-        if m.group(1) in valid and not (m.group(1) in ("A", "I") and re.match(r"\s+[a-z]", stripped[m.end() :])):
-            return m.group(1)
-    return None
-
-
-def score(job: Job, answer_text: str) -> dict[str, Any]:
-    """Record fields for a job with an expected answer: predicted letter (multiple choice) and ``correct``."""
-    if job.answer is None:
-        return {}
-    if job.options:
-        predicted = parse_choice(answer_text, job.options)
-        return {"predicted": predicted, "correct": predicted == expected_letter(job.answer, job.options)}
-    return {"correct": normalize_text(answer_text) == normalize_text(job.answer)}
+def _check_resume(output: str, found: dict[str | None, tuple[dict | None, int]], config: dict, digest: str) -> None:
+    """Refuse to resume into an output made with other settings (or by a scissor that did not record them)."""
+    n_legacy = found.get(None, (None, 0))[1]
+    if n_legacy:
+        raise OptionError(
+            f"{output} has {n_legacy} record{'s' if n_legacy != 1 else ''} without a 'config' (written by an older "
+            "scissor): cannot tell whether they were made with these settings",
+            hint=f"pass --overwrite to start {output} again, or write to a new file with -o",
+        )
+    for other, (old, n) in found.items():
+        if other == digest or other is None:
+            continue
+        diffs = config_diff(old or {}, config)
+        if not diffs:  # the same settings hashed by another scissor version's rules
+            continue
+        changes = "; ".join(f"{k}: {_shown(a)} in the output, {_shown(b)} now" for k, a, b in diffs)
+        raise OptionError(
+            f"{output} was made with other settings ({n} record{'s' if n != 1 else ''}, config {other}): {changes}",
+            hint=f"one output holds one configuration: write to a new file with -o, or pass --overwrite to replace "
+            f"{output}",
+        )
 
 
 # -------------------------------------------------------------------------------------------------- output file
@@ -347,9 +158,18 @@ def _job_keys(job: Job) -> tuple[str, str]:
     return "id:" + job.id, f"vq:{job.video}\n{job.question}"
 
 
-def _read_records(path: str, truncate_partial: bool = False, keep_raw: bool = True) -> list[_Record]:
+SLIM_KEYS = ("id", "status", "video", "question", "expected", "correct", "retention", "config_hash") + GROUP_FIELDS
+
+
+def _read_records(
+    path: str,
+    truncate_partial: bool = False,
+    keep_raw: bool = True,
+    configs: dict[str | None, tuple[dict | None, int]] | None = None,
+) -> list[_Record]:
     """Records of a JSONL output; a trailing line without its newline (killed mid-write) is ignored or cut away.
-    ``keep_raw=False`` drops the lines themselves (enough to find finished jobs; a fraction of the memory)."""
+    ``keep_raw=False`` drops the lines themselves (enough to find finished jobs; a fraction of the memory).
+    ``configs`` collects {config_hash: (config, n_records)} (key None: records without a config)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -373,8 +193,11 @@ def _read_records(path: str, truncate_partial: bool = False, keep_raw: bool = Tr
                 f"{path} line {n} is not a JSON object: not a scissor batch output",
                 hint="pass another --output, or --overwrite to replace this file",
             )
-        slim_keys = ("id", "status", "video", "question", "expected", "correct", "retention") + GROUP_FIELDS
-        slim = {k: record[k] for k in slim_keys if k in record}
+        if configs is not None:
+            digest = record.get("config_hash") if isinstance(record.get("config"), dict) else None
+            config, count = configs.get(digest, (record.get("config"), 0))
+            configs[digest] = (config, count + 1)
+        slim = {k: record[k] for k in SLIM_KEYS if k in record}
         records.append(_Record(_record_key(record), record.get("status") == "ok", raw if keep_raw else b"", slim))
     return records
 
@@ -443,6 +266,13 @@ def summary_path_for(output: str) -> str:
 
 
 def _check_output(output: str) -> None:
+    if output.lower().endswith(TABLE_SUFFIXES):
+        raise ManifestError(
+            f"--output {output}: batch writes JSONL (one record per line, resumable), not "
+            f"{os.path.splitext(output)[1][1:].upper()}",
+            hint="write results.jsonl, then convert, e.g. "
+            "jq -r '[.id, .video, .question, .answer, .status] | @csv' results.jsonl > results.csv",
+        )
     folder = os.path.dirname(os.path.abspath(output))
     if os.path.isdir(output):
         raise ManifestError(f"--output {output} is a folder", hint="give a file name, e.g. results.jsonl")
@@ -452,44 +282,42 @@ def _check_output(output: str) -> None:
         raise ManifestError(f"cannot write {output}", hint="choose a writable location for --output")
 
 
-# ------------------------------------------------------------------------------------------------------- summary
-def accuracy(records: Iterable[dict]) -> dict[str, Any] | None:
-    """Accuracy over records with an expected answer (failed jobs count as wrong), overall and per task/category."""
-    scored = [r for r in records if r.get("expected") is not None]
-    if not scored:
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks; "./a" and "a" and hard links share (device, inode)
+    except (OSError, ValueError):
         return None
-
-    def tally(rs: list[dict]) -> dict[str, Any]:
-        n_correct = sum(1 for r in rs if r.get("correct") is True)
-        n_failed = sum(1 for r in rs if r.get("status") != "ok")
-        return {"accuracy": n_correct / len(rs), "n_correct": n_correct, "n_scored": len(rs), "n_failed": n_failed}
-
-    overall = tally(scored)
-    out: dict[str, Any] = {"overall": overall.pop("accuracy"), **overall, "by_group": {}}
-    for group in GROUP_FIELDS:
-        names = sorted({str(r[group]) for r in scored if r.get(group) is not None})
-        if names:
-            out["by_group"][group] = {n: tally([r for r in scored if str(r.get(group)) == n]) for n in names}
-    return out
+    return st.st_dev, st.st_ino
 
 
-def _write_summary(output: str, records: list[_Record]) -> tuple[dict | None, str | None]:
-    slims = [r.slim for r in records]
-    acc = accuracy(slims)
-    if acc is None:
-        return None, None
-    retentions = [r["retention"] for r in slims if r.get("status") == "ok" and isinstance(r.get("retention"), float)]
-    data = {
-        "output": output,
-        "n_records": len(slims),
-        "n_ok": sum(1 for r in slims if r.get("status") == "ok"),
-        "n_error": sum(1 for r in slims if r.get("status") != "ok"),
-        "mean_retention": sum(retentions) / len(retentions) if retentions else None,
-        "accuracy": acc,
-    }
+def _check_not_an_input(output: str, jobs: Sequence[Job], inputs: Sequence[str]) -> None:
+    """Refuse an output (or its summary file) that is the manifest or one of the videos, whatever the spelling."""
+    written = {}
+    for path in (output, summary_path_for(output)):
+        file_id = _file_id(path)
+        if file_id is not None:
+            written[file_id] = path
+    if not written:
+        return  # nothing there yet, so it cannot be an (existing) input
+    candidates = [("the manifest", p) for p in inputs] + [
+        ("a video of the job list", v) for v in dict.fromkeys(j.video for j in jobs)
+    ]
+    for what, path in candidates:
+        hit = written.get(_file_id(path))
+        if hit is not None:
+            where = "--output" if hit == output else f"--output {output} writes its summary to"
+            raise ManifestError(
+                f"{where} {hit} is {what} ({path}): writing there would destroy it",
+                hint="write results to another file, e.g. -o results.jsonl",
+            )
+
+
+# ------------------------------------------------------------------------------------------------------- summary
+def _write_summary(output: str, totals: dict[str, Any], config: dict, digest: str) -> str:
     path = summary_path_for(output)
-    _write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-    return acc, path
+    data = {"output": output, **totals, "config_hash": digest, "config": config}
+    _write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode())
+    return path
 
 
 @dataclass
@@ -498,20 +326,40 @@ class BatchSummary:
     n_done: int  # answered in this run (rank 0 of several: by every rank)
     n_failed: int  # failed in this run (their records say why)
     n_skipped: int  # already in the output
-    mean_retention: float | None  # over this run's answered jobs
-    mean_time_s: float | None  # wall time per job in this process, model load excluded
-    accuracy: dict | None  # over every record in the output, when answers are known
+    mean_time_s: float | None  # wall time per job of this run in this process, model load excluded
+    # scoring.summarize over every record in the output, earlier runs' included (n_records, n_ok, n_error,
+    # mean_retention, accuracy): the numbers <output>.summary.json holds. With -o -: this run's records; on a rank
+    # other than 0: that rank's own records.
+    totals: dict[str, Any]
+    config: dict[str, Any]  # run_config(profile), as in every record
+    config_hash: str
     output: str
-    summary_path: str | None  # <output stem>.summary.json, written when answers are known
+    summary_path: str | None  # <output stem>.summary.json (None with -o - and on ranks other than 0)
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def accuracy(self) -> dict | None:
+        return self.totals.get("accuracy")
+
+    @property
+    def mean_retention(self) -> float | None:
+        return self.totals.get("mean_retention")
+
+    def to_dict(self) -> dict[str, Any]:
+        """``batch --json``: the summary file's content, plus this run's counts and where the summary was written."""
+        this_run = {"n_jobs": self.n_total, "n_done": self.n_done, "n_failed": self.n_failed,
+                    "n_skipped": self.n_skipped, "mean_time_s": self.mean_time_s}  # fmt: skip
+        return {"output": self.output, **self.totals, "config_hash": self.config_hash, "config": self.config,
+                "this_run": this_run, "summary_path": self.summary_path}  # fmt: skip
 
 
 class BatchView(Protocol):
     """Progress sink (render.BatchProgress); every method is optional."""
 
     def start(self, n_total: int, n_skipped: int) -> None: ...
-    def status(self, text: str) -> None: ...
+    def note(self, text: str) -> None: ...  # a step worth a line of its own: loading the model, merging part files
+    def status(self, text: str) -> None: ...  # what is running now (a video, a stage): a live display only
     def job_done(self, record: dict) -> None: ...
 
 
@@ -723,19 +571,29 @@ def run_batch(
     batch_size: int = 4,
     view: BatchView | None = None,
     *,
+    inputs: Sequence[str] = (),
     rank: int | None = None,
     world_size: int | None = None,
 ) -> BatchSummary:
-    """Answer ``jobs``, appending one record per job to ``output`` (or this rank's part file); see the module doc.
+    """Answer ``jobs``, appending one record per job to ``output`` (or this rank's part file; ``"-"``: stdout);
+    see the module doc.
 
-    ``load_model`` is called once, only when this process has pending jobs. ``rank``/``world_size`` default to the
-    RANK/WORLD_SIZE environment (torchrun, accelerate launch). Raises ManifestError for an unusable output."""
+    ``load_model`` is called once, only when this process has pending jobs, and only after the output's settings
+    were checked. ``inputs`` are files the jobs were read from (the manifest): like every job's video, the output
+    may not be one of them. ``rank``/``world_size`` default to the RANK/WORLD_SIZE environment (torchrun,
+    accelerate launch). Raises ManifestError for an unusable output, OptionError for an output made with other
+    settings, Interrupted on Ctrl-C (finished jobs are saved)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch size {batch_size!r} is out of range", hint="--batch-size must be an integer >= 1")
     env_rank, env_world = dist_env()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
-    _check_output(output)
+    if output == STDOUT:
+        if world_size > 1:
+            raise OptionError("-o - (stdout) needs a single process", hint="give the run a file: -o results.jsonl")
+    else:
+        _check_not_an_input(output, jobs, inputs)
+        _check_output(output)
     ids: set[str] = set()
     for job in jobs:
         if job.id in ids:
@@ -747,6 +605,23 @@ def run_batch(
         return _run(load_model, list(jobs), output, profile, overwrite, batch_size, view, rank, world_size, group)
     finally:
         group.close()
+
+
+def _write_stdout(record: dict) -> None:
+    sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()  # a reader downstream sees each record as its job finishes
+
+
+def _interrupted(output: str, n_total: int, n_saved: int, n_this_run: int) -> Interrupted:
+    if output == STDOUT:
+        return Interrupted(
+            f"interrupted: {n_this_run} of {n_total} records were written to stdout, which cannot be resumed "
+            "(rerunning starts over; use -o FILE to be able to continue)"
+        )
+    return Interrupted(
+        f"interrupted: {n_saved} of {n_total} jobs are saved in {output} ({n_this_run} in this run); "
+        "rerun the same command to continue"
+    )
 
 
 def _run(
@@ -761,20 +636,27 @@ def _run(
     world_size: int,
     group: _Group,
 ) -> BatchSummary:
+    to_stdout = output == STDOUT
     target = output if world_size == 1 else part_path(output, rank, world_size)
+    config = run_config(profile)
+    digest = config_hash(config)
     # Phase 1: every rank reads the same files (nobody writes records before the barrier).
-    if overwrite:
+    existing: list[_Record] = []
+    if to_stdout:
+        pass
+    elif overwrite:
         if rank == 0:
             for path in [output, summary_path_for(output), *_part_files(output)]:
                 if os.path.exists(path) and path not in {part_path(output, r, world_size) for r in range(world_size)}:
                     os.remove(path)
         open(target, "wb").close()  # each rank empties its own part (or the output when alone)
-        existing: list[_Record] = []
     else:
+        found: dict[str | None, tuple[dict | None, int]] = {}
+        existing = [r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False, configs=found)]
+        _check_resume(output, found, config, digest)  # before anything is written or loaded
         if world_size == 1:
             _merge_parts(output)  # leftovers of a killed multi-process run
-        _read_records(target, truncate_partial=True)  # only this rank writes `target`
-        existing = [r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False)]
+        _read_records(target, truncate_partial=True, keep_raw=False)  # only this rank writes `target`
     finished = {r.key for r in existing if r.ok}
     pending = [j for j in jobs if not any(k in finished for k in _job_keys(j))]
     n_skipped = len(jobs) - len(pending)
@@ -790,65 +672,87 @@ def _run(
     _notify(view, "start", len(my_jobs) + n_skipped, n_skipped)
     my_records: list[dict] = []
     t_work = None
-    if my_jobs:
-        _notify(view, "status", "loading the model")
-        vlm = load_model()
-        from scissor_cli.pipeline import resolve_profile
+    try:
+        if my_jobs:
+            t_work = _answer(load_model, my_videos, by_video, target, profile, config, digest, batch_size, view,
+                             my_records)  # fmt: skip
+        group.barrier()  # every rank has written its part
+    except KeyboardInterrupt:
+        n_ok = sum(1 for r in my_records if r["status"] == "ok")
+        raise _interrupted(output, len(jobs), n_skipped + n_ok, len(my_records)) from None
 
-        resolved = resolve_profile(vlm, profile)
-        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-
-            def emit(record: dict) -> None:
-                _append_line(fd, record)
-                my_records.append(record)
-                _notify(view, "job_done", record)
-
-            t_work = time.perf_counter()
-            runner = _Runner(vlm, resolved, batch_size, emit)
-            for i, video in enumerate(my_videos, 1):
-                name = os.path.basename(video)
-                prefix = f"[{i}/{len(my_videos)}] {name}"
-                _notify(view, "status", prefix)
-                runner.add_video(video, by_video[video], lambda text, p=prefix: _notify(view, "status", f"{p}: {text}"))
-            runner.flush()
-            t_work = time.perf_counter() - t_work
-        finally:
-            os.close(fd)
-
-    group.barrier()  # every rank has written its part
     summary = BatchSummary(
         n_total=len(jobs),
         n_done=sum(1 for r in my_records if r["status"] == "ok"),
         n_failed=sum(1 for r in my_records if r["status"] != "ok"),
         n_skipped=n_skipped,
-        mean_retention=_mean(r.get("retention") for r in my_records if r["status"] == "ok"),
         mean_time_s=t_work / len(my_records) if t_work is not None and my_records else None,
-        accuracy=None,
+        totals=summarize(my_records),
+        config=config,
+        config_hash=digest,
         output=output if rank == 0 else target,
         summary_path=None,
         rank=rank,
         world_size=world_size,
     )
-    if rank != 0:
+    if rank != 0 or to_stdout:
         return summary
 
     if world_size > 1:
-        _notify(view, "status", "merging part files")
+        _notify(view, "note", "merging part files")
     final = _merge_parts(output)
     if world_size > 1:  # count every rank's work of this run
         pending_keys = {_job_keys(j)[0] for j in pending}
         run_records = [r.slim for r in final if r.key in pending_keys]
         summary.n_done = sum(1 for r in run_records if r.get("status") == "ok")
         summary.n_failed = len(run_records) - summary.n_done
-        summary.mean_retention = _mean(r.get("retention") for r in run_records if r.get("status") == "ok")
-    summary.accuracy, summary.summary_path = _write_summary(output, final)
+    summary.totals = summarize([r.slim for r in final])
+    summary.summary_path = _write_summary(output, summary.totals, config, digest)
     return summary
 
 
-def _mean(values: Iterable[Any]) -> float | None:
-    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return sum(xs) / len(xs) if xs else None
+def _answer(
+    load_model: Callable[[], VisionLanguageModel],
+    videos: list[str],
+    by_video: dict[str, list[Job]],
+    target: str,
+    profile: Profile,
+    config: dict,
+    digest: str,
+    batch_size: int,
+    view: BatchView | None,
+    records: list[dict],
+) -> float:
+    """Load the model, answer ``videos``' jobs and write their records to ``target``; returns the work's wall time
+    (model load excluded). ``records`` receives each record as it is written (for counts after an interrupt)."""
+    _notify(view, "note", "loading the model")
+    vlm = load_model()
+    from scissor_cli.pipeline import resolve_profile
+
+    resolved = resolve_profile(vlm, profile)
+    fd = None if target == STDOUT else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+
+        def emit(record: dict) -> None:
+            record.update(config_hash=digest, config=config)
+            if fd is None:
+                _write_stdout(record)
+            else:
+                _append_line(fd, record)
+            records.append(record)
+            _notify(view, "job_done", record)
+
+        t_work = time.perf_counter()
+        runner = _Runner(vlm, resolved, batch_size, emit)
+        for i, video in enumerate(videos, 1):
+            prefix = f"[{i}/{len(videos)}] {os.path.basename(video)}"
+            _notify(view, "status", prefix)
+            runner.add_video(video, by_video[video], lambda text, p=prefix: _notify(view, "status", f"{p}: {text}"))
+        runner.flush()
+        return time.perf_counter() - t_work
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _merge_parts(output: str) -> list[_Record]:

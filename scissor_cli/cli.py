@@ -373,7 +373,7 @@ def inspect(
 @app.command(
     epilog="""[bold]Examples[/]
 
-  scissor batch videos/ -q "What is happening?" -o results.jsonl
+  scissor batch videos/ -q "What is happening?" -q "Who is there?" -o results.jsonl
 
   scissor batch --manifest jobs.jsonl -o results.jsonl --profile r10
 
@@ -383,20 +383,36 @@ def inspect(
 def batch(
     paths: Annotated[list[str] | None, typer.Argument(help="Video files and folders (searched recursively).")] = None,
     question: Annotated[
-        str | None, typer.Option("--question", "-q", help="The question asked of every video (with PATH arguments).")
+        list[str] | None,
+        typer.Option(
+            "--question",
+            "-q",
+            help="Asked of every video (with PATH arguments); repeat it: every question, every video.",
+        ),
     ] = None,
     manifest: Annotated[
         str | None,
         typer.Option(
-            "--manifest", help="JSONL or CSV, one job per row: video, question, optional id, options, answer."
+            "--manifest",
+            help="One job per row: .jsonl, .json (array), .csv or .tsv with video, question, optional id, options, "
+            "answer.",
         ),
     ] = None,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="JSONL results, appended as jobs finish.")
+        str,
+        typer.Option(
+            "--output", "-o", help="JSONL results, appended as jobs finish (resumable); - streams them to stdout."
+        ),
     ] = "results.jsonl",
     glob: Annotated[str | None, typer.Option("--glob", help="Only files matching this pattern, e.g. '*.mp4'.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start fresh instead of resuming.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.", min=1)] = 4,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No progress on stderr (errors and the summary stay).")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="The final summary as JSON on stdout (the summary file's fields + this_run).")
+    ] = False,
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
@@ -422,15 +438,24 @@ def batch(
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
     p = profile_from_flags(locals())
     from scissor_cli import batch as batch_mod
+    from scissor_cli import jobs as jobs_mod
 
     if manifest and paths:
         raise OptionError("give video paths or --manifest, not both", hint="put every job in the manifest")
+    if json_out and output == batch_mod.STDOUT:
+        raise OptionError(
+            "--json and -o - both write to stdout", hint="drop --json: with -o - the summary goes to stderr"
+        )
     if manifest:
-        jobs = batch_mod.jobs_from_manifest(manifest)
+        if question:
+            raise OptionError(
+                "--question goes with video paths, not --manifest", hint="put the questions in the manifest"
+            )
+        jobs = jobs_mod.jobs_from_manifest(manifest)
     elif paths:
         if not question:
             raise OptionError("--question is required with video paths", hint='e.g. -q "What is happening?"')
-        jobs = batch_mod.jobs_from_paths(paths, question, glob=glob)
+        jobs = jobs_mod.jobs_from_paths(paths, question, glob=glob)
     else:
         raise OptionError("nothing to do: give video files/folders or --manifest", hint="see `scissor batch --help`")
 
@@ -441,12 +466,18 @@ def batch(
 
         return load_model(shard_profile.model)
 
-    with render.BatchProgress() as view:
+    if output == batch_mod.STDOUT and not quiet:
+        render.batch_to_stdout()
+    with render.BatchProgress(quiet=quiet) as view:
         summary = batch_mod.run_batch(
-            load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view
-        )
+            load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
+            inputs=[manifest] if manifest else [],
+        )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
-        render.batch_summary(summary)
+        if json_out:
+            render.write_json(summary.to_dict())
+        else:
+            render.batch_summary(summary, to_stderr=output == batch_mod.STDOUT)
     if summary.n_failed:
         raise typer.Exit(1)
 

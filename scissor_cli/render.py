@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -223,9 +224,14 @@ def profile_detail(profile: Profile, path: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- batch
 class BatchProgress:
-    """``BatchView`` for the terminal: a progress bar with rate and ETA on stderr, one line per failure."""
+    """``BatchView`` for the terminal, on stderr. On a terminal: a progress bar with rate and ETA, one line per
+    failure. Off a terminal (a pipe, a log file): one plain line per job, ``[12/240] ok clips/a.mp4 (3.1 s)``, the
+    time being the wall time since the previous line, split evenly between the rows of one ``generate`` call.
+    ``quiet``: nothing. Nothing pending: no bar at all."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False, live: bool | None = None) -> None:
+        self._quiet = quiet
+        self._live = err.is_terminal if live is None else live
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -237,51 +243,93 @@ class BatchProgress:
             TimeRemainingColumn(),
             console=err,
             transient=False,
+            redirect_stdout=False,  # with -o - the records are stdout: never route them into the bar's stderr
         )
+        self._started = False  # the live display runs only once there is something to show
         self._task: Any = None
-        self._n_failed = 0
+        self._n_pending = self._n_finished = 0
+        self._last = time.perf_counter()
+        self._share_s, self._n_share_left = 0.0, 0  # rows of one generate call share its wall time
 
     def __enter__(self) -> BatchProgress:
-        self._progress.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
+        if self._started:
+            self._progress.__exit__(*exc)
 
     def start(self, n_total: int, n_skipped: int) -> None:
+        self._n_pending = n_total - n_skipped
+        if self._quiet:
+            return
         if n_skipped:
             err.print(f"[dim]resuming: {n_skipped} of {n_total} jobs already in the output[/]")
-        self._task = self._progress.add_task("jobs", total=n_total - n_skipped, rate="")
+        if self._live and self._n_pending:
+            self._progress.__enter__()
+            self._started = True
+            self._task = self._progress.add_task("jobs", total=self._n_pending, rate="")
+
+    def note(self, text: str) -> None:
+        if self._quiet:
+            return
+        if self._task is not None:
+            self._progress.update(self._task, description=escape(text))
+        else:
+            err.print(f"[dim]{escape(text)}[/]")
 
     def status(self, text: str) -> None:
-        if self._task is not None:
+        if not self._n_finished:  # the first job's time starts with its video, not with the model load
+            self._last = time.perf_counter()
+        if self._task is not None and not self._quiet:
             self._progress.update(self._task, description=escape(text))
 
     def job_done(self, record: dict[str, Any]) -> None:
-        if record.get("status") != "ok":
-            self._n_failed += 1
-            self._progress.console.print(
-                f"[red]failed:[/] {escape(str(record.get('video')))}: {escape(str(record.get('error')))}"
-            )
-        if self._task is not None:
-            self._progress.advance(self._task)
-            task = self._progress.tasks[self._task]
-            rate = f"{task.completed / task.elapsed:.2f} jobs/s" if task.elapsed else ""
-            self._progress.update(self._task, description="jobs", rate=rate)
+        self._n_finished += 1
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        if self._n_share_left:  # a batch-mate of the previous record: same generate call, same share
+            self._n_share_left -= 1
+        else:
+            n_rows = record.get("batch_rows") or 1
+            self._share_s, self._n_share_left = elapsed / n_rows, n_rows - 1
+        if self._quiet:
+            return
+        ok = record.get("status") == "ok"
+        video = escape(str(record.get("video")))
+        if self._task is None:  # off a terminal: a plain line per job
+            n = f"[{self._n_finished}/{self._n_pending}]"
+            if ok:
+                err.print(f"{escape(n)} ok {video} ({self._share_s:.1f} s)")
+            else:
+                err.print(f"{escape(n)} [red]error[/] {video}: {escape(str(record.get('error')))}")
+            return
+        if not ok:
+            self._progress.console.print(f"[red]failed:[/] {video}: {escape(str(record.get('error')))}")
+        self._progress.advance(self._task)
+        task = self._progress.tasks[self._task]
+        rate = f"{task.completed / task.elapsed:.2f} jobs/s" if task.elapsed else ""
+        self._progress.update(self._task, description="jobs", rate=rate)
 
 
-def batch_summary(summary: Any) -> None:
+def batch_to_stdout() -> None:
+    err.print("[yellow]note:[/] records go to stdout as JSONL; stdout cannot be resumed, so an interrupted run "
+              "starts over (use -o FILE to continue where it stopped)")  # fmt: skip
+
+
+def batch_summary(summary: Any, to_stderr: bool = False) -> None:
+    """Every record of the output (the numbers of <output>.summary.json), then this run's own counts."""
+    totals = summary.totals
     table = Table(title="batch summary", title_justify="left", show_header=False, box=None, pad_edge=False)
     table.add_column(style="dim")
     table.add_column()
-    table.add_row("done", str(summary.n_done))
-    table.add_row("failed", f"[red]{summary.n_failed}[/]" if summary.n_failed else "0")
-    table.add_row("skipped (already in output)", str(summary.n_skipped))
-    if summary.mean_retention is not None:
-        table.add_row("mean retention", f"{summary.mean_retention * 100:.1f} %")
-    if summary.mean_time_s is not None:
-        table.add_row("mean time per job", _fmt_s(summary.mean_time_s))
-    acc = summary.accuracy
+    n_error = totals["n_error"]
+    table.add_row(
+        "records",
+        f"{totals['n_records']}: {totals['n_ok']} ok, " + (f"[red]{n_error} failed[/]" if n_error else "0 failed"),
+    )
+    if totals.get("mean_retention") is not None:
+        table.add_row("mean retention", f"{totals['mean_retention'] * 100:.1f} %")
+    acc = totals.get("accuracy")
     if acc:
         table.add_row("accuracy", f"{acc['overall'] * 100:.1f} % ({acc['n_correct']}/{acc['n_scored']})")
         for group, values in acc.get("by_group", {}).items():
@@ -290,10 +338,16 @@ def batch_summary(summary: Any) -> None:
                     f"  {escape(group)}={escape(str(name))}",
                     f"{v['accuracy'] * 100:.1f} % ({v['n_correct']}/{v['n_scored']})",
                 )
-    table.add_row("output", escape(summary.output))
+    this_run = f"{summary.n_done} done, " + (f"[red]{summary.n_failed} failed[/]" if summary.n_failed else "0 failed")
+    this_run += f", {summary.n_skipped} already in the output"
+    if summary.mean_time_s is not None:
+        this_run += f"; {_fmt_s(summary.mean_time_s)} per job"
+    table.add_row("this run", this_run)
+    table.add_row("config", summary.config_hash)
+    table.add_row("output", escape(summary.output if summary.output != "-" else "stdout"))
     if summary.summary_path:
         table.add_row("summary", escape(summary.summary_path))
-    out.print(table)
+    (err if to_stderr else out).print(table)
 
 
 def cache_info(root: str, n_entries: int, n_bytes: int, max_bytes: int) -> None:

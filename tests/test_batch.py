@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,22 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from scissor_cli.batch import (
+from scissor_cli.batch import config_hash, part_path, run_batch, run_config, summary_path_for
+from scissor_cli.errors import ManifestError, OptionError, VideoError
+from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
+from scissor_cli.options import ModelOptions, Profile, SamplingOptions
+from scissor_cli.scoring import (
     MC_INSTRUCTION,
-    Job,
     build_prompt,
     expected_letter,
-    jobs_from_manifest,
-    jobs_from_paths,
     normalize_text,
     parse_choice,
-    part_path,
-    run_batch,
     strip_letter_labels,
-    summary_path_for,
 )
-from scissor_cli.errors import ManifestError, VideoError
-from scissor_cli.options import ModelOptions, Profile, SamplingOptions
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -93,16 +90,25 @@ def fake_profile(**sampling) -> Profile:
 
 class RecordingView:
     def __init__(self):
-        self.started, self.statuses, self.records = None, [], []
+        self.started, self.notes, self.statuses, self.records = None, [], [], []
 
     def start(self, n_total, n_skipped):
         self.started = (n_total, n_skipped)
+
+    def note(self, text):
+        self.notes.append(text)
 
     def status(self, text):
         self.statuses.append(text)
 
     def job_done(self, record):
         self.records.append(record)
+
+
+def stamped(record: dict, profile: Profile | None = None) -> dict:
+    """A hand-written record carrying the config a run with ``profile`` (default ``fake_profile()``) records."""
+    config = run_config(profile or fake_profile())
+    return {**record, "config_hash": config_hash(config), "config": config}
 
 
 def read_jsonl(path) -> list[dict]:
@@ -311,8 +317,8 @@ def test_bad_file_among_good_ones_is_isolated(folder, tmp_path):
         assert "profile" in r and "timings_s" in r and r["batch_rows"] in (1, 2)
     assert (summary.n_total, summary.n_done, summary.n_failed, summary.n_skipped) == (5, 4, 1, 0)
     assert summary.mean_retention == pytest.approx(sum(r["retention"] for r in ok) / 4)
-    assert summary.mean_time_s > 0 and summary.accuracy is None and summary.summary_path is None
-    assert view.started == (5, 0) and any("loading" in s for s in view.statuses)
+    assert summary.mean_time_s > 0 and summary.accuracy is None
+    assert view.started == (5, 0) and any("loading" in s for s in view.notes)
     assert vlm.n_encoded == 4 and vlm.generate_rows == [2, 2], "4 good videos, batch_size 2"
 
 
@@ -370,7 +376,7 @@ def test_resume_skips_ok_retries_errors_and_keeps_one_record_per_job(folder, tmp
 def test_records_without_id_match_by_video_and_question(folder, tmp_path):
     job = Job("new-id", str(folder / "a.mp4"), "Q?")
     out = tmp_path / "r.jsonl"
-    out.write_text(json.dumps({"status": "ok", "video": job.video, "question": "Q?", "answer": "x"}) + "\n")
+    out.write_text(json.dumps(stamped({"status": "ok", "video": job.video, "question": "Q?", "answer": "x"})) + "\n")
     assert run_batch(FakeVLM, [job], str(out), fake_profile()).n_skipped == 1
 
 
@@ -551,7 +557,7 @@ def test_two_processes_shard_merge_and_resume(folder, tmp_path, clips):
     # a part file left by an earlier killed 3-process run: its job counts as done and is merged at the end
     a_job = jobs_from_paths([str(folder / "a.mp4")], "Q?")[0]
     leftover = {"id": a_job.id, "status": "ok", "video": a_job.video, "question": "Q?", "answer": "from before"}
-    Path(part_path(str(out), 2, 3)).write_text(json.dumps(leftover) + "\n")
+    Path(part_path(str(out), 2, 3)).write_text(json.dumps(stamped(leftover)) + "\n")
 
     r0, r1 = run_ranks(driver, folder, out, tmp_path)
     jobs = jobs_from_paths([str(folder)], "Q?")
@@ -607,3 +613,369 @@ def test_cli_batch_folder_and_manifest(tiny_hf_dir, folder, tmp_path):
     assert result.exit_code == ManifestError.exit_code and "line 1" in result.stderr, result.output
     result = run(folder, "-o", tmp_path / "x.jsonl", *common)
     assert result.exit_code == 2, "a usage error (no question) exits 2"
+
+
+# ------------------------------------------------------------------------------------ CLI with the fake model
+@pytest.fixture
+def fake_cli(monkeypatch, tmp_path):
+    """``scissor batch ...`` in process with ``load_model`` replaced by FakeVLM (instant, deterministic); returns
+    ``run(*args) -> Result`` and records each load in ``run.loads``. Runs in ``tmp_path`` (a stray file named "-"
+    would land there)."""
+    from typer.testing import CliRunner
+
+    import scissor_cli.model
+    from scissor_cli.cli import app
+
+    loads = []
+    monkeypatch.setattr(scissor_cli.model, "load_model", lambda opts, **kw: loads.append(opts) or FakeVLM())
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        return CliRunner().invoke(app, ["batch", *map(str, args), "--model", "fake", "--frames", "4", "--no-cache"])
+
+    run.loads = loads
+    return run
+
+
+def file_bytes(*paths) -> dict:
+    return {str(p): Path(p).read_bytes() for p in paths}
+
+
+# ------------------------------------------------------------------- 1. an output that is an input is refused
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_output_resolving_to_an_input_is_refused_untouched(folder, tmp_path, overwrite):
+    man = folder / "jobs.jsonl"
+    man.write_text(json.dumps({"video": "a.mp4", "question": "Q?"}) + "\n")
+    (tmp_path / "link.jsonl").symlink_to(man)
+    os.link(man, tmp_path / "hard.jsonl")
+    array = folder / "r.summary.json"  # a .json manifest that r.jsonl's summary file would replace
+    array.write_text(json.dumps([{"video": "b.mp4", "question": "Q?"}]))
+    jobs = jobs_from_manifest(str(man)) + [Job("b", str(folder / "b.mp4"), "Q?")]
+    before = file_bytes(man, array, folder / "a.mp4", folder / "b.mp4")
+    loads = []
+    cases = [
+        (str(man), [str(man)], "is the manifest"),
+        (os.path.relpath(man), [str(man)], "is the manifest"),  # another spelling of the same file
+        (str(folder / "." / "jobs.jsonl"), [str(man)], "is the manifest"),
+        (str(tmp_path / "link.jsonl"), [str(man)], "is the manifest"),  # through a symlink
+        (str(tmp_path / "hard.jsonl"), [str(man)], "is the manifest"),  # a hard link
+        (str(folder / "a.mp4"), [str(man)], "is a video of the job list"),
+        (str(folder / "sub" / ".." / "b.mp4"), [], "is a video of the job list"),
+        (str(folder / "r.jsonl"), [str(array)], "writes its summary to"),
+    ]
+    for output, inputs, words in cases:
+        with pytest.raises(ManifestError) as e:
+            run_batch(lambda: loads.append(1) or FakeVLM(), jobs, output, fake_profile(), overwrite=overwrite,
+                      inputs=inputs)  # fmt: skip
+        assert words in e.value.message and "\n" not in e.value.message, e.value.message
+        assert e.value.hint and "-o" in e.value.hint
+        assert file_bytes(man, array, folder / "a.mp4", folder / "b.mp4") == before, f"{output} was touched"
+    assert loads == [] and not (folder / "r.jsonl").exists()
+
+
+def test_cli_output_equal_to_manifest_exits_6_and_keeps_it(fake_cli, folder):
+    man = folder / "jobs.jsonl"
+    man.write_text(json.dumps({"video": "a.mp4", "question": "Q?"}) + "\n")
+    before = man.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        result = fake_cli("--manifest", man, "-o", man, *extra)
+        assert result.exit_code == ManifestError.exit_code, result.output
+        assert "is the manifest" in result.stderr and "Traceback" not in result.output
+        assert man.read_bytes() == before and fake_cli.loads == []
+
+
+# ------------------------------------------------------------------------- 2. one output, one configuration
+def test_records_carry_config_and_hash(folder, tmp_path):
+    out = tmp_path / "r.jsonl"
+    profile = fake_profile().override(compression={"retention": 0.5}, generation={"temperature": 0.7, "seed": 3})
+    run_batch(FakeVLM, [Job("x", str(folder / "a.mp4"), "Q?"), Job("boom", str(folder / "a.mp4"), "boom?")],
+              str(out), profile)  # fmt: skip
+    records = read_jsonl(out)
+    assert {r["status"] for r in records} == {"ok", "error"}, "error records carry the config too"
+    for r in records:
+        config = r["config"]
+        assert r["config_hash"] == config_hash(config) == config_hash(run_config(profile))
+        assert len(r["config_hash"]) == 12 and int(r["config_hash"], 16) >= 0
+        assert config["sampling"]["n_frames"] == 4 and config["compression"]["retention"] == 0.5
+        assert config["generation"] == {"max_new_tokens": 128, "temperature": 0.7, "top_p": 1.0, "seed": 3}
+        assert config["model"] == {"model": "fake", "revision": None, "newline": None}, "no device/dtype/cache"
+        assert "{question}" in config["prompt_template"] and MC_INSTRUCTION in config["prompt_template"]
+    summary = json.loads(Path(summary_path_for(str(out))).read_text())
+    assert summary["config_hash"] == records[0]["config_hash"] and summary["config"] == records[0]["config"]
+
+
+def test_resume_with_other_settings_stops_before_loading(folder, tmp_path):
+    jobs = jobs_from_paths([str(folder / "a.mp4"), str(folder / "b.mp4")], "Q?")
+    out = tmp_path / "r.jsonl"
+    run_batch(FakeVLM, jobs[:1], str(out), fake_profile())
+    before = out.read_bytes()
+    loads = []
+    changed = fake_profile().override(sampling={"n_frames": 8}, compression={"retention": 0.05})
+    with pytest.raises(OptionError) as e:
+        run_batch(lambda: loads.append(1) or FakeVLM(), jobs, str(out), changed)
+    message = e.value.message
+    assert e.value.exit_code == 2 and loads == [] and out.read_bytes() == before, "stopped before any work"
+    assert "sampling.n_frames: 4 in the output, 8 now" in message, message
+    assert "compression.retention: null in the output, 0.05 now" in message, message
+    assert "\n" not in message and "-o" in e.value.hint and "--overwrite" in e.value.hint
+
+    # settings that do not change an answer do not block a resume: device, dtype, cache, batch size
+    same = fake_profile().override(model={"device": "cpu", "dtype": "float32", "cache": True, "offline": True})
+    resumed = run_batch(FakeVLM, jobs, str(out), same, batch_size=3)
+    assert (resumed.n_done, resumed.n_skipped) == (1, 1)
+    fresh = run_batch(FakeVLM, jobs, str(out), changed, overwrite=True)
+    assert fresh.n_done == 2 and {r["config_hash"] for r in read_jsonl(out)} == {config_hash(run_config(changed))}
+
+
+def test_resume_into_records_without_config_is_refused(folder, tmp_path):
+    job = Job("x", str(folder / "a.mp4"), "Q?")
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps({"id": "x", "status": "ok", "video": job.video, "question": "Q?"}) + "\n")
+    with pytest.raises(OptionError, match="1 record without a 'config'") as e:
+        run_batch(FakeVLM, [job], str(out), fake_profile())
+    assert "--overwrite" in e.value.hint
+
+
+def test_cli_resume_with_changed_settings_exits_2_naming_both_values(fake_cli, folder):
+    first = fake_cli(folder / "a.mp4", "-q", "Q?", "-o", "r.jsonl")
+    assert first.exit_code == 0, first.output
+    result = fake_cli(folder / "a.mp4", folder / "b.mp4", "-q", "Q?", "-o", "r.jsonl", "--retention", "0.05",
+                      "--max-new-tokens", "7")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "compression.retention: null in the output, 0.05 now" in result.stderr, result.stderr
+    assert "generation.max_new_tokens: 128 in the output, 7 now" in result.stderr, result.stderr
+    assert len(fake_cli.loads) == 1, "the second run stopped before loading the model"
+
+
+# ----------------------------------------------------------------- 3. summary numbers: every record, the same
+def test_summary_covers_every_record_and_matches_the_file(fake_cli, folder):
+    assert fake_cli(folder / "sub", "-q", "Q?", "-o", "r.jsonl").exit_code == 0
+    result = fake_cli(folder / "a.mp4", folder / "sub", "-q", "Q?", "-o", "r.jsonl")
+    assert result.exit_code == 0, result.output
+    records = read_jsonl("r.jsonl")
+    saved = json.loads(Path("r.summary.json").read_text())
+    mean_all = sum(r["retention"] for r in records) / len(records)
+    this_run = [r["retention"] for r in records if r["video"].endswith("a.mp4")]
+    assert abs(mean_all - this_run[0]) > 0.0005, "test data: this run's retention must differ from the mean"
+    assert saved["mean_retention"] == pytest.approx(mean_all) and saved["n_records"] == 3
+    assert f"mean retention {mean_all * 100:.1f} %" in " ".join(result.stdout.split()), result.stdout
+    assert "records 3: 3 ok, 0 failed" in " ".join(result.stdout.split()), result.stdout
+    assert "this run 1 done, 0 failed, 2 already in the output" in " ".join(result.stdout.split()), result.stdout
+
+
+def test_json_summary_on_stdout_equals_the_summary_file(fake_cli, folder):
+    assert fake_cli(folder / "sub", "-q", "Q?", "-o", "r.jsonl").exit_code == 0
+    result = fake_cli(folder, "-q", "Q?", "-o", "r.jsonl", "--json")
+    assert result.exit_code == 1, "the bad video fails its job"
+    data = json.loads(result.stdout)  # the whole of stdout is one JSON object
+    saved = json.loads(Path("r.summary.json").read_text())
+    this_run = data.pop("this_run")
+    assert this_run.pop("mean_time_s") > 0
+    assert this_run == {"n_jobs": 5, "n_done": 2, "n_failed": 1, "n_skipped": 2}
+    assert data.pop("summary_path") == "r.summary.json"
+    assert data == saved and (saved["n_ok"], saved["n_error"]) == (4, 1)
+    result = fake_cli(folder, "-q", "Q?", "-o", "-", "--json")
+    assert result.exit_code == 2 and "stdout" in result.stderr
+
+
+# ------------------------------------------------------------------------ 4. -q repeated: every question
+def test_repeated_question_asks_every_question_of_every_video(fake_cli, folder):
+    jobs = jobs_from_paths([str(folder / "a.mp4"), str(folder / "sub")], ["First?", "Second?", "First?"])
+    assert [(os.path.basename(j.video), j.question) for j in jobs] == [
+        (v, q) for v in ("a.mp4", "c.mp4", "d.mp4") for q in ("First?", "Second?")
+    ], "videos sorted, each with every question once"
+    vlm = FakeVLM()
+    summary = run_batch(lambda: vlm, jobs, "lib.jsonl", fake_profile())
+    assert summary.n_done == 6 and vlm.n_encoded == 3, "one encoding per video shared by its questions"
+
+    result = fake_cli(folder / "a.mp4", folder / "b.mp4", "-q", "First?", "-q", "Second?", "-o", "r.jsonl")
+    assert result.exit_code == 0, result.output
+    asked = sorted((os.path.basename(r["video"]), r["question"]) for r in read_jsonl("r.jsonl"))
+    assert asked == [("a.mp4", "First?"), ("a.mp4", "Second?"), ("b.mp4", "First?"), ("b.mp4", "Second?")]
+    man = folder / "jobs.jsonl"
+    man.write_text(json.dumps({"video": "a.mp4", "question": "Q?"}) + "\n")
+    assert fake_cli("--manifest", man, "-q", "Other?", "-o", "m.jsonl").exit_code == 2, "-q with a manifest"
+
+
+# ---------------------------------------------------------------------------------------- 5. Ctrl-C in batch
+CLI_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import scissor_cli.model
+from test_batch import FakeVLM
+scissor_cli.model.load_model = lambda opts, **kw: FakeVLM(delay_s=float(sys.argv[1]))
+from scissor_cli.cli import app
+app(sys.argv[2:], prog_name="scissor")
+"""
+
+
+def test_ctrl_c_says_how_many_jobs_are_saved(folder, tmp_path):
+    (folder / "bad.mp4").unlink()
+    driver = tmp_path / "cli_driver.py"
+    driver.write_text(textwrap.dedent(CLI_DRIVER.format(tests=str(TESTS_DIR))))
+    out = tmp_path / "r.jsonl"
+    args = ["batch", str(folder), "-q", "Q?", "-o", str(out), "--model", "fake", "--frames", "4", "--no-cache",
+            "--batch-size", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(driver), "0.7", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before Ctrl-C: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    line = [x for x in stderr.splitlines() if "interrupted" in x]
+    assert len(line) == 1 and "rerun the same command to continue" in line[0], stderr
+    saved = int(re.search(r"(\d+) of 4 jobs are saved in", line[0]).group(1))
+    assert saved == len([r for r in read_jsonl(out) if r["status"] == "ok"]) >= 1, (line, read_jsonl(out))
+    again = run_batch(FakeVLM, jobs_from_paths([str(folder)], "Q?"), str(out), fake_profile())
+    assert again.n_skipped == saved and again.n_done == 4 - saved, "rerunning continues"
+
+
+# ---------------------------------------------------------------------------- 7. progress off a terminal
+def test_progress_lines_off_a_terminal_and_quiet(fake_cli, folder):
+    result = fake_cli(folder, "-q", "Q?", "-o", "r.jsonl")
+    assert result.exit_code == 1, result.output
+    lines = [x for x in result.stderr.splitlines() if x.startswith("[")]
+    assert len(lines) == 5, result.stderr
+    ok = [x for x in lines if re.fullmatch(r"\[\d/5\] ok \S+\.mp4 \(\d+\.\d s\)", x)]
+    assert len(ok) == 4 and lines[0].startswith("[1/5] ") and lines[-1].startswith("[5/5] "), lines
+    assert any(re.match(r"\[\d/5\] error \S+bad\.mp4: ", x) for x in lines), lines
+    assert "eta" not in result.stderr and "━" not in result.stderr, "no bar off a terminal"
+
+    quiet = fake_cli(folder, "-q", "Other?", "-o", "q.jsonl", "--quiet")
+    assert quiet.exit_code == 1 and not [x for x in quiet.stderr.splitlines() if x.startswith("[")], quiet.stderr
+    assert len(read_jsonl("q.jsonl")) == 5
+
+    (folder / "bad.mp4").unlink()
+    again = fake_cli(folder, "-q", "Q?", "-o", "r.jsonl")
+    assert again.exit_code == 0, again.output
+    assert "0/0" not in again.stderr and "eta" not in again.stderr, again.stderr
+    assert "4 of 4 jobs already in the output" in again.stderr
+
+
+def test_progress_line_times_split_a_generate_call_between_its_rows(monkeypatch):
+    import io
+    import types
+
+    from rich.console import Console
+
+    from scissor_cli import render
+
+    buffer, clock = io.StringIO(), [0.0]
+    monkeypatch.setattr(render, "err", Console(file=buffer, width=200, highlight=False))
+    monkeypatch.setattr(render, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    with render.BatchProgress(live=False) as view:
+        view.start(5, 0)
+        view.note("loading the model")
+        clock[0] = 30.0  # the model load is not a job's time
+        view.status("[1/2] a.mp4")
+        clock[0] = 34.0
+        for _ in range(4):  # one generate call of 4 rows
+            view.job_done({"status": "ok", "video": "a.mp4", "batch_rows": 4})
+        clock[0] = 36.5
+        view.job_done({"status": "ok", "video": "b.mp4", "batch_rows": 1})
+    lines = buffer.getvalue().splitlines()
+    assert lines == ["loading the model"] + [f"[{i}/5] ok a.mp4 (1.0 s)" for i in range(1, 5)] + [
+        "[5/5] ok b.mp4 (2.5 s)"
+    ], lines
+
+
+def test_live_bar_on_a_terminal_only_with_pending_jobs(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from scissor_cli import render
+
+    def shown(n_total, n_skipped, n_done):
+        buffer = io.StringIO()
+        monkeypatch.setattr(render, "err", Console(file=buffer, force_terminal=True, width=120, highlight=False))
+        with render.BatchProgress() as view:
+            view.start(n_total, n_skipped)
+            for _ in range(n_done):
+                view.job_done({"status": "ok", "video": "a.mp4"})
+        return buffer.getvalue()
+
+    assert "eta" in shown(3, 1, 1) and "1/2" in shown(3, 1, 1), "a bar on a terminal"
+    nothing = shown(3, 3, 0)
+    assert "eta" not in nothing and "0/0" not in nothing and "3 of 3 jobs already" in nothing
+
+
+def test_records_on_stdout_stay_on_stdout_under_a_live_bar(monkeypatch, capsys):
+    """`scissor batch ... -o - | jq` on a terminal: the bar (stderr) must not capture the records written to stdout."""
+    import io
+
+    from rich.console import Console
+
+    from scissor_cli import batch, render
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(render, "err", Console(file=buffer, force_terminal=True, width=120, highlight=False))
+    with render.BatchProgress() as view:
+        view.start(2, 0)
+        batch._write_stdout({"id": "x", "status": "ok"})
+        view.job_done({"status": "ok", "video": "a.mp4"})
+    assert json.loads(capsys.readouterr().out) == {"id": "x", "status": "ok"}
+    assert '"id"' not in buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------- 10. -o - and -o x.csv
+def test_output_dash_streams_jsonl_to_stdout(fake_cli, folder, tmp_path):
+    result = fake_cli(folder, "-q", "Q?", "-o", "-")
+    assert result.exit_code == 1, result.output
+    records = [json.loads(x) for x in result.stdout.splitlines()]
+    assert len(records) == 5 and sum(r["status"] == "ok" for r in records) == 4
+    assert all(r["config_hash"] for r in records)
+    assert "cannot be resumed" in result.stderr and "batch summary" in result.stderr, result.stderr
+    assert not (tmp_path / "-").exists() and not list(tmp_path.glob("*.summary.json"))
+
+
+@pytest.mark.parametrize("name", ["out.csv", "OUT.TSV"])
+def test_table_output_is_refused_with_a_hint(fake_cli, folder, tmp_path, name):
+    result = fake_cli(folder, "-q", "Q?", "-o", name)
+    assert result.exit_code == ManifestError.exit_code, result.output
+    assert "batch writes JSONL" in result.stderr and "jq" in result.stderr
+    assert not (tmp_path / name).exists() and fake_cli.loads == []
+
+
+# ---------------------------------------------------------------------------------- 11. manifest formats
+def test_manifest_json_array_and_tsv_read_like_jsonl(folder, tmp_path):
+    rows = [
+        {"video": "a.mp4", "question": "What is shown?", "id": "one", "task": "count"},
+        {"video": "sub/c.mp4", "question": "Which color?", "options": ["red", "green"], "answer": "green"},
+    ]
+    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "m.json").write_text(json.dumps(rows, indent=2))
+    (folder / "m.tsv").write_text(
+        "id\tvideo\tquestion\toptions\tanswer\ttask\n"
+        "one\ta.mp4\tWhat is shown?\t\t\tcount\n"
+        "\tsub/c.mp4\tWhich color?\tred|green\tgreen\t\n"
+    )
+    expected = jobs_from_manifest(str(folder / "m.jsonl"))
+    assert jobs_from_manifest(str(folder / "m.json")) == expected
+    assert jobs_from_manifest(str(folder / "m.tsv")) == expected
+
+    (tmp_path / "obj.json").write_text('{"video": "a.mp4", "question": "q"}')
+    with pytest.raises(ManifestError, match="expected a JSON array"):
+        jobs_from_manifest(str(tmp_path / "obj.json"))
+    (tmp_path / "bad.json").write_text('[{"video": "a.mp4", "question": "q"},\n {"question": "q"}]')
+    with pytest.raises(ManifestError, match=r"bad\.json item 2: missing 'video'"):
+        jobs_from_manifest(str(tmp_path / "bad.json"))
+    (tmp_path / "broken.json").write_text('[{"video": "a.mp4",\n "question": }]')
+    with pytest.raises(ManifestError, match=r"broken\.json line 2: not valid JSON"):
+        jobs_from_manifest(str(tmp_path / "broken.json"))
+
+
+def test_manifest_that_is_a_folder_says_so(fake_cli, folder):
+    with pytest.raises(ManifestError, match="is a folder, not a manifest") as e:
+        jobs_from_manifest(str(folder))
+    assert "scissor batch FOLDER" in e.value.hint
+    result = fake_cli("--manifest", folder, "-o", "r.jsonl")
+    assert result.exit_code == ManifestError.exit_code and "is a folder" in result.stderr, result.output
