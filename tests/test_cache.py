@@ -54,6 +54,15 @@ def test_corrupt_entry_is_a_miss_and_removed(tmp_path):
     assert not path.exists(), "a corrupt entry must be deleted"
 
 
+def test_entry_without_features_is_a_miss_and_removed(tmp_path):
+    from safetensors.torch import save_file
+
+    cache = FeatureCache(tmp_path)
+    path = tmp_path / ("ce" * 32 + ".safetensors")
+    save_file({"something_else": torch.ones(2)}, str(path))
+    assert cache.get("ce" * 32) is None and not path.exists()
+
+
 def test_lru_eviction_by_mtime(tmp_path):
     one = torch.zeros(256)  # 1 KiB + header per entry
     cache = FeatureCache(tmp_path, max_bytes=3 * 1200)
