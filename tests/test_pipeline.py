@@ -211,3 +211,18 @@ def test_sampled_answer_reproduces_from_its_recorded_seed(tiny_hf_dir, clip):
     again = ask("--seed", str(seed))
     assert again["profile"]["generation"]["seed"] == seed
     assert again["answer"] == first["answer"], "--seed with the recorded seed must reproduce the sampled answer"
+
+
+def test_a_profile_may_leave_the_generation_seed_unset(tmp_path):
+    from scissor_cli.errors import OptionError
+    from scissor_cli.profiles import load_profile
+
+    path = tmp_path / "sampling.yaml"
+    path.write_text("generation:\n  temperature: 0.7\n  seed: null\n")
+    profile = load_profile(str(path))
+    assert (profile.generation.temperature, profile.generation.seed) == (0.7, None)
+    assert resolve_profile(None, profile).generation.seed is not None, "sampling without a seed draws one"
+    path.write_text("generation:\n  seed: 12\n")
+    assert load_profile(str(path)).generation.seed == 12
+    with pytest.raises(OptionError, match="generation.seed"):
+        Profile().override(generation={"seed": 1.5})
