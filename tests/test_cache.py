@@ -106,3 +106,18 @@ def test_clear(tmp_path):
     cache.put("01" * 32, torch.ones(2))
     cache.put("02" * 32, torch.ones(2))
     assert cache.clear() == 2 and cache.entries() == []
+
+
+def test_a_bug_while_reading_is_not_taken_for_a_corrupt_entry(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    cache = FeatureCache(tmp_path)
+    cache.put("0f" * 32, torch.ones(3))
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug, not a bad file")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", broken)
+    with pytest.raises(ZeroDivisionError):
+        cache.get("0f" * 32)
+    assert (tmp_path / ("0f" * 32 + ".safetensors")).exists(), "a good entry must not be deleted on a bug"
