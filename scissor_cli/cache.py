@@ -98,11 +98,12 @@ class FeatureCache:
         path = self._path(key)
         if not path.is_file():
             return None
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             tensor = load_file(str(path), device=str(device) if device is not None else "cpu")[_TENSOR]
-        except Exception:  # noqa: BLE001 - truncated/garbled file, wrong content: a miss, and gone
+        except (SafetensorError, OSError, KeyError):  # truncated or garbled file, no features tensor: a miss, gone
             path.unlink(missing_ok=True)
             return None
         try:

@@ -134,6 +134,10 @@ NewlineOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout, no markup.")]
+VIDEO_HELP = (
+    "Video file or still image; an http(s):// URL (streamed by ffmpeg); or - to read the video from stdin "
+    "(kept in a temporary file while it runs)."
+)
 
 
 def build_profile(
@@ -242,7 +246,7 @@ def _load(profile: Profile, on_status: Callable[[str], None]) -> Any:
 )
 @handle_errors
 def ask(
-    video: Annotated[str, typer.Argument(help="Video file (or a still image).")],
+    video: Annotated[str, typer.Argument(help=VIDEO_HELP)],
     question: Annotated[str, typer.Argument(help="What to ask about the video.")],
     more: Annotated[
         list[str] | None,
@@ -279,8 +283,8 @@ def ask(
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
     from scissor_cli import video as video_io
 
-    info = video_io.probe(video)  # a bad path fails here, before minutes of model loading
-    with render.stages() as on_status:
+    # a bad path or URL fails here, before minutes of model loading; stdin (-) is spooled for the block
+    with video_io.opened(video) as info, render.stages() as on_status:
         vlm = _load(p, on_status)
         from scissor_cli.pipeline import answer
 
@@ -306,7 +310,7 @@ SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
 )
 @handle_errors
 def inspect(
-    video: Annotated[str, typer.Argument(help="Video file (or a still image).")],
+    video: Annotated[str, typer.Argument(help=VIDEO_HELP)],
     video_only: Annotated[
         bool, typer.Option("--video-only", help="Only metadata and the frame plan; no model.")
     ] = False,
@@ -350,8 +354,7 @@ def inspect(
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 
-    info = video_io.probe(video)
-    with render.stages() as on_status:
+    with video_io.opened(video) as info, render.stages() as on_status:
         vlm = None if video_only else _load(p, on_status)
         result = inspect_video(vlm, video, p, sweep_taus=SWEEP_TAUS if sweep else None, on_status=on_status, info=info)
         if viz is not None and result.compressed is not None:

@@ -1,7 +1,7 @@
 """LLaVA-OneVision through transformers: load a checkpoint, encode frames into video tokens, generate with
 (compressed) video tokens spliced into the prompt. The only module that imports transformers.
 
-The seam is deliberately narrow (see shared/notes/transformers.md): ``encode`` runs what transformers'
+The seam is deliberately narrow (docs/models.md, "The transformers seam"): ``encode`` runs what transformers'
 ``get_video_features`` runs (SigLIP -> projector -> 2x2 bilinear pooling) and strips its trailing
 ``image_newline``; ``generate`` splices the kept tokens (+ ``image_newline`` when ``newline``) where the prompt's
 single video placeholder was and calls ``generate(inputs_embeds=...)``. With nothing removed this is bit-identical
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scissor_cli.errors import ModelError
+from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.options import GenerationOptions, ModelOptions
 
 if TYPE_CHECKING:
@@ -86,8 +86,9 @@ class GenerationOutput:
     token_ids: list[list[int]] = field(default_factory=list)  # the generated ids per request, up to its eos
 
 
-def download_hint(name: str) -> str:
-    return f"download it with `hf download {name}` (while online), or point --model at a local directory"
+def download_hint(name: str, revision: str | None = None) -> str:
+    command = f"hf download {name}" + (f" --revision {revision}" if revision else "")
+    return f"download it with `{command}` (while online), or point --model at a local directory"
 
 
 # ---------------------------------------------------------------------------------------------- resolving
@@ -115,6 +116,11 @@ def resolve_model_dir(name: str, revision: str | None = None, offline: bool = Fa
     into the normal Hugging Face cache unless offline). Raises ModelError naming the model, the reason and a fix."""
     local = Path(name).expanduser()
     if local.is_dir():
+        if revision:  # a folder holds one version; a revision there would be silently ignored
+            raise OptionError(
+                f"--revision applies to hub ids; {name} is a local folder",
+                hint="drop --revision (or model.revision in the profile), or give a hub id with --model",
+            )
         if not (local / "config.json").is_file():
             raise ModelError(
                 f"{name} is a directory but has no config.json",
@@ -154,7 +160,8 @@ def resolve_model_dir(name: str, revision: str | None = None, offline: bool = Fa
     except GatedRepoError as e:
         raise ModelError(
             f"model {at} is gated on the Hugging Face Hub",
-            hint=f"accept its license on huggingface.co and log in (`hf auth login`), or {download_hint(name)}",
+            hint="accept its license on huggingface.co and log in (`hf auth login`), or "
+            + download_hint(name, revision),
         ) from e
     except RepositoryNotFoundError as e:
         raise ModelError(
@@ -168,9 +175,11 @@ def resolve_model_dir(name: str, revision: str | None = None, offline: bool = Fa
         ) from e
     except LocalEntryNotFoundError as e:
         why = "offline mode is on (HF_HUB_OFFLINE or --offline)" if offline else "the Hub could not be reached"
-        raise ModelError(f"model {at} is not in the Hugging Face cache and {why}", hint=download_hint(name)) from e
+        raise ModelError(
+            f"model {at} is not in the Hugging Face cache and {why}", hint=download_hint(name, revision)
+        ) from e
     except OSError as e:  # network errors, disk full, permissions
-        raise ModelError(f"could not fetch model {at}: {e}", hint=download_hint(name)) from e
+        raise ModelError(f"could not fetch model {at}: {e}", hint=download_hint(name, revision)) from e
     return Path(path)
 
 
@@ -208,8 +217,10 @@ def _fetch_pickles(name: str, revision: str | None, offline: bool) -> Path:
                 cache_dir=_hub_cache_dir(),
             )
         )
-    except Exception as e:  # noqa: BLE001 - any hub failure here means "no pickle weights to be had"
-        raise ModelError(f"could not fetch the pickle weights of model {name}: {e}", hint=download_hint(name)) from e
+    except (OSError, ValueError) as e:  # the hub's errors are OSErrors (HTTP, not cached) or ValueErrors (bad id)
+        raise ModelError(
+            f"could not fetch the pickle weights of model {name}: {e}", hint=download_hint(name, revision)
+        ) from e
 
 
 def _read_json(path: Path) -> dict | None:
@@ -239,21 +250,27 @@ def detect_layout(config: dict) -> str:
 # ---------------------------------------------------------------------------------------------- configs
 
 
-def _tensor_shapes(files: list[Path], safetensors: bool) -> dict[str, tuple[int, ...]]:
+def _tensor_shapes(files: list[Path], safetensors: bool, name: str) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, from the safetensors headers (no data read)."""
+    import pickle
+
     import torch
+    from safetensors import SafetensorError, safe_open
 
     shapes: dict[str, tuple[int, ...]] = {}
     for f in files:
-        if safetensors:
-            from safetensors import safe_open
-
-            with safe_open(str(f), framework="pt") as sf:
-                for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
-                    shapes[k] = tuple(sf.get_slice(k).get_shape())
-        else:
-            sd = torch.load(str(f), map_location="meta", weights_only=True, mmap=True)
-            shapes.update({k: tuple(v.shape) for k, v in sd.items()})
+        try:
+            if safetensors:
+                with safe_open(str(f), framework="pt") as sf:
+                    for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
+                        shapes[k] = tuple(sf.get_slice(k).get_shape())
+            else:
+                sd = torch.load(str(f), map_location="meta", weights_only=True, mmap=True)
+                shapes.update({k: tuple(v.shape) for k, v in sd.items()})
+        except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError) as e:  # truncated or not weights
+            raise ModelError(
+                f"model {name}: cannot read {f.name}: {e}", hint="the file is truncated or corrupt; re-download it"
+            ) from e
     return shapes
 
 
@@ -412,7 +429,8 @@ class VisionLanguageModel:
 
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
-                 default_tau: float | None = None, default_epsilon: float | None = None):  # fmt: skip
+                 default_tau: float | None = None, default_epsilon: float | None = None,
+                 model_dir: Path | None = None):  # fmt: skip
 
         self.hf_model = hf_model  # LlavaOnevisionForConditionalGeneration, eval mode
         self.tokenizer = tokenizer
@@ -420,8 +438,9 @@ class VisionLanguageModel:
         self.revision = revision
         self.layout = layout
         self.newline = newline
-        self.default_tau = default_tau
+        self.default_tau = default_tau  # the checkpoint's mm_zip_tau (LLaVA-Scissor baselines), else None
         self.default_epsilon = default_epsilon
+        self.model_dir = model_dir  # the resolved folder (a Hub snapshot is named by its commit)
         self.image_size = image_size  # (height, width) frames are resized to
         self.mean, self.std = mean, std
         embeddings = hf_model.get_input_embeddings()
@@ -480,6 +499,8 @@ class VisionLanguageModel:
         return self._prompt_cache[question]
 
     def _prompt_text(self, question: str) -> tuple[str, str]:
+        import jinja2
+
         tok = self.tokenizer
         video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
         if tok.chat_template:
@@ -488,7 +509,7 @@ class VisionLanguageModel:
                 conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
                 try:
                     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-                except Exception:  # noqa: BLE001 - a string-only template; fall through to the string form
+                except (TypeError, jinja2.TemplateError):  # a string-only template (str + list): the string form
                     text = ""
                 if video_token in text and question in text.split(video_token, 1)[1]:
                     before, after = text.split(video_token, 1)
@@ -568,8 +589,8 @@ class VisionLanguageModel:
             streamer = _FirstToken()
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices, enabled=sample):
-                if sample:
-                    torch.manual_seed(gen.seed)
+                if sample:  # a caller that wants to reproduce the answer passes a seed (pipeline records it)
+                    torch.manual_seed(gen.with_drawn_seed().seed)
                 t0 = time.perf_counter()
                 out = self.hf_model.generate(
                     inputs_embeds=embeds, attention_mask=mask, generation_config=config, streamer=streamer
@@ -645,6 +666,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
 
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     device = resolve_device(opts.device)
@@ -656,7 +678,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         newline_default = True
     else:
         with _quiet_transformers():  # Qwen2Config's rope_scaling=None deprecation warning
-            config = _next_config(raw, _tensor_shapes(files, is_safetensors), name)
+            config = _next_config(raw, _tensor_shapes(files, is_safetensors, name), name)
         key_mapping = NEXT_KEY_MAPPING
         newline_default = False  # LLaVA-NeXT video ("flat", as the LLaVA-Scissor baselines were trained)
     newline = newline_default if opts.newline is None else opts.newline
@@ -664,8 +686,12 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
     try:
         with _quiet_transformers():  # e.g. "a model of type llava_qwen ..." when it peeks at config.json
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - tokenizers fail in many ways; all mean "no usable tokenizer"
-        raise ModelError(f"model {name}: cannot load its tokenizer: {e}", hint=download_hint(name)) from e
+    except Exception as e:  # noqa: BLE001 - narrowed below
+        # missing files (OSError), unreadable JSON (ValueError), a wrong structure (KeyError), and the tokenizers
+        # library's plain Exception for a tokenizer.json it cannot parse; anything else is a bug, not the checkpoint
+        if not isinstance(e, (OSError, ValueError, KeyError)) and type(e) is not Exception:
+            raise
+        raise ModelError(f"model {name}: cannot load its tokenizer: {e}", hint=download_hint(name, revision)) from e
     if not tokenizer.chat_template:
         tokenizer.chat_template = _processor_chat_template(model_dir)
     if layout == "llava-next":
@@ -695,7 +721,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         raise ModelError(
             f"model {name}: {e}", hint="pip install accelerate (needed to spread a model over GPUs)"
         ) from e
-    except Exception as e:  # noqa: BLE001 - shape mismatches, truncated files, out of memory ...
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated files, shape mismatches, OOM
         raise ModelError(
             f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
             hint="re-download it, or check that it is a LLaVA-OneVision checkpoint",
@@ -716,11 +742,28 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         image_size=hw,
         mean=mean,
         std=std,
-        default_tau=raw.get("mm_zip_tau"),
-        default_epsilon=raw.get("mm_zip_epsilon"),
+        default_tau=_zip_setting(raw, "mm_zip_tau", name),
+        default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
+        model_dir=model_dir,
     )
-    vlm.model_dir = model_dir  # the resolved folder (a Hub snapshot is named by its commit)
     return vlm
+
+
+def _zip_setting(raw: dict, key: str, name: str) -> float | None:
+    """A LLaVA-Scissor baseline's own SCC setting (None when absent); 0.0 is a value like any other."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    tau = key == "mm_zip_tau"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (-1.0 <= value <= 1.0 if tau else 0.0 < value <= 1.0)
+    if not ok:
+        allowed = "a cosine similarity from -1 to 1" if tau else "a number in (0, 1]"
+        raise ModelError(
+            f"model {name}: config.json has {key} = {value!r}, which is not {allowed}",
+            hint="fix the checkpoint's config.json, or remove the key to use the paper's setting",
+        )
+    return float(value)
 
 
 def _check_loading_info(info: dict, config, name: str, layout: str) -> None:

@@ -7,6 +7,7 @@ Overrides go through ``dataclasses.replace``; every value is checked in ``valida
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -50,7 +51,14 @@ class GenerationOptions:
     max_new_tokens: int = 128  # answer length cap
     temperature: float = 0.0  # 0: greedy decoding
     top_p: float = 1.0  # nucleus sampling mass when temperature > 0
-    seed: int = 0  # seeds sampling when temperature > 0
+    seed: int | None = None  # seeds sampling; None: greedy ignores it, sampling draws one (see with_drawn_seed)
+
+    def with_drawn_seed(self) -> GenerationOptions:
+        """These options with a fresh random seed when sampling (temperature > 0) has none; else unchanged.
+        Record the returned seed: passed back, it reproduces the answer."""
+        if self.temperature > 0 and self.seed is None:
+            return replace(self, seed=secrets.randbelow(2**31))
+        return self
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,12 @@ def validate(p: Profile) -> Profile:
         "a number from 0 (greedy) to 10",
     )
     _check(_finite(g.top_p) and 0 < g.top_p <= 1, "generation.top_p", g.top_p, "a number in (0, 1]")
-    _check(isinstance(g.seed, int) and not isinstance(g.seed, bool), "generation.seed", g.seed, "an integer")
+    _check(
+        g.seed is None or (isinstance(g.seed, int) and not isinstance(g.seed, bool)),
+        "generation.seed",
+        g.seed,
+        "an integer, or null (sampling draws one)",
+    )
 
     _check(
         isinstance(m.model, str) and m.model.strip() != "",

@@ -29,7 +29,7 @@ Status = Callable[[str], None]
 
 
 def llm_tflops(n_layers: int, n_tokens: int, hidden: int, ffn: int, n_generated: int = 0) -> float:
-    """The paper's LLM FLOPs model (SCC.md), in TFLOPs; ``n_generated=0`` gives the prefill alone.
+    """The LLaVA-Scissor paper's LLM FLOPs estimate, in TFLOPs; ``n_generated=0`` gives the prefill alone.
 
     T·(4kd² + 2k²d + 2kdc) + T·R·((4d² + 2dc) + 2(dk + d(R+1)/2))
     """
@@ -122,11 +122,22 @@ class Answer:
 
 
 def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
-    """Fill the 'auto' compression values: the checkpoint's own mm_zip_tau/epsilon, else the paper's."""
-    c = profile.compression
-    tau = c.tau if c.tau is not None else (getattr(vlm, "default_tau", None) or PAPER_TAU)
-    epsilon = c.epsilon if c.epsilon is not None else (getattr(vlm, "default_epsilon", None) or PAPER_EPSILON)
-    return replace(profile, compression=replace(c, tau=tau, epsilon=epsilon))
+    """Fill the 'auto' values, so the returned profile says exactly what ran and can run it again.
+
+    tau/epsilon: the checkpoint's own mm_zip_tau/epsilon (``vlm`` None: no checkpoint), else the paper's.
+    Sampling (temperature > 0) without a seed: a seed is drawn and used where ``--seed`` would be (generation and
+    SCC's sampled regime), so passing the recorded ``generation.seed`` back as ``--seed`` reproduces the answer.
+    """
+    c, g = profile.compression, profile.generation
+    checkpoint_tau = vlm.default_tau if vlm is not None else None
+    checkpoint_epsilon = vlm.default_epsilon if vlm is not None else None
+    tau = next(v for v in (c.tau, checkpoint_tau, PAPER_TAU) if v is not None)  # 0.0 is a threshold, not "unset"
+    epsilon = next(v for v in (c.epsilon, checkpoint_epsilon, PAPER_EPSILON) if v is not None)
+    compression = replace(c, tau=tau, epsilon=epsilon)
+    drawn = g.with_drawn_seed()
+    if drawn.seed != g.seed:
+        compression = replace(compression, seed=drawn.seed)
+    return replace(profile, compression=compression, generation=drawn)
 
 
 def model_fingerprint(vlm: VisionLanguageModel) -> str:
@@ -163,21 +174,24 @@ def encode_video(
 ) -> EncodedVideo:
     """Probe, plan frames, then features from the cache or from decoding + the vision tower.
 
-    ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off.
-    ``info``: the video's ``probe()`` when the caller already has it.
+    ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off. URLs are never
+    cached. ``info``: the video's ``probe()`` (or ``opened()``) when the caller already has it; ``video`` then only
+    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded.
     """
     from scissor_cli import video as video_io
 
     s = profile.sampling
     info = info if info is not None else video_io.probe(video)
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
-    if cache is None and profile.model.cache:
+    if video_io.is_url(info.path):
+        cache = None  # a URL's content can change, and hashing it would mean downloading it all
+    elif cache is None and profile.model.cache:
         from scissor_cli.cache import FeatureCache
 
         cache = FeatureCache()
     key = None
-    if cache is not None:
-        key = cache.key(video, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
+    if cache is not None:  # info.path: the file itself (for stdin, its spooled copy: same bytes, same key)
+        key = cache.key(info.path, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
         cached = cache.get(key)
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
@@ -254,8 +268,8 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
         out.n_output,
         out.retention,
         out.tau,
-        getattr(out, "tau_temporal", c.tau_temporal or out.tau),
-        c.epsilon,
+        out.tau_temporal,
+        out.epsilon,
         list(out.spatial_per_frame),
         out.assignment,
         compression_s,
@@ -317,7 +331,15 @@ def answer(
     on_status: Status | None = None,
     info: VideoInfo | None = None,
 ) -> list[Answer]:
-    """Answer one or more questions about one video; the video is decoded, encoded and compressed once."""
+    """Answer one or more questions about one video; the video is decoded, encoded and compressed once.
+
+    ``video``: a file, an http(s) URL or ``-`` (stdin). ``profile.generation.seed`` of the answers is the seed used
+    (drawn when sampling without one)."""
+    if info is None:
+        from scissor_cli import video as video_io
+
+        with video_io.opened(video) as info:
+            return answer(vlm, video, questions, profile, on_status=on_status, info=info)
     questions = [questions] if isinstance(questions, str) else list(questions)
     profile = resolve_profile(vlm, profile)
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
@@ -333,6 +355,7 @@ def answer(
 class Inspection:
     """What ``scissor inspect`` reports: the video, the frame plan and (with a model) what SCC does to it."""
 
+    video: str  # as given (a path, a URL, or - for stdin)
     info: VideoInfo
     indices: tuple[int, ...]
     timestamps: tuple[float, ...]
@@ -347,7 +370,7 @@ class Inspection:
     def to_dict(self) -> dict[str, Any]:
         info = self.info
         out: dict[str, Any] = {
-            "video": info.path,
+            "video": self.video,
             "info": {
                 "duration_s": info.duration,
                 "fps": info.fps,
@@ -404,12 +427,14 @@ def inspect_video(
     """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional tau sweep."""
     from scissor_cli import video as video_io
 
+    if info is None:
+        with video_io.opened(video) as info:
+            return inspect_video(vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info)
     profile = resolve_profile(vlm, profile)
     s = profile.sampling
-    info = info if info is not None else video_io.probe(video)
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
-        return Inspection(info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
+        return Inspection(str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
     sweep = None
@@ -436,6 +461,7 @@ def inspect_video(
         "after": _sig(llm_tflops(vlm.n_layers, compressed.n_final, vlm.hidden_size, vlm.ffn_size)),
     }
     return Inspection(
+        str(video),
         encoded.info,
         encoded.indices,
         encoded.timestamps,

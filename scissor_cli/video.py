@@ -1,5 +1,9 @@
 """Video input: any path -> ``probe`` -> ``plan_frames`` -> ``sample_frames`` -> uint8 RGB frames, or one VideoError.
 
+Besides files: an ``http(s)://`` URL is read by ffprobe/ffmpeg directly (they stream it; decord cannot), and ``-``
+is a video on stdin, which ``opened`` spools to a temporary file that lives for one ``with`` block (ffprobe and
+the decoders need to seek, and stdin can be read only once).
+
 Backends, and why each is used when:
 
 - **ffprobe** always probes first. It reads every container ffmpeg knows, reports rotation (display matrix), and
@@ -21,15 +25,19 @@ decord and ffmpeg are imported inside functions: ``scissor --help`` imports this
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -68,11 +76,15 @@ INSTALL_HINT = (
 )
 _DECORD_CHUNK = 1  # frames per decord get_batch call; measured: 1 gives the lowest peak RSS and is no slower
 _HEAD_BYTES = 4096  # read to check the file is readable and to recognise text files
+STDIN = "-"  # the video argument that means "read the video from stdin"
+STDIN_NAME = "stdin"  # how messages name it
+URL_SCHEMES = ("http://", "https://")
+_URL_RW_TIMEOUT_US = 20_000_000  # ffmpeg gives up on a server silent this long (its own, clearer, error)
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    path: str  # absolute path
+    path: str  # absolute path, or the URL as given
     duration: float  # seconds; 0.0 for a still image
     fps: float  # average frame rate; 0.0 for a still image
     n_frames: int  # frames the decoders can address (1 for a still image)
@@ -106,16 +118,74 @@ class Clip:
 # ---------------------------------------------------------------------------------------------------- probe
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """An http(s) address (read through ffmpeg), not a file path."""
+    return isinstance(path, str) and path[:8].lower().startswith(URL_SCHEMES)
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read a file's video properties with ffprobe; raise VideoError naming what is wrong with a bad file."""
-    shown = str(path)
-    abs_path, head = _check_file(path)
+    """Read a file's or URL's video properties with ffprobe; raise VideoError naming what is wrong with a bad file.
+
+    ``-`` (stdin) is read through ``opened``, which keeps the spooled copy for the block that uses it."""
+    if str(path) == STDIN:
+        raise VideoError(
+            "- (a video on stdin) must be opened with scissor_cli.video.opened()",
+            hint="use `with opened('-') as info:`; it spools stdin to a temporary file for the block",
+        )
+    return _probe(path, str(path))
+
+
+@contextlib.contextmanager
+def opened(video: str | os.PathLike, stdin: BinaryIO | None = None) -> Iterator[VideoInfo]:
+    """``probe(video)`` for a file or URL; for ``-``, the video on ``stdin`` (default ``sys.stdin``) is first copied
+    to a temporary file, removed when the block ends (also on an error or Ctrl-C). Use ``info.path`` to decode."""
+    if str(video) != STDIN:
+        yield probe(video)
+        return
+    path = _spool(stdin if stdin is not None else sys.stdin.buffer)
+    try:
+        yield _probe(path, STDIN_NAME)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _spool(stream: BinaryIO) -> str:
+    """Copy ``stream`` to a new temporary file and return its path; the file is gone if this fails."""
+    if stream.isatty():
+        raise VideoError(
+            "- means a video on stdin, but stdin is a terminal",
+            hint='pipe a video in, e.g. cat clip.mp4 | scissor ask - "What is happening?"',
+        )
+    fd, path = tempfile.mkstemp(prefix="scissor-stdin-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            shutil.copyfileobj(stream, f, 1 << 20)
+            n_bytes = f.tell()
+        if n_bytes == 0:
+            raise VideoError(
+                "stdin is empty: no video was piped in",
+                hint='pipe a video in, e.g. cat clip.mp4 | scissor ask - "What is happening?"',
+            )
+    except BaseException:  # also Ctrl-C while copying: no temporary file is left behind
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return path
+
+
+def _probe(path: str | os.PathLike, shown: str) -> VideoInfo:
+    url = is_url(path)
+    if url:
+        abs_path, head = str(path), b""
+    else:
+        abs_path, head = _check_file(path, shown)
     data = _ffprobe(abs_path, shown, head)
     fmt = data.get("format") or {}
     streams = data.get("streams") or []
     format_name = str(fmt.get("format_name", ""))
     if format_name == "tty" or (not streams and _looks_like_text(head)):
-        raise _text_file_error(shown)
+        raise _text_file_error(shown, url)
     videos = [
         s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
     ]
@@ -147,7 +217,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
     fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
     duration = _float(stream.get("duration")) or _float(fmt.get("duration"))
-    n_frames = _int(stream.get("nb_frames")) or _count_packets(abs_path, shown)
+    n_frames = _int(stream.get("nb_frames"))
+    if n_frames <= 0 and url and duration > 0 and fps > 0:
+        n_frames = int(round(duration * fps))  # counting packets would download the whole video
+    if n_frames <= 0:
+        n_frames = _count_packets(abs_path, shown)
     if n_frames <= 0 and duration > 0 and fps > 0:
         n_frames = int(round(duration * fps))
     if n_frames <= 0:
@@ -162,18 +236,17 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
     # decord 0.6 rotates by itself; its output shape only tells us so for non-square 90/270 (see module docstring).
     ambiguous_rotation = rotation == 180 or (rotation in (90, 270) and width == height)
-    backend = "ffmpeg" if format_name == "gif" or ambiguous_rotation else "decord"
+    backend = "ffmpeg" if url or format_name == "gif" or ambiguous_rotation else "decord"
     return VideoInfo(
         abs_path, float(duration), float(fps), int(n_frames), width, height, rotation, codec, backend, False
     )
 
 
-def _check_file(path: str | os.PathLike) -> tuple[str, bytes]:
+def _check_file(path: str | os.PathLike, shown: str) -> tuple[str, bytes]:
     """The cheap checks ffprobe would report badly: missing, directory, unreadable, empty. Returns the head bytes."""
-    shown = str(path)
-    if not shown:
+    if not str(path):
         raise VideoError("no video path given", hint="give the path of a video file")
-    abs_path = os.path.abspath(os.path.expanduser(shown))
+    abs_path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.exists(abs_path):
         raise VideoError(
             f"{shown}: no such file",
@@ -203,10 +276,12 @@ def _check_file(path: str | os.PathLike) -> tuple[str, bytes]:
 
 
 def _ffprobe(abs_path: str, shown: str, head: bytes) -> dict:
-    args = [_binary("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", abs_path]
+    args = [_binary("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", *_input(abs_path)]
     proc = _run(args, shown, PROBE_TIMEOUT_S, what="ffprobe")
     stderr = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
+        if is_url(abs_path):
+            raise _classify_url_failure(shown, stderr)
         raise _classify_probe_failure(shown, head, stderr)
     try:
         return json.loads(proc.stdout.decode("utf-8", "replace") or "{}")
@@ -244,7 +319,53 @@ def _classify_probe_failure(shown: str, head: bytes, stderr: str) -> VideoError:
     )
 
 
-def _text_file_error(shown: str) -> VideoError:
+def _classify_url_failure(shown: str, stderr: str) -> VideoError:
+    """One line for what went wrong fetching a URL: unreachable, an HTTP error, not a video, no TLS."""
+    low = stderr.lower()
+    fetch_hint = "or download the video (e.g. curl -LO URL) and give the file"
+    reachable = {
+        "failed to resolve hostname": "its host name was not found",
+        "connection refused": "the connection was refused",
+        "timed out": "the connection timed out",
+        "network is unreachable": "the network is unreachable",
+        "no route to host": "there is no route to the host",
+    }
+    for needle, why in reachable.items():
+        if needle in low:
+            hint = f"check the address and the network, {fetch_hint}"
+            return VideoError(f"{shown} cannot be reached: {why}", hint=hint)
+    status = re.search(r"server returned (\d{3}[^\n]*)", stderr, re.IGNORECASE)
+    if status:
+        code = status.group(1).strip()
+        if code.startswith(("401", "403")):
+            hint = f"the server refused access: {fetch_hint} yourself"
+        elif code.startswith("404"):
+            hint = "check the address: it must point at the video file itself"
+        else:
+            hint = f"try again later, {fetch_hint}"
+        return VideoError(f"{shown}: the server answered {code}", hint=hint)
+    if "protocol not found" in low:
+        return VideoError(
+            f"{shown}: this ffmpeg cannot open {shown.split(':', 1)[0]} addresses (built without that protocol)",
+            hint=f"install an ffmpeg built with TLS (your package manager's usually is), {fetch_hint}",
+        )
+    if "tls" in low or "ssl" in low:
+        return VideoError(f"{shown}: the secure (https) connection failed", hint=f"check the address, {fetch_hint}")
+    if "invalid data found" in low:
+        return VideoError(
+            f"{shown} is not a video or image that ffmpeg recognises",
+            hint="the address must point at the video file itself, not a web page that plays it",
+        )
+    detail = _last_line(stderr).removeprefix(shown + ": ") or "ffprobe failed"
+    return VideoError(f"{shown} cannot be read as a video: {detail}", hint=f"check the address, {fetch_hint}")
+
+
+def _text_file_error(shown: str, url: bool = False) -> VideoError:
+    if url:
+        return VideoError(
+            f"{shown} is a text or web page, not a video",
+            hint="the address must point at the video file itself, not a web page that plays it",
+        )
     return VideoError(
         f"{shown} is a text file, not a video",
         hint="did you pass a manifest, subtitle or list file? give the video itself (manifests go to `scissor batch`)",
@@ -286,7 +407,7 @@ def _rotation(stream: dict) -> int:
 def _count_packets(abs_path: str, shown: str) -> int:
     """Frame count for containers that do not store one (mkv, webm): demux the video packets, no decoding."""
     args = [_binary("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets"]
-    args += ["-show_entries", "stream=nb_read_packets", "-of", "json", abs_path]
+    args += ["-show_entries", "stream=nb_read_packets", "-of", "json", *_input(abs_path)]
     proc = _run(args, shown, PROBE_TIMEOUT_S, what="ffprobe")
     try:
         streams = json.loads(proc.stdout.decode("utf-8", "replace") or "{}").get("streams") or [{}]
@@ -395,11 +516,14 @@ def sample_frames(
     end: float | None = None,
     info: VideoInfo | None = None,
 ) -> Clip:
-    """Decode the frames ``plan_frames`` picks. decord first, ffmpeg when decord cannot open or decode the file."""
+    """Decode the frames ``plan_frames`` picks. decord first, ffmpeg when decord cannot open or decode the file.
+
+    ``info.path`` is what is decoded (for ``-``, the spooled copy from ``opened``); ``path`` is how messages name it.
+    """
     if info is None:
         info = probe(path)
     plan = plan_frames(info, n_frames=n_frames, fps=fps, start=start, end=end)
-    shown = str(path)
+    shown = STDIN_NAME if str(path) == STDIN else str(path)
 
     frames = None
     backend = info.backend
@@ -442,7 +566,7 @@ def _decode_decord(info: VideoInfo, indices: tuple[int, ...]) -> np.ndarray | No
                 frames = np.empty((len(indices), *batch.shape[1:]), dtype=np.uint8)
             frames[at : at + len(batch)] = batch
         del reader
-    except Exception:  # decord raises DECORDError/RuntimeError with C++ traces; ffmpeg gets a second try
+    except (decord.DECORDError, RuntimeError):  # decord's errors on files it cannot read: ffmpeg gets a second try
         return None
     return frames
 
@@ -466,7 +590,7 @@ def _decode_ffmpeg(info: VideoInfo, indices: tuple[int, ...], shown: str) -> np.
 
     ffmpeg_bin = _binary("ffmpeg")
     width, height = info.width, info.height
-    stream = ffmpeg.input(info.path)
+    stream = ffmpeg.input(info.path, **({"rw_timeout": _URL_RW_TIMEOUT_US} if is_url(info.path) else {}))
     if not info.is_image:
         # frame numbers n count decoded frames in presentation order, as decord's indices do
         stream = stream.filter("select", "+".join(f"eq(n,{i})" for i in indices))
@@ -542,14 +666,21 @@ def _binary(name: str) -> str:
     return found
 
 
+def _input(path: str) -> list[str]:
+    """ffprobe's input arguments: a URL gets a read timeout, so a silent server is an error, not a hang."""
+    return ["-rw_timeout", str(_URL_RW_TIMEOUT_US), path] if is_url(path) else [path]
+
+
 def _run(args: list[str], shown: str, timeout: float, what: str) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
-        raise VideoError(
-            f"{shown}: {what} did not answer within {timeout:.0f} s",
-            hint="the file may be on a slow or stalled disk or network mount; copy it locally and retry",
-        ) from e
+        where = (
+            "the server may be slow or stalled; download the video and give the file"
+            if is_url(shown)
+            else "the file may be on a slow or stalled disk or network mount; copy it locally and retry"
+        )
+        raise VideoError(f"{shown}: {what} did not answer within {timeout:.0f} s", hint=where) from e
     except OSError as e:
         raise VideoError(f"{what} could not be started: {e}", hint=INSTALL_HINT) from e
 

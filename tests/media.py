@@ -68,6 +68,7 @@ class Media:
     index_mkv: Path  # h264 in matroska (no frame count in the header)
     index_gif: Path  # animated GIF (decord cannot open it)
     index_yuv444: Path  # h264 High 4:4:4 (odd pixel format)
+    index_faststart: Path  # the mp4 with its index (moov) first, as files served for streaming are
     rot90: Path  # stored sideways (clockwise), displaymatrix rotation 90 -> upright 96x64
     rot90_small: Path  # same at 48x32 upright (decord 0.6 fails on its row size -> ffmpeg)
     rot180: Path  # stored upside down, rotation 180
@@ -150,9 +151,9 @@ def make_media(directory: str | os.PathLike) -> Media:
     data = index_mp4.read_bytes()
     truncated = d / "truncated.mp4"
     truncated.write_bytes(data[: len(data) // 2])
-    faststart = d / "faststart.mp4"
-    _ffmpeg("-i", str(index_mp4), "-c", "copy", "-movflags", "+faststart", str(faststart))
-    fs = faststart.read_bytes()
+    index_faststart = d / "faststart.mp4"
+    _ffmpeg("-i", str(index_mp4), "-c", "copy", "-movflags", "+faststart", str(index_faststart))
+    fs = index_faststart.read_bytes()
     moov_end = fs.index(b"mdat") + 4  # keep the header and index, drop every frame's data
     truncated_faststart = d / "truncated_faststart.mp4"
     truncated_faststart.write_bytes(fs[:moov_end] + b"\x00" * 64)

@@ -54,6 +54,15 @@ def test_corrupt_entry_is_a_miss_and_removed(tmp_path):
     assert not path.exists(), "a corrupt entry must be deleted"
 
 
+def test_entry_without_features_is_a_miss_and_removed(tmp_path):
+    from safetensors.torch import save_file
+
+    cache = FeatureCache(tmp_path)
+    path = tmp_path / ("ce" * 32 + ".safetensors")
+    save_file({"something_else": torch.ones(2)}, str(path))
+    assert cache.get("ce" * 32) is None and not path.exists()
+
+
 def test_lru_eviction_by_mtime(tmp_path):
     one = torch.zeros(256)  # 1 KiB + header per entry
     cache = FeatureCache(tmp_path, max_bytes=3 * 1200)
@@ -97,3 +106,18 @@ def test_clear(tmp_path):
     cache.put("01" * 32, torch.ones(2))
     cache.put("02" * 32, torch.ones(2))
     assert cache.clear() == 2 and cache.entries() == []
+
+
+def test_a_bug_while_reading_is_not_taken_for_a_corrupt_entry(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    cache = FeatureCache(tmp_path)
+    cache.put("0f" * 32, torch.ones(3))
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug, not a bad file")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", broken)
+    with pytest.raises(ZeroDivisionError):
+        cache.get("0f" * 32)
+    assert (tmp_path / ("0f" * 32 + ".safetensors")).exists(), "a good entry must not be deleted on a bug"

@@ -1,5 +1,5 @@
 """model.py on tiny random checkpoints (both layouts): our encode/splice/generate path is transformers' own path,
-loading is strict, the cache skips the vision tower, batching changes nothing."""
+loading is strict, sampling samples (seeded), batching changes nothing."""
 
 import json
 import shutil
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_checkpoint import build_tiny_checkpoint
 
-from scissor_cli.cache import FeatureCache
-from scissor_cli.errors import ModelError
+from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.model import GenerationOutput, detect_layout, load_model, preprocess_frames
 from scissor_cli.options import GenerationOptions, ModelOptions
 
@@ -188,6 +188,22 @@ def test_offline_missing_model_names_it(monkeypatch, tmp_path):
     assert f"hf download {name}" in e.value.hint and "local directory" in e.value.hint
 
 
+def test_hub_hints_carry_the_revision(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelError) as e:
+        load_model(ModelOptions(model="some-org/some-model", revision="v1.2"))
+    assert "some-org/some-model@v1.2" in e.value.message
+    assert "hf download some-org/some-model --revision v1.2" in e.value.hint
+
+
+def test_revision_with_a_local_folder_is_refused(tiny_hf_dir):
+    with pytest.raises(OptionError) as e:
+        load_model(ModelOptions(model=str(tiny_hf_dir), revision="main"))
+    assert e.value.message == f"--revision applies to hub ids; {tiny_hf_dir} is a local folder"
+    assert e.value.exit_code == 2 and "drop --revision" in e.value.hint
+
+
 def test_offline_option_without_env(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -214,32 +230,6 @@ def test_unsupported_config():
     assert detect_layout({"model_type": "llava", "architectures": ["LlavaQwenForCausalLM"], "mm_vision_tower": "x"})
 
 
-def test_cache_hit_skips_vision_tower(hf_vlm, frames, tmp_path):
-    calls = []
-    hook = hf_vlm.hf_model.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
-    try:
-        video_file = tmp_path / "clip.bin"
-        video_file.write_bytes(frames.tobytes())
-        cache = FeatureCache(tmp_path / "features")
-        key = cache.key(video_file, range(4), hf_vlm.name, hf_vlm.revision, hf_vlm.dtype)
-
-        def features():
-            cached = cache.get(key, device=hf_vlm.device)
-            if cached is None:
-                cached = hf_vlm.encode(frames)
-                cache.put(key, cached)
-            return cached
-
-        first = hf_vlm.generate([(features(), QUESTION)], GREEDY)
-        n_calls = len(calls)
-        assert n_calls >= 1
-        second = hf_vlm.generate([(features(), QUESTION)], GREEDY)
-        assert len(calls) == n_calls, "a cache hit must not run the vision tower"
-        assert second.token_ids == first.token_ids and second.texts == first.texts
-    finally:
-        hook.remove()
-
-
 def test_batched_generate_equals_unbatched(hf_vlm, next_vlm, frames):
     for vlm in (hf_vlm, next_vlm):
         video = vlm.encode(frames).flatten(0, 1)
@@ -247,8 +237,11 @@ def test_batched_generate_equals_unbatched(hf_vlm, next_vlm, frames):
         batched = vlm.generate(requests, GREEDY)
         single = [vlm.generate([r], GREEDY) for r in requests]
         assert batched.token_ids == [s.token_ids[0] for s in single], f"{vlm.layout}: batching changed the answer"
-        assert batched.n_prompt_tokens == [s.n_prompt_tokens[0] for s in single]
-        assert len(set(batched.n_prompt_tokens)) == 3, "rows must have different lengths (left padding exercised)"
+        expected = []  # each row's own length: text around its video + its K video tokens (+ newline)
+        for tokens, question in requests:
+            before, after = vlm.prompt_ids(question)
+            expected.append(len(before) + tokens.shape[0] + int(vlm.newline) + len(after))
+        assert batched.n_prompt_tokens == expected, "n_prompt_tokens must count each row without its padding"
 
 
 def test_several_questions_one_encode(hf_vlm, frames):
@@ -265,12 +258,28 @@ def test_several_questions_one_encode(hf_vlm, frames):
     assert out.token_ids[2] == alone.token_ids[0]
 
 
-def test_sampling_is_seeded(hf_vlm, frames):
+def test_sampling_samples_and_is_seeded(hf_vlm, frames):
     video = hf_vlm.encode(frames)
-    opts = GenerationOptions(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
-    a = hf_vlm.generate([(video, QUESTION)], opts)
-    b = hf_vlm.generate([(video, QUESTION)], opts)
-    assert a.token_ids == b.token_ids
+    greedy = hf_vlm.generate([(video, QUESTION)], GenerationOptions(max_new_tokens=8, temperature=0.0, seed=3))
+    runs = {}
+    for seed in range(6):
+        opts = GenerationOptions(max_new_tokens=8, temperature=1.5, top_p=1.0, seed=seed)
+        runs[seed] = hf_vlm.generate([(video, QUESTION)], opts).token_ids[0]
+        again = hf_vlm.generate([(video, QUESTION)], opts).token_ids[0]
+        assert again == runs[seed], f"seed {seed}: the same seed must give the same answer"
+    distinct = {tuple(t) for t in runs.values()}
+    assert len(distinct) >= 3, f"temperature 1.5 over 6 seeds gave {len(distinct)} distinct answers: not sampling"
+    assert any(t != greedy.token_ids[0] for t in runs.values()), "every sampled answer equals the greedy one"
+    # temperature 0 is greedy whatever the seed
+    other = hf_vlm.generate([(video, QUESTION)], GenerationOptions(max_new_tokens=8, temperature=0.0, seed=4))
+    assert other.token_ids == greedy.token_ids
+
+
+def test_sampling_without_a_seed_draws_one(hf_vlm, frames):
+    video = hf_vlm.encode(frames)
+    opts = GenerationOptions(max_new_tokens=8, temperature=1.5)
+    answers = {tuple(hf_vlm.generate([(video, QUESTION)], opts).token_ids[0]) for _ in range(4)}
+    assert len(answers) >= 2, "sampling without a seed must not repeat one fixed answer"
 
 
 def test_media_token_ids_never_generated(hf_vlm, frames):
@@ -278,6 +287,47 @@ def test_media_token_ids_never_generated(hf_vlm, frames):
     out = hf_vlm.generate([(video[:, ::2], q) for q in (QUESTION, "Describe.")], GenerationOptions(max_new_tokens=30))
     assert hf_vlm.suppress_ids == [3, 4]
     assert not any(t in hf_vlm.suppress_ids for row in out.token_ids for t in row)
+
+
+@pytest.mark.parametrize("layout", ["llava-hf", "llava-next"])
+def test_truncated_weights_are_a_model_error(tiny_hf_dir, tiny_next_dir, tmp_path, layout):
+    d = _copy(tiny_hf_dir if layout == "llava-hf" else tiny_next_dir, tmp_path / "cut")
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError) as e:
+        load_model(ModelOptions(model=str(d)))
+    assert str(d) in e.value.message and "re-download" in e.value.hint
+
+
+def test_unparsable_tokenizer_is_a_model_error(tiny_hf_dir, tmp_path):
+    d = _copy(tiny_hf_dir, tmp_path / "bad-tokenizer")
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["model"] = {"type": "NoSuchModel"}  # the tokenizers library raises a plain Exception for this
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ModelError, match="cannot load its tokenizer"):
+        load_model(ModelOptions(model=str(d)))
+
+
+def test_a_bug_in_the_chat_template_path_is_not_hidden(tiny_hf_dir, monkeypatch):
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir)))
+
+    real = vlm.tokenizer.apply_chat_template
+
+    def broken(conversation, **kwargs):  # fails on the structured user turn only, like a bug in that path
+        if isinstance(conversation[0]["content"], list):
+            raise ZeroDivisionError("a bug, not a string-only template")
+        return real(conversation, **kwargs)
+
+    monkeypatch.setattr(vlm.tokenizer, "apply_chat_template", broken)
+    with pytest.raises(ZeroDivisionError):
+        vlm.prompt_ids("A question never asked before?")
+
+
+@pytest.mark.parametrize(("key", "value"), [("tau", 1.5), ("epsilon", 0.0)])
+def test_out_of_range_checkpoint_scc_settings_are_refused(tmp_path, key, value):
+    d = build_tiny_checkpoint(tmp_path / "zip", layout="llava-next", **{f"zip_{key}": value})
+    with pytest.raises(ModelError, match=f"mm_zip_{key} = {value}"):
+        load_model(ModelOptions(model=str(d)))
 
 
 def test_processor_config_is_read(tiny_hf_dir, tmp_path):

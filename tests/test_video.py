@@ -4,11 +4,20 @@ VideoError per kind of bad file. Media are generated once per session by tests/m
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.server
 import importlib.util
+import io
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -282,6 +291,9 @@ def test_file_ending_early_returns_the_decodable_frames_and_says_so(media, backe
 def _fake_decord(n_frames: int, frame_fn=None, fail_batch: bool = False) -> types.ModuleType:
     """A stand-in decord: ``frame_fn(i) -> [H, W, 3]``; no ``logging`` attribute, like some builds."""
 
+    class DECORDError(Exception):
+        pass
+
     class Array:
         def __init__(self, a):
             self._a = a
@@ -298,10 +310,11 @@ def _fake_decord(n_frames: int, frame_fn=None, fail_batch: bool = False) -> type
 
         def get_batch(self, indices):
             if fail_batch:
-                raise RuntimeError("[12:00:00] src/video/video_reader.cc: Check failed: ...")
+                raise DECORDError("[12:00:00] src/video/video_reader.cc: Check failed: ...")
             return Array(np.stack([frame_fn(i) for i in indices]))
 
     module = types.ModuleType("decord")
+    module.DECORDError = DECORDError
     module.VideoReader = VideoReader
     module.cpu = lambda i=0: None
     return module
@@ -334,6 +347,15 @@ def test_decord_failures_fall_back_to_ffmpeg(media, monkeypatch):
     clip = video.sample_frames(media.index_mp4, n_frames=8)
     assert clip.backend == "ffmpeg"
     _assert_content(clip)
+
+
+def test_a_bug_in_the_decord_path_is_not_hidden_by_the_fallback(media, monkeypatch):
+    def broken(i):
+        raise ZeroDivisionError("a bug, not a file decord cannot read")
+
+    monkeypatch.setitem(sys.modules, "decord", _fake_decord(N_INDEX_FRAMES, broken))
+    with pytest.raises(ZeroDivisionError):
+        video.sample_frames(media.index_mp4, n_frames=8)
 
 
 # ------------------------------------------------------------------------------------------------- real clips
@@ -461,3 +483,160 @@ def test_terminal_stays_clean(media, capfd):
             video.sample_frames(getattr(media, name))
     out, err = capfd.readouterr()
     assert out == "" and err == "", f"decoders wrote to the terminal: {(out + err)[:500]!r}"
+
+
+# ------------------------------------------------------------------------------------------------ URLs and stdin
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The media folder served on 127.0.0.1 by Python's http.server; yields ``url(name)``."""
+    media = make_media(tmp_path_factory.mktemp("served"))
+    handler = functools.partial(_QuietHandler, directory=str(media.index_mp4.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    try:
+        yield lambda name: f"http://127.0.0.1:{port}/{name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.mark.parametrize("name", ["faststart.mp4", "index.mkv"])
+def test_url_is_streamed_through_ffmpeg(served, name):
+    url = served(name)
+    info = video.probe(url)
+    assert (info.path, info.backend, info.n_frames, info.width) == (url, "ffmpeg", N_INDEX_FRAMES, WIDTH)
+    clip = video.sample_frames(url, n_frames=8, info=info)
+    assert clip.backend == "ffmpeg" and clip.indices == tuple(np.linspace(0, N_INDEX_FRAMES - 1, 8, dtype=int))
+    _assert_content(clip)
+
+
+def test_unreachable_url_is_one_clear_error(served):
+    url = f"http://127.0.0.1:{_closed_port()}/clip.mp4"
+    with pytest.raises(VideoError) as e:
+        video.probe(url)
+    assert e.value.message == f"{url} cannot be reached: the connection was refused"
+    assert "no such file" not in e.value.message and "download" in e.value.hint
+    with pytest.raises(VideoError) as e:
+        video.probe(served("missing.mp4"))
+    assert e.value.message.endswith("the server answered 404 Not Found"), e.value.message
+    with pytest.raises(VideoError, match="not a video or image that ffmpeg recognises"):
+        video.probe(served("notes.mp4"))
+
+
+def _spool_dir(tmp_path, monkeypatch) -> Path:
+    where = tmp_path / "spool"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+def test_stdin_is_spooled_for_the_block_and_removed(media, tmp_path, monkeypatch):
+    where = _spool_dir(tmp_path, monkeypatch)
+    with open(media.index_mp4, "rb") as stdin, video.opened("-", stdin=stdin) as info:
+        spooled = Path(info.path)
+        assert spooled.parent == where and spooled.read_bytes() == media.index_mp4.read_bytes()
+        assert info.n_frames == N_INDEX_FRAMES
+        clip = video.sample_frames("-", n_frames=8, info=info)
+        _assert_content(clip)
+    assert list(where.iterdir()) == [], "the spooled copy must be removed after the block"
+    with pytest.raises(RuntimeError, match="boom"):  # removed when the block fails, too
+        with open(media.index_mp4, "rb") as stdin, video.opened("-", stdin=stdin):
+            raise RuntimeError("boom")
+    assert list(where.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"", "stdin is empty: no video was piped in"), (b"a manifest, not a video\n", "stdin is a text file")],
+)
+def test_bad_stdin_is_named_stdin_and_leaves_nothing(tmp_path, monkeypatch, content, words):
+    where = _spool_dir(tmp_path, monkeypatch)
+    with pytest.raises(VideoError) as e, video.opened("-", stdin=io.BytesIO(content)):
+        pass
+    assert e.value.message.startswith(words) and e.value.hint
+    assert list(where.iterdir()) == []
+
+
+def test_stdin_on_a_terminal_is_refused():
+    class Terminal(io.BytesIO):
+        def isatty(self):
+            return True
+
+    with pytest.raises(VideoError, match="stdin is a terminal") as e, video.opened("-", stdin=Terminal()):
+        pass
+    assert "cat clip.mp4 | scissor ask -" in e.value.hint
+    with pytest.raises(VideoError, match="opened"):  # probe alone cannot keep the copy alive
+        video.probe("-")
+
+
+def _scissor(*args, tmp_path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO), "SCISSOR_CACHE_DIR": str(tmp_path / "c")}
+    return subprocess.run([sys.executable, "-m", "scissor_cli", *args], env=env, timeout=120, **kw)
+
+
+def test_cli_reads_stdin_and_urls(media, served, tmp_path):
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    with open(media.index_mp4, "rb") as stdin:
+        out = _scissor("inspect", "-", "--video-only", "--json", tmp_path=spool, stdin=stdin, capture_output=True)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["video"], data["info"]["n_frames"], data["frames"]) == ("-", N_INDEX_FRAMES, 32)
+    assert list(spool.iterdir()) == [], "the spooled stdin must be removed"
+    url = served("faststart.mp4")
+    out = _scissor("inspect", url, "--video-only", "--json", tmp_path=spool, capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["video"] == url
+    bad = f"http://127.0.0.1:{_closed_port()}/x.mp4"
+    out = _scissor("inspect", bad, "--video-only", tmp_path=spool, capture_output=True, text=True)
+    assert out.returncode == VideoError.exit_code and "cannot be reached" in out.stderr
+    assert "no such file" not in out.stderr and "Traceback" not in out.stderr
+    with open(media.text, "rb") as stdin:
+        out = _scissor("inspect", "-", "--video-only", tmp_path=spool, stdin=stdin, capture_output=True, text=True)
+    assert out.returncode == VideoError.exit_code and "stdin is a text file" in out.stderr
+    assert list(spool.iterdir()) == [], "the spooled stdin must be removed after an error too"
+
+
+def test_ctrl_c_while_reading_stdin_removes_the_spool(media, tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "scissor_cli", "inspect", "-", "--video-only"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(media.index_mp4.read_bytes()[:1000])  # part of a video; the writer is still "busy"
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("scissor-stdin-*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob("scissor-stdin-*")), "the spool file never appeared"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert list(tmp_path.glob("scissor-stdin-*")) == [], "Ctrl-C must not leave the spooled copy behind"
+
+
+@pytest.mark.parametrize("command", ["ask", "inspect"])
+def test_help_states_urls_and_stdin(command):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    out = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"}).output
+    text = " ".join(out.split())
+    assert "http(s):// URL" in text and "- to read the video from stdin" in text, text
