@@ -344,7 +344,7 @@ def test_console_script_and_module_entry_points(clip):
 def test_cache_info_and_clear(tiny_hf_dir, clip):
     assert "0 encodings" in run("cache", "info").stdout
     run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "1")
-    assert "1 encodings" in run("cache", "info").stdout
+    assert "1 encoding," in run("cache", "info").stdout
     assert "removed 1" in run("cache", "clear").stdout
     assert "0 encodings" in run("cache", "info").stdout
     one_line_error(run("cache", "info", env={"SCISSOR_CACHE_MAX_GB": "lots"}), OptionError.exit_code, "GiB")
