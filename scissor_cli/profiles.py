@@ -150,6 +150,8 @@ def _coerce(path: Path, key: str, value: Any, annotation: str) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         if optional:
             return None
+        if base == "str" and value is not None:  # device and dtype: "auto" is one of their own values
+            return "auto"
         raise ProfileError(f"{path}: {key} cannot be {value!r}", hint=f"{key} needs a {base} value")
     ok = {
         "bool": isinstance(value, bool),

@@ -136,6 +136,14 @@ def stages() -> Iterator[_Stages | _Silent]:
         yield _Stages(progress)
 
 
+def _print_table(table: Table) -> None:
+    """A table on stdout without the trailing spaces rich pads its rows with (they end up in files and diffs)."""
+    with out.capture() as captured:
+        out.print(table)
+    stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    stdout.flush()
+
+
 def write_json(obj: Any) -> None:
     stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     stdout.flush()
@@ -178,7 +186,7 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     a = items[0]
     table = Table(show_header=False, box=None, pad_edge=False, title=None)
     table.add_column(style="dim")
-    table.add_column()
+    table.add_column(overflow="fold")  # wrap long paths, never cut them
     table.add_row("video", escape(a.video))
     table.add_row("frames", f"{a.frames}" + (f"  ({escape(a.note)})" if a.note else ""))
     if show_timestamps:
@@ -204,7 +212,7 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     )
     table.add_row("model", f"{escape(a.model)} on {a.device} ({a.dtype})")
     table.add_row("profile", escape(str(a.profile.get("name", ""))))
-    out.print(table)
+    _print_table(table)
 
 
 # ---------------------------------------------------------------------------------------------------- inspect
@@ -214,7 +222,7 @@ def inspection(insp: Inspection, timings: dict[str, float] | None = None, show_p
     t = timings or {}
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="dim")
-    table.add_column()
+    table.add_column(overflow="fold")  # wrap long paths, never cut them
     table.add_row("video", escape(insp.video or i.path))
     kind = "still image" if i.is_image else f"{i.codec}, {i.fps:.3g} fps, {i.n_frames} frames, {i.duration:.2f} s"
     table.add_row(
@@ -247,14 +255,14 @@ def inspection(insp: Inspection, timings: dict[str, float] | None = None, show_p
         table.add_row("time", _time_line(t, f"{src}, compression {_fmt_s(c.compression_s)}"))
         if show_per_frame:
             table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
-    out.print(table)
+    _print_table(table)
     if insp.sweep and c is not None:
         sweep = Table(title="retention by tau (one encoding)", title_justify="left")
         for col in ("tau", "after spatial", "final", "retention"):
             sweep.add_column(col, justify="right")
         for tau, n_spatial, n_final in insp.sweep:
             sweep.add_row(f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}", f"{n_final / c.n_original * 100:.1f} %")
-        out.print(sweep)
+        _print_table(sweep)
 
 
 # ---------------------------------------------------------------------------------------------------- profiles
@@ -269,7 +277,7 @@ def profile_list(entries: Sequence[ProfileEntry], as_json: bool = False) -> None
     table.add_column("description")
     for e in entries:
         table.add_row(escape(e.name), e.source, escape(e.description))
-    out.print(table)
+    _print_table(table)
 
 
 def profile_detail(text: str) -> None:
@@ -387,7 +395,7 @@ def doctor(report: dict[str, Any], as_json: bool = False) -> None:
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="dim")
-    table.add_column()
+    table.add_column(overflow="fold")  # wrap long paths, never cut them
     for name, v in report["versions"].items():
         table.add_row(name, escape(v) if v else "[red]not installed[/]")
     cuda = report["cuda"]
@@ -410,4 +418,4 @@ def doctor(report: dict[str, Any], as_json: bool = False) -> None:
     cfg = report["config"]
     table.add_row("config", escape(cfg["path"]) if cfg["path"] else "none")
     table.add_row("default model", escape(report["default_model"]))
-    out.print(table)
+    _print_table(table)
