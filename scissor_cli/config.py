@@ -115,7 +115,7 @@ def _tool_version(tool: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     first = (out.stdout or "").splitlines()[:1]
-    return first[0].strip() if first else None
+    return first[0].split(" Copyright")[0].strip() if first else None
 
 
 def _dist_version(name: str) -> str | None:

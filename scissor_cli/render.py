@@ -207,9 +207,10 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
             t,
             f"{vision}, compression {_fmt_s(t['compression'])}, prefill {_fmt_s(t['prefill'])}, "
             f"generation {_fmt_s(t['generation'])}",
-        )
-        + ("  (questions batched: prefill/generation are the batch's)" if len(items) > 1 else ""),
+        ),
     )
+    if len(items) > 1:
+        table.add_row("", "(questions batched: prefill and generation are the batch's)")
     table.add_row("model", f"{escape(a.model)} on {a.device} ({a.dtype})")
     table.add_row("profile", escape(str(a.profile.get("name", ""))))
     _print_table(table)
@@ -411,7 +412,8 @@ def doctor(report: dict[str, Any], as_json: bool = False) -> None:
     fc = report["feature_cache"]
     table.add_row(
         "feature cache",
-        f"{escape(fc['path'])}: {fc['entries']} entries, {_size(fc['bytes'])} of {_size(fc['max_bytes'])}",
+        f"{escape(fc['path'])}: {fc['entries']} {'entry' if fc['entries'] == 1 else 'entries'}, "
+        f"{_size(fc['bytes'])} of {_size(fc['max_bytes'])}",
     )
     table.add_row("model cache", escape(report["hf_cache"]))
     table.add_row("offline", "yes (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)" if report["offline"] else "no")
