@@ -664,3 +664,29 @@ def test_viz_text_and_colours():
         assert (colour[a[differ]] != colour[b[differ]]).all(), "touching tokens never share a colour"
     colours = viz.palette(40)
     assert len({tuple(c) for c in colours.tolist()}) == 40, "the palette's colours are distinct"
+
+
+def test_main_reports_an_interrupt_that_escapes_the_commands(monkeypatch, capsys):
+    """A Ctrl-C outside a command body (while typer parses, say) reaches main() as typer's silent exit 130."""
+    import signal
+    import time
+
+    from scissor_cli import cli
+
+    monkeypatch.setattr(cli, "_sigint", {"seen": False, "reported": False, "raise": False, "main": False})
+
+    def typer_like_app():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+    monkeypatch.setattr(cli, "app", typer_like_app)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
