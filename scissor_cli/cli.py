@@ -147,6 +147,28 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _stdout_reader_gone(was_devnull: bool) -> bool:
+    """stdout was a pipe whose reader closed it: poll reports POLLERR on its write end, or rich has already
+    pointed it at /dev/null (its own broken-pipe handling, which then exits 1)."""
+    import select
+
+    if not was_devnull and _stdout_is_devnull():
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), 0)  # no events asked: errors and hang-ups are always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 _command_clock = {"start": _IMPORTED_AT}
 
 
@@ -807,12 +829,18 @@ def main() -> None:
     if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
         _sigint["raise"] = True  # from here on a Ctrl-C unwinds (closing progress bars, saving batch work)
         signal.signal(signal.SIGINT, _on_sigint)
+    was_devnull = _stdout_is_devnull()
     try:
         app()
-    except SystemExit:
+    except SystemExit as e:
         if _sigint["seen"]:  # however the command ended (typer turns a stray KeyboardInterrupt into exit 130)
             _report_interrupt()
             raise SystemExit(130) from None
+        if e.code == 1 and _stdout_reader_gone(
+            was_devnull
+        ):  # typer's own EPIPE exit, e.g. `scissor ask --help | head -1`
+            _quiet_stdout()
+            raise SystemExit(0) from None
         raise
     except KeyboardInterrupt:
         _report_interrupt()

@@ -460,7 +460,11 @@ def test_interrupted_from_a_command_prints_its_message(monkeypatch, clip):
 @pytest.mark.parametrize("json_flag", [(), ("--json",)])
 def test_a_closed_stdout_ends_quietly_with_exit_0(tiny_hf_dir, clip, tmp_path, json_flag):
     env = {**os.environ, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    for args in (["ask", clip, "Q?", "-q", "Q2?", "--model", str(tiny_hf_dir)], ["inspect", clip, "--video-only"]):
+    for args in (
+        ["ask", clip, "Q?", "-q", "Q2?", "--model", str(tiny_hf_dir)],
+        ["inspect", clip, "--video-only"],
+        ["ask", "--help"],
+    ):
         read_end, write_end = os.pipe()
         cmd = [scissor_cmd(), *args, "--frames", "4", *json_flag]
         proc = subprocess.Popen(cmd, stdout=write_end, stderr=subprocess.PIPE, env=env)
