@@ -836,9 +836,8 @@ def main() -> None:
         if _sigint["seen"]:  # however the command ended (typer turns a stray KeyboardInterrupt into exit 130)
             _report_interrupt()
             raise SystemExit(130) from None
-        if e.code == 1 and _stdout_reader_gone(
-            was_devnull
-        ):  # typer's own EPIPE exit, e.g. `scissor ask --help | head -1`
+        # rich's and typer's own exit on EPIPE, e.g. `scissor ask --help | head -1`
+        if e.code == 1 and _stdout_reader_gone(was_devnull):
             _quiet_stdout()
             raise SystemExit(0) from None
         raise

@@ -694,3 +694,20 @@ def test_main_reports_an_interrupt_that_escapes_the_commands(monkeypatch, capsys
     finally:
         signal.signal(signal.SIGINT, previous)
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line():
+    """The window before main() runs: a SIGINT while typer is being imported (sent by an import hook)."""
+    code = (
+        "import os, signal, sys\n"
+        "sys.argv = ['scissor']\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "import scissor_cli.cli\n"
+        "print('not interrupted')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130 and out.stderr == "interrupted\n" and out.stdout == "", out.stderr
