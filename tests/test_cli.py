@@ -91,7 +91,8 @@ def test_help_profiles_and_version_import_no_heavy_modules():
     code = (
         "import sys\n"
         "from scissor_cli.cli import app\n"
-        "for args in (['--help'], ['profiles', 'list'], ['profiles', 'show', 'r10'], ['version'], ['ask', '--help']):\n"
+        "for args in (['--help'], ['profiles', 'list'], ['profiles', 'show', 'r10'], ['version'], ['--version'],\n"
+        "             ['ask', '--help'], ['cache', 'info', '--json']):\n"
         "    try:\n"
         "        app(args)\n"
         "    except SystemExit as e:\n"
