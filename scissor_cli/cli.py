@@ -3,21 +3,100 @@
 Each command parses flags, resolves the profile (built-in defaults < profile < flags), calls one library function
 and hands the result to ``render``. torch, transformers and decord are imported inside command bodies only, so
 ``scissor --help``, ``scissor profiles list`` and ``scissor version`` stay fast.
+
+Ctrl-C and a closed stdout are handled here, the way Unix tools do: one ``interrupted`` line and exit 130 at any
+moment; a reader that goes away (``| head -1``) ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+import signal
+import sys
+import time
 
-import typer
+_IMPORTED_AT = time.perf_counter()  # ~ process start when run as `scissor` (the interpreter's start-up aside)
+# Ctrl-C state: "raise" is False until main() runs: an interrupt during the imports below has nothing to clean up,
+# so the handler exits on the spot (a KeyboardInterrupt there would escape as a traceback from the import line).
+_sigint = {"seen": False, "reported": False, "raise": False, "main": False}
 
-from scissor_cli import __version__, render
-from scissor_cli.errors import OptionError, ScissorError
-from scissor_cli.options import Profile
+
+def _on_sigint(signum: int, frame: object) -> None:
+    if _sigint["seen"] or not _sigint["raise"]:  # during imports, or a second Ctrl-C while the first unwinds
+        if not _sigint["reported"]:
+            _sigint["reported"] = True
+            os.write(2, b"interrupted\n")
+        os._exit(130)
+    _sigint["seen"] = True
+    raise KeyboardInterrupt
+
+
+def _running_as_command() -> bool:
+    """This process is the `scissor` command (console script or python -m scissor_cli), not a library user."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return os.path.basename(sys.argv[0] or "") in ("scissor", "scissor.exe") or (
+        getattr(spec, "name", None) == "scissor_cli.__main__"
+    )
+
+
+if _running_as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _on_sigint)
+
+import functools  # noqa: E402 - after the handler, so Ctrl-C while typer and rich import is one clean line
+from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar  # noqa: E402
+
+import typer  # noqa: E402
+from typer.core import TyperCommand, TyperGroup  # noqa: E402
+
+from scissor_cli import render  # noqa: E402
+from scissor_cli.errors import Interrupted, OptionError, ScissorError  # noqa: E402
+from scissor_cli.options import (  # noqa: E402
+    GenerationOptions,
+    ModelOptions,
+    Profile,
+    SamplingOptions,
+    normalize_dtype,
+    with_flag_names,
+)
+
+if TYPE_CHECKING:
+    from scissor_cli.config import UserConfig
+
+
+def _no_flag_metavars(params: list[Any]) -> list[Any]:
+    """Flags take no value, so --help shows nothing after them (not "<bool>", which invites `--json true`)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """Usage lines as people write them (``scissor ask [OPTIONS] VIDEO QUESTION``, not ``{video} {question}``)
+    and no type noise after flags."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_metavars(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_metavars(super().get_params(ctx))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from scissor_cli.config import versions
+
+        render.version(versions())
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="scissor",
@@ -25,12 +104,26 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    cls=_Group,
 )
-profiles_app = typer.Typer(help="List and show the YAML profiles (tau/epsilon/budget presets).", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="List and show the YAML profiles (tau/epsilon/budget presets).", no_args_is_help=True, cls=_Group
+)
 app.add_typer(profiles_app, name="profiles")
-cache_app = typer.Typer(help="The on-disk cache of encoded video features.", no_args_is_help=True)
+cache_app = typer.Typer(help="The on-disk cache of encoded video features.", no_args_is_help=True, cls=_Group)
 app.add_typer(cache_app, name="cache")
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the versions and exit.", is_eager=True, callback=_print_version),
+    ] = False,
+) -> None:
+    """Ask questions about videos with LLaVA-OneVision, compressing visual tokens with LLaVA-Scissor (SCC)."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,26 +132,87 @@ def _debug() -> bool:
     return os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
+def _report_interrupt(message: str | None = None) -> None:
+    if not _sigint["reported"]:
+        _sigint["reported"] = True
+        render.interrupted(message)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise EPIPE again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (tests' CliRunner): nothing will flush to a pipe
+        pass
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _stdout_reader_gone(was_devnull: bool) -> bool:
+    """stdout was a pipe whose reader closed it: poll reports POLLERR on its write end, or rich has already
+    pointed it at /dev/null (its own broken-pipe handling, which then exits 1)."""
+    import select
+
+    if not was_devnull and _stdout_is_devnull():
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno(), 0)  # no events asked: errors and hang-ups are always reported
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+_command_clock = {"start": _IMPORTED_AT}
+
+
 def handle_errors(fn: F) -> F:
-    """The one error seam: ScissorError -> one line + hint, the class's exit code; tracebacks only when debugging."""
+    """The one error seam: ScissorError -> one line + hint, the class's exit code; tracebacks only when debugging.
+
+    After a Ctrl-C, whatever ends the command (a KeyboardInterrupt, batch's Interrupted, or an error it caused,
+    such as an ffmpeg child killed by the same Ctrl-C) ends it as one ``interrupted`` line with exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _sigint["main"]:  # in-process (tests): time the command, not the test session
+            _command_clock["start"] = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except render.StdoutClosed:
+            _quiet_stdout()
+            raise typer.Exit(0) from None
+        except Interrupted as e:
+            if _debug():
+                render.err.print_exception()
+            _report_interrupt(e.message)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if _debug():
+                render.err.print_exception()
+            _report_interrupt()
+            raise typer.Exit(130) from None
         except ScissorError as e:
             if _debug():
                 render.err.print_exception()
+            if _sigint["seen"]:
+                _report_interrupt()
+                raise typer.Exit(130) from None
             render.error(e)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            render.interrupted()
-            raise typer.Exit(130) from None
         except Exception as e:
             if _debug():
                 raise
+            if _sigint["seen"]:
+                _report_interrupt()
+                raise typer.Exit(130) from None
             render.internal_error(e)
             raise typer.Exit(1) from None
 
@@ -66,63 +220,142 @@ def handle_errors(fn: F) -> F:
 
 
 # ---------------------------------------------------------------------------------------------------- shared flags
-# Declared once, used by ask, inspect and batch.
+# Declared once, used by ask, inspect and batch. Value-less flags get an empty metavar (no "<bool>" in --help);
+# options whose default comes from the profile say the built-in default in their help.
 _C, _S, _G, _M = "Compression", "Frames", "Generation", "Model"
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Hub id or local directory.", rich_help_panel=_M)]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit.", rich_help_panel=_M)]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="ID|DIR",
+        help=f"Hub id or local directory (default {ModelOptions.model}, or SCISSOR_MODEL / the user config's model).",
+        rich_help_panel=_M,
+    ),
+]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", metavar="REF", help="Hub branch, tag or commit.", rich_help_panel=_M)
+]
 ProfileOpt = Annotated[
     str | None,
     typer.Option(
-        "--profile", "-p", help="Profile name (see `scissor profiles list`) or path to a YAML file.", rich_help_panel=_C
+        "--profile",
+        "-p",
+        metavar="NAME|FILE",
+        help="Profile name (see `scissor profiles list`) or a path to a YAML file (with a / or ending .yaml).",
+        rich_help_panel=_C,
     ),
 ]
 TauOpt = Annotated[
-    float | None, typer.Option("--tau", help="Similarity threshold (paper 0.9; lower merges more).", rich_help_panel=_C)
+    float | None,
+    typer.Option(
+        "--tau",
+        metavar="T",
+        help="Similarity threshold (default: the checkpoint's, else the paper's 0.9; lower merges more). "
+        "Not with a budget: a budget searches tau itself.",
+        rich_help_panel=_C,
+    ),
 ]
 TauTemporalOpt = Annotated[
-    float | None, typer.Option("--tau-temporal", help="Separate threshold for the temporal step.", rich_help_panel=_C)
+    float | None,
+    typer.Option(
+        "--tau-temporal",
+        metavar="T",
+        help="Separate threshold for the temporal step (default: tau).",
+        rich_help_panel=_C,
+    ),
 ]
 EpsilonOpt = Annotated[
-    float | None, typer.Option("--epsilon", help="Sampling tolerance (paper 0.05).", rich_help_panel=_C)
+    float | None,
+    typer.Option("--epsilon", metavar="E", help="Sampling tolerance (default: the paper's 0.05).", rich_help_panel=_C),
 ]
 RetentionOpt = Annotated[
     float | None,
     typer.Option(
-        "--retention", help="Budget: keep at most this fraction of the visual tokens, e.g. 0.1.", rich_help_panel=_C
+        "--retention",
+        metavar="R",
+        help="Budget: keep at most this fraction of the visual tokens, e.g. 0.1 (tau searched per video).",
+        rich_help_panel=_C,
     ),
 ]
 TokensOpt = Annotated[
-    int | None, typer.Option("--tokens", help="Budget: keep at most this many visual tokens.", rich_help_panel=_C)
+    int | None,
+    typer.Option(
+        "--tokens", metavar="N", help="Budget: keep at most this many visual tokens (tau searched).", rich_help_panel=_C
+    ),
 ]
 NoCompressOpt = Annotated[
     bool, typer.Option("--no-compress", help="Send every visual token to the LLM.", rich_help_panel=_C)
 ]
 FramesOpt = Annotated[
-    int | None, typer.Option("--frames", "-f", help="Frames sampled uniformly (default 32).", rich_help_panel=_S)
+    int | None,
+    typer.Option(
+        "--frames",
+        "-f",
+        metavar="N",
+        help=f"Frames sampled uniformly, 1 to 4096 (default {SamplingOptions.n_frames}).",
+        rich_help_panel=_S,
+    ),
 ]
 FpsOpt = Annotated[
-    float | None, typer.Option("--fps", help="Sample at this rate instead (capped by --frames).", rich_help_panel=_S)
+    float | None,
+    typer.Option("--fps", metavar="R", help="Sample at this rate instead (capped by --frames).", rich_help_panel=_S),
 ]
-StartOpt = Annotated[float | None, typer.Option("--start", help="Window start, seconds.", rich_help_panel=_S)]
-EndOpt = Annotated[float | None, typer.Option("--end", help="Window end, seconds.", rich_help_panel=_S)]
-MaxNewOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Answer length cap.", rich_help_panel=_G)]
+StartOpt = Annotated[
+    float | None, typer.Option("--start", metavar="S", help="Window start, seconds (default 0).", rich_help_panel=_S)
+]
+EndOpt = Annotated[
+    float | None,
+    typer.Option("--end", metavar="S", help="Window end, seconds (default: the end).", rich_help_panel=_S),
+]
+MaxNewOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens",
+        metavar="N",
+        help=f"Answer length cap (default {GenerationOptions.max_new_tokens}).",
+        rich_help_panel=_G,
+    ),
+]
 TemperatureOpt = Annotated[
-    float | None, typer.Option("--temperature", help="0 = greedy (default).", rich_help_panel=_G)
+    float | None,
+    typer.Option(
+        "--temperature",
+        metavar="T",
+        help=f"Sampling temperature, 0 = greedy (default {GenerationOptions.temperature:g}).",
+        rich_help_panel=_G,
+    ),
 ]
 SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Seeds sampling and SCC's sampled regime.", rich_help_panel=_G)
+    int | None,
+    typer.Option("--seed", metavar="N", help="Seeds sampling and SCC's sampled regime.", rich_help_panel=_G),
 ]
 DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps.", rich_help_panel=_M)
+    str | None,
+    typer.Option(
+        "--device",
+        metavar="DEV",
+        help=f"auto | cpu | cuda | cuda:N | mps (default {ModelOptions.device}).",
+        rich_help_panel=_M,
+    ),
 ]
 DtypeOpt = Annotated[
-    str | None, typer.Option("--dtype", help="auto | float32 | bfloat16 | float16.", rich_help_panel=_M)
+    str | None,
+    typer.Option(
+        "--dtype",
+        metavar="TYPE",
+        help=f"auto | float32 | bfloat16 | float16, or fp32 | bf16 | fp16 (default {ModelOptions.dtype}: "
+        "bf16/fp16 on a GPU, fp32 on a CPU).",
+        rich_help_panel=_M,
+    ),
 ]
 OfflineOpt = Annotated[
-    bool, typer.Option("--offline", help="Never touch the network (like HF_HUB_OFFLINE=1).", rich_help_panel=_M)
+    bool,
+    typer.Option("--offline", help="Never touch the network (like HF_HUB_OFFLINE=1).", rich_help_panel=_M),
 ]
 NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Do not read or write the video-feature cache.", rich_help_panel=_M)
+    bool,
+    typer.Option("--no-cache", help="Do not read or write the video-feature cache.", rich_help_panel=_M),
 ]
 NewlineOpt = Annotated[
     bool | None,
@@ -134,10 +367,15 @@ NewlineOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout, no markup.")]
-VIDEO_HELP = (
-    "Video file or still image; an http(s):// URL (streamed by ffmpeg); or - to read the video from stdin "
-    "(kept in a temporary file while it runs)."
-)
+VideoArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="VIDEO",
+        help="Video file or still image; an http(s):// URL (streamed by ffmpeg); or - to read the video from stdin "
+        "(kept in a temporary file while it runs).",
+        show_default=False,
+    ),
+]
 
 
 def build_profile(
@@ -163,21 +401,28 @@ def build_profile(
     offline: bool = False,
     no_cache: bool = False,
     newline: bool | None = None,
+    config: UserConfig | None = None,
 ) -> Profile:
-    """Built-in defaults < profile < flags. A budget flag replaces the profile's budget rather than adding to it."""
+    """Built-in defaults < user config < SCISSOR_MODEL < profile < flags (``config``: default ``load_config()``).
+
+    tau and a budget, one rule everywhere: a budget searches tau itself, so ``--tau`` with ``--retention`` or
+    ``--tokens`` is a usage error, and a profile file that sets both is a profile error. A flag of one kind
+    replaces the profile's setting of the other (``--tau`` clears a profile's budget, a budget flag clears a
+    profile's tau and budget); ``--tau-temporal`` may go with a budget (it fixes the temporal step).
+    """
+    from scissor_cli.config import load_config
     from scissor_cli.profiles import load_profile
 
-    p = load_profile(profile)
-    compression: dict[str, Any] = {"tau": tau, "tau_temporal": tau_temporal, "epsilon": epsilon, "seed": seed}
+    config = config if config is not None else load_config()
+    p = load_profile(profile, base=config.base_profile())
     if retention is not None and tokens is not None:
         raise OptionError("--retention and --tokens are both given", hint="give one budget: a ratio or a count")
-    if retention is not None or tokens is not None or tau is not None:
-        from dataclasses import replace
-
-        # An explicit --tau means "use this threshold", so it clears a profile's budget, and one budget flag
-        # replaces the other kind.
-        p = replace(p, compression=replace(p.compression, retention=None, tokens=None))
-        compression.update(retention=retention, tokens=tokens)
+    budget_flag = "--retention" if retention is not None else "--tokens" if tokens is not None else None
+    if tau is not None and budget_flag:
+        raise OptionError(
+            f"--tau and {budget_flag} are both given: a budget searches tau itself",
+            hint=f"drop --tau to keep the budget, or drop {budget_flag} to use that tau",
+        )
     asked = [
         flag
         for flag, v in (
@@ -191,24 +436,33 @@ def build_profile(
     ]
     if no_compress and asked:
         raise OptionError(f"--no-compress contradicts {', '.join(asked)}", hint="drop one of them")
+    compression: dict[str, Any] = {"tau": tau, "tau_temporal": tau_temporal, "epsilon": epsilon, "seed": seed}
+    if tau is not None:  # this threshold, not the profile's budget
+        p = replace(p, compression=replace(p.compression, retention=None, tokens=None))
+    if budget_flag:  # this budget, not the profile's tau or its other budget
+        p = replace(p, compression=replace(p.compression, tau=None, retention=None, tokens=None))
+        compression.update(retention=retention, tokens=tokens)
     if no_compress:
         compression["enabled"] = False
     elif asked:  # a compression flag over a profile that turns compression off (e.g. --profile off) means "compress"
         compression["enabled"] = True
-    return p.override(
-        sampling={"n_frames": frames, "fps": fps, "start": start, "end": end},
-        compression=compression,
-        generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
-        model={
-            "model": model,
-            "revision": revision,
-            "device": device,
-            "dtype": dtype,
-            "offline": True if offline else None,
-            "cache": False if no_cache else None,
-            "newline": newline,
-        },
-    )
+    try:
+        return p.override(
+            sampling={"n_frames": frames, "fps": fps, "start": start, "end": end},
+            compression=compression,
+            generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
+            model={
+                "model": model,
+                "revision": revision,
+                "device": device,
+                "dtype": normalize_dtype(dtype),
+                "offline": True if offline else None,
+                "cache": False if no_cache else None,
+                "newline": newline,
+            },
+        )
+    except OptionError as e:  # the profile was valid on its own, so the value came from a flag: name the flag
+        raise with_flag_names(e) from e
 
 
 SHARED_FLAGS = frozenset(
@@ -219,7 +473,11 @@ SHARED_FLAGS = frozenset(
 
 def profile_from_flags(params: dict[str, Any]) -> Profile:
     """``build_profile`` from a command's parameters (its ``locals()``): the shared flags it declares, by name."""
-    profile = build_profile(params["profile"], **{k: v for k, v in params.items() if k in SHARED_FLAGS})
+    from scissor_cli.config import apply_cache_dir, load_config
+
+    config = load_config()
+    apply_cache_dir(config)
+    profile = build_profile(params["profile"], config=config, **{k: v for k, v in params.items() if k in SHARED_FLAGS})
     if profile.model.cache:
         from scissor_cli.cache import default_max_bytes
 
@@ -227,30 +485,57 @@ def profile_from_flags(params: dict[str, Any]) -> Profile:
     return profile
 
 
-def _load(profile: Profile, on_status: Callable[[str], None]) -> Any:
+_warned: set[str] = set()
+
+
+def warn_slow_dtype(vlm: Any) -> None:
+    """Once per process: half precision on a CPU is emulated, several times slower than float32."""
+    dtype = str(getattr(vlm, "dtype", "")).removeprefix("torch.")
+    device = getattr(getattr(vlm, "device", None), "type", str(getattr(vlm, "device", "")))
+    if device == "cpu" and dtype in ("bfloat16", "float16") and "dtype" not in _warned:
+        _warned.add("dtype")
+        render.warn(f"{dtype} on a CPU is slower than float32 (no native half-precision kernels); --dtype float32")
+
+
+def _load(profile: Profile, on_status: Callable[[str], None]) -> tuple[Any, float]:
+    """The model and the seconds it took, imports (torch, transformers) included."""
+    t0 = time.perf_counter()
     from scissor_cli.model import load_model
 
     on_status(f"loading {profile.model.model}")
-    return load_model(profile.model, on_status=on_status)
+    vlm = load_model(profile.model, on_status=on_status)
+    load_s = time.perf_counter() - t0
+    warn_slow_dtype(vlm)
+    return vlm, load_s
+
+
+def _timings(load_s: float) -> dict[str, float]:
+    """load and total seconds for the time line and timings_s (total: since the command started)."""
+    return {"load": round(load_s, 4), "total": round(time.perf_counter() - _command_clock["start"], 4)}
 
 
 # ---------------------------------------------------------------------------------------------------- commands
 @app.command(
+    cls=_Command,
     epilog="""[bold]Examples[/]
 
   scissor ask samples/bigbuckbunny.mp4 "What is happening?"
 
   scissor ask clip.mp4 "What is the man holding?" -q "Where is he?" --profile r10
 
-  scissor ask clip.mp4 "Describe the video." --retention 0.35 --frames 16 --json"""
+  scissor ask clip.mp4 "Describe the video." --retention 0.35 --frames 16 --json""",
 )
 @handle_errors
 def ask(
-    video: Annotated[str, typer.Argument(help=VIDEO_HELP)],
-    question: Annotated[str, typer.Argument(help="What to ask about the video.")],
+    video: VideoArg,
+    question: Annotated[
+        str, typer.Argument(metavar="QUESTION", help="What to ask about the video.", show_default=False)
+    ],
     more: Annotated[
         list[str] | None,
-        typer.Option("--question", "-q", help="Another question (repeatable); the video is encoded once."),
+        typer.Option(
+            "--question", "-q", metavar="TEXT", help="Another question (repeatable); the video is encoded once."
+        ),
     ] = None,
     timestamps: Annotated[bool, typer.Option("--timestamps", help="Show the sampled frames' timestamps.")] = False,
     json_out: JsonOpt = False,
@@ -285,10 +570,12 @@ def ask(
 
     # a bad path or URL fails here, before minutes of model loading; stdin (-) is spooled for the block
     with video_io.opened(video) as info, render.stages() as on_status:
-        vlm = _load(p, on_status)
+        vlm, load_s = _load(p, on_status)
         from scissor_cli.pipeline import answer
 
         results = answer(vlm, video, questions, p, on_status=on_status, info=info)
+    timings = _timings(load_s)
+    results = [replace(a, timings_s={**a.timings_s, **timings}) for a in results]
     if json_out:
         for a in results:
             render.write_json(a.to_dict())
@@ -300,17 +587,18 @@ SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
 
 
 @app.command(
+    cls=_Command,
     epilog="""[bold]Examples[/]
 
   scissor inspect clip.mp4 --video-only
 
   scissor inspect clip.mp4 --sweep
 
-  scissor inspect clip.mp4 --profile r10 --viz tokens.png --json"""
+  scissor inspect clip.mp4 --profile r10 --viz tokens.png --json""",
 )
 @handle_errors
 def inspect(
-    video: Annotated[str, typer.Argument(help=VIDEO_HELP)],
+    video: VideoArg,
     video_only: Annotated[
         bool, typer.Option("--video-only", help="Only metadata and the frame plan; no model.")
     ] = False,
@@ -318,7 +606,9 @@ def inspect(
     viz: Annotated[
         Path | None,
         typer.Option(
-            "--viz", help="Write a PNG: the sampled frames, each patch coloured by the kept token it merged into."
+            "--viz",
+            metavar="FILE.png",
+            help="Write a PNG: the sampled frames, each patch coloured by the kept token it merged into.",
         ),
     ] = None,
     json_out: JsonOpt = False,
@@ -355,32 +645,36 @@ def inspect(
     from scissor_cli.pipeline import inspect_video
 
     with video_io.opened(video) as info, render.stages() as on_status:
-        vlm = None if video_only else _load(p, on_status)
+        vlm, load_s = (None, 0.0) if video_only else _load(p, on_status)
         result = inspect_video(vlm, video, p, sweep_taus=SWEEP_TAUS if sweep else None, on_status=on_status, info=info)
         if viz is not None and result.compressed is not None:
             from scissor_cli.viz import token_map
 
             on_status("drawing the token map")
             token_map(viz, video, result)
+    timings = None if vlm is None else _timings(load_s)
+    if viz is not None:
+        render.written("token map", str(viz))
     if json_out:
         data = result.to_dict()
+        if timings is not None:
+            data["timings_s"].update(timings)
         if viz is not None:
             data["viz"] = str(viz)
         render.write_json(data)
     else:
-        render.inspection(result)
-        if viz is not None:
-            render.out.print(f"[dim]token map written to[/] {viz}")
+        render.inspection(result, timings)
 
 
 @app.command(
+    cls=_Command,
     epilog="""[bold]Examples[/]
 
   scissor batch videos/ -q "What is happening?" -q "Who is there?" -o results.jsonl
 
   scissor batch --manifest jobs.jsonl -o results.jsonl --profile r10
 
-  torchrun --nproc_per_node 4 -m scissor_cli batch --manifest jobs.csv -o results.jsonl"""
+  torchrun --nproc_per_node 4 -m scissor_cli batch --manifest jobs.csv -o results.jsonl""",
 )
 @handle_errors
 def batch(
@@ -485,62 +779,106 @@ def batch(
         raise typer.Exit(1)
 
 
-@profiles_app.command("list")
+@profiles_app.command("list", cls=_Command)
 @handle_errors
-def profiles_list() -> None:
+def profiles_list(json_out: JsonOpt = False) -> None:
     """List built-in and user profiles."""
     from scissor_cli.profiles import list_profiles
 
-    render.profile_list(list_profiles())
+    render.profile_list(list_profiles(), as_json=json_out)
 
 
-@profiles_app.command("show", epilog="Examples:  scissor profiles show r10   |   scissor profiles show ./my.yaml")
+@profiles_app.command(
+    "show",
+    cls=_Command,
+    epilog="Examples:  scissor profiles show r10   |   scissor profiles show r10 > my.yaml   |   "
+    "scissor profiles show ./my.yaml",
+)
 @handle_errors
-def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or path to a YAML file.")]) -> None:
-    """Show every setting of a profile (values it leaves unset come from the built-in defaults)."""
-    from scissor_cli.profiles import find_profile, load_profile
+def profiles_show(
+    name: Annotated[
+        str,
+        typer.Argument(metavar="NAME|FILE", help="Profile name or path to a YAML file.", show_default=False),
+    ],
+) -> None:
+    """Print a profile as YAML that --profile accepts unchanged: every setting, with what auto/null means."""
+    from scissor_cli.config import load_config
+    from scissor_cli.profiles import find_profile, is_path, list_profiles, load_profile, profile_yaml
 
-    render.profile_detail(load_profile(name), str(find_profile(name)))
+    config = load_config()
+    path = find_profile(name)
+    source = str(path)
+    if not is_path(name):
+        source = next((f"{e.source}: {e.path}" for e in list_profiles() if e.path == path), source)
+    text = profile_yaml(load_profile(name, base=config.base_profile()), source)
+    if config.path is not None or config.env_model:
+        text = f"# values this profile leaves unset come from {config.path or 'SCISSOR_MODEL'}\n" + text
+    render.profile_detail(text)
 
 
-@cache_app.command("info")
+@cache_app.command("info", cls=_Command)
 @handle_errors
-def cache_info() -> None:
+def cache_info(json_out: JsonOpt = False) -> None:
     """Where the feature cache is, how full, and its size bound (SCISSOR_CACHE_DIR, SCISSOR_CACHE_MAX_GB)."""
     from scissor_cli.cache import FeatureCache
+    from scissor_cli.config import apply_cache_dir, load_config
 
+    apply_cache_dir(load_config())
     cache = FeatureCache()
-    render.cache_info(str(cache.root), len(cache.entries()), cache.size_bytes(), cache.max_bytes)
+    render.cache_info(str(cache.root), len(cache.entries()), cache.size_bytes(), cache.max_bytes, as_json=json_out)
 
 
-@cache_app.command("clear")
+@cache_app.command("clear", cls=_Command)
 @handle_errors
 def cache_clear() -> None:
     """Delete every cached video encoding."""
     from scissor_cli.cache import FeatureCache
+    from scissor_cli.config import apply_cache_dir, load_config
 
+    apply_cache_dir(load_config())
     cache = FeatureCache()
     render.cache_cleared(str(cache.root), cache.clear())
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
-def version() -> None:
-    """Print scissor's version and its main dependencies' (without importing them)."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+def version(json_out: JsonOpt = False) -> None:
+    """Print scissor's version, Python's and its main dependencies' (without importing them)."""
+    from scissor_cli.config import versions
 
-    parts = [f"scissor {__version__}"]
-    for dist in ("torch", "transformers", "decord"):
-        try:
-            parts.append(f"{dist} {dist_version(dist)}")
-        except PackageNotFoundError:
-            parts.append(f"{dist} (not installed)")
-    render.version(", ".join(parts))
+    render.version(versions(), as_json=json_out)
+
+
+@app.command(cls=_Command, epilog="Examples:  scissor doctor   |   scissor doctor --json")
+@handle_errors
+def doctor(json_out: JsonOpt = False) -> None:
+    """Check the environment: versions, CUDA and GPU memory, ffmpeg, caches, offline mode, the user config."""
+    from scissor_cli.config import environment_report
+
+    render.doctor(environment_report(), as_json=json_out)
 
 
 def main() -> None:
-    app()
+    """The `scissor` console script: app() with Ctrl-C as one line and exit 130 at any moment."""
+    _sigint["main"] = True
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
+        _sigint["raise"] = True  # from here on a Ctrl-C unwinds (closing progress bars, saving batch work)
+        signal.signal(signal.SIGINT, _on_sigint)
+    was_devnull = _stdout_is_devnull()
+    try:
+        app()
+    except SystemExit as e:
+        if _sigint["seen"]:  # however the command ended (typer turns a stray KeyboardInterrupt into exit 130)
+            _report_interrupt()
+            raise SystemExit(130) from None
+        # rich's and typer's own exit on EPIPE, e.g. `scissor ask --help | head -1`
+        if e.code == 1 and _stdout_reader_gone(was_devnull):
+            _quiet_stdout()
+            raise SystemExit(0) from None
+        raise
+    except KeyboardInterrupt:
+        _report_interrupt()
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -109,6 +109,42 @@ def section_keys(section: str) -> list[str]:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the short names people type
+
+# The command-line flag for each option a flag sets, so an error names what the user typed (--frames, not
+# sampling.n_frames); profile files keep the dotted keys.
+FLAGS = {
+    "sampling.n_frames": "--frames",
+    "sampling.fps": "--fps",
+    "sampling.start": "--start",
+    "sampling.end": "--end",
+    "compression.tau_temporal": "--tau-temporal",
+    "compression.tau": "--tau",
+    "compression.epsilon": "--epsilon",
+    "compression.retention": "--retention",
+    "compression.tokens": "--tokens",
+    "compression.seed": "--seed",
+    "generation.max_new_tokens": "--max-new-tokens",
+    "generation.temperature": "--temperature",
+    "generation.seed": "--seed",
+    "model.model": "--model",
+    "model.revision": "--revision",
+    "model.device": "--device",
+    "model.dtype": "--dtype",
+}
+
+
+def normalize_dtype(dtype: Any) -> Any:
+    """'bf16' -> 'bfloat16' (also fp16, fp32); anything else unchanged, for ``validate`` to judge."""
+    return DTYPE_ALIASES.get(dtype.strip().lower(), dtype) if isinstance(dtype, str) else dtype
+
+
+def with_flag_names(e: OptionError) -> OptionError:
+    """The same error with dotted keys replaced by the flags that set them (for values that came from flags)."""
+    text = {"message": e.message, "hint": e.hint or ""}
+    for key in sorted(FLAGS, key=len, reverse=True):  # compression.tau_temporal before compression.tau
+        text = {k: v.replace(f"{key} = ", f"{FLAGS[key]} ").replace(key, FLAGS[key]) for k, v in text.items()}
+    return OptionError(text["message"], hint=text["hint"] or None)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -167,6 +203,14 @@ def validate(p: Profile) -> Profile:
             "compression.retention and compression.tokens are both set",
             hint="give one budget: --retention R or --tokens N",
         )
+    if c.tau is not None and c.budget is not None:
+        # One rule everywhere: a budget searches tau itself, so a fixed tau next to it is a contradiction
+        # (tau_temporal may stay: it fixes the temporal step while the spatial tau is searched).
+        budget = "compression.retention" if c.retention is not None else "compression.tokens"
+        raise OptionError(
+            f"compression.tau and {budget} are both set: a budget searches tau itself",
+            hint=f"keep one: drop compression.tau (or set it to auto), or drop {budget}",
+        )
     _check(isinstance(c.seed, int) and not isinstance(c.seed, bool), "compression.seed", c.seed, "an integer")
 
     _check(
@@ -203,7 +247,7 @@ def validate(p: Profile) -> Profile:
         m.device,
         "auto, cpu, cuda, cuda:N or mps",
     )
-    _check(m.dtype in DTYPES, "model.dtype", m.dtype, " | ".join(DTYPES))
+    _check(m.dtype in DTYPES, "model.dtype", m.dtype, f"{', '.join(DTYPES)} (or bf16, fp16, fp32)")
     for key in ("offline", "cache", "allow_pickle"):
         _check(isinstance(getattr(m, key), bool), f"model.{key}", getattr(m, key), "true or false")
     _check(m.newline is None or isinstance(m.newline, bool), "model.newline", m.newline, "true, false or null (auto)")

@@ -73,6 +73,7 @@ class CompressedVideo:
     spatial_per_frame: list[int]
     assignment: torch.Tensor | None  # [F*T] kept-token index of each original token
     compression_s: float
+    budget: int | None = None  # the budget as a token count (None without one); tau was searched to meet it
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Answer:
     cache_hit: bool
     note: str | None
     profile: dict[str, Any] = field(default_factory=dict)  # the resolved settings
+    budget: dict[str, Any] | None = None  # {"retention": r or None, "tokens": count} when a budget chose tau
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class Answer:
             "tau": self.tau,
             "tau_temporal": self.tau_temporal,
             "epsilon": self.epsilon,
+            "budget": self.budget,
             "frames": self.frames,
             "timestamps": list(self.timestamps),
             "timings_s": dict(self.timings_s),
@@ -273,7 +276,15 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
         list(out.spatial_per_frame),
         out.assignment,
         compression_s,
+        out.budget,
     )
+
+
+def _budget(compressed: CompressedVideo, profile: Profile) -> dict[str, Any] | None:
+    """The budget asked for (a ratio, or None for a count) and its token count, or None without a budget."""
+    if compressed.budget is None:
+        return None
+    return {"retention": profile.compression.retention, "tokens": compressed.budget}
 
 
 def make_answers(
@@ -298,6 +309,7 @@ def make_answers(
         "generation": round(generated.generation_s, 4),
     }
     settings = profile.to_dict()
+    budget = _budget(compressed, profile)
     return [
         Answer(
             video=encoded.path,
@@ -318,6 +330,7 @@ def make_answers(
             cache_hit=encoded.cache_hit,
             note=encoded.note,
             profile=settings,
+            budget=budget,
         )
         for question, text in zip(questions, generated.texts, strict=True)
     ]
@@ -366,6 +379,9 @@ class Inspection:
     sweep: list[tuple[float, int, int]] | None = None  # (tau, n_spatial, n_final)
     tflops: dict[str, float] | None = None
     model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    budget: dict[str, Any] | None = None  # as in Answer
 
     def to_dict(self) -> dict[str, Any]:
         info = self.info
@@ -393,12 +409,15 @@ class Inspection:
             out.update(
                 {
                     "model": self.model,
+                    "device": self.device,
+                    "dtype": self.dtype,
                     "tokens": {"original": c.n_original, "spatial": c.n_spatial, "final": c.n_final},
                     "spatial_per_frame": c.spatial_per_frame,
                     "retention": c.retention,
                     "tau": c.tau,
                     "tau_temporal": c.tau_temporal,
                     "epsilon": c.epsilon,
+                    "budget": self.budget,
                     "tflops": self.tflops,
                     "timings_s": {
                         "decode": round(self.encoded.decode_s, 4),
@@ -472,4 +491,7 @@ def inspect_video(
         sweep,
         tflops,
         vlm.name,
+        device=str(vlm.device),
+        dtype=str(vlm.dtype).replace("torch.", ""),
+        budget=_budget(compressed, profile),
     )

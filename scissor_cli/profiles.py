@@ -4,9 +4,14 @@ A profile file holds any of the sections of ``options.Profile`` (``sampling``, `
 ``model``) plus a ``description``. Keys are the dataclass field names; ``auto`` (or ``null``) means "let scissor
 decide" where a field allows None. Anything else is an error naming the file, the dotted key and what is allowed.
 
-Where profiles come from, first match wins: a path (anything ending in .yaml/.yml or naming an existing file),
-then the user's folder (``$SCISSOR_PROFILES_DIR``, else ``~/.config/scissor/profiles``), then the built-in
-``profiles/`` folder shipped with scissor. Precedence of values: built-in defaults < profile < command-line flags.
+Names and paths are told apart by how they look, never by what happens to be in the working directory: anything
+with a path separator or ending in .yaml/.yml is a file path; anything else is a profile name, looked up in the
+user's folder (``$SCISSOR_PROFILES_DIR``, else ``$XDG_CONFIG_HOME/scissor/profiles``, else
+``~/.config/scissor/profiles``), then in the built-in ``profiles/`` folder shipped with scissor. So a file ``r10``
+in the working directory never hijacks ``--profile r10`` (``--profile ./r10`` means the file).
+
+Precedence of values: built-in defaults < user config (``config.py``) < profile < command-line flags.
+``profile_yaml`` prints a profile as a file that loads back to the same profile.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scissor_cli.errors import OptionError, ProfileError
-from scissor_cli.options import SECTIONS, Profile, validate
+from scissor_cli.options import SECTIONS, Profile, normalize_dtype, validate
 
 SUFFIXES = (".yaml", ".yml")
 TOP_KEYS = ("description", *SECTIONS)
@@ -61,7 +66,7 @@ def _entries(folder: Path, source: str) -> dict[str, ProfileEntry]:
 
 def _description(path: Path) -> str:
     try:
-        data = _read_yaml(path)
+        data = read_yaml(path)
     except ProfileError as e:
         return f"(invalid: {e.message})"
     return str(data.get("description", "")) if isinstance(data, dict) else "(invalid: not a mapping)"
@@ -73,9 +78,15 @@ def list_profiles() -> list[ProfileEntry]:
     return sorted(merged.values(), key=lambda e: (e.source != "built-in", e.name))
 
 
+def is_path(name_or_path: str) -> bool:
+    """A profile path has a separator or a .yaml/.yml ending; anything else is a name."""
+    seps = {"/", os.sep, os.altsep} - {None}
+    return name_or_path.endswith(SUFFIXES) or any(sep in name_or_path for sep in seps)
+
+
 def find_profile(name_or_path: str) -> Path:
     candidate = Path(name_or_path).expanduser()
-    if name_or_path.endswith(SUFFIXES) or os.sep in name_or_path or candidate.is_file():
+    if is_path(name_or_path):
         if candidate.is_dir():
             raise ProfileError(f"profile {name_or_path} is a directory", hint="give one .yaml file or a profile name")
         if not candidate.is_file():
@@ -89,21 +100,29 @@ def find_profile(name_or_path: str) -> Path:
             path = folder / f"{name_or_path}{suffix}"
             if path.is_file():
                 return path
-    names = ", ".join(e.name for e in list_profiles()) or "none found"
-    raise ProfileError(
-        f"unknown profile {name_or_path!r}", hint=f"available profiles: {names}; or give a path to a .yaml file"
-    )
+    import difflib
+
+    names = [e.name for e in list_profiles()]
+    close = difflib.get_close_matches(name_or_path, names, n=1, cutoff=0.5)
+    message = f"unknown profile {name_or_path!r}" + (f" (did you mean {close[0]}?)" if close else "")
+    hint = f"available profiles: {', '.join(names) or 'none found'}"
+    if candidate.is_file():
+        hint += f"; to use the file {name_or_path} here, write --profile ./{name_or_path}"
+    else:
+        hint += "; or give a path to a .yaml file"
+    raise ProfileError(message, hint=hint)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path, what: str = "profile") -> Any:
+    """Parsed YAML of a profile (or the user config: ``what``), or ProfileError naming the file and the line."""
     import yaml  # light (pure Python); kept local so `import scissor_cli.profiles` stays cheap
 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ProfileError(f"cannot read profile {path}: {e.strerror or e}", hint="check the file's permissions") from e
+        raise ProfileError(f"cannot read {what} {path}: {e.strerror or e}", hint="check the file's permissions") from e
     except UnicodeDecodeError as e:
-        raise ProfileError(f"profile {path} is not UTF-8 text", hint="save it as a UTF-8 YAML file") from e
+        raise ProfileError(f"{what} {path} is not UTF-8 text", hint="save it as a UTF-8 YAML file") from e
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -113,7 +132,7 @@ def _read_yaml(path: Path) -> Any:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ProfileError(
-            f"profile {path} is not valid YAML{where}: {problem}",
+            f"{what} {path} is not valid YAML{where}: {problem}",
             hint="fix the YAML syntax (indentation, colons, quotes)",
         ) from e
 
@@ -131,6 +150,8 @@ def _coerce(path: Path, key: str, value: Any, annotation: str) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         if optional:
             return None
+        if base == "str" and value is not None:  # device and dtype: "auto" is one of their own values
+            return "auto"
         raise ProfileError(f"{path}: {key} cannot be {value!r}", hint=f"{key} needs a {base} value")
     ok = {
         "bool": isinstance(value, bool),
@@ -150,12 +171,15 @@ def _coerce(path: Path, key: str, value: Any, annotation: str) -> Any:
     return value
 
 
-def load_profile(name_or_path: str | None = None) -> Profile:
-    """The resolved profile for a name or path (None: the built-in defaults, i.e. the ``default`` profile)."""
+def load_profile(name_or_path: str | None = None, base: Profile | None = None) -> Profile:
+    """The resolved profile for a name or path (None: the built-in defaults, i.e. the ``default`` profile).
+
+    ``base``: the values the profile's keys override (the user config's model/device/dtype); default ``Profile()``.
+    """
     if name_or_path is None:
         name_or_path = "default"
     path = find_profile(name_or_path)
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -163,7 +187,7 @@ def load_profile(name_or_path: str | None = None) -> Profile:
             f"profile {path} must be a mapping of sections, not {type(data).__name__}",
             hint=f"top-level keys allowed: {', '.join(TOP_KEYS)}",
         )
-    profile = Profile(name=path.stem)
+    profile = replace(base or Profile(), name=path.stem, description="")
     for key, value in data.items():
         if key not in TOP_KEYS:
             raise ProfileError(f"{path}: unknown key {key!r}", hint=f"allowed top-level keys: {', '.join(TOP_KEYS)}")
@@ -186,8 +210,49 @@ def load_profile(name_or_path: str | None = None) -> Profile:
                     f"{path}: unknown key {dotted!r}", hint=f"allowed keys under {key}: {', '.join(known)}"
                 )
             changes[sub] = _coerce(path, dotted, sub_value, str(known[sub].type))
+            if dotted == "model.dtype":
+                changes[sub] = normalize_dtype(changes[sub])
         profile = replace(profile, **{key: replace(getattr(profile, key), **changes)})
     try:
         return validate(profile)
     except OptionError as e:
         raise ProfileError(f"{path}: {e.message}", hint=e.hint) from e
+
+
+# What "auto"/null means for each optional field, written as a comment next to it by ``profile_yaml``.
+_NULL_MEANS = {
+    "sampling.fps": "null: n_frames spread uniformly; a number: frames per second (capped by n_frames)",
+    "sampling.start": "null: the beginning; seconds",
+    "sampling.end": "null: the end; seconds",
+    "compression.tau": "auto: the checkpoint's mm_zip_tau, else the paper's 0.9 (leave auto with a budget)",
+    "compression.epsilon": "auto: the checkpoint's mm_zip_epsilon, else the paper's 0.05",
+    "compression.tau_temporal": "auto: same as tau",
+    "compression.retention": "budget: keep at most this fraction of the visual tokens (tau searched per video)",
+    "compression.tokens": "budget: keep at most this many visual tokens",
+    "generation.seed": "seeds sampling when temperature > 0",
+    "model.revision": "null: the default branch",
+    "model.newline": "auto: llava-hf checkpoints yes, original ones no",
+}
+_AUTO = ("compression.tau", "compression.epsilon", "compression.tau_temporal", "model.newline")
+
+
+def _yaml_scalar(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("\n...\n").strip()
+
+
+def profile_yaml(profile: Profile, source: str) -> str:
+    """``profile`` as YAML that ``load_profile`` reads back to the same settings: every key, with comments saying
+    where it came from and what auto/null means. Copy it into a file, edit, and pass it to ``--profile``."""
+    lines = [f"# profile {profile.name} ({source})", "# copy into a .yaml file, edit, and use with --profile FILE"]
+    lines.append(f"description: {_yaml_scalar(profile.description)}")
+    data = profile.to_dict()
+    for section in SECTIONS:
+        lines.append(f"{section}:")
+        for key, value in data[section].items():
+            dotted = f"{section}.{key}"
+            shown = "auto" if value is None and dotted in _AUTO else _yaml_scalar(value)
+            note = _NULL_MEANS.get(dotted)
+            lines.append(f"  {key}: {shown}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines) + "\n"

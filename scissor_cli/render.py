@@ -1,7 +1,8 @@
 """Everything the terminal shows. Results go to stdout; progress, warnings and errors go to stderr.
 
 No other module prints. ``--json`` output is written with ``json.dumps`` straight to stdout: no markup, one object
-per line.
+per line. Every write to stdout goes through ``_Stdout``, which turns a closed pipe (``scissor ask ... | head -1``)
+into ``StdoutClosed`` so the CLI can end quietly, the way Unix tools do.
 """
 
 from __future__ import annotations
@@ -29,11 +30,35 @@ from rich.table import Table
 from scissor_cli.errors import ScissorError
 
 if TYPE_CHECKING:
-    from scissor_cli.options import Profile
     from scissor_cli.pipeline import Answer, Inspection
     from scissor_cli.profiles import ProfileEntry
 
-out = Console(highlight=False, soft_wrap=True)
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (EPIPE): what was written stays written, the rest has nowhere to go."""
+
+
+class _Stdout:
+    """``sys.stdout`` as it is at each call (CliRunner swaps it), with EPIPE raised as ``StdoutClosed``."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError as e:
+            raise StdoutClosed from e
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError as e:
+            raise StdoutClosed from e
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ... for rich
+        return getattr(sys.stdout, name)
+
+
+stdout = _Stdout()
+out = Console(file=stdout, highlight=False, soft_wrap=True)  # type: ignore[arg-type]
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -53,8 +78,13 @@ def warn(text: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
-def interrupted() -> None:
-    err.print("[yellow]interrupted[/]")
+def interrupted(message: str | None = None) -> None:
+    """The one line a Ctrl-C leaves (batch: how many jobs are saved and how to continue)."""
+    err.print(f"[yellow]interrupted[/]{': ' + escape(message) if message else ''}")
+
+
+def written(what: str, path: str) -> None:
+    err.print(f"[dim]{escape(what)} written to[/] {escape(path)}")
 
 
 # ---------------------------------------------------------------------------------------------------- progress
@@ -76,9 +106,24 @@ class _Stages:
             self._progress.update(self._task, completed=done, total=total)
 
 
+class _Silent:
+    """``on_status`` off a terminal: a transient display cannot be erased there, so show nothing."""
+
+    def __call__(self, text: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+
 @contextmanager
-def stages() -> Iterator[_Stages]:
-    """A line per stage (model load, decode, vision tower, ...) on stderr, with a bar where progress is known."""
+def stages() -> Iterator[_Stages | _Silent]:
+    """A line per stage (model load, decode, vision tower, ...) on stderr, with a bar where progress is known.
+
+    Only on a terminal: piped or captured, stderr gets nothing but warnings and errors (no stray blank line)."""
+    if not err.is_terminal:
+        yield _Silent()
+        return
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -92,9 +137,17 @@ def stages() -> Iterator[_Stages]:
         yield _Stages(progress)
 
 
+def _print_table(table: Table) -> None:
+    """A table on stdout without the trailing spaces rich pads its rows with (they end up in files and diffs)."""
+    with out.capture() as captured:
+        out.print(table)
+    stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    stdout.flush()
+
+
 def write_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    stdout.flush()
 
 
 # ---------------------------------------------------------------------------------------------------- ask
@@ -110,6 +163,20 @@ def _tokens_line(tokens: dict[str, int], retention: float) -> str:
     return f"{tokens['original']:,} → {tokens['spatial']:,} → {tokens['final']:,}  ({retention * 100:.1f} % kept)"
 
 
+def _budget_line(budget: dict[str, Any], tau: float | None) -> str:
+    """'10 % (627 tokens) → tau 0.9046 found' or '500 tokens → tau 0.9046 found'."""
+    n = f"{budget['tokens']:,} token{'s' if budget['tokens'] != 1 else ''}"
+    asked = f"{budget['retention'] * 100:.4g} % ({n})" if budget.get("retention") is not None else n
+    return f"{asked} → tau {tau:.4g} found" if tau is not None else asked
+
+
+def _time_line(t: dict[str, float], stages: str) -> str:
+    """The stage times with model load first and the command's wall time last (imports included in load)."""
+    load = f"load {_fmt_s(t['load'])}, " if "load" in t else ""
+    total = f"; total {_fmt_s(t['total'])}" if "total" in t else ""
+    return f"{load}{stages}{total}"
+
+
 def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     for a in items:
         out.print(f"[bold]Q:[/] {escape(a.question)}")
@@ -120,7 +187,7 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     a = items[0]
     table = Table(show_header=False, box=None, pad_edge=False, title=None)
     table.add_column(style="dim")
-    table.add_column()
+    table.add_column(overflow="fold")  # wrap long paths, never cut them
     table.add_row("video", escape(a.video))
     table.add_row("frames", f"{a.frames}" + (f"  ({escape(a.note)})" if a.note else ""))
     if show_timestamps:
@@ -129,28 +196,36 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     if a.tau is None:
         table.add_row("compression", "off")
     else:
+        if a.budget:
+            table.add_row("budget", _budget_line(a.budget, a.tau))
         table.add_row("tau / epsilon", f"{_tau(a.tau, a.tau_temporal)} / {a.epsilon:.4g}")
     table.add_row("LLM prefill", f"{a.tflops['before']:.3g} → {a.tflops['after']:.3g} TFLOPs (estimated)")
     t = a.timings_s
     vision = "from cache" if a.cache_hit else f"decode {_fmt_s(t['decode'])}, vision {_fmt_s(t['vision'])}"
     table.add_row(
         "time",
-        f"{vision}, compression {_fmt_s(t['compression'])}, prefill {_fmt_s(t['prefill'])}, "
-        f"generation {_fmt_s(t['generation'])}"
-        + ("  (questions batched: prefill/generation are the batch's)" if len(items) > 1 else ""),
+        _time_line(
+            t,
+            f"{vision}, compression {_fmt_s(t['compression'])}, prefill {_fmt_s(t['prefill'])}, "
+            f"generation {_fmt_s(t['generation'])}",
+        ),
     )
+    if len(items) > 1:
+        table.add_row("", "(questions batched: prefill and generation are the batch's)")
     table.add_row("model", f"{escape(a.model)} on {a.device} ({a.dtype})")
     table.add_row("profile", escape(str(a.profile.get("name", ""))))
-    out.print(table)
+    _print_table(table)
 
 
 # ---------------------------------------------------------------------------------------------------- inspect
-def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
+def inspection(insp: Inspection, timings: dict[str, float] | None = None, show_per_frame: bool = True) -> None:
+    """``timings``: load and total seconds measured by the CLI (absent with --video-only)."""
     i = insp.info
+    t = timings or {}
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="dim")
-    table.add_column()
-    table.add_row("video", escape(i.path))
+    table.add_column(overflow="fold")  # wrap long paths, never cut them
+    table.add_row("video", escape(insp.video or i.path))
     kind = "still image" if i.is_image else f"{i.codec}, {i.fps:.3g} fps, {i.n_frames} frames, {i.duration:.2f} s"
     table.add_row(
         "stream",
@@ -166,60 +241,51 @@ def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
     c = insp.compressed
     if c is not None and insp.encoded is not None:
         e = insp.encoded
-        table.add_row("model", escape(insp.model or ""))
+        table.add_row("model", escape(insp.model or "") + (f" on {insp.device} ({insp.dtype})" if insp.device else ""))
         table.add_row(
             "visual tokens",
             "original → spatial → final: "
             + _tokens_line({"original": c.n_original, "spatial": c.n_spatial, "final": c.n_final}, c.retention),
         )
         if c.tau is not None:
+            if insp.budget:
+                table.add_row("budget", _budget_line(insp.budget, c.tau))
             table.add_row("tau / epsilon", f"{_tau(c.tau, c.tau_temporal)} / {c.epsilon:.4g}")
         if insp.tflops:
             table.add_row("LLM prefill", f"{insp.tflops['before']:.3g} → {insp.tflops['after']:.3g} TFLOPs (est.)")
         src = "from cache" if e.cache_hit else f"decode {_fmt_s(e.decode_s)} ({e.backend}), vision {_fmt_s(e.vision_s)}"
-        table.add_row("time", f"{src}, compression {_fmt_s(c.compression_s)}")
+        table.add_row("time", _time_line(t, f"{src}, compression {_fmt_s(c.compression_s)}"))
         if show_per_frame:
             table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
-    out.print(table)
+    _print_table(table)
     if insp.sweep and c is not None:
         sweep = Table(title="retention by tau (one encoding)", title_justify="left")
         for col in ("tau", "after spatial", "final", "retention"):
             sweep.add_column(col, justify="right")
         for tau, n_spatial, n_final in insp.sweep:
             sweep.add_row(f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}", f"{n_final / c.n_original * 100:.1f} %")
-        out.print(sweep)
+        _print_table(sweep)
 
 
 # ---------------------------------------------------------------------------------------------------- profiles
-def profile_list(entries: Sequence[ProfileEntry]) -> None:
+def profile_list(entries: Sequence[ProfileEntry], as_json: bool = False) -> None:
+    if as_json:
+        write_json([{"name": e.name, "source": e.source, "description": e.description, "path": str(e.path)}
+                    for e in entries])  # fmt: skip
+        return
     table = Table(box=None, pad_edge=False)
     table.add_column("name", style="bold")
     table.add_column("source", style="dim")
     table.add_column("description")
     for e in entries:
         table.add_row(escape(e.name), e.source, escape(e.description))
-    out.print(table)
+    _print_table(table)
 
 
-def profile_detail(profile: Profile, path: str) -> None:
-    out.print(f"[bold]{escape(profile.name)}[/]  [dim]{escape(path)}[/]")
-    if profile.description:
-        out.print(escape(profile.description))
-    data = profile.to_dict()
-    auto = {
-        "compression.tau": "auto (checkpoint's mm_zip_tau, else 0.9)",
-        "compression.epsilon": "auto (checkpoint's mm_zip_epsilon, else 0.05)",
-        "compression.tau_temporal": "auto (same as tau)",
-        "model.newline": "auto (llava-hf: yes; original: no)",
-    }
-    for section in ("sampling", "compression", "generation", "model"):
-        out.print(f"[dim]{section}:[/]")
-        for key, value in data[section].items():
-            if value is None:
-                shown = auto.get(f"{section}.{key}", "none")
-            else:
-                shown = str(value).lower() if isinstance(value, bool) else str(value)
-            out.print(f"  {key}: {escape(shown)}")
+def profile_detail(text: str) -> None:
+    """A profile as YAML (``profiles.profile_yaml``): plain text, so it can be redirected into a file and loaded."""
+    stdout.write(text)
+    stdout.flush()
 
 
 # ---------------------------------------------------------------------------------------------------- batch
@@ -350,14 +416,62 @@ def batch_summary(summary: Any, to_stderr: bool = False) -> None:
     (err if to_stderr else out).print(table)
 
 
-def cache_info(root: str, n_entries: int, n_bytes: int, max_bytes: int) -> None:
-    gib = 1024**3
-    out.print(f"{escape(root)}: {n_entries} encodings, {n_bytes / gib:.2f} GiB of {max_bytes / gib:.2f} GiB")
+def _size(n_bytes: int) -> str:
+    """Bytes in the largest unit that keeps a digit before the point: 1.00 GiB, 12.3 MiB, 45.0 KiB, 0 B."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}" if n_bytes < 100 * scale else f"{n_bytes / scale:.0f} {unit}"
+    return f"{n_bytes} B"
+
+
+def cache_info(root: str, n_entries: int, n_bytes: int, max_bytes: int, as_json: bool = False) -> None:
+    if as_json:
+        write_json({"path": root, "entries": n_entries, "bytes": n_bytes, "max_bytes": max_bytes})
+        return
+    noun = "encoding" if n_entries == 1 else "encodings"
+    out.print(f"{escape(root)}: {n_entries} {noun}, {_size(n_bytes)} of {_size(max_bytes)}")
 
 
 def cache_cleared(root: str, n_removed: int) -> None:
     out.print(f"removed {n_removed} cached encodings from {escape(root)}")
 
 
-def version(text: str) -> None:
-    out.print(text)
+def version(versions: dict[str, str | None], as_json: bool = False) -> None:
+    if as_json:
+        write_json(versions)
+        return
+    out.print(", ".join(f"{name} {v or '(not installed)'}" for name, v in versions.items()))
+
+
+def doctor(report: dict[str, Any], as_json: bool = False) -> None:
+    """``scissor doctor``: one row per thing that decides whether (and how fast) scissor runs here."""
+    if as_json:
+        write_json(report)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column(overflow="fold")  # wrap long paths, never cut them
+    for name, v in report["versions"].items():
+        table.add_row(name, escape(v) if v else "[red]not installed[/]")
+    cuda = report["cuda"]
+    if cuda["available"]:
+        gpus = "; ".join(f"{g['index']}: {escape(g['name'])}, {g['memory_gib']} GiB" for g in cuda["gpus"])
+        table.add_row("CUDA", f"{cuda['version']}  {gpus}")
+    else:
+        built = f" (torch built for CUDA {cuda['version']})" if cuda["version"] else ""
+        table.add_row("CUDA", f"not available{built}: models run on " + ("mps" if report.get("mps") else "the CPU"))
+    for tool in ("ffmpeg", "ffprobe"):
+        v = report[tool]
+        table.add_row(tool, escape(v) if v else "[red]not found[/] (install ffmpeg; needed for most videos)")
+    fc = report["feature_cache"]
+    table.add_row(
+        "feature cache",
+        f"{escape(fc['path'])}: {fc['entries']} {'entry' if fc['entries'] == 1 else 'entries'}, "
+        f"{_size(fc['bytes'])} of {_size(fc['max_bytes'])}",
+    )
+    table.add_row("model cache", escape(report["hf_cache"]))
+    table.add_row("offline", "yes (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)" if report["offline"] else "no")
+    cfg = report["config"]
+    table.add_row("config", escape(cfg["path"]) if cfg["path"] else "none")
+    table.add_row("default model", escape(report["default_model"]))
+    _print_table(table)

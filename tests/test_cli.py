@@ -61,7 +61,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SCISSOR_PROFILES_DIR", str(tmp_path / "profiles"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("SCISSOR_DEBUG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no user config unless a test writes one
+    for var in ("SCISSOR_DEBUG", "SCISSOR_CONFIG", "SCISSOR_MODEL"):
+        monkeypatch.delenv(var, raising=False)
 
 
 def run(*args, env=None):
@@ -89,7 +91,8 @@ def test_help_profiles_and_version_import_no_heavy_modules():
     code = (
         "import sys\n"
         "from scissor_cli.cli import app\n"
-        "for args in (['--help'], ['profiles', 'list'], ['profiles', 'show', 'r10'], ['version'], ['ask', '--help']):\n"
+        "for args in (['--help'], ['profiles', 'list'], ['profiles', 'show', 'r10'], ['version'], ['--version'],\n"
+        "             ['ask', '--help'], ['cache', 'info', '--json']):\n"
         "    try:\n"
         "        app(args)\n"
         "    except SystemExit as e:\n"
@@ -275,8 +278,7 @@ def test_inspect_with_model_sweep_and_viz(tiny_hf_dir, clip, tmp_path):
     assert all(1 <= row["final"] <= row["spatial"] for row in rows)
     raw = png.read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
-    assert width == 4 * 64 + 3 * 6 and height == 64, "4 frames in a row, 4x4 cells of 16 px"
+    assert "token map written to" in result.stderr and "written" not in result.stdout, "the message goes to stderr"
     text = run("inspect", clip, "--model", tiny_hf_dir, "--frames", "4", "--sweep")
     assert "retention by tau" in text.stdout and "spatial per frame" in text.stdout
 
@@ -344,7 +346,7 @@ def test_console_script_and_module_entry_points(clip):
 def test_cache_info_and_clear(tiny_hf_dir, clip):
     assert "0 encodings" in run("cache", "info").stdout
     run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "1")
-    assert "1 encodings" in run("cache", "info").stdout
+    assert "1 encoding," in run("cache", "info").stdout
     assert "removed 1" in run("cache", "clear").stdout
     assert "0 encodings" in run("cache", "info").stdout
     one_line_error(run("cache", "info", env={"SCISSOR_CACHE_MAX_GB": "lots"}), OptionError.exit_code, "GiB")
@@ -395,3 +397,318 @@ def test_viz_into_an_unwritable_folder_fails_before_any_work(clip, tmp_path):
         one_line_error(run("inspect", clip, "--viz", folder / "x.png"), OptionError.exit_code, "not writable")
     finally:
         folder.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 12: CLI
+def scissor_cmd():
+    script = shutil.which("scissor", path=os.path.dirname(sys.executable)) or shutil.which("scissor")
+    assert script, "the `scissor` console script is installed next to the interpreter"
+    return script
+
+
+def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(tiny_hf_dir, clip, tmp_path):
+    """SIGINT to the whole process group (as a terminal's Ctrl-C does, ffmpeg children included) at delays that
+    land in the imports, the model load, decoding and generation."""
+    import signal
+    import time
+
+    env = {**os.environ, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    env.pop("SCISSOR_DEBUG", None)
+    cmd = [scissor_cmd(), "ask", clip, "Describe.", "--model", str(tiny_hf_dir), "--frames", "16", "--no-cache"]
+    cmd += ["--max-new-tokens", "400"]
+    interrupted = 0
+    for delay in (0.15, 0.3, 0.6, 1.0, 1.6, 2.4, 3.5, 5.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+        time.sleep(delay)
+        if proc.poll() is not None:  # finished before the signal: nothing to interrupt at this delay
+            proc.communicate()
+            continue
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        text = err.decode()
+        assert proc.returncode == 130, f"at {delay} s: exit {proc.returncode}, stderr:\n{text}"
+        assert text == "interrupted\n", f"at {delay} s: one line and nothing else on stderr, got:\n{text}"
+        interrupted += 1
+    assert interrupted >= 4, "most delays should land while the command runs"
+
+
+def test_ctrl_c_with_debug_shows_the_traceback(tiny_hf_dir, clip, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "SCISSOR_DEBUG": "1", "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    cmd = [scissor_cmd(), "ask", clip, "Q?", "--model", str(tiny_hf_dir), "--frames", "16", "--no-cache"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" in err.decode() and err.decode().endswith("interrupted\n")
+
+
+def test_interrupted_from_a_command_prints_its_message(monkeypatch, clip):
+    """batch raises Interrupted with what it saved; the seam prints that as the one line, exit 130."""
+    from scissor_cli import errors, video
+
+    def stop(*args, **kwargs):
+        raise errors.Interrupted("3 of 10 jobs saved in out.jsonl; run the same command again to continue")
+
+    monkeypatch.setattr(video, "probe", stop)
+    result = run("ask", clip, "Q?")
+    assert result.exit_code == 130
+    assert result.stderr == "interrupted: 3 of 10 jobs saved in out.jsonl; run the same command again to continue\n"
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)])
+def test_a_closed_stdout_ends_quietly_with_exit_0(tiny_hf_dir, clip, tmp_path, json_flag):
+    env = {**os.environ, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    for args in (
+        ["ask", clip, "Q?", "-q", "Q2?", "--model", str(tiny_hf_dir)],
+        ["inspect", clip, "--video-only"],
+        ["ask", "--help"],
+    ):
+        read_end, write_end = os.pipe()
+        cmd = [scissor_cmd(), *args, "--frames", "4", *json_flag]
+        proc = subprocess.Popen(cmd, stdout=write_end, stderr=subprocess.PIPE, env=env)
+        os.close(write_end)
+        os.close(read_end)  # the reader is gone before anything is written: every write gets EPIPE
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and err == b"", f"{args[0]}: exit {proc.returncode}, stderr {err!r}"
+
+
+def test_piping_into_head_is_quiet(tiny_hf_dir, clip, tmp_path):
+    script = (
+        f"set -o pipefail; {scissor_cmd()} ask {clip} 'Q?' --model {tiny_hf_dir} --frames 4 --max-new-tokens 2 "
+        f"| head -1; {scissor_cmd()} inspect {clip} --video-only | head -1"
+    )
+    env = {**os.environ, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.splitlines()[0].startswith("Q: Q?")
+
+
+def test_success_leaves_stderr_empty(tiny_hf_dir, clip):
+    for args in (
+        ("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "4", "--max-new-tokens", "2"),
+        ("inspect", clip, "--model", tiny_hf_dir, "--frames", "4"),
+        ("inspect", clip, "--video-only"),
+    ):
+        result = run(*args)
+        assert result.exit_code == 0 and result.stderr == "", f"{args[0]}: stderr {result.stderr!r}"
+
+
+def test_help_is_clean():
+    for cmd in ("ask", "inspect", "batch", "profiles list", "cache info", "doctor"):
+        result = run(*cmd.split(), "--help")
+        assert result.exit_code == 0 and "<bool>" not in result.stdout, f"{cmd} --help shows <bool>"
+    ask = run("ask", "-h")
+    assert ask.exit_code == 0 and "ask [OPTIONS] VIDEO QUESTION" in ask.stdout, "-h is --help; a plain usage line"
+    assert "{video}" not in ask.stdout and "default 128" in ask.stdout
+    assert "default 32" in ask.stdout, "--frames says its default"
+    top = run("--help")
+    assert "--install-completion" in top.stdout and "--version" in top.stdout and "doctor" in top.stdout
+    version = run("--version")
+    assert version.exit_code == 0 and version.stdout.startswith("scissor ")
+    assert run("ask", "x.mp4", "Q?", "--json", "true").exit_code == 2, "--json takes no value"
+
+
+def test_errors_name_the_flag(clip, tmp_path):
+    one_line_error(run("ask", clip, "Q?", "--frames", "0"), OptionError.exit_code, "--frames 0", "1 to 4096")
+    one_line_error(run("ask", clip, "Q?", "--device", "tpu"), OptionError.exit_code, "--device", "cuda:N")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling:\n  n_frames: 0\n")
+    one_line_error(run("ask", clip, "Q?", "--profile", bad), ProfileError.exit_code, "sampling.n_frames")
+
+
+def test_half_precision_on_a_cpu_warns_once(tiny_hf_dir, clip):
+    result = run("ask", clip, "Q?", "-q", "Q2?", "--model", tiny_hf_dir, "--frames", "2", "--dtype", "bf16")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("warning: bfloat16 on a CPU is slower than float32") == 1, result.stderr
+    data = json_lines(
+        run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--dtype", "fp32", "--json").stdout
+    )
+    assert data[0]["dtype"] == "float32"
+
+
+def test_tau_with_a_budget_is_refused_everywhere(clip, tmp_path):
+    for cmd in (("ask", clip, "Q?"), ("inspect", clip, "--sweep"), ("batch", clip, "-q", "Q?")):
+        one_line_error(
+            run(*cmd, "--tau", "0.8", "--retention", "0.1"), OptionError.exit_code, "--tau", "budget searches tau"
+        )
+    one_line_error(run("ask", clip, "Q?", "--no-compress", "--tokens", "5"), OptionError.exit_code, "--no-compress")
+    both = tmp_path / "both.yaml"
+    both.write_text("compression:\n  tau: 0.8\n  tokens: 20\n")
+    one_line_error(run("inspect", clip, "--profile", both), ProfileError.exit_code, "budget searches tau")
+
+
+def test_the_budget_is_visible(tiny_hf_dir, clip):
+    args = (clip, "--model", tiny_hf_dir, "--frames", "4", "--retention", "0.25")
+    text = run("ask", clip, "Q?", *args[1:], "--max-new-tokens", "2").stdout
+    assert "budget" in text and "25 % (16 tokens) → tau" in text and "found" in text, text
+    record = json_lines(run("ask", clip, "Q?", *args[1:], "--max-new-tokens", "2", "--json").stdout)[0]
+    assert record["budget"] == {"retention": 0.25, "tokens": 16} and record["tokens"]["final"] <= 16
+    insp = json_lines(run("inspect", *args, "--json").stdout)[0]
+    assert insp["budget"] == {"retention": 0.25, "tokens": 16}
+    assert "budget" in run("inspect", *args).stdout
+    count = json_lines(run("inspect", clip, "--model", tiny_hf_dir, "--frames", "4", "--tokens", "9", "--json").stdout)
+    assert count[0]["budget"] == {"retention": None, "tokens": 9}
+    plain = json_lines(run("inspect", clip, "--model", tiny_hf_dir, "--frames", "4", "--json").stdout)[0]
+    assert plain["budget"] is None and "budget" not in run("inspect", clip, "--model", tiny_hf_dir).stdout
+
+
+def test_load_and_total_time_are_shown(tiny_hf_dir, clip):
+    args = ("--model", tiny_hf_dir, "--frames", "2")
+    record = json_lines(run("ask", clip, "Q?", *args, "--max-new-tokens", "2", "--json").stdout)[0]
+    t = record["timings_s"]
+    assert t["load"] > 0 and t["total"] >= t["load"] + t["prefill"] + t["generation"], t
+    insp = json_lines(run("inspect", clip, *args, "--json").stdout)[0]["timings_s"]
+    assert insp["load"] > 0 and insp["total"] >= insp["load"]
+    text = run("ask", clip, "Q?", *args, "--max-new-tokens", "2").stdout
+    assert "time           load " in text and "; total " in text, text
+
+
+def test_json_video_as_typed_with_device_and_dtype(tiny_hf_dir, clip, monkeypatch):
+    monkeypatch.chdir(os.path.dirname(clip))
+    args = ("--model", tiny_hf_dir, "--frames", "2", "--json")
+    answer = json_lines(run("ask", "clip.mp4", "Q?", *args, "--max-new-tokens", "1").stdout)[0]
+    insp = json_lines(run("inspect", "clip.mp4", *args).stdout)[0]
+    assert answer["video"] == insp["video"] == "clip.mp4"
+    assert (insp["device"], insp["dtype"]) == (answer["device"], answer["dtype"]) == ("cpu", "float32")
+    assert json_lines(run("inspect", "./clip.mp4", "--video-only", "--json").stdout)[0]["video"] == "./clip.mp4"
+    first = run("inspect", "clip.mp4", "--video-only").stdout.splitlines()[0]
+    assert first.split() == ["video", "clip.mp4"], "the text output shows the path as typed, too"
+
+
+def test_cache_info_json_and_units(tiny_hf_dir, clip):
+    data = json_lines(run("cache", "info", "--json").stdout)[0]
+    assert data["entries"] == 0 and data["bytes"] == 0 and data["max_bytes"] == 2 * 1024**3
+    run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "1")
+    data = json_lines(run("cache", "info", "--json").stdout)[0]
+    assert data["entries"] == 1 and 0 < data["bytes"] < 1024**2
+    assert " KiB of 2 GiB" in run("cache", "info").stdout, "a small cache is not shown as 0.00 GiB"
+
+
+def test_profiles_list_json_and_show_round_trip(tmp_path, clip):
+    from scissor_cli.profiles import load_profile
+
+    entries = json_lines(run("profiles", "list", "--json").stdout)[0]
+    assert {e["name"] for e in entries} >= {"default", "r10", "off"} and all(e["source"] for e in entries)
+    for name in ("default", "r50", "r35", "r10", "r5", "fast", "off"):
+        shown = run("profiles", "show", name)
+        assert shown.exit_code == 0 and shown.stderr == ""
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(shown.stdout)
+        by_name, by_file = (
+            json_lines(run("inspect", clip, "--video-only", "--json", "--profile", p).stdout)[0]["profile"]
+            for p in (name, path)
+        )
+        assert by_file == by_name, f"--profile with the output of profiles show {name} runs with the same settings"
+        assert load_profile(str(path)).to_dict() | {"name": name} == load_profile(name).to_dict(), name
+    one_line_error(run("profiles", "show", "r1O"), ProfileError.exit_code, "did you mean r10?")
+
+
+def test_user_config_sets_the_default_model_and_cache(tiny_hf_dir, clip, tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tiny_hf_dir}\ncache_dir: {tmp_path / 'my-cache'}\n")
+    monkeypatch.setenv("SCISSOR_CONFIG", str(config))
+    monkeypatch.delenv("SCISSOR_CACHE_DIR")
+    record = json_lines(run("ask", clip, "Q?", "--frames", "2", "--max-new-tokens", "1", "--json").stdout)[0]
+    assert record["model"] == str(tiny_hf_dir), "the config's model is the default"
+    assert any((tmp_path / "my-cache").iterdir()), "the config's cache_dir holds the feature cache"
+    monkeypatch.setenv("SCISSOR_MODEL", str(tmp_path / "no-such-model"))
+    one_line_error(run("ask", clip, "Q?", "--frames", "2"), ModelError.exit_code, "no-such-model")
+    doctor = json_lines(run("doctor", "--json").stdout)[0]
+    assert doctor["config"]["path"] == str(config) and doctor["default_model"] == str(tmp_path / "no-such-model")
+    assert doctor["feature_cache"]["path"] == str(tmp_path / "my-cache") and doctor["feature_cache"]["entries"] == 1
+    for key in ("versions", "cuda", "ffmpeg", "ffprobe", "offline", "hf_cache"):
+        assert key in doctor, key
+    assert doctor["ffmpeg"].startswith("ffmpeg version") and doctor["versions"]["torch"]
+    text = run("doctor")
+    unfolded = "".join(line.strip() if line.startswith(" ") else "\n" + line for line in text.stdout.splitlines())
+    assert text.exit_code == 0 and "CUDA" in text.stdout and str(config) in unfolded, "long paths wrap, never cut"
+    config.write_text("model: x\ncolour: red\n")
+    one_line_error(run("ask", clip, "Q?"), ProfileError.exit_code, "unknown key 'colour'", str(config))
+    assert json_lines(run("version", "--json").stdout)[0]["scissor"]
+
+
+def test_viz_keeps_the_aspect_ratio_and_labels_frames(tiny_hf_dir, clip, tmp_path):
+    import zlib
+
+    import numpy as np
+
+    from scissor_cli import viz
+
+    png = tmp_path / "map.png"
+    result = run("inspect", clip, "--model", tiny_hf_dir, "--frames", "4", "--viz", png)
+    assert result.exit_code == 0 and result.stderr.startswith("token map written to"), result.stderr
+    raw = png.read_bytes()
+    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    tile_w = round(viz.TILE_H * 96 / 64)  # the 96x64 clip keeps its 3:2 shape
+    assert width == viz.GAP + 4 * (tile_w + viz.GAP), "4 frames in a row at the clip's aspect ratio"
+    idat = raw[raw.index(b"IDAT") + 4 : raw.index(b"IEND") - 8]
+    image = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, width * 3 + 1)[:, 1:]
+    image = image.reshape(height, width, 3)
+    title = image[: 2 * viz.CAPTION_H]
+    assert (title < 100).any(), "a title with the counts is drawn above the frames"
+    caption = image[-viz.CAPTION_H - viz.GAP : -viz.GAP, viz.GAP : viz.GAP + tile_w]
+    assert (caption < 100).any(), "each frame has its time below it"
+
+
+def test_viz_text_and_colours():
+    import numpy as np
+
+    from scissor_cli import viz
+
+    canvas = np.full((30, 200, 3), 255, np.uint8)
+    viz.draw_text(canvas, "1.72 s", 2, 2)
+    assert (canvas < 100).any() and canvas[:, viz.text_width("1.72 s") + 4 :].min() == 255, "text stays in its box"
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 30, size=(3, 6, 6))
+    colour = viz.colour_tokens(ids, 30)
+    for a, b in ((ids[:, 1:, :], ids[:, :-1, :]), (ids[:, :, 1:], ids[:, :, :-1])):
+        differ = a != b
+        assert (colour[a[differ]] != colour[b[differ]]).all(), "touching tokens never share a colour"
+    colours = viz.palette(40)
+    assert len({tuple(c) for c in colours.tolist()}) == 40, "the palette's colours are distinct"
+
+
+def test_main_reports_an_interrupt_that_escapes_the_commands(monkeypatch, capsys):
+    """A Ctrl-C outside a command body (while typer parses, say) reaches main() as typer's silent exit 130."""
+    import signal
+    import time
+
+    from scissor_cli import cli
+
+    monkeypatch.setattr(cli, "_sigint", {"seen": False, "reported": False, "raise": False, "main": False})
+
+    def typer_like_app():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+    monkeypatch.setattr(cli, "app", typer_like_app)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line():
+    """The window before main() runs: a SIGINT while typer is being imported (sent by an import hook)."""
+    code = (
+        "import os, signal, sys\n"
+        "sys.argv = ['scissor']\n"
+        "class Hook:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'typer':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "import scissor_cli.cli\n"
+        "print('not interrupted')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130 and out.stderr == "interrupted\n" and out.stdout == "", out.stderr

@@ -8,7 +8,7 @@ from scissor_cli.cli import build_profile
 from scissor_cli.errors import OptionError, ProfileError
 from scissor_cli.options import Profile, validate
 from scissor_cli.pipeline import llm_tflops
-from scissor_cli.profiles import find_profile, list_profiles, load_profile
+from scissor_cli.profiles import find_profile, list_profiles, load_profile, profile_yaml
 
 BUILTIN = ("default", "r50", "r35", "r10", "r5", "fast", "off")
 
@@ -16,6 +16,9 @@ BUILTIN = ("default", "r50", "r35", "r10", "r5", "fast", "off")
 @pytest.fixture(autouse=True)
 def no_user_profiles(tmp_path, monkeypatch):
     monkeypatch.setenv("SCISSOR_PROFILES_DIR", str(tmp_path / "user-profiles"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no user config unless a test writes one
+    monkeypatch.delenv("SCISSOR_CONFIG", raising=False)
+    monkeypatch.delenv("SCISSOR_MODEL", raising=False)
 
 
 def write(tmp_path, text, name="p.yaml"):
@@ -162,3 +165,148 @@ def test_flops_model_matches_the_paper():
 def test_a_directory_is_not_a_profile(tmp_path):
     with pytest.raises(ProfileError, match="is a directory"):
         load_profile(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------- names vs paths
+def test_a_file_in_the_working_directory_does_not_hijack_a_profile_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r10").write_text("compression:\n  tokens: 3\n")
+    assert find_profile("r10").parent.name == "profiles", "a bare name is a built-in/user profile"
+    assert load_profile("r10").compression.retention == pytest.approx(0.1)
+    assert load_profile("./r10").compression.tokens == 3, "a path that looks like one is the file"
+    (tmp_path / "mine").write_text("sampling:\n  n_frames: 3\n")
+    with pytest.raises(ProfileError) as e:
+        load_profile("mine")
+    assert "unknown profile 'mine'" in e.value.message and "--profile ./mine" in e.value.hint
+
+
+def test_an_unknown_name_suggests_the_closest():
+    with pytest.raises(ProfileError) as e:
+        load_profile("r1O")
+    assert "did you mean r10?" in e.value.message
+    with pytest.raises(ProfileError) as e:
+        load_profile("zzzzzz")
+    assert "did you mean" not in e.value.message, "no suggestion when nothing is close"
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_profile_yaml_round_trips(tmp_path, name):
+    p = load_profile(name)
+    text = profile_yaml(p, "test")
+    path = tmp_path / f"{name}-copy.yaml"
+    path.write_text(text)
+    back = load_profile(str(path))
+    assert back.to_dict() | {"name": name} == p.to_dict(), f"profiles show {name} does not load back unchanged"
+
+
+def test_profile_yaml_of_every_value_kind_round_trips(tmp_path):
+    path = write(
+        tmp_path,
+        "description: \"a: colon, #hash and 'quotes'\"\nsampling:\n  fps: 2\n  start: 1.5\n  end: 9\n"
+        "compression:\n  tau: 0.8\n  tau_temporal: 0.7\n  epsilon: 0.1\n  seed: 3\n"
+        "generation:\n  temperature: 0.7\n  top_p: 0.9\nmodel:\n  model: ./ckpt\n  revision: v1.0\n  newline: false\n"
+        "  dtype: bf16\n",
+    )
+    p = load_profile(path)
+    assert p.model.dtype == "bfloat16", "profiles accept the dtype aliases too"
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(profile_yaml(p, path))
+    assert load_profile(str(copy)).to_dict() | {"name": "p"} == p.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------------- tau and budget
+def test_tau_and_a_budget_one_rule():
+    for budget in (dict(retention=0.1), dict(tokens=50)):
+        with pytest.raises(OptionError) as e:
+            build_profile(None, tau=0.8, **budget)
+        assert "--tau" in e.value.message and "budget searches tau" in e.value.message
+    assert build_profile("r10", tau=0.85).compression.budget is None, "--tau clears a profile's budget"
+    tau_profile = build_profile(None, tau=0.8)  # stands in for a profile that fixes tau
+    assert tau_profile.compression.tau == 0.8
+
+
+def test_a_budget_flag_clears_a_profiles_tau(tmp_path):
+    path = write(tmp_path, "compression:\n  tau: 0.8\n  tau_temporal: 0.7\n")
+    p = build_profile(path, retention=0.2)
+    assert p.compression.tau is None and p.compression.retention == pytest.approx(0.2)
+    assert p.compression.tau_temporal == pytest.approx(0.7), "a fixed temporal tau may go with a budget"
+
+
+def test_a_profile_file_with_tau_and_a_budget_is_a_profile_error(tmp_path):
+    with pytest.raises(ProfileError) as e:
+        load_profile(write(tmp_path, "compression:\n  tau: 0.8\n  retention: 0.1\n"))
+    assert "budget searches tau itself" in e.value.message and "compression.tau" in e.value.message
+
+
+# ---------------------------------------------------------------------------------------------------- flag names
+@pytest.mark.parametrize(
+    "kwargs, flag, allowed",
+    [
+        (dict(frames=0), "--frames", "1 to 4096"),
+        (dict(device="tpu"), "--device", "auto, cpu, cuda, cuda:N or mps"),
+        (dict(dtype="fp8"), "--dtype", "float32"),
+        (dict(tau_temporal=3.0), "--tau-temporal", "-1 to 1"),
+        (dict(max_new_tokens=0), "--max-new-tokens", "1 to 32768"),
+        (dict(start=3.0, end=1.0), "--end", "--start"),
+    ],
+)
+def test_flag_errors_name_the_flag_and_the_allowed_values(kwargs, flag, allowed):
+    with pytest.raises(OptionError) as e:
+        build_profile(None, **kwargs)
+    text = f"{e.value.message}\n{e.value.hint}"
+    assert flag in e.value.message and allowed in e.value.hint, text
+    assert "sampling." not in text and "model." not in text and "generation." not in text, text
+
+
+def test_dtype_aliases():
+    assert [build_profile(None, dtype=d).model.dtype for d in ("bf16", "fp16", "fp32", "BF16")] == [
+        "bfloat16",
+        "float16",
+        "float32",
+        "bfloat16",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- user config
+def test_user_config_precedence(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text("model: from/config\ndevice: cpu\ndtype: fp32\n")
+    monkeypatch.setenv("SCISSOR_CONFIG", str(config))
+    p = build_profile(None)
+    assert (p.model.model, p.model.device, p.model.dtype) == ("from/config", "cpu", "float32")
+    monkeypatch.setenv("SCISSOR_MODEL", "from/env")
+    assert build_profile(None).model.model == "from/env", "SCISSOR_MODEL beats the config file"
+    named = write(tmp_path, "model:\n  model: from/profile\n")
+    assert build_profile(named).model.model == "from/profile", "a profile that names a model beats both"
+    assert build_profile(named).model.device == "cpu", "keys the profile leaves unset still come from the config"
+    assert build_profile(named, model="from/flag").model.model == "from/flag", "flags beat everything"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("modle: x\n", ["unknown key 'modle'", "model, device, dtype, cache_dir"]),
+        ("device: tpu\n", ["device", "auto, cpu"]),
+        ("dtype: 8\n", ["dtype"]),
+        ("- a\n", ["must be a mapping"]),
+    ],
+)
+def test_user_config_is_loaded_strictly(tmp_path, monkeypatch, text, words):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    monkeypatch.setenv("SCISSOR_CONFIG", str(config))
+    with pytest.raises(ProfileError) as e:
+        build_profile(None)
+    text = f"{e.value.message}\n{e.value.hint}"
+    assert str(config) in e.value.message and all(w in text for w in words), text
+
+
+def test_user_config_location(tmp_path, monkeypatch):
+    from scissor_cli.config import config_path, load_config
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert config_path() == (tmp_path / "scissor" / "config.yaml", False)
+    assert load_config().path is None, "no file, no config"
+    monkeypatch.setenv("SCISSOR_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_config()
