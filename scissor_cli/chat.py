@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from scissor_cli.errors import ManifestError, OptionError, VideoError
+from scissor_cli.errors import ManifestError, OptionError
 from scissor_cli.options import Profile, validate
 from scissor_cli.pipeline import (
     Answer,
@@ -37,6 +37,7 @@ from scissor_cli.pipeline import (
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
+    from scissor_cli.video import VideoInfo
 
 Status = Callable[[str], None]
 
@@ -172,21 +173,18 @@ class ChatSession:
         self.generating = False
 
     # ------------------------------------------------------------------ the video
-    def open(self, video: str, on_status: Status | None = None) -> Stats:
-        """Probe, decode, encode (or read the feature cache) and compress ``video``; the conversation starts over."""
-        self._video = self._prepare(video, self.profile, on_status)
+    def open(self, video: str, on_status: Status | None = None, info: VideoInfo | None = None) -> Stats:
+        """Probe (unless ``info`` is given), decode, encode (or read the feature cache) and compress ``video``;
+        the conversation starts over."""
+        self._video = self._prepare(video, self.profile, on_status, info)
         self.history.clear()
         return self.stats()
 
-    def _prepare(self, video: str, profile: Profile, on_status: Status | None) -> _Prepared:
-        from scissor_cli import video as video_io
-
-        if str(video) == video_io.STDIN:
-            raise VideoError(
-                "chat reads its questions from stdin, so the video cannot come from stdin (-) too",
-                hint="save the video to a file and pass its path",
-            )
-        info = video_io.probe(video)
+    def _prepare(
+        self, video: str, profile: Profile, on_status: Status | None, info: VideoInfo | None = None
+    ) -> _Prepared:
+        if info is None:
+            info = probe_video(video)
         encoded = encode_video(self.vlm, video, profile, on_status=on_status, info=info)
         compressed = compress_video(encoded, profile)
         costs = {"decode": encoded.decode_s, "vision": encoded.vision_s, "compression": compressed.compression_s}
@@ -372,6 +370,18 @@ class ChatSession:
                 hint="give a file in an existing, writable folder, e.g. /save chat.jsonl",
             ) from e
         return Saved(path, len(self.turns))
+
+
+def probe_video(video: str) -> VideoInfo:
+    """``video.probe`` for a chat's video: a file or URL, never stdin (stdin carries the questions)."""
+    from scissor_cli import video as video_io
+
+    if str(video) == video_io.STDIN:
+        raise OptionError(
+            "chat reads its questions from stdin, so the video cannot come from stdin (-) too",
+            hint="save the video to a file and pass its path",
+        )
+    return video_io.probe(video)
 
 
 # ---------------------------------------------------------------------------------------------------- input lines

@@ -942,19 +942,13 @@ def chat(
     one question or command per line, each answer on stdout."""
     p = profile_from_flags(locals())
     from scissor_cli import chat as chat_mod
-    from scissor_cli import video as video_io
 
-    if video == video_io.STDIN:
-        raise OptionError(
-            "chat reads its questions from stdin, so the video cannot come from stdin (-) too",
-            hint="save the video to a file and pass its path",
-        )
-    video_io.probe(video)  # a bad path or URL fails here, before the model loads
+    info = chat_mod.probe_video(video)  # a bad path or URL fails here, before the model loads
     interactive = sys.stdin.isatty()
     with render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
         session = chat_mod.ChatSession(vlm, p, history=not no_history, load_s=load_s)
-        stats = session.open(video, on_status=on_status)
+        stats = session.open(video, on_status=on_status, info=info)
     render.chat_stats(stats)
     on_text = None if json_out else render.chat_text
     exit_code = 0

@@ -155,12 +155,13 @@ def test_context_overflow_has_a_clear_message_and_reset_is_the_way_out(tiny_hf_d
 
 
 def test_bad_lines_are_reported_and_the_session_goes_on(tiny_hf_dir, clip, tmp_path):
-    lines = ["/retention 2", "/frames x", "/bogus", "/save", "/video missing.mp4", "Q?"]
+    lines = ["/retention 2", "/frames x", "/bogus", "/save", "/video -", "/video missing.mp4", "Q?"]
     result = chat(clip, "--model", tiny_hf_dir, "--frames", "4", "--max-new-tokens", "3", "--json", lines=lines)
     err = result.stderr
     assert "error: /retention 2.0 is out of range" in err and "hint: /retention must be" in err, err
     assert "error: /frames needs a whole number, got 'x'" in err, err
     assert "error: unknown command /bogus" in err and "/help" in err, err
+    assert "error: chat reads its questions from stdin" in err, err
     assert "missing.mp4" in err, err
     assert "error: /save needs a value" in err, err
     [turn] = records(result)
@@ -186,6 +187,22 @@ def test_save_writes_the_transcript_and_video_starts_over(tiny_hf_dir, clip, tmp
 def test_stdin_video_is_refused(tiny_hf_dir):
     result = chat("-", "--model", tiny_hf_dir, lines=["Q?"])
     assert result.exit_code == OptionError.exit_code and "cannot come from stdin" in result.stderr, result.output
+
+
+def test_chat_help_is_light_and_shows_examples():
+    code = (
+        "import sys\n"
+        "from scissor_cli.cli import app\n"
+        "try:\n"
+        "    app(['chat', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'decord', 'numpy') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={
+        **os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout and "Examples" in out.stdout and "scissor chat" in out.stdout, out.stdout
 
 
 def test_help_lists_every_command(tiny_hf_dir, clip):
@@ -254,7 +271,7 @@ def test_generate_streams_the_answer_and_stops_when_asked(vlm):
     assert len(pieces) > 1 and "".join(pieces).strip() == full.texts[0], "the pieces add up to the answer"
     plain = vlm.generate([(tokens, "Describe the video.")], gen)
     assert plain.texts == full.texts, "streaming does not change the answer"
-    stopped = vlm.generate([(tokens, "Describe the video.")], gen, should_stop=lambda: len(pieces) >= 0)
+    stopped = vlm.generate([(tokens, "Describe the video.")], gen, should_stop=lambda: True)
     assert stopped.n_new_tokens == [1], "a stop request ends generation after the current token"
 
 
