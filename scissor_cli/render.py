@@ -523,8 +523,14 @@ def chat_intro() -> None:
     err.print("[dim]Ask about the video. /help lists the commands; Ctrl-C stops an answer, Ctrl-D ends.[/]")
 
 
+# C0 controls and DEL except newline and tab: a model's text must not move the cursor or restyle the terminal
+_TERMINAL_CONTROLS = {c: None for c in (*range(32), 127) if chr(c) not in "\n\t"}
+
+
 def chat_text(piece: str) -> None:
-    """A piece of an answer as it is generated (no markup: the model's text as is)."""
+    """A piece of an answer as it is generated (no markup; on a terminal, without control characters)."""
+    if stdout.isatty():
+        piece = piece.translate(_TERMINAL_CONTROLS)
     stdout.write(piece)
     stdout.flush()
 
@@ -547,8 +553,10 @@ def chat_turn(turn: Any, as_json: bool = False, streamed: bool = False) -> None:
     if turn.max_context:
         parts[2] += f" (context {turn.n_prompt_tokens + turn.n_new_tokens:,} of {turn.max_context:,})"
     prepared = t["decode"] + t["vision"] + t["compression"]
-    if prepared:
+    if t["decode"] + t["vision"]:
         parts.append(f"video prepared in {_fmt_s(prepared)}")
+    elif prepared:  # a /command re-compressed the features in memory
+        parts.append(f"SCC {_fmt_s(prepared)}")
     stopped = " [yellow](stopped)[/]" if turn.stopped else ""
     err.print(f"[dim]{escape(' · '.join(parts))}[/]{stopped}")
 
@@ -588,12 +596,15 @@ def chat_lines(interactive: bool, history_file: str | None = None) -> Iterator[s
         for line in sys.stdin:
             yield line.rstrip("\n")
         return
-    import readline
-
-    if history_file:
+    try:
+        import readline  # importing it gives input() line editing and history
+    except ImportError:  # a Python built without it (Windows): plain input(), no history
+        readline = None  # type: ignore[assignment]
+        history_file = None
+    if readline is not None and history_file:
         with contextlib.suppress(OSError):
             readline.read_history_file(history_file)
-    readline.set_history_length(1000)
+        readline.set_history_length(1000)
     prompt_to_stderr = not stdout.isatty()  # `scissor chat v > log`: keep the prompt out of the log
     try:
         while True:
@@ -610,7 +621,7 @@ def chat_lines(interactive: bool, history_file: str | None = None) -> Iterator[s
                 return
             yield line
     finally:
-        if history_file:
+        if readline is not None and history_file:
             with contextlib.suppress(OSError):
                 os.makedirs(os.path.dirname(history_file), exist_ok=True)
                 readline.write_history_file(history_file)
