@@ -360,3 +360,18 @@ def test_terminal_prompt_streamed_answer_ctrl_c_and_ctrl_d(tiny_hf_dir, clip, tm
         os.close(term.fd)
     history = (tmp_path / "state" / "scissor" / "chat_history").read_text()
     assert "Describe the video in detail." in history and "half a line" not in history, history
+
+
+def test_streamed_text_keeps_control_characters_off_a_terminal(monkeypatch):
+    import io
+
+    from scissor_cli import render
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, expected in ((Terminal(), "a\tb\nc[2Jd"), (io.StringIO(), "a\tb\nc\x1b[2J\x07d")):
+        monkeypatch.setattr(sys, "stdout", stream)
+        render.chat_text("a\tb\nc\x1b[2J\x07d")
+        assert stream.getvalue() == expected, "a terminal gets no escape sequences; a pipe gets the text as is"
