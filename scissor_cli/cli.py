@@ -10,6 +10,7 @@ moment; a reader that goes away (``| head -1``) ends the command quietly with ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -856,6 +857,134 @@ def doctor(json_out: JsonOpt = False) -> None:
     from scissor_cli.config import environment_report
 
     render.doctor(environment_report(), as_json=json_out)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_answers(session: Any) -> Any:
+    """A chat on a terminal: Ctrl-C during an answer stops that answer (a second one abandons it at once); at
+    the prompt it discards the line. Either way the session goes on (Ctrl-D or /quit ends it)."""
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if session.generating and not session.stop_requested():
+            session.request_stop()
+            return
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _chat_history_file() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "scissor", "chat_history")
+
+
+@app.command(
+    cls=_Command,
+    epilog="""[bold]Examples[/]
+
+  scissor chat samples/bigbuckbunny.mp4
+
+  scissor chat clip.mp4 --profile r10 --frames 16
+
+  printf 'What happens?\\n/retention 0.1\\nAnd then?\\n' | scissor chat clip.mp4 --json""",
+)
+@handle_errors
+def chat(
+    video: Annotated[
+        str,
+        typer.Argument(
+            metavar="VIDEO",
+            help="Video file or still image, or an http(s):// URL (stdin carries the questions).",
+            show_default=False,
+        ),
+    ],
+    no_history: Annotated[
+        bool,
+        typer.Option("--no-history", help="Answer each question on its own (the same answers as `scissor ask`)."),
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per answered question: ask --json's fields plus turn.")
+    ] = False,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    tau: TauOpt = None,
+    tau_temporal: TauTemporalOpt = None,
+    epsilon: EpsilonOpt = None,
+    retention: RetentionOpt = None,
+    tokens: TokensOpt = None,
+    no_compress: NoCompressOpt = False,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offline: OfflineOpt = False,
+    no_cache: NoCacheOpt = False,
+    newline: NewlineOpt = None,
+) -> None:
+    """Talk about one video: the model and the video's tokens are loaded once, then ask question after question.
+
+    On a terminal: line editing and history, answers streamed, /help for the commands (/retention, /tokens, /tau,
+    /off re-compress without the vision tower; /frames, /stats, /reset, /video, /save, /quit). With stdin a pipe:
+    one question or command per line, each answer on stdout."""
+    p = profile_from_flags(locals())
+    from scissor_cli import chat as chat_mod
+
+    info = chat_mod.probe_video(video)  # a bad path or URL fails here, before the model loads
+    interactive = sys.stdin.isatty()
+    with render.stages() as on_status:
+        vlm, load_s = _load(p, on_status)
+        session = chat_mod.ChatSession(vlm, p, history=not no_history, load_s=load_s)
+        stats = session.open(video, on_status=on_status, info=info)
+    render.chat_stats(stats)
+    on_text = None if json_out else render.chat_text
+    exit_code = 0
+    if interactive:
+        render.chat_intro()
+    with _ctrl_c_stops_answers(session) if interactive else contextlib.nullcontext():
+        for line in render.chat_lines(interactive, _chat_history_file() if interactive else None):
+            try:
+                is_command = line.strip().startswith("/")  # a question streams its answer: no progress display
+                with render.stages() if is_command else contextlib.nullcontext() as on_status:
+                    reply = chat_mod.handle(session, line, on_text=on_text, on_status=on_status)
+            except ScissorError as e:
+                render.error(e)
+                exit_code = e.exit_code
+                continue
+            except KeyboardInterrupt:
+                if not interactive:
+                    raise
+                render.chat_stopped("\ninterrupted: that step left nothing behind; the session goes on")
+                continue
+            if isinstance(reply, chat_mod.Quit):
+                break
+            if isinstance(reply, chat_mod.Turn):
+                render.chat_turn(reply, as_json=json_out, streamed=on_text is not None)
+            elif isinstance(reply, chat_mod.Change):
+                render.chat_change(reply)
+            elif isinstance(reply, chat_mod.Stats):
+                render.chat_stats(reply)
+            elif isinstance(reply, chat_mod.Reset):
+                render.chat_reset(reply.n_forgotten)
+            elif isinstance(reply, chat_mod.Saved):
+                render.written(f"transcript ({reply.n_turns} turns)", reply.path)
+            elif isinstance(reply, chat_mod.Help):
+                render.chat_help(reply.commands)
+    if exit_code and not interactive:  # a script learns that a line failed (the others were answered)
+        raise typer.Exit(exit_code)
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.options import GenerationOptions, ModelOptions
@@ -455,7 +455,9 @@ class VisionLanguageModel:
         vocab = tokenizer.get_vocab()
         # <image>/<video> exist in llava-hf tokenizers only; never generated as text
         self.suppress_ids = sorted({vocab[t] for t in ("<image>", "<video>") if t in vocab})
-        self._prompt_cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._prompt_cache: dict[tuple, tuple[list[int], list[int]]] = {}
+        # the LLM's context: prompt + answer must fit (a chat checks it before each turn)
+        self.max_positions: int | None = getattr(cfg.text_config, "max_position_embeddings", None)
 
     def __repr__(self) -> str:
         return (f"VisionLanguageModel({self.name!r}, layout={self.layout}, device={self.device}, "
@@ -486,27 +488,44 @@ class VisionLanguageModel:
         return torch.cat(chunks, 0).to(self.device)
 
     # ------------------------------------------------------------------ prompt
-    def prompt_ids(self, question: str) -> tuple[list[int], list[int]]:
+    def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
         """Token ids before and after the video in the checkpoint's chat prompt for ``question`` (user turn =
-        [video, text], generation prompt added). Never relies on a <video> id being in the vocabulary."""
-        if question not in self._prompt_cache:
-            before, after = self._prompt_text(question)
+        [video, text], generation prompt added). Never relies on a <video> id being in the vocabulary.
+
+        ``history``: earlier (question, answer) turns of a conversation; the video stays in the first user turn and
+        ``question`` becomes the last one (empty history: the single-question prompt ``ask`` uses)."""
+        key = (question, tuple(history))
+        if key not in self._prompt_cache:
+            before, after = self._prompt_text(question, key[1])
             tok = self.tokenizer
             ids = (tok(before, add_special_tokens=False).input_ids, tok(after, add_special_tokens=False).input_ids)
             if len(self._prompt_cache) > 256:
                 self._prompt_cache.clear()
-            self._prompt_cache[question] = ids
-        return self._prompt_cache[question]
+            self._prompt_cache[key] = ids
+        return self._prompt_cache[key]
 
-    def _prompt_text(self, question: str) -> tuple[str, str]:
+    def prompt_length(self, n_video: int, question: str, history: Sequence[tuple[str, str]] = ()) -> int:
+        """Tokens the LLM reads for this prompt with ``n_video`` visual tokens (image_newline included)."""
+        before, after = self.prompt_ids(question, history)
+        return len(before) + n_video + int(self.newline) + len(after)
+
+    def _prompt_text(self, question: str, history: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
         import jinja2
 
         tok = self.tokenizer
+        # the conversation's questions in order, the first one carrying the video, answers in between
+        questions = [q for q, _ in history] + [question]
+        answers = [a for _, a in history]
         video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
         if tok.chat_template:
             if video_token:
                 # llava-hf templates render a structured user turn; the video becomes "<video>\n" before the text.
-                conv = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+                conv = _conversation(
+                    [{"type": "video"}, {"type": "text", "text": questions[0]}],
+                    questions,
+                    answers,
+                    lambda text: [{"type": "text", "text": text}],
+                )
                 try:
                     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
                 except (TypeError, jinja2.TemplateError):  # a string-only template (str + list): the string form
@@ -515,21 +534,26 @@ class VisionLanguageModel:
                     before, after = text.split(video_token, 1)
                     return before, after
             # String-content templates (Qwen2's, shipped by lmms-lab): LLaVA-NeXT's qwen_1_5 turn "<image>\n{text}".
-            conv = [{"role": "user", "content": f"{VIDEO_MARK}\n{question}"}]
+            conv = _conversation(f"{VIDEO_MARK}\n{questions[0]}", questions, answers, lambda text: text)
             text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
             if text.count(VIDEO_MARK) == 1:
                 before, after = text.split(VIDEO_MARK)
                 return before, after
         # No usable template: LLaVA-NeXT's qwen_1_5 conversation format, written out.
         before = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        return before, f"\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        after = f"\n{questions[0]}<|im_end|>\n"
+        for answer, later in zip(answers, questions[1:], strict=True):
+            after += f"<|im_start|>assistant\n{answer}<|im_end|>\n<|im_start|>user\n{later}<|im_end|>\n"
+        return before, after + "<|im_start|>assistant\n"
 
     # ------------------------------------------------------------------ generate
-    def embed_request(self, video: torch.Tensor, question: str) -> torch.Tensor:
+    def embed_request(
+        self, video: torch.Tensor, question: str, history: Sequence[tuple[str, str]] = ()
+    ) -> torch.Tensor:
         """[L, D] input embeddings: text before, the K video tokens (+ image_newline), text after."""
         import torch
 
-        before, after = self.prompt_ids(question)
+        before, after = self.prompt_ids(question, history)
         video = video.reshape(-1, video.shape[-1]).to(self.device, self.dtype)  # [K, D] (also takes [F, T, D])
         parts = [video]
         if self.newline:
@@ -539,11 +563,24 @@ class VisionLanguageModel:
         text = embed(ids)  # one lookup for both sides
         return torch.cat([text[: len(before)], *parts, text[len(before) :]], 0)
 
-    def generate(self, requests: list[tuple[torch.Tensor, str]], gen: GenerationOptions) -> GenerationOutput:
+    def generate(
+        self,
+        requests: list[tuple[torch.Tensor, str]],
+        gen: GenerationOptions,
+        *,
+        history: Sequence[tuple[str, str]] = (),
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationOutput:
         """Answer several (video tokens [K, D], question) requests in one ``generate`` call (left padding; K may
-        differ per row). Several questions about one video: pass the same tensor in several requests."""
+        differ per row). Several questions about one video: pass the same tensor in several requests.
+
+        ``history``: earlier (question, answer) turns, the same for every request (a conversation, see
+        ``prompt_ids``). ``on_text(piece)``: the first request's answer as it is generated (the pieces add up to
+        the answer, leading whitespace dropped). ``should_stop()``: checked after each token; True ends generation
+        there, and the answer is what was generated so far (how a chat's Ctrl-C stops one answer)."""
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         if not requests:
@@ -551,7 +588,7 @@ class VisionLanguageModel:
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
         with torch.inference_mode():
-            rows = [self.embed_request(video, question) for video, question in requests]
+            rows = [self.embed_request(video, question, history) for video, question in requests]
             lengths = [r.shape[0] for r in rows]
             n_max = max(lengths)
             pad = self.hf_model.get_input_embeddings()(torch.tensor([pad_id], device=self.device))[0]
@@ -572,20 +609,48 @@ class VisionLanguageModel:
                 suppress_tokens=self.suppress_ids or None,
             )
 
+            eos = set(self._eos_ids())
+
             class _FirstToken(BaseStreamer):
-                """generate() puts the prompt first, then each step's tokens: the 2nd put is the first token."""
+                """generate() puts the prompt first, then each step's tokens: the 2nd put is the first token.
+                With ``on_text``, the first row's new text is passed on as it grows (nothing after its eos)."""
 
                 def __init__(self):
                     self.n_puts, self.t_first = 0, None
+                    self.ids: list[int] = []
+                    self.n_sent, self.done = 0, False
 
                 def put(self, value):
                     self.n_puts += 1
                     if self.n_puts == 2:
                         self.t_first = time.perf_counter()
+                    if on_text is None or self.n_puts < 2 or self.done:
+                        return
+                    token = int(value.reshape(-1)[0])  # [B] per step: the first request's token
+                    if token in eos:
+                        self.done = True
+                        return
+                    self.ids.append(token)
+                    self._send(final=False)
+
+                def _send(self, final: bool):
+                    text = tok.decode(self.ids, skip_special_tokens=True).lstrip()
+                    if not final and text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                        return
+                    if len(text) > self.n_sent:
+                        on_text(text[self.n_sent :])
+                        self.n_sent = len(text)
 
                 def end(self):
-                    pass
+                    if on_text is not None:
+                        self._send(final=True)
 
+            class _Stop(StoppingCriteria):
+                def __call__(self, input_ids, scores, **kwargs):
+                    return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool,
+                                      device=input_ids.device)  # fmt: skip
+
+            stopping = StoppingCriteriaList([_Stop()]) if should_stop is not None else None
             streamer = _FirstToken()
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices, enabled=sample):
@@ -593,12 +658,15 @@ class VisionLanguageModel:
                     torch.manual_seed(gen.with_drawn_seed().seed)
                 t0 = time.perf_counter()
                 out = self.hf_model.generate(
-                    inputs_embeds=embeds, attention_mask=mask, generation_config=config, streamer=streamer
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    generation_config=config,
+                    streamer=streamer,
+                    stopping_criteria=stopping,
                 )  # [B, n_new]: only the new tokens on the inputs_embeds path
                 t_end = time.perf_counter()
         t_first = streamer.t_first or t_end
         texts, n_new, token_ids = [], [], []
-        eos = set(self._eos_ids())
         for row in out.tolist():
             cut = next((i for i, t in enumerate(row) if t in eos), len(row))
             n_new.append(cut)
@@ -621,6 +689,16 @@ class VisionLanguageModel:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
             ids.append(self.tokenizer.eos_token_id)
         return ids
+
+
+def _conversation(first: Any, questions: list[str], answers: list[str], content: Callable[[str], Any]) -> list[dict]:
+    """Chat-template messages: the first user turn's content as given (it carries the video), then alternating
+    assistant and user turns, each text wrapped by ``content`` (structured parts or a plain string)."""
+    conv = [{"role": "user", "content": first}]
+    for answer, question in zip(answers, questions[1:], strict=True):
+        conv.append({"role": "assistant", "content": content(answer)})
+        conv.append({"role": "user", "content": content(question)})
+    return conv
 
 
 # ---------------------------------------------------------------------------------------------- loading

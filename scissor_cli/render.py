@@ -7,7 +7,9 @@ into ``StdoutClosed`` so the CLI can end quietly, the way Unix tools do.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -475,3 +477,151 @@ def doctor(report: dict[str, Any], as_json: bool = False) -> None:
     table.add_row("config", escape(cfg["path"]) if cfg["path"] else "none")
     table.add_row("default model", escape(report["default_model"]))
     _print_table(table)
+
+
+# ---------------------------------------------------------------------------------------------------- chat
+CHAT_PROMPT = ">>> "
+
+
+def _chat_tokens(s: Any) -> str:
+    kept = f"{s.tokens['final']:,} visual tokens ({s.retention * 100:.1f} % of {s.tokens['original']:,})"
+    if s.tau is None:
+        return f"{kept}, compression off"
+    how = f"budget {_budget_line(s.budget, s.tau)}" if s.budget else f"tau {_tau(s.tau, s.tau_temporal)}"
+    return f"{kept}, {how}"
+
+
+def chat_stats(s: Any) -> None:
+    """A chat's video once it is prepared (and on /stats): on stderr, so stdout carries only answers."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column(overflow="fold")
+    table.add_row("video", escape(s.video))
+    table.add_row("frames", f"{s.frames}" + (f"  ({escape(s.note)})" if s.note else ""))
+    table.add_row("visual tokens", "original → spatial → final: " + _tokens_line(s.tokens, s.retention))
+    if s.tau is None:
+        table.add_row("compression", "off")
+    else:
+        if s.budget:
+            table.add_row("budget", _budget_line(s.budget, s.tau))
+        table.add_row("tau / epsilon", f"{_tau(s.tau, s.tau_temporal)} / {s.epsilon:.4g}")
+    table.add_row("LLM prefill", f"{s.tflops['before']:.3g} → {s.tflops['after']:.3g} TFLOPs (estimated)")
+    t = s.timings_s
+    vision = "from cache" if s.cache_hit else f"decode {_fmt_s(t['decode'])}, vision {_fmt_s(t['vision'])}"
+    table.add_row("time", f"load {_fmt_s(t['load'])}, {vision}, compression {_fmt_s(t['compression'])}")
+    limit = f" of {s.max_context:,}" if s.max_context else ""
+    turns = f"{s.n_history} earlier turn{'s' if s.n_history != 1 else ''}"
+    table.add_row("context", f"{s.n_context:,}{limit} tokens before the next question ({turns})")
+    table.add_row("model", f"{escape(s.model)} on {s.device} ({s.dtype})")
+    with err.capture() as captured:
+        err.print(table)
+    err.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    err.file.flush()
+
+
+def chat_intro() -> None:
+    err.print("[dim]Ask about the video. /help lists the commands; Ctrl-C stops an answer, Ctrl-D ends.[/]")
+
+
+# C0 controls and DEL except newline and tab: a model's text must not move the cursor or restyle the terminal
+_TERMINAL_CONTROLS = {c: None for c in (*range(32), 127) if chr(c) not in "\n\t"}
+
+
+def chat_text(piece: str) -> None:
+    """A piece of an answer as it is generated (no markup; on a terminal, without control characters)."""
+    if stdout.isatty():
+        piece = piece.translate(_TERMINAL_CONTROLS)
+    stdout.write(piece)
+    stdout.flush()
+
+
+def chat_turn(turn: Any, as_json: bool = False, streamed: bool = False) -> None:
+    """A turn's answer on stdout (ended, when it was streamed) and its one-line cost on stderr; --json: the record."""
+    if as_json:
+        write_json(turn.to_dict())
+    else:
+        stdout.write(("" if streamed else turn.answer.answer) + "\n")
+        stdout.flush()
+    a, t = turn.answer, turn.answer.timings_s
+    n_visual = a.tokens["final"]
+    parts = [
+        f"turn {turn.n}",
+        f"{n_visual:,} visual + {turn.n_prompt_tokens - n_visual:,} text tokens in",
+        f"{turn.n_new_tokens:,} out",
+        f"prefill {_fmt_s(t['prefill'])}, generation {_fmt_s(t['generation'])}",
+    ]
+    if turn.max_context:
+        parts[2] += f" (context {turn.n_prompt_tokens + turn.n_new_tokens:,} of {turn.max_context:,})"
+    prepared = t["decode"] + t["vision"] + t["compression"]
+    if t["decode"] + t["vision"]:
+        parts.append(f"video prepared in {_fmt_s(prepared)}")
+    elif prepared:  # a /command re-compressed the features in memory
+        parts.append(f"SCC {_fmt_s(prepared)}")
+    stopped = " [yellow](stopped)[/]" if turn.stopped else ""
+    err.print(f"[dim]{escape(' · '.join(parts))}[/]{stopped}")
+
+
+def chat_change(change: Any) -> None:
+    """What a /command changed: the visual tokens before and after, and whether the vision tower ran again."""
+    before, after = change.before, change.after
+    how = "decoded and encoded again" if change.vision_tower else "SCC on the features in memory, no vision tower"
+    frames = f"{before.frames} → {after.frames} frames; " if before.frames != after.frames else ""
+    video = f"now {escape(after.video)}; " if before.video != after.video else ""
+    err.print(
+        f"{escape(change.command)}: {video}{frames}{_chat_tokens(after)}  [dim](was {_chat_tokens(before)}; {how})[/]"
+    )
+    if change.n_forgotten:
+        err.print(f"[dim]the conversation starts over ({change.n_forgotten} earlier turns forgotten)[/]")
+
+
+def chat_reset(n_forgotten: int) -> None:
+    err.print(f"conversation reset: {n_forgotten} earlier turn{'s' if n_forgotten != 1 else ''} forgotten")
+
+
+def chat_help(commands: Sequence[tuple[str, str]]) -> None:
+    width = max(len(usage) for usage, _ in commands)
+    for usage, what in commands:
+        err.print(f"  [bold]{escape(usage.ljust(width))}[/]  {escape(what)}")
+    err.print("  [dim]anything else is a question; Ctrl-C stops an answer and keeps the session[/]")
+
+
+def chat_stopped(text: str = "answer stopped") -> None:
+    err.print(f"[yellow]{escape(text)}[/]")
+
+
+def chat_lines(interactive: bool, history_file: str | None = None) -> Iterator[str]:
+    """Input lines: on a terminal with line editing and history (stdlib readline; ``history_file`` kept between
+    sessions), where Ctrl-C discards the line being typed and Ctrl-D ends; otherwise stdin's lines as they come."""
+    if not interactive:
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+        return
+    try:
+        import readline  # importing it gives input() line editing and history
+    except ImportError:  # a Python built without it (Windows): plain input(), no history
+        readline = None  # type: ignore[assignment]
+        history_file = None
+    if readline is not None and history_file:
+        with contextlib.suppress(OSError):
+            readline.read_history_file(history_file)
+        readline.set_history_length(1000)
+    prompt_to_stderr = not stdout.isatty()  # `scissor chat v > log`: keep the prompt out of the log
+    try:
+        while True:
+            try:
+                if prompt_to_stderr:
+                    err.file.write(CHAT_PROMPT)
+                    err.file.flush()
+                line = input("" if prompt_to_stderr else CHAT_PROMPT)
+            except KeyboardInterrupt:
+                err.print("\n[dim](Ctrl-D or /quit ends the session)[/]")
+                continue
+            except EOFError:
+                err.print()
+                return
+            yield line
+    finally:
+        if readline is not None and history_file:
+            with contextlib.suppress(OSError):
+                os.makedirs(os.path.dirname(history_file), exist_ok=True)
+                readline.write_history_file(history_file)
