@@ -13,7 +13,8 @@ import torch
 
 from scissor_cli import scc
 from scissor_cli.errors import OptionError
-from scissor_cli.scc import compress, retention_sweep
+from scissor_cli.scc import budget as search
+from scissor_cli.scc import compress, graph, kernels, merge, retention_sweep
 
 sys.path.insert(0, os.path.dirname(__file__))
 from scc_reference import compress_reference, video_like_tokens  # noqa: E402
@@ -22,7 +23,7 @@ from scc_reference import compress_reference, video_like_tokens  # noqa: E402
 @pytest.fixture(params=["candidates", "dense"])
 def merge_path(request, monkeypatch):
     """Run a test through both merge paths: certified candidates from one kept token on, or every score."""
-    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1 if request.param == "candidates" else 10**9)
+    monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 1 if request.param == "candidates" else 10**9)
     return request.param
 
 
@@ -168,11 +169,11 @@ def test_result_fields_and_assignment_consistency():
 def test_every_component_is_connected_and_closed():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(120, 6, generator=g)
-    unit = scc._unit(x)
+    unit = kernels.unit(x)
     tau = 0.6
     adj = (unit @ unit.T > tau).numpy()
-    labels, degree = scc._rows_graph(unit, tau, None)
-    comp, rep = scc._order(labels, degree)
+    labels, degree = graph.rows_graph(unit, tau, None)
+    comp, rep = graph.order(labels, degree)
     comp = comp.numpy()
     assert np.all(adj[comp[:, None] != comp[None, :]] == 0), "an edge joins two different components"
     for k in range(rep.numel()):
@@ -329,11 +330,11 @@ def merge_inputs():
 )
 def test_candidate_merge_equals_scoring_everything(monkeypatch, knobs):
     for name, x, tau in merge_inputs():
-        monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 10**9)
+        monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 10**9)
         dense = compress(x, tau=tau)
-        monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1)
+        monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 1)
         for key, value in knobs.items():
-            monkeypatch.setattr(scc, key, value)
+            monkeypatch.setattr(kernels if key == "CACHE_BLOCK_ELEMENTS" else merge, key, value)
         cand = compress(x, tau=tau)
         monkeypatch.undo()
         assert torch.equal(cand.assignment, dense.assignment), f"{name}: candidate merge chose other tokens"
@@ -343,7 +344,7 @@ def test_candidate_merge_equals_scoring_everything(monkeypatch, knobs):
 def test_candidate_merge_skips_most_scores(monkeypatch):
     x = video_like_tokens(16, 196, 256, seed=4)  # at small D the per-anchor steps cost more than they save
     work = []
-    real_mm, real_torch_mm = scc._mm, torch.mm
+    real_mm, real_torch_mm = kernels.mm, torch.mm
 
     def counting(a, b, out=None):
         work.append(a.shape[:-1].numel() * a.shape[-1] * b.shape[-1])
@@ -353,13 +354,13 @@ def test_candidate_merge_skips_most_scores(monkeypatch):
         work.append(a.shape[0] * a.shape[1] * b.shape[1])
         return real_torch_mm(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(scc, "_mm", counting)
+    monkeypatch.setattr(kernels, "mm", counting)
     monkeypatch.setattr(torch, "mm", counting_torch)
-    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 10**9)
+    monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 10**9)
     dense = compress(x, tau=0.9)
     dense_work = sum(work)
     work.clear()
-    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1)
+    monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 1)
     cand = compress(x, tau=0.9)
     merge_work = 16 * 196 * dense.n_output * 256  # what scoring every original against every kept token costs
     assert torch.equal(cand.assignment, dense.assignment)
@@ -368,13 +369,13 @@ def test_candidate_merge_skips_most_scores(monkeypatch):
 
 def test_isolated_kept_bound_holds():
     x = video_like_tokens(8, 196, 64, seed=6)
-    video = scc._Video(x, 0.05, keep_sims=False)
+    video = graph.Video(x, 0.05, keep_sims=False)
     g = torch.Generator().manual_seed(0)
-    comp1, rep1 = video.spatial(0.9, g)
-    spatial = scc._means(video.x, comp1, rep1.numel())
-    comp2, rep2, degree = video.temporal(spatial, 0.9, g)
-    kept = scc._means(spatial, comp2, rep2.numel())
-    isolated, bound = scc._isolated_kept(spatial, comp2, degree, kept, 0.9)
+    comp1, rep1 = graph.spatial_components(video, 0.9, g)
+    spatial = graph.means(video.x, comp1, rep1.numel())
+    comp2, rep2, degree = graph.temporal_components(video, spatial, 0.9, g)
+    kept = graph.means(spatial, comp2, rep2.numel())
+    isolated, bound = merge.isolated_kept(spatial, comp2, degree, kept, 0.9)
     assert 10 < int(isolated.sum()) < kept.shape[0], "expected some isolated kept tokens and some merged ones"
     unit = torch.nn.functional.normalize(kept.double(), dim=1)
     cos = unit @ unit.T
@@ -392,7 +393,8 @@ def test_blockwise_equals_dense(monkeypatch):
     x = video_like_tokens(6, 49, 32, seed=11)
     dense = compress(x, tau=0.85)
     sampled_dense = compress(x, tau=0.85, epsilon=0.5)
-    monkeypatch.setattr(scc, "BLOCK_ELEMENTS", 100)  # ~ 1 row per block in every step
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 100)  # one frame per spatial chunk
+    monkeypatch.setattr(kernels, "CACHE_BLOCK_ELEMENTS", 100)  # ~ 1 row per temporal, merge and Gram block
     blocked = compress(x, tau=0.85)
     sampled_blocked = compress(x, tau=0.85, epsilon=0.5)
     for a, b in ((dense, blocked), (sampled_dense, sampled_blocked)):
@@ -421,13 +423,13 @@ def test_budget_is_met_within_ten_percent(budget):
 def test_budget_costs_few_matmuls(monkeypatch):
     x = video_like_tokens(8, 196, 64, seed=4)
     flops = []
-    real = scc._mm
+    real = kernels.mm
 
     def counting(a, b, out=None):
         flops.append(a.shape[:-1].numel() * a.shape[-1] * b.shape[-1])
         return real(a, b, out=out)
 
-    monkeypatch.setattr(scc, "_mm", counting)
+    monkeypatch.setattr(kernels, "mm", counting)
     compress(x, tau=0.9)
     n_plain = sum(flops)
     flops.clear()
@@ -463,16 +465,16 @@ def test_budget_in_the_sampled_regime():
 
 def test_budget_search_with_direct_counts(monkeypatch):
     # past DENSE_LIMIT spatial tokens every candidate is a full temporal pass: few of them, window still met
-    monkeypatch.setattr(scc, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(search, "DENSE_LIMIT", 0)
     direct = []
-    real = scc._Counter.count
+    real = search.Counter.count
 
     def counting(self, tau):
         out = real(self, tau)
         direct.append(self.n_direct)
         return out
 
-    monkeypatch.setattr(scc._Counter, "count", counting)
+    monkeypatch.setattr(search.Counter, "count", counting)
     for frames, dim, budget in ((8, 64, 0.1), (16, 64, 0.1), (12, 32, 100)):
         x = video_like_tokens(frames, 196, dim, seed=4)
         direct.clear()
@@ -495,8 +497,8 @@ def test_budget_out_of_reach_with_a_fixed_temporal_tau():
 def test_count_one_per_frame_is_the_count_below_minus_one(epsilon):
     x = video_like_tokens(6, 100, 32, seed=8)
     for tau_temporal in (0.9, 0.99, 1.0):
-        video = scc._Video(x, epsilon, keep_sims=True)
-        counter = scc._Counter(video, torch.Generator().manual_seed(3), tau_temporal)
+        video = graph.Video(x, epsilon, keep_sims=True)
+        counter = search.Counter(video, torch.Generator().manual_seed(3), tau_temporal)
         assert counter.count_one_per_frame() == counter.count(-1.5)
 
 
@@ -533,9 +535,9 @@ def test_gram_edges_match_the_whole_cosine_matrix(sampled):
     d = torch.where(d > 0, d, torch.ones_like(d))
     cos = gram / d[:, None] / d[None, :]
     in_sample = (torch.rand(1, 1500, generator=g) < 0.1) if sampled else None
-    blocks = scc._Blocks(gram.device)
+    blocks = kernels.Blocks(gram.device)
     for tau in (0.3, 0.0, -0.2, 0.999):
-        u, v = scc._gram_edges(gram, tau, in_sample, blocks)
+        u, v = search.gram_edges(gram, tau, in_sample, blocks)
         assert bool((u < v).all())
         row, col = torch.triu(cos > tau, diagonal=1).nonzero().unbind(1)
         if sampled:
@@ -543,7 +545,7 @@ def test_gram_edges_match_the_whole_cosine_matrix(sampled):
             row, col = row[keep], col[keep]
         got = sorted(zip(u.tolist(), v.tolist(), strict=True))
         assert got == sorted(zip(row.tolist(), col.tolist(), strict=True)), f"edges differ at tau={tau}"
-    assert scc._gram_edges(gram, 1.0, in_sample, blocks)[0].numel() == 0
+    assert search.gram_edges(gram, 1.0, in_sample, blocks)[0].numel() == 0
 
 
 @pytest.mark.gpu
@@ -597,3 +599,26 @@ def test_invalid_arguments_raise_option_error(kwargs):
     with pytest.raises(OptionError) as info:
         compress(tokens, **args)
     assert info.value.hint, "every OptionError carries a hint"
+
+
+# Budgets where the search's Gram-of-sums cosines and the final run's cosines of means (which differ by ~1e-7)
+# fall on either side of the threshold for one temporal edge: the search counted the budget, compress kept one more.
+EDGE_ON_THRESHOLD = [(0.9121267199516296, 120), (0.9600070118904114, 162)]
+
+
+@pytest.mark.parametrize(("tau_temporal", "budget"), EDGE_ON_THRESHOLD)
+def test_budget_is_never_exceeded_when_an_edge_sits_on_the_threshold(tau_temporal, budget):
+    x = video_like_tokens(6, 49, 64, seed=1)
+    out = compress(x, budget=budget, tau_temporal=tau_temporal)
+    assert out.n_output <= budget, f"kept {out.n_output} tokens for a budget of {budget}"
+    plain = compress(x, tau=out.tau, tau_temporal=tau_temporal)
+    assert torch.equal(plain.tokens, out.tokens), "the budget result must equal a plain call at its tau"
+
+
+@pytest.mark.parametrize(("tau_temporal", "budget"), EDGE_ON_THRESHOLD)
+def test_retention_sweep_counts_what_compress_keeps_on_the_threshold(tau_temporal, budget):
+    x = video_like_tokens(6, 49, 64, seed=1)
+    taus = [0.95, 0.9, 0.85]
+    for tau, n_spatial, n_output in retention_sweep(x, taus, tau_temporal=tau_temporal):
+        out = compress(x, tau=tau, tau_temporal=tau_temporal)
+        assert (n_spatial, n_output) == (out.n_spatial, out.n_output), f"sweep disagrees at tau={tau}"
