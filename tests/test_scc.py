@@ -149,8 +149,7 @@ def test_merge_formula():
 def test_result_fields_and_assignment_consistency():
     x = video_like_tokens(4, 49, 32, seed=3)
     out = compress(x)
-    assert out.n_input == 4 * 49 and out.n_output == out.tokens.shape[0]
-    assert out.retention == pytest.approx(out.n_output / out.n_input)
+    assert out.n_output == out.tokens.shape[0] and out.retention == pytest.approx(out.n_output / (4 * 49))
     assert sum(out.spatial_per_frame) == out.n_spatial and len(out.spatial_per_frame) == 4
     assert out.n_output <= out.n_spatial <= out.n_input
     assert out.tau == 0.9 and out.tau_temporal == 0.9 and out.budget is None
@@ -236,7 +235,7 @@ def test_single_frame_and_single_token():
     assert out.n_output == 1 and torch.allclose(out.tokens, one[0]) and out.spatial_per_frame == [1]
     frames = torch.randn(6, 1, 5)
     assert compress(frames).spatial_per_frame == [1] * 6
-    assert compress(torch.randn(1, 30, 5), tau=0.5).n_input == 30
+    assert_matches_reference(torch.randn(1, 30, 5, generator=torch.Generator().manual_seed(2)), tau=0.5)
 
 
 # ------------------------------------------------------------------------------------------ the reference
@@ -295,14 +294,15 @@ def test_draw_sample_is_uniform_without_replacement():
 
 def merge_inputs():
     """(name, tokens, tau): video-like, isotropic random, anisotropic (a shared direction, like real features),
-    zero rows, rows scaled by 1e-3..1e3, and exact duplicates (score ties)."""
+    zero rows, rows scaled by 1e-3..1e3, and exact duplicates in other frames at tau 1 (every token kept, so each
+    duplicate ties with its earlier copy: the merge must send it there)."""
     g = torch.Generator().manual_seed(21)
     aniso = 3 * torch.randn(24, generator=g) + torch.randn(6, 40, 24, generator=g)
     scaled = torch.randn(6, 40, 16, generator=g) * torch.logspace(-3, 3, 40)[None, :, None]
     zeros = torch.randn(6, 40, 16, generator=g)
     zeros[:, ::7] = 0
     dupes = torch.randn(6, 40, 16, generator=g)
-    dupes[:, 20:] = dupes[:, :20]
+    dupes[3:] = dupes[:3]
     return [
         ("video 0.9", video_like_tokens(8, 196, 64, seed=2), 0.9),
         ("video 0.8", video_like_tokens(8, 196, 64, seed=2), 0.8),
@@ -313,7 +313,7 @@ def merge_inputs():
         ("anisotropic 0.97", aniso, 0.97),
         ("scaled 0.4", scaled, 0.4),
         ("zeros 0.4", zeros, 0.4),
-        ("duplicates 0.99", dupes, 0.99),
+        ("duplicates 1.0", dupes, 1.0),
     ]
 
 
@@ -339,6 +339,9 @@ def test_candidate_merge_equals_scoring_everything(monkeypatch, knobs):
         monkeypatch.undo()
         assert torch.equal(cand.assignment, dense.assignment), f"{name}: candidate merge chose other tokens"
         assert torch.equal(cand.tokens, dense.tokens), f"{name}: merged tokens differ"
+        if name.startswith("duplicates"):  # the input ties: frames 3-5 repeat frames 0-2, all 240 tokens kept
+            first_copy = torch.arange(240) % 120
+            assert dense.n_output == 240 and torch.equal(dense.assignment, first_copy), "ties not to the lowest index"
 
 
 def test_candidate_merge_skips_most_scores(monkeypatch):
@@ -365,6 +368,55 @@ def test_candidate_merge_skips_most_scores(monkeypatch):
     merge_work = 16 * 196 * dense.n_output * 256  # what scoring every original against every kept token costs
     assert torch.equal(cand.assignment, dense.assignment)
     assert sum(work) < dense_work - 0.8 * merge_work, f"{sum(work)} vs {dense_work} multiply-adds"
+
+
+# every way the merge can reach its argmax: scoring everything; certified with open rows scored in full; certified
+# with one small matmul per anchor, rivals from the asking rows or from the whole Gram triangle
+MERGE_KNOBS = {
+    "dense": {"CANDIDATE_MIN_KEPT": 10**9},
+    "certified": {"CANDIDATE_MIN_KEPT": 1},
+    "per-anchor": {"CANDIDATE_MIN_KEPT": 1, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0, "RIVAL_ROWS_MAX": 2.0},
+    "per-anchor-triangle": {"CANDIDATE_MIN_KEPT": 1, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0, "RIVAL_ROWS_MAX": 0},
+}
+
+
+@pytest.mark.parametrize("path", MERGE_KNOBS)
+def test_merge_ties_between_kept_tokens_go_to_the_lowest_index(monkeypatch, path):
+    for key, value in MERGE_KNOBS[path].items():
+        monkeypatch.setattr(merge, key, value)
+    # (a) tau 1 keeps every token; frame 1 repeats frame 0, so each of its tokens ties exactly between its own kept
+    # token (its anchor) and the earlier copy. 100 tokens per frame: the copies sit in different argmax chunks.
+    x = torch.randn(2, 100, 8, generator=torch.Generator().manual_seed(5))
+    x[1] = x[0]
+    out = compress(x, tau=1.0)
+    assert out.n_output == 200
+    assert torch.equal(out.assignment, torch.arange(200) % 100), "a duplicate went to its own (higher) copy"
+    # (b) one frame in the plane (e1, e3) plus two kept tokens k1, k2 mirrored across e1: a chain at 0..80 degrees
+    # (steps of 10, tau = cos 12) whose mean points at ~40 degrees, k1 = (cos 30, sin 30, 0), k2 = (cos 30, -sin 30,
+    # 0). The chain's end x = e1 scores cos 30 with both, exactly, and more than with its own mean (cos ~40).
+    rad = torch.arange(0, 90, 10, dtype=torch.float64) * math.pi / 180
+    chain = torch.stack([rad.cos(), torch.zeros_like(rad), rad.sin()], dim=1)
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    x = torch.cat([chain, torch.tensor([[c, s, 0.0], [c, -s, 0.0]], dtype=torch.float64)]).float()[None]
+    unit = kernels.unit(x[0, 9:])
+    assert float(unit[0] @ x[0, 0]) == float(unit[1] @ x[0, 0]), "the input must tie exactly"
+    out = compress(x, tau=math.cos(math.radians(12)))
+    assert out.n_output == 3, "expected the chain, k1 and k2 as kept tokens"
+    assert out.assignment.tolist() == [1] + [0] * 8 + [1, 2], "x = e1 should go to k1, the lower of the tied pair"
+
+
+@pytest.mark.parametrize("path", MERGE_KNOBS)
+def test_merge_finds_a_rival_just_inside_twice_the_angle(monkeypatch, path):
+    for key, value in MERGE_KNOBS[path].items():
+        monkeypatch.setattr(merge, key, value)
+    # A chain at -40..40 degrees (steps of 10, tau = cos 12) has its mean at 0; its ends are 40 degrees from it.
+    # k at 79.5 degrees is a kept token of its own, 39.5 degrees from the end x at 40: x must go to k. k is just
+    # inside twice x's angle from the anchor (79.5 < 80): cos(anchor, k) - (2 cos^2 40 - 1) = 0.009, so a safety
+    # margin that narrows the candidate cone by more than that loses it.
+    x = angles(*range(-40, 41, 10), 79.5)[None]
+    out = compress(x, tau=math.cos(math.radians(12)))
+    assert out.n_output == 2, "expected the chain and k as kept tokens"
+    assert out.assignment.tolist() == [0] * 8 + [1, 1], "the chain's end should go to k, which it is closer to"
 
 
 def test_isolated_kept_bound_holds():

@@ -135,22 +135,27 @@ def assign_certified(
     limit = torch.where(worst > 0, 2 * worst * worst - 1 - CANDIDATE_MARGIN, torch.full_like(worst, -3.0))
 
     settled = isolated & (limit > rival_bound)
-    owners, rivals = _rivals(video, unit, m, limit, (~settled).nonzero().squeeze(1))
-    n_cand = torch.bincount(owners, minlength=m) + 1  # + the anchor itself
-    open_rows = (n_cand.index_select(0, anchor) > 1).nonzero().squeeze(1)
+    owners, rivals, cosines = _rivals(video, unit, m, limit, (~settled).nonzero().squeeze(1))
+    # a row is open when its own cone (not just its anchor's worst row's) holds the anchor's nearest rival
+    nearest = torch.full((m,), -3.0, device=device).scatter_reduce_(0, owners, cosines, reduce="amax")
+    row_limit = torch.where(cos0 > 0, 2 * cos0 * cos0 - 1 - CANDIDATE_MARGIN, torch.full_like(cos0, -3.0))
+    open_rows = (row_limit < nearest.index_select(0, anchor)).nonzero().squeeze(1)
     assignment = anchor.clone()
     if open_rows.numel() == 0:
         return assignment
-    open_anchors = (n_cand > 1).nonzero().squeeze(1)
-    rows_per = torch.bincount(anchor.index_select(0, open_rows), minlength=m).index_select(0, open_anchors)
-    cand_per = n_cand.index_select(0, open_anchors)
+    rows_per = torch.bincount(anchor.index_select(0, open_rows), minlength=m)  # [M]
+    open_anchors = (rows_per > 0).nonzero().squeeze(1)
+    keep = (rows_per > 0).index_select(0, owners)
+    owners, rivals = owners[keep], rivals[keep]
+    rows_per = rows_per.index_select(0, open_anchors)
+    cand_per = torch.bincount(owners, minlength=m).index_select(0, open_anchors) + 1  # + the anchor itself
     pair_work = int((rows_per * cand_per).sum())
     dense_work = open_rows.numel() * m * d
     if open_anchors.numel() * GROUP_OVERHEAD + SMALL_MM_PENALTY * pair_work * d >= dense_work:
         assignment[open_rows] = assign_dense(video, unit, m, open_rows)
         return assignment
 
-    # candidates per open anchor, ascending (the anchor included), and its rows, both grouped by anchor
+    # candidates per open anchor, ascending (the anchor included), and its open rows, both grouped by anchor
     owners = torch.cat([owners, open_anchors])
     key, _ = (owners * m + torch.cat([rivals, open_anchors])).sort()
     cands = key % m
@@ -166,29 +171,32 @@ def assign_certified(
 
 
 def _rivals(video: Video, unit: torch.Tensor, m: int, limit: torch.Tensor, asking: torch.Tensor):
-    """Pairs (owner, rival) of kept tokens with cos(owner, rival) > limit[owner], owner != rival, for the owners in
-    ``asking`` (others may show up too: more candidates never change the answer). Few askers: their Gram rows;
-    else the whole Gram matrix in upper-triangle row blocks, each pair checked against both ends."""
+    """Triples (owner, rival, cosine) of kept tokens with cos(owner, rival) > limit[owner], owner != rival, for the
+    owners in ``asking`` (others may show up too: more candidates never change the answer). Few askers: their Gram
+    rows; else the whole Gram matrix in upper-triangle row blocks, each pair checked against both ends."""
     blocks = video.blocks
-    owners, rivals = [asking[:0]], [asking[:0]]
+    owners, rivals, cosines = [asking[:0]], [asking[:0]], [unit.new_empty(0)]
     if asking.numel() < RIVAL_ROWS_MAX * m:
         width = kernels.aligned(m)
         for ask in asking.split(max(1, kernels.CACHE_BLOCK_ELEMENTS // width)):
             sim = kernels.mm(unit.index_select(0, ask), unit[:width].T, out=blocks.get((ask.numel(), width)))[:, :m]
             flag = torch.gt(sim, limit.index_select(0, ask)[:, None], out=blocks.get(sim.shape, torch.bool))
             i, j = flag.nonzero().unbind(1)
-            i = ask.index_select(0, i)
-            other = i != j
-            owners.append(i[other])
-            rivals.append(j[other])
-        return torch.cat(owners), torch.cat(rivals)
+            other = ask.index_select(0, i) != j
+            i, j = i[other], j[other]
+            owners.append(ask.index_select(0, i))
+            rivals.append(j)
+            cosines.append(sim[i, j])
+        return torch.cat(owners), torch.cat(rivals), torch.cat(cosines)
     for r0, r1, width in kernels.triangle_blocks(m):
         sim = kernels.mm(unit[r0:r1], unit[r0 : r0 + width].T, out=blocks.get((r1 - r0, width)))[:, : m - r0]
         flag = blocks.get((r1 - r0, m - r0), torch.bool)
         for lim, by_row in ((limit[r0:r1, None], True), (limit[None, r0:m], False)):
             i, j = torch.gt(sim, lim, out=flag).nonzero().unbind(1)
             upper = j > i  # strictly above the diagonal: each unordered pair once per direction
-            i, j = i[upper] + r0, j[upper] + r0
+            i, j = i[upper], j[upper]
+            cosines.append(sim[i, j])
+            i, j = i + r0, j + r0
             owners.append(i if by_row else j)
             rivals.append(j if by_row else i)
-    return torch.cat(owners), torch.cat(rivals)
+    return torch.cat(owners), torch.cat(rivals), torch.cat(cosines)
