@@ -1,5 +1,6 @@
 """A slow, obviously-correct SCC (numpy + Python union-find, one frame at a time), written straight from
-SCC.md, plus synthetic "video-like" tokens. Used by tests/test_scc.py and bench/bench_scc.py.
+the definitions in docs/scc.md, plus synthetic "video-like" and clip-derived tokens. Used by tests/test_scc.py
+and bench/bench_scc.py.
 
 For the tests the reference computes cosines in float64 and reports the smallest distance of any compared
 similarity from its threshold (and of any merge argmax from the runner-up), so a test can tell a real

@@ -674,3 +674,23 @@ def test_retention_sweep_counts_what_compress_keeps_on_the_threshold(tau_tempora
     for tau, n_spatial, n_output in retention_sweep(x, taus, tau_temporal=tau_temporal):
         out = compress(x, tau=tau, tau_temporal=tau_temporal)
         assert (n_spatial, n_output) == (out.n_spatial, out.n_output), f"sweep disagrees at tau={tau}"
+
+
+def test_budget_with_a_fixed_temporal_tau_stays_within_the_budget():
+    # M is not monotone in the spatial tau with a fixed temporal tau: here tau 0.95 keeps 104 (inside [0.9 B, B] for
+    # B = 108) while lower taus keep fewer and higher ones more than 108 again, so the search may end below the
+    # window (docs/scc.md: only M <= B is promised). What must hold: the budget, and a tau that reproduces the result.
+    x = video_like_tokens(5, 49, 16, seed=178, n_centres=32)
+    tau_temporal = 0.9444950671902129
+    assert compress(x, tau=0.95, tau_temporal=tau_temporal).n_output == 104
+    out = compress(x, budget=108, tau_temporal=tau_temporal)
+    assert out.n_output <= 108, f"kept {out.n_output} for a budget of 108"
+    assert torch.equal(compress(x, tau=out.tau, tau_temporal=tau_temporal).tokens, out.tokens)
+
+
+def test_kept_count_is_not_monotone_in_tau():
+    # why the budget search cannot promise the [0.9 B, B] window: with one tau for both steps, lowering it merges
+    # spatial components whose means then match fewer tokens of other frames (M1 falls, M rises)
+    x = video_like_tokens(5, 49, 16, seed=1, n_centres=32)
+    (_, m1_hi, m_hi), (_, m1_lo, m_lo) = retention_sweep(x, [0.904, 0.902])
+    assert m1_lo < m1_hi and m_lo > m_hi, f"M1 {m1_hi} -> {m1_lo}, M {m_hi} -> {m_lo}"
