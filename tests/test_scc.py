@@ -323,10 +323,12 @@ def merge_inputs():
         {},
         {"RIVAL_ROWS_MAX": 0.0},  # every rival search over the whole Gram triangle
         {"RIVAL_ROWS_MAX": 2.0},  # every rival search over the asking rows only
-        {"GROUP_OVERHEAD": 10**15},  # open rows scored against all kept tokens
+        {"GROUP_OVERHEAD": 10**15, "GATHER_COST": 0},  # open rows scored against all kept tokens
+        {"GATHER_COST": 0, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0},  # one small matmul per open anchor
+        {"GATHER_COST": 10**9},  # every row scored as soon as one is open
         {"CACHE_BLOCK_ELEMENTS": 64},  # tiny blocks everywhere
     ],
-    ids=["default", "triangle", "rows", "dense-open-rows", "tiny-blocks"],
+    ids=["default", "triangle", "rows", "dense-open-rows", "per-anchor", "all-rows", "tiny-blocks"],
 )
 def test_candidate_merge_equals_scoring_everything(monkeypatch, knobs):
     for name, x, tau in merge_inputs():
@@ -372,11 +374,13 @@ def test_candidate_merge_skips_most_scores(monkeypatch):
 
 # every way the merge can reach its argmax: scoring everything; certified with open rows scored in full; certified
 # with one small matmul per anchor, rivals from the asking rows or from the whole Gram triangle
+PER_ANCHOR = {"CANDIDATE_MIN_KEPT": 1, "GATHER_COST": 0, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0}
 MERGE_KNOBS = {
     "dense": {"CANDIDATE_MIN_KEPT": 10**9},
     "certified": {"CANDIDATE_MIN_KEPT": 1},
-    "per-anchor": {"CANDIDATE_MIN_KEPT": 1, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0, "RIVAL_ROWS_MAX": 2.0},
-    "per-anchor-triangle": {"CANDIDATE_MIN_KEPT": 1, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0, "RIVAL_ROWS_MAX": 0},
+    "open-rows-dense": {"CANDIDATE_MIN_KEPT": 1, "GATHER_COST": 0, "GROUP_OVERHEAD": 10**15},
+    "per-anchor": PER_ANCHOR | {"RIVAL_ROWS_MAX": 2.0},
+    "per-anchor-triangle": PER_ANCHOR | {"RIVAL_ROWS_MAX": 0},
 }
 
 

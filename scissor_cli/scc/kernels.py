@@ -2,7 +2,8 @@
 
 Every similarity in the package is a float32 dot product computed here (``mm``); everything else is bookkeeping
 between matmuls. Block sizes bound the extra memory: no similarity block holds more than ``BLOCK_ELEMENTS``
-(per-frame graphs) or ``CACHE_BLOCK_ELEMENTS`` (temporal graph, merge, Gram matrices) entries.
+(per-frame graphs) or ``CACHE_BLOCK_ELEMENTS`` (temporal graph, merge, Gram matrices) entries. Cost: a matmul
+[r, D] x [D, c] is r c D multiply-adds; the helpers here are O(size of their block).
 """
 
 from __future__ import annotations

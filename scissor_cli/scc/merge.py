@@ -26,6 +26,7 @@ CANDIDATE_MARGIN = 1e-4  # slack on the candidate test (float32 cosine errors ar
 GROUP_OVERHEAD = 2_000_000  # one per-anchor scoring step costs about this many multiply-adds of a big matmul
 SMALL_MM_PENALTY = 5  # and its small matmul runs about this many times slower per multiply-add
 RIVAL_ROWS_MAX = 0.56  # fewer anchors than this fraction of M ask for rivals: their Gram rows, else the triangle
+GATHER_COST = 140  # gathering a row of D floats costs about as much as 140 D multiply-adds (one thread, 2 cores)
 
 
 def assign(
@@ -122,13 +123,14 @@ def assign_certified(
     """
     n, d = video.n, video.d
     device = video.device
-    # cosine of every original with its anchor, in cache-sized row blocks
+    # cosine of every original with its anchor, in cache-sized row blocks (a pass over N x D: every thread)
     cos0 = torch.empty(n, device=device)
     step = max(1, kernels.CACHE_BLOCK_ELEMENTS // d)
-    for r0 in range(0, n, step):
-        r1 = min(r0 + step, n)
-        k = torch.index_select(unit, 0, anchor[r0:r1], out=video.blocks.get((r1 - r0, d)))
-        torch.sum(k.mul_(video.x[r0:r1]), dim=1, out=cos0[r0:r1])
+    with kernels.all_threads():
+        for r0 in range(0, n, step):
+            r1 = min(r0 + step, n)
+            k = torch.index_select(unit, 0, anchor[r0:r1], out=video.blocks.get((r1 - r0, d)))
+            torch.sum(k.mul_(video.x[r0:r1]), dim=1, out=cos0[r0:r1])
     cos0.mul_(video.inv_norm)  # zero rows: 0
     worst = torch.full((m,), 2.0, device=device).scatter_reduce_(0, anchor, cos0, reduce="amin")
     # worst <= 0: the anchor's cone reaches past 90 degrees, every kept token is a candidate
@@ -143,6 +145,8 @@ def assign_certified(
     assignment = anchor.clone()
     if open_rows.numel() == 0:
         return assignment
+    if (n - open_rows.numel()) * m < GATHER_COST * open_rows.numel():  # scoring the few settled rows is cheaper
+        return assign_dense(video, unit, m)  # than gathering the many open ones
     rows_per = torch.bincount(anchor.index_select(0, open_rows), minlength=m)  # [M]
     open_anchors = (rows_per > 0).nonzero().squeeze(1)
     keep = (rows_per > 0).index_select(0, owners)
