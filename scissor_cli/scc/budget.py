@@ -270,7 +270,7 @@ class _Search:
         """The final run at tau kept m > budget tokens: tau becomes the top, the best lower count the bottom."""
         self.hi = (tau, m, m1)
         self.points = [p for p in self.points if p[0] < tau]
-        self.lo = max(self.points)
+        self.lo = max(self.points, key=lambda p: p[0])
         self.moved = ""
         self.recent = []
 

@@ -123,14 +123,13 @@ def assign_certified(
     """
     n, d = video.n, video.d
     device = video.device
-    # cosine of every original with its anchor, in cache-sized row blocks (a pass over N x D: every thread)
+    # cosine of every original with its anchor, in cache-sized row blocks
     cos0 = torch.empty(n, device=device)
     step = max(1, kernels.CACHE_BLOCK_ELEMENTS // d)
-    with kernels.all_threads():
-        for r0 in range(0, n, step):
-            r1 = min(r0 + step, n)
-            k = torch.index_select(unit, 0, anchor[r0:r1], out=video.blocks.get((r1 - r0, d)))
-            torch.sum(k.mul_(video.x[r0:r1]), dim=1, out=cos0[r0:r1])
+    for r0 in range(0, n, step):
+        r1 = min(r0 + step, n)
+        k = torch.index_select(unit, 0, anchor[r0:r1], out=video.blocks.get((r1 - r0, d)))
+        torch.sum(k.mul_(video.x[r0:r1]), dim=1, out=cos0[r0:r1])
     cos0.mul_(video.inv_norm)  # zero rows: 0
     worst = torch.full((m,), 2.0, device=device).scatter_reduce_(0, anchor, cos0, reduce="amin")
     # worst <= 0: the anchor's cone reaches past 90 degrees, every kept token is a candidate
