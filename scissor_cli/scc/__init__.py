@@ -97,9 +97,9 @@ def compress(
         then searched per video (``tau`` seeds the search): M never exceeds the budget, and the search stops once
         M >= 0.9 * budget. It can end below that: M need not fall as tau falls (coarser spatial means can stop
         matching in the temporal step; a sample changes with tau), so it can miss a window that some tau reaches
-        and then returns the highest tau it found within the budget. Without
-        ``tau_temporal`` one tau is searched for both steps; with it only the spatial tau is searched, and a
-        budget below what one token per frame leaves raises OptionError. The reported tau reproduces the result.
+        and then returns the highest tau it found within the budget. Without ``tau_temporal`` one tau is searched
+        for both steps; with it only the spatial tau is searched, and a budget below what one token per frame
+        leaves raises OptionError. The reported tau reproduces the result.
     generator: draws the sampled regime's vertices (on the generator's device); None: CPU, seed 0. The same input
         and generator state give bit-identical output; budget mode counts on clones and leaves the generator as
         the final compression does.
