@@ -1,9 +1,11 @@
 """A slow, obviously-correct SCC (numpy + Python union-find, one frame at a time), written straight from
-SCC.md, plus synthetic "video-like" tokens. Used by tests/test_scc.py and bench/bench_scc.py.
+the definitions in docs/scc.md, plus synthetic "video-like" and clip-derived tokens. Used by tests/test_scc.py
+and bench/bench_scc.py.
 
-The reference computes cosines in float64 and reports the smallest distance of any compared similarity from
-its threshold (and of any merge argmax from the runner-up), so a test can tell a real disagreement from a
-float32 rounding tie. The sampled regime uses ``scissor_cli.scc.draw_sample`` in the same order as
+For the tests the reference computes cosines in float64 and reports the smallest distance of any compared
+similarity from its threshold (and of any merge argmax from the runner-up), so a test can tell a real
+disagreement from a float32 rounding tie. The benchmark times it lean (``margins=False``) in float32, as the
+authors' code computes. The sampled regime uses ``scissor_cli.scc.draw_sample`` in the same order as
 ``compress`` (per-frame samples, then the temporal sample), so both see the same vertices.
 """
 
@@ -32,15 +34,16 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def scc_reference(k: np.ndarray, tau: float, sample: np.ndarray | None):
-    """SCC on [N, D] -> (means [K, D] in output order, members per component, margin)."""
+def scc_reference(k: np.ndarray, tau: float, sample: np.ndarray | None, margins: bool = True):
+    """SCC on [N, D] -> (means [K, D] in output order, members per component, margin or inf)."""
     n = k.shape[0]
     unit = _unit(k)
     cos = unit @ unit.T
     adj = cos > tau
     np.fill_diagonal(adj, True)
-    off = ~np.eye(n, dtype=bool)
-    margin = float(np.abs(cos - tau)[off].min()) if n > 1 else math.inf
+    margin = math.inf
+    if margins and n > 1:
+        margin = float(np.abs(cos - tau)[~np.eye(n, dtype=bool)].min())
 
     parent = list(range(n))
 
@@ -80,46 +83,48 @@ def compress_reference(
     epsilon: float = 0.05,
     tau_temporal: float | None = None,
     generator: torch.Generator | None = None,
+    dtype=np.float64,
+    margins: bool = True,
 ):
-    """The three steps of SCC.md, one frame at a time."""
+    """The three steps of SCC, one frame at a time, in ``dtype``; ``margins=False`` skips the diagnostics."""
     tau_temporal = tau if tau_temporal is None else tau_temporal
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    x = tokens.double().cpu().numpy()
+    x = tokens.cpu().numpy().astype(dtype)
     f, t, d = x.shape
 
     samples = [None] * f
     if sample_size(t, epsilon) < t:
         drawn = draw_sample(t, sample_size(t, epsilon), generator, f).cpu().numpy()
         samples = list(drawn)
-    spatial, per_frame, margins = [], [], []
+    spatial, per_frame, gaps = [], [], []
     for i in range(f):
-        means, _, margin = scc_reference(x[i], tau, samples[i])
+        means, _, margin = scc_reference(x[i], tau, samples[i], margins)
         spatial.append(means)
         per_frame.append(means.shape[0])
-        margins.append(margin)
+        gaps.append(margin)
     spatial = np.concatenate(spatial)
 
     m1 = spatial.shape[0]
     sample = None
     if sample_size(m1, epsilon) < m1:
         sample = draw_sample(m1, sample_size(m1, epsilon), generator, 1)[0].cpu().numpy()
-    kept, _, margin = scc_reference(spatial, tau_temporal, sample)
-    margins.append(margin)
+    kept, _, margin = scc_reference(spatial, tau_temporal, sample, margins)
+    gaps.append(margin)
 
     flat = x.reshape(f * t, d)
     cos = _unit(flat) @ _unit(kept).T  # [N, M]
     assignment = cos.argmax(axis=1)
-    if kept.shape[0] > 1:
+    if margins and kept.shape[0] > 1:
         top2 = np.sort(cos, axis=1)[:, -2:]
-        margins.append(float((top2[:, 1] - top2[:, 0]).min()))
+        gaps.append(float((top2[:, 1] - top2[:, 0]).min()))
     merged = kept.copy()
     counts = np.zeros(kept.shape[0])
     for i, j in enumerate(assignment):
         merged[j] += flat[i]
         counts[j] += 1
     merged /= (counts + 1)[:, None]
-    return ReferenceResult(merged, assignment, m1, per_frame, min(margins))
+    return ReferenceResult(merged, assignment, m1, per_frame, min(gaps))
 
 
 def video_like_tokens(
@@ -153,3 +158,28 @@ def video_like_tokens(
         noise = g.standard_normal((n_tokens, dim)).astype(np.float32)
         out[f] = centres[labels] + drift[labels] + sigma * noise
     return torch.from_numpy(out)
+
+
+def clip_tokens(path: str, n_frames: int = 32, dim: int = 896, seed: int = 0) -> torch.Tensor:
+    """[F, 196, dim] float32 tokens derived from a real clip, standing in for vision features.
+
+    F frames spread evenly over the clip, each resized to 384 x 384; its 27 x 27 patches of 14 x 14 pixels (the
+    SigLIP grid), each less its own mean (brightness), go through one fixed random projection (seeded) and a
+    ReLU, then 2 x 2 bilinear pooling to
+    14 x 14 = 196 tokens per frame (as LLaVA-OneVision pools). Not the model's features, but they share what SCC
+    cares about: neighbouring patches and consecutive frames are similar, and all tokens share a mean direction.
+    """
+    import decord
+
+    reader = decord.VideoReader(path)
+    idx = np.linspace(0, len(reader) - 1, n_frames).round().astype(int).tolist()
+    frames = torch.from_numpy(reader.get_batch(idx).asnumpy()).permute(0, 3, 1, 2).float() / 255  # [F, 3, H, W]
+    frames = torch.nn.functional.interpolate(frames, size=(384, 384), mode="bilinear", antialias=True)
+    patches = frames[:, :, :378, :378].unfold(2, 14, 14).unfold(3, 14, 14)  # [F, 3, 27, 27, 14, 14]
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(n_frames, 27 * 27, 3 * 14 * 14)
+    patches = patches - patches.mean(dim=2, keepdim=True)
+    g = np.random.default_rng(seed)
+    proj = torch.from_numpy(g.standard_normal((3 * 14 * 14, dim)).astype(np.float32) / math.sqrt(3 * 14 * 14))
+    feats = torch.relu(patches @ proj).reshape(n_frames, 27, 27, dim).permute(0, 3, 1, 2)
+    pooled = torch.nn.functional.interpolate(feats, size=(14, 14), mode="bilinear")  # [F, dim, 14, 14]
+    return pooled.flatten(2).transpose(1, 2).contiguous()

@@ -13,16 +13,17 @@ import torch
 
 from scissor_cli import scc
 from scissor_cli.errors import OptionError
-from scissor_cli.scc import compress, retention_sweep
+from scissor_cli.scc import budget as search
+from scissor_cli.scc import compress, graph, kernels, merge, retention_sweep
 
 sys.path.insert(0, os.path.dirname(__file__))
-from scc_reference import compress_reference, video_like_tokens  # noqa: E402
+from scc_reference import clip_tokens, compress_reference, video_like_tokens  # noqa: E402
 
 
 @pytest.fixture(params=["candidates", "dense"])
 def merge_path(request, monkeypatch):
     """Run a test through both merge paths: certified candidates from one kept token on, or every score."""
-    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1 if request.param == "candidates" else 10**9)
+    monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 1 if request.param == "candidates" else 10**9)
     return request.param
 
 
@@ -148,8 +149,7 @@ def test_merge_formula():
 def test_result_fields_and_assignment_consistency():
     x = video_like_tokens(4, 49, 32, seed=3)
     out = compress(x)
-    assert out.n_input == 4 * 49 and out.n_output == out.tokens.shape[0]
-    assert out.retention == pytest.approx(out.n_output / out.n_input)
+    assert out.n_output == out.tokens.shape[0] and out.retention == pytest.approx(out.n_output / (4 * 49))
     assert sum(out.spatial_per_frame) == out.n_spatial and len(out.spatial_per_frame) == 4
     assert out.n_output <= out.n_spatial <= out.n_input
     assert out.tau == 0.9 and out.tau_temporal == 0.9 and out.budget is None
@@ -168,11 +168,11 @@ def test_result_fields_and_assignment_consistency():
 def test_every_component_is_connected_and_closed():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(120, 6, generator=g)
-    unit = scc._unit(x)
+    unit = kernels.unit(x)
     tau = 0.6
     adj = (unit @ unit.T > tau).numpy()
-    labels, degree = scc._rows_graph(unit, tau, None)
-    comp, rep = scc._order(labels, degree)
+    labels, degree = graph.rows_graph(unit, tau, None)
+    comp, rep = graph.order(labels, degree)
     comp = comp.numpy()
     assert np.all(adj[comp[:, None] != comp[None, :]] == 0), "an edge joins two different components"
     for k in range(rep.numel()):
@@ -235,7 +235,7 @@ def test_single_frame_and_single_token():
     assert out.n_output == 1 and torch.allclose(out.tokens, one[0]) and out.spatial_per_frame == [1]
     frames = torch.randn(6, 1, 5)
     assert compress(frames).spatial_per_frame == [1] * 6
-    assert compress(torch.randn(1, 30, 5), tau=0.5).n_input == 30
+    assert_matches_reference(torch.randn(1, 30, 5, generator=torch.Generator().manual_seed(2)), tau=0.5)
 
 
 # ------------------------------------------------------------------------------------------ the reference
@@ -263,6 +263,18 @@ def test_matches_reference_real_video():
     for tau in (0.93, 0.85):
         out = assert_matches_reference(x, tau=tau)
         assert out.n_output < out.n_input
+
+
+@pytest.mark.usefixtures("merge_path")
+def test_matches_reference_on_clip_patch_tokens():
+    # the benchmark's clip-derived tokens (pixel patches through a random ReLU projection): their kept tokens share
+    # one direction, so most rows of the certified merge stay open, unlike on the synthetic tokens
+    pytest.importorskip("decord")
+    clip = os.path.join(os.path.dirname(__file__), os.pardir, "samples", "bigbuckbunny.mp4")
+    x = clip_tokens(clip, n_frames=6, dim=64)
+    for tau in (0.9, 0.8):
+        out = assert_matches_reference(x, tau=tau)
+        assert out.n_output < out.n_spatial < out.n_input, "clip tokens should merge in both steps"
 
 
 @pytest.mark.usefixtures("merge_path")
@@ -294,14 +306,15 @@ def test_draw_sample_is_uniform_without_replacement():
 
 def merge_inputs():
     """(name, tokens, tau): video-like, isotropic random, anisotropic (a shared direction, like real features),
-    zero rows, rows scaled by 1e-3..1e3, and exact duplicates (score ties)."""
+    zero rows, rows scaled by 1e-3..1e3, and exact duplicates in other frames at tau 1 (every token kept, so each
+    duplicate ties with its earlier copy: the merge must send it there)."""
     g = torch.Generator().manual_seed(21)
     aniso = 3 * torch.randn(24, generator=g) + torch.randn(6, 40, 24, generator=g)
     scaled = torch.randn(6, 40, 16, generator=g) * torch.logspace(-3, 3, 40)[None, :, None]
     zeros = torch.randn(6, 40, 16, generator=g)
     zeros[:, ::7] = 0
     dupes = torch.randn(6, 40, 16, generator=g)
-    dupes[:, 20:] = dupes[:, :20]
+    dupes[3:] = dupes[:3]
     return [
         ("video 0.9", video_like_tokens(8, 196, 64, seed=2), 0.9),
         ("video 0.8", video_like_tokens(8, 196, 64, seed=2), 0.8),
@@ -312,7 +325,7 @@ def merge_inputs():
         ("anisotropic 0.97", aniso, 0.97),
         ("scaled 0.4", scaled, 0.4),
         ("zeros 0.4", zeros, 0.4),
-        ("duplicates 0.99", dupes, 0.99),
+        ("duplicates 1.0", dupes, 1.0),
     ]
 
 
@@ -322,28 +335,33 @@ def merge_inputs():
         {},
         {"RIVAL_ROWS_MAX": 0.0},  # every rival search over the whole Gram triangle
         {"RIVAL_ROWS_MAX": 2.0},  # every rival search over the asking rows only
-        {"GROUP_OVERHEAD": 10**15},  # open rows scored against all kept tokens
+        {"GROUP_OVERHEAD": 10**15, "GATHER_COST": 0},  # open rows scored against all kept tokens
+        {"GATHER_COST": 0, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0},  # one small matmul per open anchor
+        {"GATHER_COST": 10**9},  # every row scored as soon as one is open
         {"CACHE_BLOCK_ELEMENTS": 64},  # tiny blocks everywhere
     ],
-    ids=["default", "triangle", "rows", "dense-open-rows", "tiny-blocks"],
+    ids=["default", "triangle", "rows", "dense-open-rows", "per-anchor", "all-rows", "tiny-blocks"],
 )
 def test_candidate_merge_equals_scoring_everything(monkeypatch, knobs):
     for name, x, tau in merge_inputs():
-        monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 10**9)
+        monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 10**9)
         dense = compress(x, tau=tau)
-        monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1)
+        monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 1)
         for key, value in knobs.items():
-            monkeypatch.setattr(scc, key, value)
+            monkeypatch.setattr(kernels if key == "CACHE_BLOCK_ELEMENTS" else merge, key, value)
         cand = compress(x, tau=tau)
         monkeypatch.undo()
         assert torch.equal(cand.assignment, dense.assignment), f"{name}: candidate merge chose other tokens"
         assert torch.equal(cand.tokens, dense.tokens), f"{name}: merged tokens differ"
+        if name.startswith("duplicates"):  # the input ties: frames 3-5 repeat frames 0-2, all 240 tokens kept
+            first_copy = torch.arange(240) % 120
+            assert dense.n_output == 240 and torch.equal(dense.assignment, first_copy), "ties not to the lowest index"
 
 
 def test_candidate_merge_skips_most_scores(monkeypatch):
     x = video_like_tokens(16, 196, 256, seed=4)  # at small D the per-anchor steps cost more than they save
     work = []
-    real_mm, real_torch_mm = scc._mm, torch.mm
+    real_mm, real_torch_mm = kernels.mm, torch.mm
 
     def counting(a, b, out=None):
         work.append(a.shape[:-1].numel() * a.shape[-1] * b.shape[-1])
@@ -353,28 +371,79 @@ def test_candidate_merge_skips_most_scores(monkeypatch):
         work.append(a.shape[0] * a.shape[1] * b.shape[1])
         return real_torch_mm(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(scc, "_mm", counting)
+    monkeypatch.setattr(kernels, "mm", counting)
     monkeypatch.setattr(torch, "mm", counting_torch)
-    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 10**9)
+    monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 10**9)
     dense = compress(x, tau=0.9)
     dense_work = sum(work)
     work.clear()
-    monkeypatch.setattr(scc, "CANDIDATE_MIN_KEPT", 1)
+    monkeypatch.setattr(merge, "CANDIDATE_MIN_KEPT", 1)
     cand = compress(x, tau=0.9)
     merge_work = 16 * 196 * dense.n_output * 256  # what scoring every original against every kept token costs
     assert torch.equal(cand.assignment, dense.assignment)
     assert sum(work) < dense_work - 0.8 * merge_work, f"{sum(work)} vs {dense_work} multiply-adds"
 
 
+# every way the merge can reach its argmax: scoring everything; certified with open rows scored in full; certified
+# with one small matmul per anchor, rivals from the asking rows or from the whole Gram triangle
+PER_ANCHOR = {"CANDIDATE_MIN_KEPT": 1, "GATHER_COST": 0, "GROUP_OVERHEAD": 0, "SMALL_MM_PENALTY": 0}
+MERGE_KNOBS = {
+    "dense": {"CANDIDATE_MIN_KEPT": 10**9},
+    "certified": {"CANDIDATE_MIN_KEPT": 1},
+    "open-rows-dense": {"CANDIDATE_MIN_KEPT": 1, "GATHER_COST": 0, "GROUP_OVERHEAD": 10**15},
+    "per-anchor": PER_ANCHOR | {"RIVAL_ROWS_MAX": 2.0},
+    "per-anchor-triangle": PER_ANCHOR | {"RIVAL_ROWS_MAX": 0},
+}
+
+
+@pytest.mark.parametrize("path", MERGE_KNOBS)
+def test_merge_ties_between_kept_tokens_go_to_the_lowest_index(monkeypatch, path):
+    for key, value in MERGE_KNOBS[path].items():
+        monkeypatch.setattr(merge, key, value)
+    # (a) tau 1 keeps every token; frame 1 repeats frame 0, so each of its tokens ties exactly between its own kept
+    # token (its anchor) and the earlier copy. 100 tokens per frame: the copies sit in different argmax chunks.
+    x = torch.randn(2, 100, 8, generator=torch.Generator().manual_seed(5))
+    x[1] = x[0]
+    out = compress(x, tau=1.0)
+    assert out.n_output == 200
+    assert torch.equal(out.assignment, torch.arange(200) % 100), "a duplicate went to its own (higher) copy"
+    # (b) one frame in the plane (e1, e3) plus two kept tokens k1, k2 mirrored across e1: a chain at 0..80 degrees
+    # (steps of 10, tau = cos 12) whose mean points at ~40 degrees, k1 = (cos 30, sin 30, 0), k2 = (cos 30, -sin 30,
+    # 0). The chain's end x = e1 scores cos 30 with both, exactly, and more than with its own mean (cos ~40).
+    rad = torch.arange(0, 90, 10, dtype=torch.float64) * math.pi / 180
+    chain = torch.stack([rad.cos(), torch.zeros_like(rad), rad.sin()], dim=1)
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    x = torch.cat([chain, torch.tensor([[c, s, 0.0], [c, -s, 0.0]], dtype=torch.float64)]).float()[None]
+    unit = kernels.unit(x[0, 9:])
+    assert float(unit[0] @ x[0, 0]) == float(unit[1] @ x[0, 0]), "the input must tie exactly"
+    out = compress(x, tau=math.cos(math.radians(12)))
+    assert out.n_output == 3, "expected the chain, k1 and k2 as kept tokens"
+    assert out.assignment.tolist() == [1] + [0] * 8 + [1, 2], "x = e1 should go to k1, the lower of the tied pair"
+
+
+@pytest.mark.parametrize("path", MERGE_KNOBS)
+def test_merge_finds_a_rival_just_inside_twice_the_angle(monkeypatch, path):
+    for key, value in MERGE_KNOBS[path].items():
+        monkeypatch.setattr(merge, key, value)
+    # A chain at -40..40 degrees (steps of 10, tau = cos 12) has its mean at 0; its ends are 40 degrees from it.
+    # k at 79.5 degrees is a kept token of its own, 39.5 degrees from the end x at 40: x must go to k. k is just
+    # inside twice x's angle from the anchor (79.5 < 80): cos(anchor, k) - (2 cos^2 40 - 1) = 0.009, so a safety
+    # margin that narrows the candidate cone by more than that loses it.
+    x = angles(*range(-40, 41, 10), 79.5)[None]
+    out = compress(x, tau=math.cos(math.radians(12)))
+    assert out.n_output == 2, "expected the chain and k as kept tokens"
+    assert out.assignment.tolist() == [0] * 8 + [1, 1], "the chain's end should go to k, which it is closer to"
+
+
 def test_isolated_kept_bound_holds():
     x = video_like_tokens(8, 196, 64, seed=6)
-    video = scc._Video(x, 0.05, keep_sims=False)
+    video = graph.Video(x, 0.05, keep_sims=False)
     g = torch.Generator().manual_seed(0)
-    comp1, rep1 = video.spatial(0.9, g)
-    spatial = scc._means(video.x, comp1, rep1.numel())
-    comp2, rep2, degree = video.temporal(spatial, 0.9, g)
-    kept = scc._means(spatial, comp2, rep2.numel())
-    isolated, bound = scc._isolated_kept(spatial, comp2, degree, kept, 0.9)
+    comp1, rep1 = graph.spatial_components(video, 0.9, g)
+    spatial = graph.means(video.x, comp1, rep1.numel())
+    comp2, rep2, degree = graph.temporal_components(video, spatial, 0.9, g)
+    kept = graph.means(spatial, comp2, rep2.numel())
+    isolated, bound = merge.isolated_kept(spatial, comp2, degree, kept, 0.9)
     assert 10 < int(isolated.sum()) < kept.shape[0], "expected some isolated kept tokens and some merged ones"
     unit = torch.nn.functional.normalize(kept.double(), dim=1)
     cos = unit @ unit.T
@@ -392,7 +461,8 @@ def test_blockwise_equals_dense(monkeypatch):
     x = video_like_tokens(6, 49, 32, seed=11)
     dense = compress(x, tau=0.85)
     sampled_dense = compress(x, tau=0.85, epsilon=0.5)
-    monkeypatch.setattr(scc, "BLOCK_ELEMENTS", 100)  # ~ 1 row per block in every step
+    monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 100)  # one frame per spatial chunk
+    monkeypatch.setattr(kernels, "CACHE_BLOCK_ELEMENTS", 100)  # ~ 1 row per temporal, merge and Gram block
     blocked = compress(x, tau=0.85)
     sampled_blocked = compress(x, tau=0.85, epsilon=0.5)
     for a, b in ((dense, blocked), (sampled_dense, sampled_blocked)):
@@ -421,13 +491,13 @@ def test_budget_is_met_within_ten_percent(budget):
 def test_budget_costs_few_matmuls(monkeypatch):
     x = video_like_tokens(8, 196, 64, seed=4)
     flops = []
-    real = scc._mm
+    real = kernels.mm
 
     def counting(a, b, out=None):
         flops.append(a.shape[:-1].numel() * a.shape[-1] * b.shape[-1])
         return real(a, b, out=out)
 
-    monkeypatch.setattr(scc, "_mm", counting)
+    monkeypatch.setattr(kernels, "mm", counting)
     compress(x, tau=0.9)
     n_plain = sum(flops)
     flops.clear()
@@ -463,16 +533,16 @@ def test_budget_in_the_sampled_regime():
 
 def test_budget_search_with_direct_counts(monkeypatch):
     # past DENSE_LIMIT spatial tokens every candidate is a full temporal pass: few of them, window still met
-    monkeypatch.setattr(scc, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(search, "DENSE_LIMIT", 0)
     direct = []
-    real = scc._Counter.count
+    real = search.Counter.count
 
     def counting(self, tau):
         out = real(self, tau)
         direct.append(self.n_direct)
         return out
 
-    monkeypatch.setattr(scc._Counter, "count", counting)
+    monkeypatch.setattr(search.Counter, "count", counting)
     for frames, dim, budget in ((8, 64, 0.1), (16, 64, 0.1), (12, 32, 100)):
         x = video_like_tokens(frames, 196, dim, seed=4)
         direct.clear()
@@ -495,8 +565,8 @@ def test_budget_out_of_reach_with_a_fixed_temporal_tau():
 def test_count_one_per_frame_is_the_count_below_minus_one(epsilon):
     x = video_like_tokens(6, 100, 32, seed=8)
     for tau_temporal in (0.9, 0.99, 1.0):
-        video = scc._Video(x, epsilon, keep_sims=True)
-        counter = scc._Counter(video, torch.Generator().manual_seed(3), tau_temporal)
+        video = graph.Video(x, epsilon, keep_sims=True)
+        counter = search.Counter(video, torch.Generator().manual_seed(3), tau_temporal)
         assert counter.count_one_per_frame() == counter.count(-1.5)
 
 
@@ -533,9 +603,9 @@ def test_gram_edges_match_the_whole_cosine_matrix(sampled):
     d = torch.where(d > 0, d, torch.ones_like(d))
     cos = gram / d[:, None] / d[None, :]
     in_sample = (torch.rand(1, 1500, generator=g) < 0.1) if sampled else None
-    blocks = scc._Blocks(gram.device)
+    blocks = kernels.Blocks(gram.device)
     for tau in (0.3, 0.0, -0.2, 0.999):
-        u, v = scc._gram_edges(gram, tau, in_sample, blocks)
+        u, v = search.gram_edges(gram, tau, in_sample, blocks)
         assert bool((u < v).all())
         row, col = torch.triu(cos > tau, diagonal=1).nonzero().unbind(1)
         if sampled:
@@ -543,7 +613,7 @@ def test_gram_edges_match_the_whole_cosine_matrix(sampled):
             row, col = row[keep], col[keep]
         got = sorted(zip(u.tolist(), v.tolist(), strict=True))
         assert got == sorted(zip(row.tolist(), col.tolist(), strict=True)), f"edges differ at tau={tau}"
-    assert scc._gram_edges(gram, 1.0, in_sample, blocks)[0].numel() == 0
+    assert search.gram_edges(gram, 1.0, in_sample, blocks)[0].numel() == 0
 
 
 @pytest.mark.gpu
@@ -597,3 +667,46 @@ def test_invalid_arguments_raise_option_error(kwargs):
     with pytest.raises(OptionError) as info:
         compress(tokens, **args)
     assert info.value.hint, "every OptionError carries a hint"
+
+
+# Budgets where the search's Gram-of-sums cosines and the final run's cosines of means (which differ by ~1e-7)
+# fall on either side of the threshold for one temporal edge: the search counted the budget, compress kept one more.
+EDGE_ON_THRESHOLD = [(0.9121267199516296, 120), (0.9600070118904114, 162)]
+
+
+@pytest.mark.parametrize(("tau_temporal", "budget"), EDGE_ON_THRESHOLD)
+def test_budget_is_never_exceeded_when_an_edge_sits_on_the_threshold(tau_temporal, budget):
+    x = video_like_tokens(6, 49, 64, seed=1)
+    out = compress(x, budget=budget, tau_temporal=tau_temporal)
+    assert out.n_output <= budget, f"kept {out.n_output} tokens for a budget of {budget}"
+    plain = compress(x, tau=out.tau, tau_temporal=tau_temporal)
+    assert torch.equal(plain.tokens, out.tokens), "the budget result must equal a plain call at its tau"
+
+
+@pytest.mark.parametrize(("tau_temporal", "budget"), EDGE_ON_THRESHOLD)
+def test_retention_sweep_counts_what_compress_keeps_on_the_threshold(tau_temporal, budget):
+    x = video_like_tokens(6, 49, 64, seed=1)
+    taus = [0.95, 0.9, 0.85]
+    for tau, n_spatial, n_output in retention_sweep(x, taus, tau_temporal=tau_temporal):
+        out = compress(x, tau=tau, tau_temporal=tau_temporal)
+        assert (n_spatial, n_output) == (out.n_spatial, out.n_output), f"sweep disagrees at tau={tau}"
+
+
+def test_budget_with_a_fixed_temporal_tau_stays_within_the_budget():
+    # M is not monotone in the spatial tau with a fixed temporal tau: here tau 0.95 keeps 104 (inside [0.9 B, B] for
+    # B = 108) while lower taus keep fewer and higher ones more than 108 again, so the search may end below the
+    # window (docs/scc.md: only M <= B is promised). What must hold: the budget, and a tau that reproduces the result.
+    x = video_like_tokens(5, 49, 16, seed=178, n_centres=32)
+    tau_temporal = 0.9444950671902129
+    assert compress(x, tau=0.95, tau_temporal=tau_temporal).n_output == 104
+    out = compress(x, budget=108, tau_temporal=tau_temporal)
+    assert out.n_output <= 108, f"kept {out.n_output} for a budget of 108"
+    assert torch.equal(compress(x, tau=out.tau, tau_temporal=tau_temporal).tokens, out.tokens)
+
+
+def test_kept_count_is_not_monotone_in_tau():
+    # why the budget search cannot promise the [0.9 B, B] window: with one tau for both steps, lowering it merges
+    # spatial components whose means then match fewer tokens of other frames (M1 falls, M rises)
+    x = video_like_tokens(5, 49, 16, seed=1, n_centres=32)
+    (_, m1_hi, m_hi), (_, m1_lo, m_lo) = retention_sweep(x, [0.904, 0.902])
+    assert m1_lo < m1_hi and m_lo > m_hi, f"M1 {m1_hi} -> {m1_lo}, M {m_hi} -> {m_lo}"
