@@ -8,6 +8,23 @@ from tiny_checkpoint import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
+def _session_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_settings(monkeypatch, _session_home):
+    """No test reads the developer's own settings (~/.config/scissor/config.yaml, SCISSOR_MODEL, ...) or writes to
+    their feature cache; tests that need these set them."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(_session_home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(_session_home / "state"))
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(_session_home / "cache"))
+    monkeypatch.setenv("SCISSOR_PROFILES_DIR", str(_session_home / "profiles"))
+    for var in ("SCISSOR_CONFIG", "SCISSOR_MODEL", "SCISSOR_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory):
     """A llava-hf layout checkpoint directory (Path)."""
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llava-hf", layout="llava-hf", seed=0)
