@@ -1,6 +1,7 @@
 """lmms-eval tier (`make test-eval`): scissor as the lmms-eval model ``scissor``, offline, on a tiny random checkpoint.
 
-Needs the ``eval`` extra (lmms-eval), so these tests carry the ``lmms_eval`` marker, which the default run deselects.
+Most tests need the ``eval`` extra (lmms-eval), so they carry the ``lmms_eval`` marker, which the default run
+deselects; the first test (which modules import lmms_eval) runs in the default tier too.
 The real ``lmms-eval`` command line runs in a subprocess on the ``scissor_smoke`` task (tests/lmms_tasks), reading
 ``scissor_smoke.jsonl`` from its working directory: the sample clip and clips made here, two questions each.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.lmms_eval
+needs_lmms_eval = pytest.mark.lmms_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "tests" / "lmms_tasks"
@@ -64,8 +65,8 @@ def workdir(tmp_path_factory, tiny_hf_dir):
     return root
 
 
-def lmms_eval(workdir: Path, model_args: str, out: str, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "scissor", "--model_args", model_args]
+def lmms_eval(workdir: Path, model_args: str, out: str, *extra: str, launcher=()) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *launcher, "-m", "lmms_eval", "--model", "scissor", "--model_args", model_args]
     cmd += ["--tasks", "scissor_smoke", "--include_path", str(TASKS), "--batch_size", "1", "--output_path", out]
     return subprocess.run(
         [*cmd, *extra], cwd=workdir, env=_env(workdir), capture_output=True, text=True, timeout=600, check=False
@@ -80,6 +81,25 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def test_only_the_plugin_imports_lmms_eval():
+    """`import scissor_cli...` must stay light without the extra: lmms_eval appears in one module, and the entry
+    point names that module's MANIFEST."""
+    import ast
+
+    importers = set()
+    for path in sorted((ROOT / "scissor_cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "lmms_eval" or n.startswith("lmms_eval.") for n in names):
+                importers.add(path.name)
+    assert importers == {"lmms_eval_plugin.py"}, importers
+    entry = '[project.entry-points."lmms_eval.models"]\nscissor = "scissor_cli.lmms_eval_plugin:MANIFEST"\n'
+    assert entry in (ROOT / "pyproject.toml").read_text(), "the entry point must name the plugin's MANIFEST"
+
+
+@needs_lmms_eval
 def test_entry_point_registers_scissor():
     from lmms_eval.models import get_model
 
@@ -88,6 +108,7 @@ def test_entry_point_registers_scissor():
     assert get_model("scissor") is Scissor, "the lmms_eval.models entry point must resolve --model scissor"
 
 
+@needs_lmms_eval
 def test_smoke_task_at_ten_percent(workdir, tiny_hf_dir):
     run = lmms_eval(workdir, f"pretrained={tiny_hf_dir},retention=0.1,max_frames_num={FRAMES}", "out10")
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout[-3000:] + run.stderr[-3000:]
@@ -113,6 +134,7 @@ def test_smoke_task_at_ten_percent(workdir, tiny_hf_dir):
     assert shared == {0: False, 1: True, 2: False, 3: True, 4: False, 5: True}
 
 
+@needs_lmms_eval
 def test_no_compress_answers_match_scissor_ask(workdir, tiny_hf_dir):
     run = lmms_eval(workdir, f"pretrained={tiny_hf_dir},no_compress=True,frames={FRAMES}", "out_full", "--log_samples")
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout[-3000:] + run.stderr[-3000:]
@@ -138,6 +160,22 @@ def test_no_compress_answers_match_scissor_ask(workdir, tiny_hf_dir):
                 for s in samples.values()}) > 1, "answers all equal: the comparison would prove nothing"  # fmt: skip
 
 
+@needs_lmms_eval
+def test_two_processes_write_one_stats_file_each(workdir, tiny_hf_dir):
+    """torchrun, 2 CPU processes: lmms-eval shards the docs; each rank writes its own stats file, none collide."""
+    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    run = lmms_eval(workdir, f"pretrained={tiny_hf_dir},retention=0.1,max_frames_num=4", "out_mp", launcher=launcher)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout[-3000:] + run.stderr[-3000:]
+    assert len(outputs(workdir / "out_mp", "results.json")) == 1
+    files = outputs(workdir / "out_mp", "scissor_stats")
+    assert [f.name.rsplit("_", 1)[-1] for f in files] == ["rank0.jsonl", "rank1.jsonl"], files
+    per_rank = [[r for r in read_jsonl(f) if not r.get("summary")] for f in files]
+    assert all(r["rank"] == rank for rank, records in enumerate(per_rank) for r in records)
+    ids = [sorted(r["doc_id"] for r in records) for records in per_rank]
+    assert ids[0] and ids[1] and sorted(ids[0] + ids[1]) == list(range(6)), f"docs per rank: {ids}"
+
+
+@needs_lmms_eval
 @pytest.mark.parametrize(
     "bad, words",
     [
@@ -200,6 +238,7 @@ def requests(lm, docs, gen_kwargs, task="t"):
 GREEDY = {"max_new_tokens": 8, "do_sample": False, "until": ["\n\n"]}
 
 
+@needs_lmms_eval
 def test_one_encoding_per_video_and_answers_in_request_order(model, clips, monkeypatch):
     import scissor_cli.pipeline as pipeline
 
@@ -213,6 +252,7 @@ def test_one_encoding_per_video_and_answers_in_request_order(model, clips, monke
     assert together == alone, "batched, grouped answers must come back in request order, equal to one-by-one"
 
 
+@needs_lmms_eval
 def test_generation_kwargs_until_and_max_new_tokens(model, clips):
     doc = [{"visual": [clips[0]], "question": QUESTIONS[0]}]
     full = model.generate_until(requests(model, doc, {"max_new_tokens": 8}))[0]
@@ -224,6 +264,7 @@ def test_generation_kwargs_until_and_max_new_tokens(model, clips):
     assert len(short) < len(full) and full.startswith(short), (short, full)
 
 
+@needs_lmms_eval
 def test_generation_options_follow_hf_semantics():
     from scissor_cli.errors import OptionError
     from scissor_cli.lmms_eval_plugin import generation_options
@@ -238,6 +279,7 @@ def test_generation_options_follow_hf_semantics():
         generation_options(base, {"do_sample": True, "temperature": 20})
 
 
+@needs_lmms_eval
 @pytest.mark.parametrize(
     "visual, words",
     [([], "has no video"), (None, "has no video"), (["a.mp4", "b.mp4"], "2 videos"), ("image", "Image objects")],
@@ -254,6 +296,7 @@ def test_non_video_docs_stop_with_one_error_naming_the_task(model, capsys, visua
     assert err[0].startswith("error: task imagetask") and words in err[0] and err[1].startswith("hint:"), err
 
 
+@needs_lmms_eval
 def test_loglikelihood_names_the_alternative(model):
     from lmms_eval.api.instance import Instance
 
@@ -262,6 +305,7 @@ def test_loglikelihood_names_the_alternative(model):
         model.loglikelihood([req])
 
 
+@needs_lmms_eval
 def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
     from scissor_cli.errors import OptionError
     from scissor_cli.lmms_eval_plugin import parse_model_args
@@ -291,6 +335,7 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
             parse_model_args(args)
 
 
+@needs_lmms_eval
 def test_each_rank_writes_its_own_stats_file(tiny_hf_dir, tmp_path, monkeypatch, capsys):
     from scissor_cli.lmms_eval_plugin import Scissor
 
