@@ -18,10 +18,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
@@ -30,6 +30,9 @@ from loguru import logger as eval_logger
 
 from scissor_cli.errors import OptionError, ScissorError, VideoError
 from scissor_cli.options import GenerationOptions, Profile, validate
+
+if TYPE_CHECKING:
+    from scissor_cli.pipeline import Answer
 
 MODEL_NAME = "scissor"
 # The entry point's payload: lmms-eval's registry imports the class only when `--model scissor` asks for it.
@@ -370,35 +373,49 @@ class Scissor(lmms):
     def _run(self, parsed: list[_Request], n: int) -> list[str]:
         from tqdm import tqdm
 
-        from scissor_cli import video as video_io
-        from scissor_cli.pipeline import compress_video, encode_video, make_answers
-
         results: list[str | None] = [None] * n
         by_video: dict[str, list[_Request]] = {}
         for r in parsed:
             by_video.setdefault(r.video, []).append(r)
         seen: dict[str, list[float]] = {}  # task -> retention per sample, for the summary lines
         bar = tqdm(total=n, disable=self.rank != 0, desc="scissor")
-        for video, group in by_video.items():
-            with video_io.opened(video) as info:  # decoded, encoded and compressed once for all its questions
-                encoded = encode_video(self.vlm, video, self.profile, info=info)
-            compressed = compress_video(encoded, self.profile)
-            first = True
-            for chunk in _chunks(group, self.batch_size_per_gpu):
-                generated = self.vlm.generate([(compressed.tokens, r.context) for r in chunk], chunk[0].gen)
-                profile = replace(self.profile, generation=chunk[0].gen)
-                answers = make_answers(self.vlm, encoded, compressed, [r.context for r in chunk], generated, profile)
-                for r, a in zip(chunk, answers, strict=True):
+        try:
+            for video, group in by_video.items():
+                for r, a, n_batch, shared in self._answer_video(video, group):
                     text = stop_at(a.answer, r.until)
                     results[r.index] = text
-                    self._write(_stats_record(r, a, text, len(chunk), shared=not first, rank=self.rank))
+                    self._write(_stats_record(r, a, text, n_batch, shared=shared, rank=self.rank))
                     seen.setdefault(r.task, []).append(a.retention)
-                    first = False
                     bar.update(1)
-        bar.close()
+        finally:
+            bar.close()  # ends its line, so an error starts on a fresh one
         for task, values in seen.items():
             self._write({"task": task, "summary": True, "n_samples": len(values), "mean_retention": _mean(values)})
         return [r if r is not None else "" for r in results]
+
+    def _answer_video(self, video: str, group: list[_Request]) -> Iterator[tuple[_Request, Answer, int, bool]]:
+        """Every question about one video from one encoding, ``batch_size`` questions per ``generate`` call.
+        Yields (request, answer, rows in its generate call, whether the encoding was made for an earlier one)."""
+        from scissor_cli import video as video_io
+        from scissor_cli.pipeline import compress_video, encode_video, make_answers
+
+        try:
+            with video_io.opened(video) as info:
+                encoded = encode_video(self.vlm, video, self.profile, info=info)
+            compressed = compress_video(encoded, self.profile)
+        except ScissorError as e:  # name the docs: lmms-eval's task data holds the bad video
+            docs = ", ".join(f"doc {r.doc_id}" for r in group[:3]) + (", ..." if len(group) > 3 else "")
+            raise type(e)(f"task {group[0].task} ({docs}): {e.message}", hint=e.hint) from e
+        first = True
+        for chunk in _chunks(group, self.batch_size_per_gpu):
+            gen = chunk[0].gen
+            generated = self.vlm.generate([(compressed.tokens, r.context) for r in chunk], gen)
+            profile = replace(self.profile, generation=gen)
+            questions = [r.context for r in chunk]
+            answers = make_answers(self.vlm, encoded, compressed, questions, generated, profile)
+            for r, a in zip(chunk, answers, strict=True):
+                yield r, a, len(chunk), not first
+                first = False
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.stats_file is None:
@@ -425,7 +442,7 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _stats_record(r: _Request, a: Any, text: str, n_batch: int, shared: bool, rank: int) -> dict[str, Any]:
+def _stats_record(r: _Request, a: Answer, text: str, n_batch: int, shared: bool, rank: int) -> dict[str, Any]:
     """One sample: the Answer's statistics keyed by task and doc_id. Timings are split so they add up: the
     video's decode/vision/compression on its first sample (``encoding_shared`` false), generate per batch row."""
     t = a.timings_s

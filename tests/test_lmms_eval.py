@@ -3,7 +3,8 @@
 Most tests need the ``eval`` extra (lmms-eval), so they carry the ``lmms_eval`` marker, which the default run
 deselects; the first test (which modules import lmms_eval) runs in the default tier too.
 The real ``lmms-eval`` command line runs in a subprocess on the ``scissor_smoke`` task (tests/lmms_tasks), reading
-``scissor_smoke.jsonl`` from its working directory: the sample clip and clips made here, two questions each.
+``scissor_smoke.jsonl`` from its working directory: the sample clip and clips made here, two questions each. One
+clip is noise, which the tiny model keeps ~95 % of at the default tau: without the budget the 10 % check would fail.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SAMPLE = ROOT / "samples" / "bigbuckbunny.mp4"
 QUESTIONS = ("What is happening in this video?", "How many people appear in the clip?")
 OPTIONS = ["a dog", "a cat", "a car", "a person"]
 FRAMES = 8
+N_DOCS = 8  # 4 videos x 2 questions
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +53,15 @@ def _env(tmp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tiny_hf_dir):
-    """A folder holding scissor_smoke.jsonl (absolute video paths): 3 videos x 2 questions = 6 docs."""
+    """A folder holding scissor_smoke.jsonl (absolute video paths): 4 videos x 2 questions = 8 docs."""
     from media import make_media
 
     root = tmp_path_factory.mktemp("lmms")
     media = make_media(root / "media")
-    videos = [str(SAMPLE), str(media.index_mp4), str(media.rot90)]
+    noise = root / "noise.mp4"  # incompressible: every frame random
+    lavfi = "color=c=gray:s=96x64:r=10:d=4,noise=alls=100:allf=t+u"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", lavfi, "-pix_fmt", "yuv420p", str(noise)], check=True)
+    videos = [str(SAMPLE), str(media.index_mp4), str(media.rot90), str(noise)]
     docs = [
         {"video": v, "question": q, "options": OPTIONS, "answer": "ABCD"[i % 4]}
         for i, (v, q) in enumerate((v, q) for v in videos for q in QUESTIONS)
@@ -120,18 +125,18 @@ def test_smoke_task_at_ten_percent(workdir, tiny_hf_dir):
     assert stats_file.parent == results_file.parent, "the stats file sits beside lmms-eval's results"
     records = read_jsonl(stats_file)
     samples = [r for r in records if not r.get("summary")]
-    assert sorted((r["task"], r["doc_id"]) for r in samples) == [("scissor_smoke", i) for i in range(6)]
+    assert sorted((r["task"], r["doc_id"]) for r in samples) == [("scissor_smoke", i) for i in range(N_DOCS)]
     for r in samples:
         assert r["retention"] <= 0.1, f"doc {r['doc_id']} kept {r['retention']:.1%} of its tokens"
         assert r["tokens"]["final"] <= 0.1 * r["tokens"]["original"] and r["tokens"]["original"] > 0
         assert r["frames"] == FRAMES
     (summary,) = [r for r in records if r.get("summary")]
-    assert summary["task"] == "scissor_smoke" and summary["n_samples"] == 6
-    assert summary["mean_retention"] == pytest.approx(sum(r["retention"] for r in samples) / 6)
+    assert summary["task"] == "scissor_smoke" and summary["n_samples"] == N_DOCS
+    assert summary["mean_retention"] == pytest.approx(sum(r["retention"] for r in samples) / N_DOCS)
     assert records[-1] is not None and records[-1].get("summary"), "the per-task mean is the last line"
     # one encoding per video: the second question about a video reuses it
     shared = {r["doc_id"]: r["encoding_shared"] for r in samples}
-    assert shared == {0: False, 1: True, 2: False, 3: True, 4: False, 5: True}
+    assert shared == {i: i % 2 == 1 for i in range(N_DOCS)}
 
 
 @needs_lmms_eval
@@ -172,7 +177,7 @@ def test_two_processes_write_one_stats_file_each(workdir, tiny_hf_dir):
     per_rank = [[r for r in read_jsonl(f) if not r.get("summary")] for f in files]
     assert all(r["rank"] == rank for rank, records in enumerate(per_rank) for r in records)
     ids = [sorted(r["doc_id"] for r in records) for records in per_rank]
-    assert ids[0] and ids[1] and sorted(ids[0] + ids[1]) == list(range(6)), f"docs per rank: {ids}"
+    assert ids[0] and ids[1] and sorted(ids[0] + ids[1]) == list(range(N_DOCS)), f"docs per rank: {ids}"
 
 
 @needs_lmms_eval
@@ -297,6 +302,18 @@ def test_non_video_docs_stop_with_one_error_naming_the_task(model, capsys, visua
 
 
 @needs_lmms_eval
+def test_unreadable_video_stops_naming_task_and_doc(model, tmp_path, capsys):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("a text file named .mp4\n")
+    with pytest.raises(SystemExit) as exit_info:
+        model.generate_until(requests(model, [{"visual": [str(bad)], "question": "Q"}], GREEDY, task="broken"))
+    assert exit_info.value.code == 4
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("scissor:")]
+    assert err[0].startswith("error: task broken (doc 0): ") and "notes.mp4" in err[0], err  # not on the bar's line
+    assert err[1].startswith("hint:") and len(err) == 2, err
+
+
+@needs_lmms_eval
 def test_loglikelihood_names_the_alternative(model):
     from lmms_eval.api.instance import Instance
 
@@ -319,7 +336,9 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
     assert (p.sampling.n_frames, p.compression.seed, p.generation.seed) == (6, 3, 3)
     assert (p.model.model, p.model.device, p.model.dtype) == (str(tiny_hf_dir), "cpu", "float32")
     assert (p.model.newline, p.model.offline, s.batch_size) == (False, True, 4)
-    assert parse_model_args({"max_frames_num": 12, "tokens": 20}).profile.compression.tokens == 20
+    assert parse_model_args({"max_frames_num": 12, "tokens": 20}).profile.sampling.n_frames == 12
+    assert parse_model_args({"tokens": 20}).profile.compression.tokens == 20
+    assert parse_model_args({"retention": 0.25}).profile.compression.retention == 0.25
     assert parse_model_args({"no_compress": True}).profile.compression.enabled is False
     assert parse_model_args({"profile": "r10"}).profile.compression.retention == pytest.approx(0.1)
     for args, message in [
