@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from scissor_cli.pipeline import Answer
 
 MODEL_NAME = "scissor"
-# The entry point's payload: lmms-eval's registry imports the class only when `--model scissor` asks for it.
+# The entry point's payload. lmms-eval loads every plugin's entry point at start-up (importing this module: light,
+# torch and lmms_eval are loaded by then; the model itself loads only when `--model scissor` builds the class).
 MANIFEST = ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.Scissor")
 
 # model_arg -> (the CLI flag's parameter name in cli.build_profile, its type). None: handled here.
@@ -301,7 +302,6 @@ class Scissor(lmms):
                 hint="use device=cuda (each process takes cuda:<local rank>)",
             )
         self._rank, self._world_size = rank, world_size
-        self.settings = replace(settings, profile=profile)
         self.batch_size_per_gpu = settings.batch_size
         argv = list(sys.argv)
         output_path = lmms_eval_output_path(argv)
