@@ -4,8 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 CLIP ?= samples/bigbuckbunny.mp4
+# The lmms-eval tier gets a virtualenv of its own (lmms-eval pulls ~150 packages the default tier must not see).
+EVAL_VENV ?= .venv-eval
+EVAL_PY := $(EVAL_VENV)/bin/python
+# The torchvision of $(TORCH) (change both together): lmms-eval requires one, and any other would replace torch.
+TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install test test-all lint format bench bench-video bench-model demo clean
+.PHONY: install test test-all test-eval lint format bench bench-video bench-model demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +26,20 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# lmms-eval's `--model scissor` end to end on the scissor_smoke task (tests/test_lmms_eval.py), offline.
+# PyPI's torchvision wheels are CUDA builds: beside a CPU torch it cannot load and breaks transformers' imports, so it
+# is removed then (neither scissor nor lmms-eval's evaluator imports it).
+$(EVAL_VENV)/.installed: pyproject.toml
+	test -x $(EVAL_PY) || python3 -m venv $(EVAL_VENV)
+	$(EVAL_PY) -m pip install -q --upgrade pip
+	$(EVAL_PY) -m pip install -q "$(TORCH)" "$(TORCHVISION)"
+	$(EVAL_PY) -m pip install -q -e ".[eval,dev]" "$(TORCH)" "$(TORCHVISION)"
+	$(EVAL_PY) -c "import torchvision" 2>/dev/null || $(EVAL_PY) -m pip uninstall -q -y torchvision
+	touch $@
+
+test-eval: install $(EVAL_VENV)/.installed  ## install: for ffmpeg (the tests make clips with it)
+	$(EVAL_PY) -m pytest -q -m lmms_eval tests/test_lmms_eval.py
 
 test-all: install  ## also the slow and GPU tiers (real checkpoints; needs the hub or a local copy)
 	$(PY) -m pytest -q -m ""
@@ -46,4 +65,4 @@ demo: install
 	$(VENV)/bin/scissor ask $(CLIP) "What is happening in this video?"
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(EVAL_VENV) .pytest_cache .ruff_cache *.egg-info
