@@ -373,12 +373,44 @@ def inspect(
             render.out.print(f"[dim]token map written to[/] {viz}")
 
 
+# batch takes comma lists for these three (a sweep); declared here so ask/inspect keep their plain number flags
+SweepRetentionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--retention",
+        help="Budget: keep at most this fraction of the visual tokens; a comma list sweeps it (1 = uncompressed), "
+        "e.g. 1,0.5,0.35,0.1,0.05.",
+        rich_help_panel=_C,
+    ),
+]
+SweepTokensOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokens", help="Budget: keep at most this many visual tokens; a comma list sweeps it.", rich_help_panel=_C
+    ),
+]
+SweepTauOpt = Annotated[
+    str | None,
+    typer.Option("--tau", help="Similarity threshold (paper 0.9); a comma list sweeps it.", rich_help_panel=_C),
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="Multiple-choice prompt preset: default | videomme | mvbench | egoschema | nextqa | plain "
+        "(lmms-eval's templates; a manifest row's prompt field wins).",
+    ),
+]
+
+
 @app.command(
     epilog="""[bold]Examples[/]
 
   scissor batch videos/ -q "What is happening?" -q "Who is there?" -o results.jsonl
 
   scissor batch --manifest jobs.jsonl -o results.jsonl --profile r10
+
+  scissor batch --manifest jobs.jsonl -o sweep.jsonl --retention 1,0.5,0.35,0.1,0.05 --prompt videomme
 
   torchrun --nproc_per_node 4 -m scissor_cli batch --manifest jobs.csv -o results.jsonl"""
 )
@@ -416,14 +448,15 @@ def batch(
     json_out: Annotated[
         bool, typer.Option("--json", help="The final summary as JSON on stdout (the summary file's fields + this_run).")
     ] = False,
+    prompt: PromptOpt = None,
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    tau: TauOpt = None,
+    tau: SweepTauOpt = None,
     tau_temporal: TauTemporalOpt = None,
     epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
+    retention: SweepRetentionOpt = None,
+    tokens: SweepTokensOpt = None,
     no_compress: NoCompressOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
@@ -439,9 +472,16 @@ def batch(
     newline: NewlineOpt = None,
 ) -> None:
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
-    p = profile_from_flags(locals())
     from scissor_cli import batch as batch_mod
     from scissor_cli import jobs as jobs_mod
+    from scissor_cli.scoring import PROMPT_PRESETS
+
+    sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
+    if sweep is not None and no_compress:
+        raise OptionError(f"--no-compress contradicts the --{sweep.axis} sweep", hint="drop one of them")
+    p = profile_from_flags({**locals(), **singles})
+    if prompt is not None and prompt not in PROMPT_PRESETS:
+        raise OptionError(f"--prompt {prompt}: no such preset", hint=f"use one of: {', '.join(PROMPT_PRESETS)}")
 
     if manifest and paths:
         raise OptionError("give video paths or --manifest, not both", hint="put every job in the manifest")
@@ -474,7 +514,7 @@ def batch(
     with render.BatchProgress(quiet=quiet) as view:
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
-            inputs=[manifest] if manifest else [],
+            inputs=[manifest] if manifest else [], sweep=sweep, prompt=prompt,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         if json_out:

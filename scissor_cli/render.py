@@ -347,7 +347,59 @@ def batch_summary(summary: Any, to_stderr: bool = False) -> None:
     table.add_row("output", escape(summary.output if summary.output != "-" else "stdout"))
     if summary.summary_path:
         table.add_row("summary", escape(summary.summary_path))
-    (err if to_stderr else out).print(table)
+    console = err if to_stderr else out
+    console.print(table)
+    if totals.get("levels"):
+        console.print(level_table(totals["levels"], "by level"))
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:.1f} %"
+
+
+def _num(x: float | None, fmt: str = "{:.3g}") -> str:
+    return "" if x is None else fmt.format(x)
+
+
+def level_table(rows: Sequence[dict[str, Any]], title: str, label: str = "level") -> Table:
+    """One row per level (or profile) of ``scoring.level_rows``; the accuracy columns only when answers are known,
+    one extra column per task/category."""
+    from scissor_cli.scoring import level_text
+
+    scored = any(r.get("accuracy") for r in rows)
+    groups = sorted(
+        {(g, n) for r in rows if r.get("accuracy") for g, v in r["accuracy"]["by_group"].items() for n in v}
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column(label, no_wrap=True)
+    for col in ("n", "failed"):
+        table.add_column(col, justify="right")
+    if scored:
+        table.add_column("accuracy", justify="right")
+        for g, n in groups:
+            table.add_column(escape(f"{g}={n}"), justify="right")
+        table.add_column("vs 100 %", justify="right")
+    # mean retention, mean visual tokens to the LLM, mean estimated prefill TFLOPs, mean seconds per answer
+    for col in ("retention", "tokens", "TFLOPs", "s/answer"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        name = r["level"] if isinstance(r["level"], str) else level_text(r["level"])
+        cells = [escape(name), str(r["n"]), str(r["n_error"])]
+        if scored:
+            acc = r.get("accuracy")
+            cells.append(f"{_pct(acc['overall'])} ({acc['n_correct']}/{acc['n_scored']})" if acc else "")
+            for g, n in groups:
+                v = acc["by_group"].get(g, {}).get(n) if acc else None
+                cells.append(_pct(v["accuracy"]) if v else "")
+            cells.append(_pct(r.get("relative_accuracy")))
+        cells += [
+            _pct(r.get("mean_retention")),
+            _num(r.get("mean_visual_tokens"), "{:,.0f}"),
+            _num(r.get("mean_prefill_tflops")),
+            _num(r.get("mean_answer_s"), "{:.2f}"),
+        ]
+        table.add_row(*cells)
+    return table
 
 
 def cache_info(root: str, n_entries: int, n_bytes: int, max_bytes: int) -> None:
