@@ -525,6 +525,56 @@ def batch(
         raise typer.Exit(1)
 
 
+@app.command(
+    epilog="""[bold]Examples[/]
+
+  scissor report sweep.jsonl
+
+  scissor report r10.jsonl r35.jsonl off.jsonl --by profile --format markdown
+
+  scissor report sweep.jsonl --format csv > table.csv --plot sweep.png"""
+)
+@handle_errors
+def report(
+    results: Annotated[list[str], typer.Argument(help="JSONL outputs of scissor batch (sweeps or separate runs).")],
+    by: Annotated[
+        str, typer.Option("--by", help="One row per level (retention/tokens/tau) or per profile (configuration).")
+    ] = "level",
+    fmt: Annotated[
+        str, typer.Option("--format", help="table (rich, the default) | markdown | csv | json, on stdout.")
+    ] = "table",
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            "--plot",
+            help="Also draw accuracy and visual tokens / TFLOPs vs retention into this .png (.pdf, .svg); needs "
+            "matplotlib (pip install 'scissor-cli[plot]').",
+        ),
+    ] = None,
+) -> None:
+    """Tabulate accuracy, retention, visual tokens, TFLOPs and time per level from batch outputs (no model)."""
+    from scissor_cli import report as report_mod
+
+    if fmt not in report_mod.FORMATS:
+        raise OptionError(f"--format {fmt}: unknown format", hint=f"use one of: {', '.join(report_mod.FORMATS)}")
+    if by not in report_mod.GROUP_BY:
+        raise OptionError(f"--by {by}: cannot group by that", hint=f"use one of: {', '.join(report_mod.GROUP_BY)}")
+    if plot is not None:
+        report_mod.check_plot_path(plot)  # before reading: a missing matplotlib fails at once
+    table = report_mod.build_report(report_mod.read_results(results), by=by, files=results)
+    if fmt == "json":
+        render.write_json(report_mod.to_json(table))
+    elif fmt == "markdown":
+        render.write_text(report_mod.to_markdown(table))
+    elif fmt == "csv":
+        render.write_text(report_mod.to_csv(table))
+    else:
+        render.report_table(table)
+    if plot is not None:
+        report_mod.plot(table, plot)
+        render.note(f"plot written to {plot}")
+
+
 @profiles_app.command("list")
 @handle_errors
 def profiles_list() -> None:

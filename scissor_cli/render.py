@@ -350,7 +350,7 @@ def batch_summary(summary: Any, to_stderr: bool = False) -> None:
     console = err if to_stderr else out
     console.print(table)
     if totals.get("levels"):
-        console.print(level_table(totals["levels"], "by level"))
+        _print_wide(console, level_table(totals["levels"], "by level"))
 
 
 def _pct(x: float | None) -> str:
@@ -400,6 +400,34 @@ def level_table(rows: Sequence[dict[str, Any]], title: str, label: str = "level"
         ]
         table.add_row(*cells)
     return table
+
+
+def report_table(report: Any) -> None:
+    """``scissor report``'s default output (a ``report.Report``)."""
+    title = f"{', '.join(report.files)}: by {report.by}"
+    rows = [{**row, "level": label} for label, row in zip(report.labels, report.rows, strict=True)]
+    _print_wide(out, level_table(rows, escape(title), label=report.by))
+
+
+def _print_wide(console: Console, table: Table) -> None:
+    """Off a terminal (a file, a pipe) a wide table keeps its full width instead of wrapping at 80 columns."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    Console(file=console.file, width=max(console.width, needed), highlight=False, soft_wrap=True).print(table)
+
+
+def write_text(text: str) -> None:
+    """Text made for files and other programs (Markdown, CSV): as is, no markup, no wrapping."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def note(text: str) -> None:
+    err.print(f"[dim]{escape(text)}[/]")
 
 
 def cache_info(root: str, n_entries: int, n_bytes: int, max_bytes: int) -> None:

@@ -198,7 +198,7 @@ def summarize(records: Sequence[dict]) -> dict[str, Any]:
         groups: dict[tuple, list[dict]] = {}
         for r in records:
             groups.setdefault(level_key(record_level(r)), []).append(r)
-        out["levels"] = level_rows([(_level_from_key(k), rs) for k, rs in sorted(groups.items(), key=_level_order)])
+        out["levels"] = level_rows([(level_from_key(k), rs) for k, rs in sorted(groups.items(), key=level_order)])
     return out
 
 
@@ -221,13 +221,13 @@ def level_key(level: dict | None) -> tuple:
     return (str(axis), float(value) if isinstance(value, (int, float)) else 0.0)
 
 
-def _level_from_key(key: tuple) -> dict | None:
+def level_from_key(key: tuple) -> dict | None:
     if not key[0]:
         return None
     return {key[0]: int(key[1]) if key[0] == "tokens" else key[1]}
 
 
-def _level_order(item: tuple) -> tuple:
+def level_order(item: tuple) -> tuple:
     # axes in SWEEP_AXES order, each from the most to the least kept (the paper's table: 100 % first)
     (axis, value), _ = item
     return (SWEEP_AXES.index(axis) if axis in SWEEP_AXES else len(SWEEP_AXES), axis, -value)
