@@ -296,84 +296,7 @@ def ask(
         render.answers(results, show_timestamps=timestamps)
 
 
-SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
-
-
-@app.command(
-    epilog="""[bold]Examples[/]
-
-  scissor inspect clip.mp4 --video-only
-
-  scissor inspect clip.mp4 --sweep
-
-  scissor inspect clip.mp4 --profile r10 --viz tokens.png --json"""
-)
-@handle_errors
-def inspect(
-    video: Annotated[str, typer.Argument(help=VIDEO_HELP)],
-    video_only: Annotated[
-        bool, typer.Option("--video-only", help="Only metadata and the frame plan; no model.")
-    ] = False,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Retention across a range of tau, from one encoding.")] = False,
-    viz: Annotated[
-        Path | None,
-        typer.Option(
-            "--viz", help="Write a PNG: the sampled frames, each patch coloured by the kept token it merged into."
-        ),
-    ] = None,
-    json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    tau: TauOpt = None,
-    tau_temporal: TauTemporalOpt = None,
-    epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
-    no_compress: NoCompressOpt = False,
-    frames: FramesOpt = None,
-    fps: FpsOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    offline: OfflineOpt = False,
-    no_cache: NoCacheOpt = False,
-) -> None:
-    """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    p = profile_from_flags(locals())
-    if video_only and (sweep or viz):
-        raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
-    if viz is not None and viz.suffix.lower() != ".png":
-        raise OptionError(f"--viz {viz} must end in .png", hint="e.g. --viz tokens.png")
-    if viz is not None and not viz.resolve().parent.is_dir():
-        raise OptionError(f"--viz: folder {viz.resolve().parent} does not exist", hint="create it or pick another path")
-    if viz is not None and not os.access(viz.resolve().parent, os.W_OK):
-        raise OptionError(f"--viz: folder {viz.resolve().parent} is not writable", hint="pick another path")
-    from scissor_cli import video as video_io
-    from scissor_cli.pipeline import inspect_video
-
-    with video_io.opened(video) as info, render.stages() as on_status:
-        vlm = None if video_only else _load(p, on_status)
-        result = inspect_video(vlm, video, p, sweep_taus=SWEEP_TAUS if sweep else None, on_status=on_status, info=info)
-        if viz is not None and result.compressed is not None:
-            from scissor_cli.viz import token_map
-
-            on_status("drawing the token map")
-            token_map(viz, video, result)
-    if json_out:
-        data = result.to_dict()
-        if viz is not None:
-            data["viz"] = str(viz)
-        render.write_json(data)
-    else:
-        render.inspection(result)
-        if viz is not None:
-            render.out.print(f"[dim]token map written to[/] {viz}")
-
-
-# batch takes comma lists for these three (a sweep); declared here so ask/inspect keep their plain number flags
+# inspect and batch take comma lists for these three (a sweep); ask keeps the plain number flags
 SweepRetentionOpt = Annotated[
     str | None,
     typer.Option(
@@ -401,6 +324,98 @@ PromptOpt = Annotated[
         "(lmms-eval's templates; a manifest row's prompt field wins).",
     ),
 ]
+
+
+SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
+
+
+@app.command(
+    epilog="""[bold]Examples[/]
+
+  scissor inspect clip.mp4 --video-only
+
+  scissor inspect clip.mp4 --sweep
+
+  scissor inspect clip.mp4 --profile r10 --viz tokens.png --json"""
+)
+@handle_errors
+def inspect(
+    video: Annotated[str, typer.Argument(help=VIDEO_HELP)],
+    video_only: Annotated[
+        bool, typer.Option("--video-only", help="Only metadata and the frame plan; no model.")
+    ] = False,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Token counts across a range of tau, from one encoding; or across the levels of a --tau, "
+            "--retention or --tokens comma list.",
+        ),
+    ] = False,
+    viz: Annotated[
+        Path | None,
+        typer.Option(
+            "--viz", help="Write a PNG: the sampled frames, each patch coloured by the kept token it merged into."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    tau: SweepTauOpt = None,
+    tau_temporal: TauTemporalOpt = None,
+    epsilon: EpsilonOpt = None,
+    retention: SweepRetentionOpt = None,
+    tokens: SweepTokensOpt = None,
+    no_compress: NoCompressOpt = False,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offline: OfflineOpt = False,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
+    from scissor_cli.batch import sweep_from_flags
+
+    levels, singles = sweep_from_flags(retention, tokens, tau)  # a comma list sweeps its levels
+    if levels is not None and no_compress:
+        raise OptionError(f"--no-compress contradicts the --{levels.axis} sweep", hint="drop one of them")
+    p = profile_from_flags({**locals(), **singles})
+    sweep = sweep or levels is not None
+    if video_only and (sweep or viz):
+        raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
+    if viz is not None and viz.suffix.lower() != ".png":
+        raise OptionError(f"--viz {viz} must end in .png", hint="e.g. --viz tokens.png")
+    if viz is not None and not viz.resolve().parent.is_dir():
+        raise OptionError(f"--viz: folder {viz.resolve().parent} does not exist", hint="create it or pick another path")
+    if viz is not None and not os.access(viz.resolve().parent, os.W_OK):
+        raise OptionError(f"--viz: folder {viz.resolve().parent} is not writable", hint="pick another path")
+    from scissor_cli import video as video_io
+    from scissor_cli.pipeline import inspect_video
+
+    with video_io.opened(video) as info, render.stages() as on_status:
+        vlm = None if video_only else _load(p, on_status)
+        taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
+        budgets = levels.values if levels and levels.axis != "tau" else None
+        result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets)
+        if viz is not None and result.compressed is not None:
+            from scissor_cli.viz import token_map
+
+            on_status("drawing the token map")
+            token_map(viz, video, result)
+    if json_out:
+        data = result.to_dict()
+        if viz is not None:
+            data["viz"] = str(viz)
+        render.write_json(data)
+    else:
+        render.inspection(result)
+        if viz is not None:
+            render.out.print(f"[dim]token map written to[/] {viz}")
 
 
 @app.command(

@@ -182,11 +182,18 @@ def inspection(insp: Inspection, show_per_frame: bool = True) -> None:
             table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
     out.print(table)
     if insp.sweep and c is not None:
-        sweep = Table(title="retention by tau (one encoding)", title_justify="left")
-        for col in ("tau", "after spatial", "final", "retention"):
+        from scissor_cli.scoring import level_text
+
+        levels = insp.sweep_levels
+        title = "tokens by budget (one encoding)" if levels else "retention by tau (one encoding)"
+        sweep = Table(title=title, title_justify="left")
+        cols = ("level", "tau (searched)") if levels else ("tau",)
+        for col in (*cols, "after spatial", "final", "retention"):
             sweep.add_column(col, justify="right")
-        for tau, n_spatial, n_final in insp.sweep:
-            sweep.add_row(f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}", f"{n_final / c.n_original * 100:.1f} %")
+        for i, (tau, n_spatial, n_final) in enumerate(insp.sweep):
+            cells = [level_text(levels[i])] if levels else []
+            cells += ["-" if tau is None else f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}"]
+            sweep.add_row(*cells, f"{n_final / c.n_original * 100:.1f} %")
         out.print(sweep)
 
 

@@ -338,3 +338,36 @@ def test_prompt_preset_per_run_and_per_manifest_row(folder, tmp_path):
     man.write_text(json.dumps({"video": "a.mp4", "question": "Q"}) + "\n"
                    + json.dumps({"video": "a.mp4", "question": "Q", "prompt": "plain"}) + "\n")  # fmt: skip
     assert len({j.id for j in jobs_from_manifest(str(man))}) == 2
+
+
+# ------------------------------------------------------------------------------------------------ inspect --sweep
+def test_inspect_sweep_takes_the_same_lists(tiny_hf_dir):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    def run(*args):
+        result = CliRunner().invoke(app, ["inspect", str(SAMPLE), "--model", str(tiny_hf_dir), "--frames", "4",
+                                          "--no-cache", *args])  # fmt: skip
+        return result
+
+    result = run("--sweep", "--retention", "1,0.5,0.1", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["sweep"]
+    assert [r["level"] for r in rows] == [{"retention": 1.0}, {"retention": 0.5}, {"retention": 0.1}]
+    original = json.loads(result.stdout)["tokens"]["original"]
+    assert rows[0]["final"] == original and rows[0]["tau"] is None
+    for r in rows[1:]:
+        assert r["final"] <= int(r["level"]["retention"] * original) and r["tau"] is not None
+    result = run("--tokens", "40,20", "--json")  # a list sweeps without --sweep too
+    rows = json.loads(result.stdout)["sweep"]
+    assert [r["level"] for r in rows] == [{"tokens": 40}, {"tokens": 20}] and all(
+        r["final"] <= r["level"]["tokens"] for r in rows
+    )
+    result = run("--sweep", "--tau", "0.95,0.5", "--json")
+    rows = json.loads(result.stdout)["sweep"]
+    assert [r["tau"] for r in rows] == [0.95, 0.5] and "level" not in rows[0]
+    result = run("--retention", "1,0.1")
+    assert result.exit_code == 0 and "tokens by budget" in result.stdout and "retention=0.1" in result.stdout
+    result = run("--retention", "1,0.1", "--tau", "0.9,0.8")
+    assert result.exit_code == 2 and "both lists" in result.stderr
