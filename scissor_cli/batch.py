@@ -236,6 +236,18 @@ def _check_resume(output: str, found: dict[str | None, tuple[dict | None, int]],
         )
 
 
+def _check_levels(output: str, records: Sequence[_Record], axis: str) -> None:
+    """A sweep's config leaves its levels out, so each record's own ``level`` must say where it belongs."""
+    for r in records:
+        level = r.slim.get("level")
+        if not (isinstance(level, dict) and list(level) == [axis] and isinstance(level[axis], (int, float))):
+            raise OptionError(
+                f"{output}: record {r.slim.get('id')!r} has level {level!r}, not a {axis} level of this sweep",
+                hint=f"a sweep's records each carry their level; write to a new file with -o, or pass --overwrite "
+                f"to replace {output}",
+            )
+
+
 # -------------------------------------------------------------------------------------------------- output file
 @dataclass
 class _Record:
@@ -833,6 +845,8 @@ def _run(
         found: dict[str | None, tuple[dict | None, int]] = {}
         existing = [r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False, configs=found)]
         _check_resume(output, found, config, digest)  # before anything is written or loaded
+        if sweep is not None:
+            _check_levels(output, existing, sweep.axis)
         if world_size == 1:
             _merge_parts(output)  # leftovers of a killed multi-process run
         _read_records(target, truncate_partial=True, keep_raw=False)  # only this rank writes `target`

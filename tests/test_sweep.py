@@ -371,3 +371,22 @@ def test_inspect_sweep_takes_the_same_lists(tiny_hf_dir):
     assert result.exit_code == 0 and "tokens by budget" in result.stdout and "retention=0.1" in result.stdout
     result = run("--retention", "1,0.1", "--tau", "0.9,0.8")
     assert result.exit_code == 2 and "both lists" in result.stderr
+
+
+def test_resume_checks_each_records_level(folder, tmp_path):
+    """The config leaves the levels out, so a record of the sweep's config without a proper level is refused."""
+    jobs = good_jobs(folder)[:1]
+    out = tmp_path / "r.jsonl"
+    sweep = Sweep("retention", (1.0, 0.5))
+    run_batch(FakeVLM, jobs, str(out), fake_profile(), sweep=sweep)
+    records = read_jsonl(out)
+    loads = []
+    for level in (None, {"tokens": 8}, {"retention": "half"}):
+        edited = {**records[1], "id": "extra"}
+        edited.pop("level")
+        if level is not None:
+            edited["level"] = level
+        out.write_text("".join(json.dumps(r) + "\n" for r in [records[0], edited]))
+        with pytest.raises(OptionError, match="'extra' has level"):
+            run_batch(lambda: loads.append(1) or FakeVLM(), jobs, str(out), fake_profile(), sweep=sweep)
+        assert loads == []
