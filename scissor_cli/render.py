@@ -303,6 +303,10 @@ class BatchProgress:
             return
         ok = record.get("status") == "ok"
         video = escape(str(record.get("video")))
+        if isinstance(record.get("level"), dict):  # a sweep: which level of the video this record is
+            from scissor_cli.scoring import level_text
+
+            video += f" @ {escape(level_text(record['level']))}"
         if self._task is None:  # off a terminal: a plain line per job
             n = f"[{self._n_finished}/{self._n_pending}]"
             if ok:

@@ -4,6 +4,7 @@ failed, runs with different profiles, the formats, the plot, and no torch import
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import subprocess
@@ -137,6 +138,9 @@ def test_report_two_runs_with_different_profiles(fake_cli, folder, tmp_path):
     assert by_profile[1]["mean_visual_tokens"] <= 8 < by_profile[0]["mean_visual_tokens"]
     md = report(*files, "--format", "markdown").stdout
     assert "accuracy" not in md and md.splitlines()[0].startswith("| level | n | failed | retention |")
+    if importlib.util.find_spec("matplotlib") is not None:  # without answers: the cost panel alone
+        assert report(*files, "--plot", tmp_path / "cost.png").exit_code == 0
+        assert (tmp_path / "cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_report_plot_writes_a_png(sweep_file, tmp_path):

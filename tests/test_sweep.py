@@ -232,6 +232,7 @@ def test_cli_sweep_summary_table_and_single_values_still_work(fake_cli, folder, 
     assert result.exit_code == 0, result.output
     assert "by level" in result.stdout and "retention=0.25" in result.stdout, result.stdout
     assert len(read_jsonl(tmp_path / "s.jsonl")) == 6 and len(fake_cli.loads) == 1
+    assert "ok " in result.stderr and "a.mp4 @ retention=0.25" in result.stderr, "progress lines name the level"
     result = fake_cli(folder / "a.mp4", "-q", "Q?", "--retention", "0.5", "-o", "one.jsonl")
     assert result.exit_code == 0, result.output
     (record,) = read_jsonl(tmp_path / "one.jsonl")
