@@ -5,14 +5,16 @@ its levels, so it should cost little more than one single-level run and far less
     .venv/bin/python bench/bench_sweep.py [--frames 8] [--videos 4] [--levels 1,0.5,0.35,0.1,0.05]
                                           [--single 0.1] [--new-tokens 8] [--out bench/results_sweep.md]
 
-Three measurements, each a whole ``run_batch`` (model instantiated once beforehand, not counted; feature cache
-off), after an unreported warm-up run on one video: the sweep over ``--levels``; one run at ``--single``; one run
-per level. The videos are copies of the sample
-clip under different names (each is decoded and encoded: the cache is off). Answers are greedy and generated one
-per call (``--batch-size 1``: on a CPU, batching rows of different lengths only pads the short ones), so the
-sweep's answers at a level must equal that level's single run: the bench checks it. Random weights: timings are
-the architecture's, answers are gibberish. The SigLIP tower costs ~15 s per 384 px frame on a 2-core CPU, so the
-defaults take an hour or more there; ``--frames 2 --videos 2`` keeps the same ratios in minutes.
+Each measurement is a whole ``run_batch`` (model instantiated once beforehand, not counted; feature cache off),
+after an unreported warm-up run on one video: the sweep over ``--levels``, then one single-level run per level;
+"one single-level run" is the one at ``--single``. From the records, each run's time is split into decode + vision
+tower (paid once per video and run) and the LLM (prefill + generation, paid per level whatever the run). The videos
+are copies of the sample clip under different names (each is decoded and encoded: the cache is off). Answers are
+greedy and generated one per call (``--batch-size 1``: on a CPU, batching rows of different lengths only pads the
+short ones), so the sweep's answers at a level must equal that level's single run: the bench checks it. Random
+weights: timings are the architecture's, answers are gibberish. The SigLIP tower costs several seconds per 384 px
+frame on a 2-core CPU and the uncompressed LLM prefill about as much, so the defaults take over an hour there;
+``--frames 2 --videos 2`` keeps the same ratios in about ten minutes.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main() -> None:
             jobs.append(Job(f"v{i}", str(path), QUESTION))
 
         def timed(name: str, sweep: Sweep | None, p: Profile) -> tuple[float, int, list[dict]]:
+            """(wall time, vision tower calls, records) of one run_batch."""
             out = Path(tmp) / f"{name}.jsonl"
             n0 = len(vision_calls)
             t0 = time.perf_counter()
@@ -111,10 +114,20 @@ def main() -> None:
         timed("warm-up", None, at(args.single))
         jobs = warm
         sweep_s, sweep_calls, sweep_records = timed("sweep", Sweep("retention", levels), profile)
-        single_s, single_calls, _ = timed("single", None, at(args.single))
         each = [timed(f"single-{v:g}", None, at(v)) for v in levels]
+    if args.single not in levels:
+        raise SystemExit(f"--single {args.single} must be one of --levels")
+    single_s, single_calls, _ = each[levels.index(args.single)]
+    full_s = each[levels.index(1.0)][0] if 1.0 in levels else None
     five_s = sum(e[0] for e in each)
     five_calls = sum(e[1] for e in each)
+
+    def split(records: list[dict]) -> tuple[float, float]:
+        """(vision tower s, LLM s) summed over a run's records: vision once per video (levels share it), the
+        LLM's prefill + generation per generate call (its rows share it)."""
+        vision = {r["video"]: r["timings_s"]["vision"] + r["timings_s"]["decode"] for r in records}
+        llm = sum((r["timings_s"]["prefill"] + r["timings_s"]["generation"]) / r["batch_rows"] for r in records)
+        return sum(vision.values()), llm
 
     # the sweep's answers at a level equal that level's own run (greedy, one row per generate call)
     same = all(
@@ -139,14 +152,26 @@ def main() -> None:
         f"{args.videos} videos (copies of `{os.path.relpath(args.video, ROOT)}`), {args.frames} frames each, one "
         f"question, {args.new_tokens} new tokens max, batch size {args.batch_size}, feature cache off.",
         "",
-        "| run | wall time | vision tower calls | vs one single-level run |",
-        "|---|---|---|---|",
-        f"| sweep, {n} levels ({args.levels}) | {sweep_s:.1f} s | {sweep_calls} | {sweep_s / single_s:.2f}x |",
-        f"| one single-level run (retention {args.single:g}) | {single_s:.1f} s | {single_calls} | 1.00x |",
-        f"| {n} single-level runs, one per level | {five_s:.1f} s | {five_calls} | {five_s / single_s:.2f}x |",
+        "| run | wall time | vision tower calls | decode + vision | LLM (prefill + generation) "
+        f"| vs one single-level run (retention {args.single:g}) |",
+        "|---|---|---|---|---|---|",
+        f"| sweep, {n} levels ({args.levels}) | {sweep_s:.1f} s | {sweep_calls} | "
+        + " | ".join(f"{x:.1f} s" for x in split(sweep_records))
+        + f" | {sweep_s / single_s:.2f}x |",
+        *[
+            f"| single level, retention {v:g} | {e[0]:.1f} s | {e[1]} | "
+            + " | ".join(f"{x:.1f} s" for x in split(e[2]))
+            + f" | {e[0] / single_s:.2f}x |"
+            for v, e in zip(levels, each, strict=True)
+        ],
+        f"| {n} single-level runs, one per level | {five_s:.1f} s | {five_calls} | "
+        + " | ".join(f"{sum(split(e[2])[i] for e in each):.1f} s" for i in (0, 1))
+        + f" | {five_s / single_s:.2f}x |",
         "",
-        f"The sweep costs {sweep_s / single_s:.2f}x one single-level run and {sweep_s / five_s:.0%} of {n} "
-        f"separate runs. Its answers equal each level's own run: {'yes' if same else 'NO'}.",
+        f"The sweep costs {sweep_s / single_s:.2f}x one single-level run at retention {args.single:g}"
+        + (f", {sweep_s / full_s:.2f}x the uncompressed run" if full_s else "")
+        + f", and {sweep_s / five_s:.0%} of {n} separate runs. Its answers equal each level's own run: "
+        f"{'yes' if same else 'NO'}.",
         "",
         "| level | visual tokens to the LLM (mean) | prefill (mean) |",
         "|---|---|---|",
