@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each measurement; the fastest is reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--single-only", action="store_true", help="skip the run per level: only the --single one")
     ap.add_argument("--video", default=str(ROOT / "samples" / "bigbuckbunny.mp4"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_sweep.md"))
     ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
@@ -122,11 +123,12 @@ def main() -> None:
         timed("warm-up", None, at(args.single))
         jobs = warm
         sweep_s, sweep_calls, sweep_records = timed("sweep", Sweep("retention", levels), profile)
-        each = [timed(f"single-{v:g}", None, at(v)) for v in levels]
-    if args.single not in levels:
-        raise SystemExit(f"--single {args.single} must be one of --levels")
-    single_s, single_calls, _ = each[levels.index(args.single)]
-    full_s = each[levels.index(1.0)][0] if 1.0 in levels else None
+        if args.single not in levels:
+            raise SystemExit(f"--single {args.single} must be one of --levels")
+        measured = [args.single] if args.single_only else list(levels)
+        each = [timed(f"single-{v:g}", None, at(v)) for v in measured]
+    single_s, single_calls, _ = each[measured.index(args.single)]
+    full_s = each[measured.index(1.0)][0] if 1.0 in measured else None
     five_s = sum(e[0] for e in each)
     five_calls = sum(e[1] for e in each)
 
@@ -141,7 +143,7 @@ def main() -> None:
     same = all(
         {r["id"].rsplit("@", 1)[0]: r["answer"] for r in sweep_records if r["level"]["retention"] == v}
         == {r["id"]: r["answer"] for r in records}
-        for v, (_, _, records) in zip(levels, each, strict=True)
+        for v, (_, _, records) in zip(measured, each, strict=True)
     )
     per_level = {v: [r for r in sweep_records if r["level"]["retention"] == v] for v in levels}
     cpu = os.uname().machine
@@ -171,15 +173,22 @@ def main() -> None:
             f"| single level, retention {v:g} | {e[0]:.1f} s | {e[1]} | "
             + " | ".join(f"{x:.1f} s" for x in split(e[2]))
             + f" | {e[0] / single_s:.2f}x |"
-            for v, e in zip(levels, each, strict=True)
+            for v, e in zip(measured, each, strict=True)
         ],
-        f"| {n} single-level runs, one per level | {five_s:.1f} s | {five_calls} | "
-        + " | ".join(f"{sum(split(e[2])[i] for e in each):.1f} s" for i in (0, 1))
-        + f" | {five_s / single_s:.2f}x |",
+        *(
+            []
+            if args.single_only
+            else [
+                f"| {n} single-level runs, one per level | {five_s:.1f} s | {five_calls} | "
+                + " | ".join(f"{sum(split(e[2])[i] for e in each):.1f} s" for i in (0, 1))
+                + f" | {five_s / single_s:.2f}x |"
+            ]
+        ),
         "",
         f"The sweep costs {sweep_s / single_s:.2f}x one single-level run at retention {args.single:g}"
         + (f", {sweep_s / full_s:.2f}x the uncompressed run" if full_s else "")
-        + f", and {sweep_s / five_s:.0%} of {n} separate runs. Its answers equal each level's own run: "
+        + ("" if args.single_only else f", and {sweep_s / five_s:.0%} of {n} separate runs")
+        + ". Its answers equal each measured level's own run: "
         f"{'yes' if same else 'NO'}.",
         "",
         "| level | visual tokens to the LLM (mean) | prefill (mean) |",
