@@ -15,6 +15,12 @@ answer), else ``OptionError`` names each differing setting. A trailing line with
 killed mid-write) is cut away on start. When a job ends up with several records (an error, then a retry), the file is
 rewritten atomically at the end keeping one record per job: ok wins, else the latest.
 
+Sweeps (``sweep=Sweep("retention", (1.0, 0.5, 0.1))``, the CLI's comma lists): one record per job and level, id
+``<job id>@<axis>=<value>`` with a ``level`` field; every level of a video reuses its one decode + vision tower pass
+(SCC runs per level). The levels are not part of ``config`` (``"sweep": <axis>`` is), so a rerun with more levels
+resumes into the same output and runs only the missing (job, level) records; each resumed record's ``level`` is
+checked instead.
+
 Jobs about the same video share one decode + vision tower + SCC; up to ``batch_size`` questions (from one or
 several videos) go through one ``generate`` call, which answers the same as one call per question (left padding).
 
@@ -455,7 +461,7 @@ def _write_summary(output: str, totals: dict[str, Any], config: dict, digest: st
 
 @dataclass
 class BatchSummary:
-    n_total: int  # jobs given
+    n_total: int  # jobs given (x levels in a sweep: one record each)
     n_done: int  # answered in this run (rank 0 of several: by every rank)
     n_failed: int  # failed in this run (their records say why)
     n_skipped: int  # already in the output
@@ -872,7 +878,14 @@ def _run(
         group.barrier()  # every rank has written its part
     except KeyboardInterrupt:
         n_ok = sum(1 for r in my_records if r["status"] == "ok")
-        raise _interrupted(output, len(jobs), n_skipped + n_ok, len(my_records)) from None
+        n_written = len(my_records)
+        if not to_stdout:
+            # Ctrl-C can land after a record's line was written but before it was counted (during its fsync):
+            # count what the file holds, the same way the next run will
+            done = {r.key for r in _read_records(target, keep_raw=False) if r.ok}
+            n_ok = max(n_ok, sum(1 for t in my_jobs if any(k in done for k in _job_keys(t))))
+            n_written = max(n_written, n_ok)
+        raise _interrupted(output, len(jobs), n_skipped + n_ok, n_written) from None
 
     summary = BatchSummary(
         n_total=len(jobs),

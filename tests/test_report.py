@@ -194,3 +194,9 @@ def test_report_imports_no_torch(sweep_file):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, f"report imported heavy modules: {out.stdout.splitlines()[-1]}"
+
+
+def test_report_help_shows_examples():
+    result = report("--help")
+    assert result.exit_code == 0 and "Examples" in result.output and "scissor report" in result.output
+    assert "--format" in result.output and "--plot" in result.output

@@ -392,3 +392,23 @@ def test_resume_checks_each_records_level(folder, tmp_path):
         with pytest.raises(OptionError, match="'extra' has level"):
             run_batch(lambda: loads.append(1) or FakeVLM(), jobs, str(out), fake_profile(), sweep=sweep)
         assert loads == []
+
+
+def test_ctrl_c_right_after_a_write_counts_that_record(folder, tmp_path, monkeypatch):
+    """Ctrl-C landing after a record's line was written (during its fsync) still counts it as saved."""
+    import scissor_cli.batch as batch_mod
+    from scissor_cli.errors import Interrupted
+
+    real = batch_mod._append_line
+
+    def write_then_interrupt(fd, record):
+        real(fd, record)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_mod, "_append_line", write_then_interrupt)
+    jobs = good_jobs(folder)[:2]
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(Interrupted) as e:
+        run_batch(FakeVLM, jobs, str(out), fake_profile(), batch_size=1, sweep=Sweep("retention", (1.0, 0.5)))
+    assert "1 of 4 jobs are saved" in e.value.message and "(1 in this run)" in e.value.message, e.value.message
+    assert len(read_jsonl(out)) == 1
