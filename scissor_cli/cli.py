@@ -304,17 +304,26 @@ SweepRetentionOpt = Annotated[
         help="Budget: keep at most this fraction of the visual tokens; a comma list sweeps it (1 = uncompressed), "
         "e.g. 1,0.5,0.35,0.1,0.05.",
         rich_help_panel=_C,
+        metavar="R[,R...]",
     ),
 ]
 SweepTokensOpt = Annotated[
     str | None,
     typer.Option(
-        "--tokens", help="Budget: keep at most this many visual tokens; a comma list sweeps it.", rich_help_panel=_C
+        "--tokens",
+        help="Budget: keep at most this many visual tokens; a comma list sweeps it.",
+        rich_help_panel=_C,
+        metavar="N[,N...]",
     ),
 ]
 SweepTauOpt = Annotated[
     str | None,
-    typer.Option("--tau", help="Similarity threshold (paper 0.9); a comma list sweeps it.", rich_help_panel=_C),
+    typer.Option(
+        "--tau",
+        help="Similarity threshold (paper 0.9); a comma list sweeps it.",
+        rich_help_panel=_C,
+        metavar="T[,T...]",
+    ),
 ]
 PromptOpt = Annotated[
     str | None,
@@ -322,6 +331,7 @@ PromptOpt = Annotated[
         "--prompt",
         help="Multiple-choice prompt preset: default | videomme | mvbench | egoschema | nextqa | plain "
         "(lmms-eval's templates; a manifest row's prompt field wins).",
+        metavar="PRESET",
     ),
 ]
 
