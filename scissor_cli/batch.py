@@ -15,6 +15,12 @@ answer), else ``OptionError`` names each differing setting. A trailing line with
 killed mid-write) is cut away on start. When a job ends up with several records (an error, then a retry), the file is
 rewritten atomically at the end keeping one record per job: ok wins, else the latest.
 
+Sweeps (``sweep=Sweep("retention", (1.0, 0.5, 0.1))``, the CLI's comma lists): one record per job and level, id
+``<job id>@<axis>=<value>`` with a ``level`` field; every level of a video reuses its one decode + vision tower pass
+(SCC runs per level). The levels are not part of ``config`` (``"sweep": <axis>`` is), so a rerun with more levels
+resumes into the same output and runs only the missing (job, level) records; each resumed record's ``level`` is
+checked instead.
+
 Jobs about the same video share one decode + vision tower + SCC; up to ``batch_size`` questions (from one or
 several videos) go through one ``generate`` call, which answers the same as one call per question (left padding).
 
@@ -43,15 +49,24 @@ from typing import TYPE_CHECKING, Any, Protocol
 from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError
 from scissor_cli.jobs import Job, derive_id, jobs_from_manifest, jobs_from_paths
 from scissor_cli.options import Profile
-from scissor_cli.scoring import GROUP_FIELDS, build_prompt, prompt_template, score, summarize
+from scissor_cli.scoring import (
+    GROUP_FIELDS,
+    PROMPT_PRESETS,
+    SWEEP_AXES,
+    build_prompt,
+    level_text,
+    prompt_template,
+    score,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.pipeline import CompressedVideo, EncodedVideo
 
 __all__ = [  # the job readers are re-exported: `from scissor_cli.batch import jobs_from_manifest, run_batch`
-    "BatchSummary", "BatchView", "Job", "config_hash", "derive_id", "jobs_from_manifest", "jobs_from_paths",
-    "part_path", "run_batch", "run_config", "shard_device", "summary_path_for",
+    "BatchSummary", "BatchView", "Job", "Sweep", "config_hash", "derive_id", "jobs_from_manifest", "jobs_from_paths",
+    "parse_levels", "part_path", "run_batch", "run_config", "shard_device", "summary_path_for",
 ]  # fmt: skip
 
 STDOUT = "-"  # --output - : JSONL on stdout
@@ -64,12 +79,98 @@ NOT_CONFIG = frozenset({"name", "description", "model.device", "model.dtype", "m
 TABLE_SUFFIXES = (".csv", ".tsv")
 
 
+# ------------------------------------------------------------------------------------------------------- sweeps
+@dataclass(frozen=True)
+class Sweep:
+    """Several levels of one setting in one run: ``axis`` is retention (1 = uncompressed), tokens or tau."""
+
+    axis: str
+    values: tuple[float | int, ...]
+
+    def level(self, value: float | int) -> dict[str, float | int]:
+        return {self.axis: int(value) if self.axis == "tokens" else float(value)}
+
+    def levels(self) -> list[dict[str, float | int]]:
+        return [self.level(v) for v in self.values]
+
+    def profile_for(self, profile: Profile, value: float | int) -> Profile:
+        """``profile`` at one level. A retention or token level replaces any budget (retention 1: compression
+        off); a tau level sets the threshold and keeps the profile's budget. Always validated."""
+        from scissor_cli.options import validate
+
+        c = profile.compression
+        if self.axis == "retention":
+            off = value == 1  # 1: every token, the model's own path (not SCC with a no-op budget)
+            c = replace(c, enabled=not off, retention=None if off else float(value), tokens=None)
+        elif self.axis == "tokens":
+            c = replace(c, enabled=True, retention=None, tokens=int(value))
+        else:
+            c = replace(c, enabled=True, tau=float(value))
+        return validate(replace(profile, compression=c))
+
+    def base_profile(self, profile: Profile) -> Profile:
+        """What the run's ``config`` is made from: the profile with the swept setting left unset, so that one
+        output holds every level of the sweep (each record's ``level`` says which)."""
+        c = profile.compression
+        if self.axis == "tau":
+            c = replace(c, enabled=True, tau=None)
+        else:
+            c = replace(c, enabled=True, retention=None, tokens=None)
+        return replace(profile, compression=c)
+
+
+def parse_levels(flag: str, text: str | None) -> list[float | int] | None:
+    """``"1,0.5,0.1"`` -> ``[1.0, 0.5, 0.1]`` (``--tokens``: integers); None for None. Repeats are dropped,
+    the order is kept. Raises OptionError naming ``flag`` for anything that is not such a list."""
+    if text is None:
+        return None
+    kind = int if flag == "--tokens" else float
+    parts = [p.strip() for p in str(text).split(",")]
+    example = "--tokens 1000,500,200" if kind is int else f"{flag} 1,0.5,0.35,0.1,0.05"
+    if not parts or any(not p for p in parts):
+        raise OptionError(f"{flag} {text!r} has an empty value", hint=f"give a number or a comma list: {example}")
+    values: list[float | int] = []
+    for part in parts:
+        try:
+            value = kind(part)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise OptionError(f"{flag}: {part!r} is not {what}", hint=f"e.g. {example}") from None
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def sweep_from_flags(retention: str | None, tokens: str | None, tau: str | None) -> tuple[Sweep | None, dict]:
+    """(the sweep, or None, and the single values left for the profile) from the batch command's three flags.
+    Two lists at once is an OptionError (one sweep axis per run)."""
+    given = {"retention": parse_levels("--retention", retention), "tokens": parse_levels("--tokens", tokens),
+             "tau": parse_levels("--tau", tau)}  # fmt: skip
+    lists = [axis for axis in SWEEP_AXES if given[axis] is not None and len(given[axis]) > 1]
+    if len(lists) > 1:
+        raise OptionError(
+            f"{' and '.join('--' + a for a in lists)} are both lists: a run sweeps one setting",
+            hint="sweep one of them and give the other one value, or run the sweeps into separate outputs",
+        )
+    singles = {axis: (v[0] if v is not None and axis not in lists else None) for axis, v in given.items()}
+    if not lists:
+        return None, singles
+    axis = lists[0]
+    return Sweep(axis, tuple(given[axis])), singles
+
+
 # ------------------------------------------------------------------------------------------------------ config
-def run_config(profile: Profile) -> dict[str, Any]:
+def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None = None) -> dict[str, Any]:
     """The settings that change an answer, as every record stores them: each profile section's fields (model and
     revision, frames/fps/window, tau/epsilon/budget, compression on/off, generation and seeds) minus ``NOT_CONFIG``,
     plus the multiple-choice prompt template. Built from the profile's fields generically, so a new option is part
-    of the config unless it is listed in ``NOT_CONFIG``. "auto" values stay ``null`` (the model decides them)."""
+    of the config unless it is listed in ``NOT_CONFIG``. "auto" values stay ``null`` (the model decides them).
+
+    A sweep's config is its ``base_profile``'s plus ``"sweep": <axis>``: the levels are not part of it (a rerun
+    with more levels resumes into the same output), each record's ``level`` is. ``prompt``: the run's prompt preset
+    (None: the default, whose template string is the one older outputs recorded)."""
+    if sweep is not None:
+        profile = sweep.base_profile(profile)
     config: dict[str, Any] = {}
     for section in dataclasses.fields(profile):
         value = getattr(profile, section.name)
@@ -82,7 +183,9 @@ def run_config(profile: Profile) -> dict[str, Any]:
             for f in dataclasses.fields(value)
             if f"{section.name}.{f.name}" not in NOT_CONFIG
         }
-    config["prompt_template"] = prompt_template()
+    config["prompt_template"] = prompt_template(prompt)
+    if sweep is not None:
+        config["sweep"] = sweep.axis
     return config
 
 
@@ -139,6 +242,18 @@ def _check_resume(output: str, found: dict[str | None, tuple[dict | None, int]],
         )
 
 
+def _check_levels(output: str, records: Sequence[_Record], axis: str) -> None:
+    """A sweep's config leaves its levels out, so each record's own ``level`` must say where it belongs."""
+    for r in records:
+        level = r.slim.get("level")
+        if not (isinstance(level, dict) and list(level) == [axis] and isinstance(level[axis], (int, float))):
+            raise OptionError(
+                f"{output}: record {r.slim.get('id')!r} has level {level!r}, not a {axis} level of this sweep",
+                hint=f"a sweep's records each carry their level; write to a new file with -o, or pass --overwrite "
+                f"to replace {output}",
+            )
+
+
 # -------------------------------------------------------------------------------------------------- output file
 @dataclass
 class _Record:
@@ -151,14 +266,38 @@ class _Record:
 def _record_key(record: dict) -> str:
     if record.get("id") is not None:
         return "id:" + str(record["id"])
-    return f"vq:{record.get('video')}\n{record.get('question')}"
+    vq = f"vq:{record.get('video')}\n{record.get('question')}"
+    return vq if not isinstance(record.get("level"), dict) else f"{vq}\n@{level_text(record['level'])}"
 
 
-def _job_keys(job: Job) -> tuple[str, str]:
-    return "id:" + job.id, f"vq:{job.video}\n{job.question}"
+@dataclass(frozen=True)
+class _Task:
+    """One record to produce: a job, at one level of a sweep (``value`` None: not a sweep)."""
+
+    job: Job
+    id: str  # the record's id: the job's, or ``<job id>@<level>`` in a sweep
+    value: float | int | None = None
+    level: dict | None = None
 
 
-SLIM_KEYS = ("id", "status", "video", "question", "expected", "correct", "retention", "config_hash") + GROUP_FIELDS
+def _tasks(jobs: Sequence[Job], sweep: Sweep | None) -> list[_Task]:
+    if sweep is None:
+        return [_Task(job, job.id) for job in jobs]
+    return [
+        _Task(job, f"{job.id}@{level_text(sweep.level(v))}", v, sweep.level(v)) for job in jobs for v in sweep.values
+    ]
+
+
+def _job_keys(task: _Task) -> tuple[str, str]:
+    vq = f"vq:{task.job.video}\n{task.job.question}"
+    return "id:" + task.id, vq if task.level is None else f"{vq}\n@{level_text(task.level)}"
+
+
+SLIM_KEYS = (
+    ("id", "status", "level", "video", "question", "expected", "correct", "retention", "config_hash")
+    + ("tokens", "tflops", "timings_s", "batch_rows")
+    + GROUP_FIELDS
+)
 
 
 def _read_records(
@@ -322,7 +461,7 @@ def _write_summary(output: str, totals: dict[str, Any], config: dict, digest: st
 
 @dataclass
 class BatchSummary:
-    n_total: int  # jobs given
+    n_total: int  # jobs given (x levels in a sweep: one record each)
     n_done: int  # answered in this run (rank 0 of several: by every rank)
     n_failed: int  # failed in this run (their records say why)
     n_skipped: int  # already in the output
@@ -435,15 +574,24 @@ class _Group:
 # ---------------------------------------------------------------------------------------------------------- run
 @dataclass
 class _Row:
-    job: Job
+    task: _Task
     encoded: EncodedVideo
     compressed: CompressedVideo
+    profile: Profile  # the level's (resolved) profile
     prompt: str
     share_s: float  # this job's share of the video's decode + vision + SCC wall time
 
+    @property
+    def job(self) -> Job:
+        return self.task.job
 
-def _base_record(job: Job) -> dict[str, Any]:
-    record: dict[str, Any] = {"id": job.id, "status": "ok", "video": job.video, "question": job.question}
+
+def _base_record(task: _Task) -> dict[str, Any]:
+    job = task.job
+    record: dict[str, Any] = {"id": task.id, "status": "ok"}
+    if task.level is not None:
+        record["level"] = dict(task.level)
+    record.update(video=job.video, question=job.question)
     if job.options:
         record["options"] = list(job.options)
     if job.answer is not None:
@@ -451,8 +599,9 @@ def _base_record(job: Job) -> dict[str, Any]:
     return record
 
 
-def _error_record(job: Job, e: Exception) -> dict[str, Any]:
-    record = _base_record(job)
+def _error_record(task: _Task, e: Exception) -> dict[str, Any]:
+    job = task.job
+    record = _base_record(task)
     record["status"] = "error"
     if isinstance(e, ScissorError):
         record.update(error=e.message, error_type=type(e).__name__, hint=e.hint)
@@ -466,8 +615,9 @@ def _error_record(job: Job, e: Exception) -> dict[str, Any]:
     return record
 
 
-def _ok_record(job: Job, answer: Any, prompt: str, n_rows: int) -> dict[str, Any]:
-    record = _base_record(job)
+def _ok_record(task: _Task, answer: Any, prompt: str, n_rows: int) -> dict[str, Any]:
+    job = task.job
+    record = _base_record(task)
     record.update(answer.to_dict())
     for key in ("options", "expected"):  # keep them after the answer's fields, as in error records
         if key in record:
@@ -483,10 +633,21 @@ def _ok_record(job: Job, answer: Any, prompt: str, n_rows: int) -> dict[str, Any
 class _Runner:
     """Encodes each video once, queues its questions, and sends up to ``batch_size`` rows per ``generate``."""
 
-    def __init__(self, vlm: VisionLanguageModel, profile: Profile, batch_size: int, emit: Callable[[dict], None]):
+    def __init__(
+        self,
+        vlm: VisionLanguageModel,
+        profile: Profile,
+        batch_size: int,
+        emit: Callable[[dict], None],
+        sweep: Sweep | None = None,
+        prompt: str | None = None,
+    ):
         from scissor_cli import pipeline
 
         self.vlm, self.profile, self.batch_size, self.emit = vlm, profile, batch_size, emit
+        self.sweep, self.prompt = sweep, prompt
+        # each level's profile, built once (the model's resolved tau/epsilon/seed shared by every level)
+        self.level_profiles = {v: sweep.profile_for(profile, v) for v in sweep.values} if sweep else {None: profile}
         self.pipeline = pipeline
         self.cache = None
         if profile.model.cache:
@@ -495,18 +656,35 @@ class _Runner:
             self.cache = FeatureCache()
         self.queue: list[_Row] = []
 
-    def add_video(self, video: str, jobs: list[Job], on_status: Callable[[str], None]) -> None:
+    def add_video(self, video: str, tasks: list[_Task], on_status: Callable[[str], None]) -> None:
+        """One decode + vision tower pass for every task of ``video``, then SCC once per level; the rows are
+        queued level by level (a level's rows share one ``CompressedVideo``), so a video's levels go through
+        ``generate`` together when ``batch_size`` allows."""
         t0 = time.perf_counter()
         try:
             encoded = self.pipeline.encode_video(self.vlm, video, self.profile, on_status=on_status, cache=self.cache)
-            compressed = self.pipeline.compress_video(encoded, self.profile)
         except Exception as e:
-            for job in jobs:
-                self.emit(_error_record(job, e))
+            for task in tasks:
+                self.emit(_error_record(task, e))
             return
-        share_s = (time.perf_counter() - t0) / len(jobs)
-        for job in jobs:
-            self.queue.append(_Row(job, encoded, compressed, build_prompt(job.question, job.options), share_s))
+        rows: list[tuple[_Task, CompressedVideo, Profile]] = []
+        for value, profile in self.level_profiles.items():
+            level_tasks = [t for t in tasks if t.value == value]
+            if not level_tasks:
+                continue
+            try:
+                compressed = self.pipeline.compress_video(encoded, profile)
+            except Exception as e:
+                for task in level_tasks:
+                    self.emit(_error_record(task, e))
+                continue
+            rows.extend((task, compressed, profile) for task in level_tasks)
+        if not rows:
+            return
+        share_s = (time.perf_counter() - t0) / len(rows)
+        for task, compressed, profile in rows:
+            prompt = build_prompt(task.job.question, task.job.options, task.job.prompt or self.prompt)
+            self.queue.append(_Row(task, encoded, compressed, profile, prompt, share_s))
         while len(self.queue) >= self.batch_size:
             self.flush(self.batch_size)
 
@@ -517,7 +695,9 @@ class _Runner:
             self._generate_one(rows[0])
         elif rows:
             try:
-                generated = self.vlm.generate([(r.compressed.tokens, r.prompt) for r in rows], self.profile.generation)
+                generated = self.vlm.generate(
+                    [(r.compressed.tokens, r.prompt) for r in rows], rows[0].profile.generation
+                )
             except Exception:
                 # one bad row must not fail its batch-mates: answer them one at a time, each failing on its own
                 for row in rows:
@@ -527,18 +707,18 @@ class _Runner:
 
     def _generate_one(self, row: _Row) -> None:
         try:
-            generated = self.vlm.generate([(row.compressed.tokens, row.prompt)], self.profile.generation)
+            generated = self.vlm.generate([(row.compressed.tokens, row.prompt)], row.profile.generation)
         except Exception as e:
-            self.emit(_error_record(row.job, e))
+            self.emit(_error_record(row.task, e))
             return
         self._emit_rows([row], generated)
 
     def _emit_rows(self, rows: list[_Row], generated: Any) -> None:
-        # make_answers takes one video's rows with their slice of the batch's outputs
+        # make_answers takes the rows of one video at one level with their slice of the batch's outputs
         start = 0
         while start < len(rows):
             stop = start
-            while stop < len(rows) and rows[stop].encoded is rows[start].encoded:
+            while stop < len(rows) and rows[stop].compressed is rows[start].compressed:
                 stop += 1
             part = replace(
                 generated,
@@ -551,14 +731,14 @@ class _Runner:
             try:
                 answers = self.pipeline.make_answers(
                     self.vlm, video_rows[0].encoded, video_rows[0].compressed,
-                    [r.job.question for r in video_rows], part, self.profile,
+                    [r.job.question for r in video_rows], part, video_rows[0].profile,
                 )  # fmt: skip
             except Exception as e:
                 for row in video_rows:
-                    self.emit(_error_record(row.job, e))
+                    self.emit(_error_record(row.task, e))
             else:
                 for row, ans in zip(video_rows, answers, strict=True):
-                    self.emit(_ok_record(row.job, ans, row.prompt, len(rows)))
+                    self.emit(_ok_record(row.task, ans, row.prompt, len(rows)))
             start = stop
 
 
@@ -574,6 +754,8 @@ def run_batch(
     inputs: Sequence[str] = (),
     rank: int | None = None,
     world_size: int | None = None,
+    sweep: Sweep | None = None,
+    prompt: str | None = None,
 ) -> BatchSummary:
     """Answer ``jobs``, appending one record per job to ``output`` (or this rank's part file; ``"-"``: stdout);
     see the module doc.
@@ -582,7 +764,11 @@ def run_batch(
     were checked. ``inputs`` are files the jobs were read from (the manifest): like every job's video, the output
     may not be one of them. ``rank``/``world_size`` default to the RANK/WORLD_SIZE environment (torchrun,
     accelerate launch). Raises ManifestError for an unusable output, OptionError for an output made with other
-    settings, Interrupted on Ctrl-C (finished jobs are saved)."""
+    settings, Interrupted on Ctrl-C (finished jobs are saved).
+
+    ``sweep``: answer every job at each of its levels (one record per job and level, ids ``<job id>@<level>``),
+    each video decoded and encoded once. ``prompt``: the multiple-choice prompt preset (``PROMPT_PRESETS``) of jobs
+    that do not name their own."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch size {batch_size!r} is out of range", hint="--batch-size must be an integer >= 1")
     env_rank, env_world = dist_env()
@@ -594,15 +780,24 @@ def run_batch(
     else:
         _check_not_an_input(output, jobs, inputs)
         _check_output(output)
+    if prompt is not None and prompt not in PROMPT_PRESETS:
+        raise OptionError(f"unknown prompt preset {prompt!r}", hint=f"use one of: {', '.join(PROMPT_PRESETS)}")
+    if sweep is not None:
+        if sweep.axis not in SWEEP_AXES or not sweep.values:
+            raise OptionError(f"cannot sweep {sweep.axis!r}", hint=f"sweep one of: {', '.join(SWEEP_AXES)}")
+        for value in sweep.values:
+            sweep.profile_for(profile, value)  # an out-of-range level fails now, before any work
+    tasks = _tasks(jobs, sweep)
     ids: set[str] = set()
-    for job in jobs:
-        if job.id in ids:
-            raise ManifestError(f"duplicate job id {job.id!r}", hint="every job needs its own id")
-        ids.add(job.id)
+    for task in tasks:
+        if task.id in ids:
+            raise ManifestError(f"duplicate job id {task.id!r}", hint="every job needs its own id")
+        ids.add(task.id)
 
     group = _Group(rank, world_size, BARRIER_TIMEOUT_S)
     try:
-        return _run(load_model, list(jobs), output, profile, overwrite, batch_size, view, rank, world_size, group)
+        return _run(load_model, tasks, output, profile, overwrite, batch_size, view, rank, world_size, group, sweep,
+                    prompt)  # fmt: skip
     finally:
         group.close()
 
@@ -626,7 +821,7 @@ def _interrupted(output: str, n_total: int, n_saved: int, n_this_run: int) -> In
 
 def _run(
     load_model: Callable[[], VisionLanguageModel],
-    jobs: list[Job],
+    jobs: list[_Task],
     output: str,
     profile: Profile,
     overwrite: bool,
@@ -635,10 +830,12 @@ def _run(
     rank: int,
     world_size: int,
     group: _Group,
+    sweep: Sweep | None,
+    prompt: str | None,
 ) -> BatchSummary:
     to_stdout = output == STDOUT
     target = output if world_size == 1 else part_path(output, rank, world_size)
-    config = run_config(profile)
+    config = run_config(profile, sweep, prompt)
     digest = config_hash(config)
     # Phase 1: every rank reads the same files (nobody writes records before the barrier).
     existing: list[_Record] = []
@@ -654,6 +851,8 @@ def _run(
         found: dict[str | None, tuple[dict | None, int]] = {}
         existing = [r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False, configs=found)]
         _check_resume(output, found, config, digest)  # before anything is written or loaded
+        if sweep is not None:
+            _check_levels(output, existing, sweep.axis)
         if world_size == 1:
             _merge_parts(output)  # leftovers of a killed multi-process run
         _read_records(target, truncate_partial=True, keep_raw=False)  # only this rank writes `target`
@@ -661,9 +860,9 @@ def _run(
     pending = [j for j in jobs if not any(k in finished for k in _job_keys(j))]
     n_skipped = len(jobs) - len(pending)
 
-    by_video: dict[str, list[Job]] = {}
-    for job in pending:
-        by_video.setdefault(job.video, []).append(job)
+    by_video: dict[str, list[_Task]] = {}
+    for task in pending:
+        by_video.setdefault(task.job.video, []).append(task)
     # whole videos per rank, so one rank encodes each video once
     my_videos = list(by_video)[rank::world_size]
     my_jobs = [job for v in my_videos for job in by_video[v]]
@@ -675,11 +874,18 @@ def _run(
     try:
         if my_jobs:
             t_work = _answer(load_model, my_videos, by_video, target, profile, config, digest, batch_size, view,
-                             my_records)  # fmt: skip
+                             my_records, sweep, prompt)  # fmt: skip
         group.barrier()  # every rank has written its part
     except KeyboardInterrupt:
         n_ok = sum(1 for r in my_records if r["status"] == "ok")
-        raise _interrupted(output, len(jobs), n_skipped + n_ok, len(my_records)) from None
+        n_written = len(my_records)
+        if not to_stdout:
+            # Ctrl-C can land after a record's line was written but before it was counted (during its fsync):
+            # count what the file holds, the same way the next run will
+            done = {r.key for r in _read_records(target, keep_raw=False) if r.ok}
+            n_ok = max(n_ok, sum(1 for t in my_jobs if any(k in done for k in _job_keys(t))))
+            n_written = max(n_written, n_ok)
+        raise _interrupted(output, len(jobs), n_skipped + n_ok, n_written) from None
 
     summary = BatchSummary(
         n_total=len(jobs),
@@ -714,7 +920,7 @@ def _run(
 def _answer(
     load_model: Callable[[], VisionLanguageModel],
     videos: list[str],
-    by_video: dict[str, list[Job]],
+    by_video: dict[str, list[_Task]],
     target: str,
     profile: Profile,
     config: dict,
@@ -722,6 +928,8 @@ def _answer(
     batch_size: int,
     view: BatchView | None,
     records: list[dict],
+    sweep: Sweep | None = None,
+    prompt: str | None = None,
 ) -> float:
     """Load the model, answer ``videos``' jobs and write their records to ``target``; returns the work's wall time
     (model load excluded). ``records`` receives each record as it is written (for counts after an interrupt)."""
@@ -743,7 +951,7 @@ def _answer(
             _notify(view, "job_done", record)
 
         t_work = time.perf_counter()
-        runner = _Runner(vlm, resolved, batch_size, emit)
+        runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt)
         for i, video in enumerate(videos, 1):
             prefix = f"[{i}/{len(videos)}] {os.path.basename(video)}"
             _notify(view, "status", prefix)

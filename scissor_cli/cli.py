@@ -584,6 +584,46 @@ def ask(
         render.answers(results, show_timestamps=timestamps)
 
 
+# inspect and batch take comma lists for these three (a sweep); ask keeps the plain number flags
+SweepRetentionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--retention",
+        help="Budget: keep at most this fraction of the visual tokens; a comma list sweeps it (1 = uncompressed), "
+        "e.g. 1,0.5,0.35,0.1,0.05.",
+        rich_help_panel=_C,
+        metavar="R[,R...]",
+    ),
+]
+SweepTokensOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokens",
+        help="Budget: keep at most this many visual tokens; a comma list sweeps it.",
+        rich_help_panel=_C,
+        metavar="N[,N...]",
+    ),
+]
+SweepTauOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tau",
+        help="Similarity threshold (paper 0.9); a comma list sweeps it.",
+        rich_help_panel=_C,
+        metavar="T[,T...]",
+    ),
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="Multiple-choice prompt preset: default | videomme | mvbench | egoschema | nextqa | plain "
+        "(lmms-eval's templates; a manifest row's prompt field wins).",
+        metavar="PRESET",
+    ),
+]
+
+
 SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
 
 
@@ -603,7 +643,14 @@ def inspect(
     video_only: Annotated[
         bool, typer.Option("--video-only", help="Only metadata and the frame plan; no model.")
     ] = False,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Retention across a range of tau, from one encoding.")] = False,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Token counts across a range of tau, from one encoding; or across the levels of a --tau, "
+            "--retention or --tokens comma list.",
+        ),
+    ] = False,
     viz: Annotated[
         Path | None,
         typer.Option(
@@ -616,11 +663,11 @@ def inspect(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    tau: TauOpt = None,
+    tau: SweepTauOpt = None,
     tau_temporal: TauTemporalOpt = None,
     epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
+    retention: SweepRetentionOpt = None,
+    tokens: SweepTokensOpt = None,
     no_compress: NoCompressOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
@@ -633,7 +680,13 @@ def inspect(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    p = profile_from_flags(locals())
+    from scissor_cli.batch import sweep_from_flags
+
+    levels, singles = sweep_from_flags(retention, tokens, tau)  # a comma list sweeps its levels
+    if levels is not None and no_compress:
+        raise OptionError(f"--no-compress contradicts the --{levels.axis} sweep", hint="drop one of them")
+    p = profile_from_flags({**locals(), **singles})
+    sweep = sweep or levels is not None
     if video_only and (sweep or viz):
         raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
     if viz is not None and viz.suffix.lower() != ".png":
@@ -647,7 +700,9 @@ def inspect(
 
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = (None, 0.0) if video_only else _load(p, on_status)
-        result = inspect_video(vlm, video, p, sweep_taus=SWEEP_TAUS if sweep else None, on_status=on_status, info=info)
+        taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
+        budgets = levels.values if levels and levels.axis != "tau" else None
+        result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets)
         if viz is not None and result.compressed is not None:
             from scissor_cli.viz import token_map
 
@@ -674,6 +729,8 @@ def inspect(
   scissor batch videos/ -q "What is happening?" -q "Who is there?" -o results.jsonl
 
   scissor batch --manifest jobs.jsonl -o results.jsonl --profile r10
+
+  scissor batch --manifest jobs.jsonl -o sweep.jsonl --retention 1,0.5,0.35,0.1,0.05 --prompt videomme
 
   torchrun --nproc_per_node 4 -m scissor_cli batch --manifest jobs.csv -o results.jsonl""",
 )
@@ -711,14 +768,15 @@ def batch(
     json_out: Annotated[
         bool, typer.Option("--json", help="The final summary as JSON on stdout (the summary file's fields + this_run).")
     ] = False,
+    prompt: PromptOpt = None,
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     revision: RevisionOpt = None,
-    tau: TauOpt = None,
+    tau: SweepTauOpt = None,
     tau_temporal: TauTemporalOpt = None,
     epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
+    retention: SweepRetentionOpt = None,
+    tokens: SweepTokensOpt = None,
     no_compress: NoCompressOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
@@ -734,9 +792,16 @@ def batch(
     newline: NewlineOpt = None,
 ) -> None:
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
-    p = profile_from_flags(locals())
     from scissor_cli import batch as batch_mod
     from scissor_cli import jobs as jobs_mod
+    from scissor_cli.scoring import PROMPT_PRESETS
+
+    sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
+    if sweep is not None and no_compress:
+        raise OptionError(f"--no-compress contradicts the --{sweep.axis} sweep", hint="drop one of them")
+    p = profile_from_flags({**locals(), **singles})
+    if prompt is not None and prompt not in PROMPT_PRESETS:
+        raise OptionError(f"--prompt {prompt}: no such preset", hint=f"use one of: {', '.join(PROMPT_PRESETS)}")
 
     if manifest and paths:
         raise OptionError("give video paths or --manifest, not both", hint="put every job in the manifest")
@@ -769,7 +834,7 @@ def batch(
     with render.BatchProgress(quiet=quiet) as view:
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
-            inputs=[manifest] if manifest else [],
+            inputs=[manifest] if manifest else [], sweep=sweep, prompt=prompt,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         if json_out:
@@ -778,6 +843,57 @@ def batch(
             render.batch_summary(summary, to_stderr=output == batch_mod.STDOUT)
     if summary.n_failed:
         raise typer.Exit(1)
+
+
+@app.command(
+    cls=_Command,
+    epilog="""[bold]Examples[/]
+
+  scissor report sweep.jsonl
+
+  scissor report r10.jsonl r35.jsonl off.jsonl --by profile --format markdown
+
+  scissor report sweep.jsonl --format csv > table.csv --plot sweep.png"""
+)
+@handle_errors
+def report(
+    results: Annotated[list[str], typer.Argument(help="JSONL outputs of scissor batch (sweeps or separate runs).")],
+    by: Annotated[
+        str, typer.Option("--by", help="One row per level (retention/tokens/tau) or per profile (configuration).")
+    ] = "level",
+    fmt: Annotated[
+        str, typer.Option("--format", help="table (rich, the default) | markdown | csv | json, on stdout.")
+    ] = "table",
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            "--plot",
+            help="Also draw accuracy and visual tokens / TFLOPs vs retention into this .png (.pdf, .svg); needs "
+            "matplotlib (pip install 'scissor-cli[plot]').",
+        ),
+    ] = None,
+) -> None:
+    """Tabulate accuracy, retention, visual tokens, TFLOPs and time per level from batch outputs (no model)."""
+    from scissor_cli import report as report_mod
+
+    if fmt not in report_mod.FORMATS:
+        raise OptionError(f"--format {fmt}: unknown format", hint=f"use one of: {', '.join(report_mod.FORMATS)}")
+    if by not in report_mod.GROUP_BY:
+        raise OptionError(f"--by {by}: cannot group by that", hint=f"use one of: {', '.join(report_mod.GROUP_BY)}")
+    if plot is not None:
+        report_mod.check_plot_path(plot)  # before reading: a missing matplotlib fails at once
+    table = report_mod.build_report(report_mod.read_results(results), by=by, files=results)
+    if fmt == "json":
+        render.write_json(report_mod.to_json(table))
+    elif fmt == "markdown":
+        render.write_text(report_mod.to_markdown(table))
+    elif fmt == "csv":
+        render.write_text(report_mod.to_csv(table))
+    else:
+        render.report_table(table)
+    if plot is not None:
+        report_mod.plot(table, plot)
+        render.note(f"plot written to {plot}")
 
 
 @profiles_app.command("list", cls=_Command)

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from scissor_cli.errors import ManifestError
-from scissor_cli.scoring import LETTERS, expected_letter, strip_letter_labels
+from scissor_cli.scoring import LETTERS, PROMPT_PRESETS, expected_letter, strip_letter_labels
 
-MANIFEST_FIELDS = ("id", "video", "question", "options", "answer")
+MANIFEST_FIELDS = ("id", "video", "question", "options", "answer", "prompt")
 MANIFEST_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 MANIFEST_HINT = "a .jsonl, .json (array), .csv or .tsv file with video and question fields"
 # Record fields a manifest's extra column may not overwrite.
 RESERVED = frozenset(
-    {"status", "error", "error_type", "hint", "traceback", "expected", "predicted", "correct", "prompt", "batch_rows"}
+    {"status", "error", "error_type", "hint", "traceback", "expected", "predicted", "correct", "batch_rows", "level"}
     | {"tokens", "retention", "tau", "tau_temporal", "epsilon", "frames", "timestamps", "timings_s", "tflops"}
     | {"model", "device", "dtype", "cache_hit", "note", "profile", "config", "config_hash"}
 )
@@ -41,11 +41,15 @@ class Job:
     options: tuple[str, ...] | None = None  # multiple-choice candidates, lettered A, B, ...
     answer: str | None = None  # expected answer: a letter or an option's text, or free text for exact match
     extra: dict = field(default_factory=dict)  # other manifest fields (task, category, ...), copied to the record
+    prompt: str | None = None  # multiple-choice prompt preset (scoring.PROMPT_PRESETS); None: the run's
 
 
-def derive_id(video: str, question: str, options: Sequence[str] | None = None) -> str:
-    """``<video>#<8 hex>``: readable, and different questions about one video get different ids."""
+def derive_id(video: str, question: str, options: Sequence[str] | None = None, prompt: str | None = None) -> str:
+    """``<video>#<8 hex>``: readable, and different questions about one video get different ids (so does the same
+    question asked with another prompt preset)."""
     text = question if not options else question + "\x00" + "\x00".join(options)
+    if prompt is not None:
+        text += "\x00prompt=" + prompt
     return f"{video}#{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
@@ -138,10 +142,17 @@ def _job_from_row(row: dict, where: str, base: str, default_question: str | None
             f"answer {answer!r} is neither an option letter nor one of the options",
             f"use a letter A-{LETTERS[len(options) - 1]} or the exact text of an option",
         )
+    prompt = row.get("prompt")
+    if prompt in (None, ""):
+        prompt = None
+    elif not isinstance(prompt, str) or prompt.strip().lower() not in PROMPT_PRESETS:
+        bad(f"prompt {prompt!r} is not a prompt preset", f"use one of: {', '.join(PROMPT_PRESETS)}")
+    else:
+        prompt = prompt.strip().lower()
     video = video.strip()
     job_id = row.get("id")
     if job_id in (None, ""):
-        job_id = derive_id(video, question, options)
+        job_id = derive_id(video, question, options, prompt)
     elif isinstance(job_id, (str, int)) and not isinstance(job_id, bool):
         job_id = str(job_id).strip()
     else:
@@ -156,7 +167,7 @@ def _job_from_row(row: dict, where: str, base: str, default_question: str | None
     resolved = os.path.expanduser(video)
     if not os.path.isabs(resolved):
         resolved = os.path.normpath(os.path.join(base, resolved))
-    return Job(job_id, resolved, question, options, answer, extra)
+    return Job(job_id, resolved, question, options, answer, extra, prompt)
 
 
 def _table_rows(f: Any, path: Path, delimiter: str) -> Iterable[tuple[str, Any]]:

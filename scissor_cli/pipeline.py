@@ -376,7 +376,8 @@ class Inspection:
     profile: dict[str, Any]
     encoded: EncodedVideo | None = None
     compressed: CompressedVideo | None = None
-    sweep: list[tuple[float, int, int]] | None = None  # (tau, n_spatial, n_final)
+    sweep: list[tuple[float | None, int, int]] | None = None  # (tau, n_spatial, n_final); tau None: uncompressed
+    sweep_levels: list[dict] | None = None  # a budget sweep: each entry's level ({"retention": 0.1}); None: taus
     tflops: dict[str, float] | None = None
     model: str | None = None
     device: str | None = None
@@ -432,6 +433,8 @@ class Inspection:
                 {"tau": t, "spatial": s, "final": f, "retention": f / self.compressed.n_original}
                 for t, s, f in self.sweep
             ]
+            for entry, level in zip(out["sweep"], self.sweep_levels or [], strict=False):
+                entry["level"] = level
         return out
 
 
@@ -442,13 +445,18 @@ def inspect_video(
     sweep_taus: Sequence[float] | None = None,
     on_status: Status | None = None,
     info: VideoInfo | None = None,
+    sweep_budgets: Sequence[float | int] | None = None,
 ) -> Inspection:
-    """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional tau sweep."""
+    """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional sweep over tau
+    values (``sweep_taus``) or budgets (``sweep_budgets``: retention fractions as floats, 1.0 = uncompressed, or
+    token counts as ints; the searched tau is reported), all from the one encoding."""
     from scissor_cli import video as video_io
 
     if info is None:
         with video_io.opened(video) as info:
-            return inspect_video(vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info)
+            return inspect_video(
+                vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info, sweep_budgets=sweep_budgets
+            )
     profile = resolve_profile(vlm, profile)
     s = profile.sampling
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
@@ -456,8 +464,28 @@ def inspect_video(
         return Inspection(str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
-    sweep = None
-    if sweep_taus:
+    sweep, sweep_levels = None, None
+    if sweep_budgets:
+        import torch
+
+        from scissor_cli.scc import compress
+
+        if on_status:
+            on_status(f"sweeping {len(sweep_budgets)} budgets")
+        c = profile.compression
+        n_original = compressed.n_original
+        sweep, sweep_levels = [], []
+        for budget in sweep_budgets:
+            is_count = isinstance(budget, int) and not isinstance(budget, bool)
+            sweep_levels.append({"tokens": budget} if is_count else {"retention": float(budget)})
+            if not is_count and budget == 1:
+                sweep.append((None, n_original, n_original))  # every token: what batch's retention 1 sends
+                continue
+            generator = torch.Generator(device=encoded.features.device).manual_seed(c.seed)
+            out = compress(encoded.features, tau=c.tau, epsilon=c.epsilon, tau_temporal=c.tau_temporal,
+                           budget=budget, generator=generator)  # fmt: skip
+            sweep.append((float(out.tau), int(out.n_spatial), int(out.n_output)))
+    elif sweep_taus:
         import torch
 
         from scissor_cli.scc import retention_sweep
@@ -489,6 +517,7 @@ def inspect_video(
         encoded,
         compressed,
         sweep,
+        sweep_levels,
         tflops,
         vlm.name,
         device=str(vlm.device),

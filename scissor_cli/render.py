@@ -261,11 +261,18 @@ def inspection(insp: Inspection, timings: dict[str, float] | None = None, show_p
             table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
     _print_table(table)
     if insp.sweep and c is not None:
-        sweep = Table(title="retention by tau (one encoding)", title_justify="left")
-        for col in ("tau", "after spatial", "final", "retention"):
+        from scissor_cli.scoring import level_text
+
+        levels = insp.sweep_levels
+        title = "tokens by budget (one encoding)" if levels else "retention by tau (one encoding)"
+        sweep = Table(title=title, title_justify="left")
+        cols = ("level", "tau (searched)") if levels else ("tau",)
+        for col in (*cols, "after spatial", "final", "retention"):
             sweep.add_column(col, justify="right")
-        for tau, n_spatial, n_final in insp.sweep:
-            sweep.add_row(f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}", f"{n_final / c.n_original * 100:.1f} %")
+        for i, (tau, n_spatial, n_final) in enumerate(insp.sweep):
+            cells = [level_text(levels[i])] if levels else []
+            cells += ["-" if tau is None else f"{tau:.3g}", f"{n_spatial:,}", f"{n_final:,}"]
+            sweep.add_row(*cells, f"{n_final / c.n_original * 100:.1f} %")
         _print_table(sweep)
 
 
@@ -364,6 +371,10 @@ class BatchProgress:
             return
         ok = record.get("status") == "ok"
         video = escape(str(record.get("video")))
+        if isinstance(record.get("level"), dict):  # a sweep: which level of the video this record is
+            from scissor_cli.scoring import level_text
+
+            video += f" @ {escape(level_text(record['level']))}"
         if self._task is None:  # off a terminal: a plain line per job
             n = f"[{self._n_finished}/{self._n_pending}]"
             if ok:
@@ -415,7 +426,87 @@ def batch_summary(summary: Any, to_stderr: bool = False) -> None:
     table.add_row("output", escape(summary.output if summary.output != "-" else "stdout"))
     if summary.summary_path:
         table.add_row("summary", escape(summary.summary_path))
-    (err if to_stderr else out).print(table)
+    console = err if to_stderr else out
+    console.print(table)
+    if totals.get("levels"):
+        _print_wide(console, level_table(totals["levels"], "by level"))
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:.1f} %"
+
+
+def _num(x: float | None, fmt: str = "{:.3g}") -> str:
+    return "" if x is None else fmt.format(x)
+
+
+def level_table(rows: Sequence[dict[str, Any]], title: str, label: str = "level") -> Table:
+    """One row per level (or profile) of ``scoring.level_rows``; the accuracy columns only when answers are known,
+    one extra column per task/category."""
+    from scissor_cli.scoring import level_text
+
+    scored = any(r.get("accuracy") for r in rows)
+    groups = sorted(
+        {(g, n) for r in rows if r.get("accuracy") for g, v in r["accuracy"]["by_group"].items() for n in v}
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column(label, no_wrap=True)
+    for col in ("n", "failed"):
+        table.add_column(col, justify="right")
+    if scored:
+        table.add_column("accuracy", justify="right")
+        for g, n in groups:
+            table.add_column(escape(f"{g}={n}"), justify="right")
+        table.add_column("vs 100 %", justify="right")
+    # mean retention, mean visual tokens to the LLM, mean estimated prefill TFLOPs, mean seconds per answer
+    for col in ("retention", "tokens", "TFLOPs", "s/answer"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        name = r["level"] if isinstance(r["level"], str) else level_text(r["level"])
+        cells = [escape(name), str(r["n"]), str(r["n_error"])]
+        if scored:
+            acc = r.get("accuracy")
+            cells.append(f"{_pct(acc['overall'])} ({acc['n_correct']}/{acc['n_scored']})" if acc else "")
+            for g, n in groups:
+                v = acc["by_group"].get(g, {}).get(n) if acc else None
+                cells.append(_pct(v["accuracy"]) if v else "")
+            cells.append(_pct(r.get("relative_accuracy")))
+        cells += [
+            _pct(r.get("mean_retention")),
+            _num(r.get("mean_visual_tokens"), "{:,.0f}"),
+            _num(r.get("mean_prefill_tflops")),
+            _num(r.get("mean_answer_s"), "{:.2f}"),
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def report_table(report: Any) -> None:
+    """``scissor report``'s default output (a ``report.Report``)."""
+    title = f"{', '.join(report.files)}: by {report.by}"
+    rows = [{**row, "level": label} for label, row in zip(report.labels, report.rows, strict=True)]
+    _print_wide(out, level_table(rows, escape(title), label=report.by))
+
+
+def _print_wide(console: Console, table: Table) -> None:
+    """Off a terminal (a file, a pipe) a wide table keeps its full width instead of wrapping at 80 columns."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    Console(file=console.file, width=max(console.width, needed), highlight=False, soft_wrap=True).print(table)
+
+
+def write_text(text: str) -> None:
+    """Text made for files and other programs (Markdown, CSV): as is, no markup, no wrapping."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def note(text: str) -> None:
+    err.print(f"[dim]{escape(text)}[/]")
 
 
 def _size(n_bytes: int) -> str:
