@@ -853,7 +853,7 @@ def batch(
 
   scissor report r10.jsonl r35.jsonl off.jsonl --by profile --format markdown
 
-  scissor report sweep.jsonl --format csv > table.csv --plot sweep.png"""
+  scissor report sweep.jsonl --format csv > table.csv --plot sweep.png""",
 )
 @handle_errors
 def report(

@@ -156,7 +156,7 @@ def test_validate_accepts_the_defaults():
 
 
 def test_flops_model_matches_the_paper():
-    # the paper's FLOPs model: 7B (28 layers, d 3584, FFN 18944) at 6,272 tokens -> 41.4 TFLOPs; about 4.0 at 10 % (R = 100).
+    # the paper's FLOPs model: 7B (28 layers, d 3584, FFN 18944) at 6,272 tokens -> 41.4 TFLOPs (R = 100)
     assert llm_tflops(28, 6272, 3584, 18944, n_generated=100) == pytest.approx(41.4, abs=0.05)
     assert llm_tflops(28, 627, 3584, 18944, n_generated=100) == pytest.approx(3.9, abs=0.1)
     assert llm_tflops(28, 6272, 3584, 18944) < llm_tflops(28, 6272, 3584, 18944, n_generated=1)
