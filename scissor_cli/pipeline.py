@@ -143,6 +143,16 @@ def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profil
     return replace(profile, compression=compression, generation=drawn)
 
 
+def recorded_settings(profile: Profile) -> dict[str, Any]:
+    """The resolved profile as answers record it: what ran, loadable again with ``--profile``. With a budget, tau
+    is left auto (null): it only seeded the search, the tau found is the answer's own ``tau``, and a profile that
+    sets both tau and a budget is refused."""
+    settings = profile.to_dict()
+    if profile.compression.budget is not None:
+        settings["compression"]["tau"] = None
+    return settings
+
+
 def model_fingerprint(vlm: VisionLanguageModel) -> str:
     """The model part of a feature-cache key: its name plus the resolved folder and the size and mtime of its
     weights and configs, so re-training into the same folder (or a new Hub commit) is a cache miss."""
@@ -308,7 +318,7 @@ def make_answers(
         "prefill": round(generated.prefill_s, 4),
         "generation": round(generated.generation_s, 4),
     }
-    settings = profile.to_dict()
+    settings = recorded_settings(profile)
     budget = _budget(compressed, profile)
     return [
         Answer(
@@ -461,7 +471,9 @@ def inspect_video(
     s = profile.sampling
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
-        return Inspection(str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
+        return Inspection(
+            str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, recorded_settings(profile)
+        )
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
     sweep, sweep_levels = None, None
@@ -513,7 +525,7 @@ def inspect_video(
         encoded.indices,
         encoded.timestamps,
         encoded.note,
-        profile.to_dict(),
+        recorded_settings(profile),
         encoded,
         compressed,
         sweep,

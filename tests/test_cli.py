@@ -555,6 +555,23 @@ def test_the_budget_is_visible(tiny_hf_dir, clip):
     assert plain["budget"] is None and "budget" not in run("inspect", clip, "--model", tiny_hf_dir).stdout
 
 
+def test_a_recorded_profile_runs_again_unchanged(tiny_hf_dir, clip, tmp_path):
+    """An answer's `profile` says what ran and loads again with --profile: with a budget its tau stays auto."""
+    import yaml
+
+    args = ("--model", tiny_hf_dir, "--frames", "4", "--max-new-tokens", "2", "--json")
+    first = json_lines(run("ask", clip, "Q?", *args, "--retention", "0.25").stdout)[0]
+    assert first["profile"]["compression"]["tau"] is None and first["profile"]["compression"]["retention"] == 0.25
+    settings = {k: v for k, v in first["profile"].items() if k != "name"}  # a file's name is its profile's name
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(settings))
+    again = run("ask", clip, "Q?", "--profile", str(tmp_path / "again.yaml"), "--json")
+    assert again.exit_code == 0, again.output
+    second = json_lines(again.stdout)[0]
+    assert (second["tokens"], second["tau"], second["answer"]) == (first["tokens"], first["tau"], first["answer"])
+    fixed = json_lines(run("ask", clip, "Q?", *args, "--tau", "0.85").stdout)[0]
+    assert fixed["profile"]["compression"]["tau"] == 0.85, "without a budget the tau used is recorded"
+
+
 def test_load_and_total_time_are_shown(tiny_hf_dir, clip):
     args = ("--model", tiny_hf_dir, "--frames", "2")
     record = json_lines(run("ask", clip, "Q?", *args, "--max-new-tokens", "2", "--json").stdout)[0]
