@@ -803,8 +803,13 @@ def run_batch(
 
 
 def _write_stdout(record: dict) -> None:
-    sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()  # a reader downstream sees each record as its job finishes
+    from scissor_cli.render import StdoutClosed
+
+    try:
+        sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()  # a reader downstream sees each record as its job finishes
+    except BrokenPipeError as e:  # `-o - | head`: the reader has what it wanted; end quietly like Unix tools
+        raise StdoutClosed from e
 
 
 def _interrupted(output: str, n_total: int, n_saved: int, n_this_run: int) -> Interrupted:

@@ -838,6 +838,19 @@ def test_ctrl_c_says_how_many_jobs_are_saved(folder, tmp_path):
     assert again.n_skipped == saved and again.n_done == 4 - saved, "rerunning continues"
 
 
+def test_output_dash_into_a_closed_pipe_ends_quietly(folder, tmp_path):
+    """`scissor batch ... -o - | head -1`: the reader leaves after one record; the run ends with exit 0, no error."""
+    (folder / "bad.mp4").unlink()
+    driver = tmp_path / "cli_driver.py"
+    driver.write_text(textwrap.dedent(CLI_DRIVER.format(tests=str(TESTS_DIR))))
+    args = f"batch {folder} -q Q? -o - --model fake --frames 4 --no-cache --batch-size 1"
+    script = f"set -o pipefail; {sys.executable} {driver} 0.05 {args} | head -1"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and json.loads(out.stdout)["status"] == "ok"
+
+
 # ---------------------------------------------------------------------------- 7. progress off a terminal
 def test_progress_lines_off_a_terminal_and_quiet(fake_cli, folder):
     result = fake_cli(folder, "-q", "Q?", "-o", "r.jsonl")
