@@ -736,7 +736,9 @@ def inspect(
 )
 @handle_errors
 def batch(
-    paths: Annotated[list[str] | None, typer.Argument(help="Video files and folders (searched recursively).")] = None,
+    paths: Annotated[
+        list[str] | None, typer.Argument(metavar="PATH", help="Video files and folders (searched recursively).")
+    ] = None,
     question: Annotated[
         list[str] | None,
         typer.Option(
@@ -827,7 +829,9 @@ def batch(
     def load() -> Any:
         from scissor_cli.model import load_model
 
-        return load_model(shard_profile.model)
+        vlm = load_model(shard_profile.model)
+        warn_slow_dtype(vlm)
+        return vlm
 
     if output == batch_mod.STDOUT and not quiet:
         render.batch_to_stdout()

@@ -504,6 +504,7 @@ def test_help_is_clean():
     assert ask.exit_code == 0 and "ask [OPTIONS] VIDEO QUESTION" in ask.stdout, "-h is --help; a plain usage line"
     assert "{video}" not in ask.stdout and "default 128" in ask.stdout
     assert "default 32" in ask.stdout, "--frames says its default"
+    assert "batch [OPTIONS] [PATH]..." in run("batch", "-h").stdout, "batch's usage line names its arguments"
     top = run("--help")
     assert "--install-completion" in top.stdout and "--version" in top.stdout and "doctor" in top.stdout
     version = run("--version")
@@ -527,6 +528,12 @@ def test_half_precision_on_a_cpu_warns_once(tiny_hf_dir, clip):
         run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--dtype", "fp32", "--json").stdout
     )
     assert data[0]["dtype"] == "float32"
+    from scissor_cli import cli
+
+    cli._warned.clear()  # once per process: batch warns too
+    out = clip + ".jsonl"
+    result = run("batch", clip, "-q", "Q?", "-o", out, "--model", tiny_hf_dir, "--frames", "2", "--dtype", "bf16")
+    assert result.exit_code == 0 and result.stderr.count("bfloat16 on a CPU is slower") == 1, result.stderr
 
 
 def test_tau_with_a_budget_is_refused_everywhere(clip, tmp_path):
