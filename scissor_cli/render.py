@@ -179,6 +179,19 @@ def _time_line(t: dict[str, float], stages: str) -> str:
     return f"{load}{stages}{total}"
 
 
+def _compression_rows(table: Table, a: Any) -> None:
+    """The rows every answer shows (an ``Answer``, or a chat session's stats): token counts, budget, tau/epsilon,
+    estimated prefill cost."""
+    table.add_row("visual tokens", "original → spatial → final: " + _tokens_line(a.tokens, a.retention))
+    if a.tau is None:
+        table.add_row("compression", "off")
+    else:
+        if a.budget:
+            table.add_row("budget", _budget_line(a.budget, a.tau))
+        table.add_row("tau / epsilon", f"{_tau(a.tau, a.tau_temporal)} / {a.epsilon:.4g}")
+    table.add_row("LLM prefill", f"{a.tflops['before']:.3g} → {a.tflops['after']:.3g} TFLOPs (estimated)")
+
+
 def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     for a in items:
         out.print(f"[bold]Q:[/] {escape(a.question)}")
@@ -194,14 +207,7 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     table.add_row("frames", f"{a.frames}" + (f"  ({escape(a.note)})" if a.note else ""))
     if show_timestamps:
         table.add_row("timestamps", ", ".join(f"{t:.2f}s" for t in a.timestamps))
-    table.add_row("visual tokens", "original → spatial → final: " + _tokens_line(a.tokens, a.retention))
-    if a.tau is None:
-        table.add_row("compression", "off")
-    else:
-        if a.budget:
-            table.add_row("budget", _budget_line(a.budget, a.tau))
-        table.add_row("tau / epsilon", f"{_tau(a.tau, a.tau_temporal)} / {a.epsilon:.4g}")
-    table.add_row("LLM prefill", f"{a.tflops['before']:.3g} → {a.tflops['after']:.3g} TFLOPs (estimated)")
+    _compression_rows(table, a)
     t = a.timings_s
     vision = "from cache" if a.cache_hit else f"decode {_fmt_s(t['decode'])}, vision {_fmt_s(t['vision'])}"
     table.add_row(
@@ -589,14 +595,7 @@ def chat_stats(s: Any) -> None:
     table.add_column(overflow="fold")
     table.add_row("video", escape(s.video))
     table.add_row("frames", f"{s.frames}" + (f"  ({escape(s.note)})" if s.note else ""))
-    table.add_row("visual tokens", "original → spatial → final: " + _tokens_line(s.tokens, s.retention))
-    if s.tau is None:
-        table.add_row("compression", "off")
-    else:
-        if s.budget:
-            table.add_row("budget", _budget_line(s.budget, s.tau))
-        table.add_row("tau / epsilon", f"{_tau(s.tau, s.tau_temporal)} / {s.epsilon:.4g}")
-    table.add_row("LLM prefill", f"{s.tflops['before']:.3g} → {s.tflops['after']:.3g} TFLOPs (estimated)")
+    _compression_rows(table, s)
     t = s.timings_s
     vision = "from cache" if s.cache_hit else f"decode {_fmt_s(t['decode'])}, vision {_fmt_s(t['vision'])}"
     table.add_row("time", f"load {_fmt_s(t['load'])}, {vision}, compression {_fmt_s(t['compression'])}")
