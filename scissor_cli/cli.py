@@ -704,6 +704,15 @@ def batch(
     glob: Annotated[str | None, typer.Option("--glob", help="Only files matching this pattern, e.g. '*.mp4'.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start fresh instead of resuming.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.", min=1)] = 4,
+    decode_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-workers",
+            help="Processes decoding the next videos while the model works; 0 decodes inline. "
+            "Default: the cores this process may use, minus one (1 to 8).",
+            min=0,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", help="No progress on stderr (errors and the summary stay).")
     ] = False,
@@ -736,6 +745,7 @@ def batch(
     p = profile_from_flags(locals())
     from scissor_cli import batch as batch_mod
     from scissor_cli import jobs as jobs_mod
+    from scissor_cli.prefetch import default_decode_workers
 
     if manifest and paths:
         raise OptionError("give video paths or --manifest, not both", hint="put every job in the manifest")
@@ -769,6 +779,7 @@ def batch(
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
             inputs=[manifest] if manifest else [],
+            decode_workers=default_decode_workers() if decode_workers is None else decode_workers,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         if json_out:
