@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 CLIP ?= samples/bigbuckbunny.mp4
 
-.PHONY: install test test-all lint format bench bench-video bench-model demo clean
+.PHONY: install test test-all gpu-check lint format bench bench-video bench-model demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,9 @@ test: install
 
 test-all: install  ## also the slow and GPU tiers (real checkpoints; needs the hub or a local copy)
 	$(PY) -m pytest -q -m ""
+
+gpu-check:  ## on a CUDA machine: gpu tests + bench_gpu (0.5B, 7B if it fits), < 5 min, offline; no install step
+	$(PY) bench/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check scissor_cli tests bench
