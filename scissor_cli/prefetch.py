@@ -42,9 +42,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from scissor_cli.errors import OptionError, ScissorError, VideoError
 
@@ -160,17 +162,22 @@ def _worker_main(fd: int) -> None:
         if task is None:
             return
         t0 = time.perf_counter()
+        frames = None
         try:
             clip = video_io.sample_frames(task.video, n_frames=task.n_frames, fps=task.fps, start=task.start,
                                           end=task.end)  # fmt: skip
-            reply: tuple[bool, Any] = (True, (clip, time.perf_counter() - t0))
+            frames = np.ascontiguousarray(clip.frames)
+            # the frames go as raw bytes after the rest: pickling them would copy them once more on each side
+            reply: tuple[bool, Any] = (True, (replace(clip, frames=None), frames.shape, time.perf_counter() - t0))
         except Exception as e:
             reply = (False, _pack_error(e))
         try:
             conn.send(reply)
+            if frames is not None:
+                conn.send_bytes(memoryview(frames).cast("B"))
         except (BrokenPipeError, EOFError, OSError):
             return
-        del reply
+        del reply, frames
 
 
 @dataclass
@@ -181,6 +188,18 @@ class _Worker:
 
 
 # ------------------------------------------------------------------------------------------------------- parent
+def _receive(conn: Connection) -> tuple[bool, Any]:
+    """One reply: (False, packed error), or (True, (clip, decode_s)) with the frames read straight into their array."""
+    ok, payload = conn.recv()
+    if not ok:
+        return ok, payload
+    clip, shape, decode_s = payload
+    frames = np.empty(shape, dtype=np.uint8)  # uint8 [F, H, W, 3]
+    if frames.nbytes:
+        conn.recv_bytes_into(memoryview(frames).cast("B"))
+    return True, (replace(clip, frames=frames), decode_s)
+
+
 def _reap(process: subprocess.Popen) -> None:
     """Wait for a worker that was told to stop (or died); kill its whole group if it does not end in time."""
     try:
@@ -323,7 +342,7 @@ class Prefetcher:
             if w.conn not in ready:
                 continue
             try:
-                self._results[w.task] = w.conn.recv()
+                self._results[w.task] = _receive(w.conn)
                 w.task = None
                 continue
             except (EOFError, OSError):
