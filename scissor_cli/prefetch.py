@@ -162,7 +162,7 @@ def _worker_main(fd: int) -> None:
         if task is None:
             return
         t0 = time.perf_counter()
-        frames = None
+        frames = clip = None
         try:
             clip = video_io.sample_frames(task.video, n_frames=task.n_frames, fps=task.fps, start=task.start,
                                           end=task.end)  # fmt: skip
@@ -177,7 +177,7 @@ def _worker_main(fd: int) -> None:
                 conn.send_bytes(memoryview(frames).cast("B"))
         except (BrokenPipeError, EOFError, OSError):
             return
-        del reply, frames
+        del reply, frames, clip  # the previous clip must not stay alive through the next decode
 
 
 @dataclass

@@ -49,6 +49,9 @@ def without_timings(record: dict) -> dict:
 
 def test_default_workers_leave_one_core_for_the_model():
     assert [default_decode_workers(n) for n in (1, 2, 3, 4, 16, 64)] == [1, 1, 2, 3, 8, 8]
+    # nothing to overlap: no worker processes at all
+    assert decode_ahead(["a.mp4", "b.mp4"], fake_profile(), 0) is None
+    assert decode_ahead(["a.mp4"], fake_profile(), 4) is None
 
 
 def test_records_equal_inline_decoding_and_a_bad_file_fails_alone(videos, tmp_path):
