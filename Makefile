@@ -10,7 +10,7 @@ EVAL_PY := $(EVAL_VENV)/bin/python
 # The torchvision of $(TORCH) (change both together): lmms-eval requires one, and any other would replace torch.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install test test-all test-eval lint format bench bench-video bench-model demo clean
+.PHONY: install test test-all test-eval gpu-check lint format bench bench-video bench-model demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,6 +43,9 @@ test-eval: install $(EVAL_VENV)/.installed  ## install: for ffmpeg (the tests ma
 
 test-all: install  ## also the slow and GPU tiers (real checkpoints; needs the hub or a local copy)
 	$(PY) -m pytest -q -m ""
+
+gpu-check:  ## on a CUDA machine: gpu tests + bench_gpu (0.5B, 7B if it fits), < 5 min, offline; no install step
+	$(PY) bench/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check scissor_cli tests bench

@@ -2,6 +2,7 @@
 
     python bench/bench_video.py                 # 3-minute 1080p30 clip generated into a temporary folder
     python bench/bench_video.py --minutes 5 --keep /tmp/bench_video   # keep (and reuse) the generated clip
+    python bench/bench_video.py --options [--clip FILE]   # decoder options: threads, sequential, 384 px, torchcodec
 
 Each measurement runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own: the Python process
 (numpy + decord, which decodes in-process) and, for ffmpeg, the ffmpeg child as well. The reference is what the
@@ -48,6 +49,113 @@ print(json.dumps({
 """
 
 
+# --options: one decoder option per subprocess; argv = path, option, n_frames, out.npy. Prints one JSON line.
+OPTION_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from scissor_cli import video
+path, option, n_frames, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+info = video.probe(path)
+idx = list(video.plan_frames(info, n_frames=n_frames).indices)
+if option.startswith("decord"):
+    import decord
+elif option.startswith("torchcodec"):
+    from torchcodec.decoders import VideoDecoder
+usage = lambda: [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+before = usage()
+t0 = time.perf_counter()
+if option == "decord seek (default)":
+    frames = video.sample_frames(path, n_frames=n_frames, info=info).frames
+elif option.startswith("decord seek, threads"):
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=int(option.rsplit(" ", 1)[1]))
+    frames = np.stack([vr.get_batch([i]).asnumpy()[0] for i in idx])
+elif option == "decord sequential":
+    vr, keep, frames = decord.VideoReader(path, ctx=decord.cpu(0)), set(idx), []
+    for i in range(idx[-1] + 1):
+        f = vr.next()
+        if i in keep:
+            frames.append(f.asnumpy())
+    frames = np.stack(frames)
+elif option == "decord 384x384 in the decoder":
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), width=384, height=384)
+    frames = np.stack([vr.get_batch([i]).asnumpy()[0] for i in idx])
+elif option == "ffmpeg select (fallback)":
+    import dataclasses
+    frames = video.sample_frames(path, n_frames=n_frames, info=dataclasses.replace(info, backend="ffmpeg")).frames
+elif option.startswith("torchcodec"):
+    mode = "approximate" if "approximate" in option else "exact"
+    frames = VideoDecoder(path, device="cpu", seek_mode=mode).get_frames_at(idx).data.permute(0, 2, 3, 1).numpy()
+else:
+    raise SystemExit(f"unknown option {option}")
+wall = time.perf_counter() - t0
+after = usage()
+np.save(out, frames)
+cpu = sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime for a, b in zip(after, before))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]  # since exec; ru_maxrss starts at the parent's
+print(json.dumps({"option": option, "decode_s": wall, "cpu_s": cpu, "shape": list(frames.shape),
+                  "peak_rss_bytes": int(hwm[0].split()[1]) * 1024 if hwm else after[0].ru_maxrss * 1024}))
+"""
+
+OPTIONS = [
+    "decord seek (default)",
+    "decord seek, threads 1",
+    "decord seek, threads 2",
+    "decord sequential",
+    "decord 384x384 in the decoder",
+    "ffmpeg select (fallback)",
+    "torchcodec exact",
+    "torchcodec approximate",
+]
+
+
+def model_input(frames):
+    """What the model sees: scissor's own 384 px preprocessing (uint8, before normalisation)."""
+    import numpy as np
+    import torch
+
+    from scissor_cli.model import preprocess_frames
+
+    # mean 0, std 1/255 undoes the normalisation: pixels back in [0, 255] after the resize
+    x = preprocess_frames(frames, (384, 384), (0.0,) * 3, (1 / 255,) * 3)
+    return np.asarray(torch.as_tensor(x).float())
+
+
+def measure_options(path: Path, n_frames: int) -> None:
+    import numpy as np
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    rows, ref, ref_input = [], None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for option in OPTIONS:
+            out = Path(tmp) / "frames.npy"
+            proc = subprocess.run([sys.executable, "-c", OPTION_CHILD, str(path), option, str(n_frames), str(out)],
+                                  capture_output=True, text=True, env=env, timeout=1800)  # fmt: skip
+            if proc.returncode != 0:
+                why = (proc.stderr.strip().splitlines() or ["failed"])[-1][:140]
+                rows.append(f"| {option} | – | – | – | not measured: {why} |")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            frames = np.load(out)
+            if ref is None:
+                ref, ref_input = frames, model_input(frames)
+            if frames.shape == ref.shape:
+                same = "identical" if np.array_equal(frames, ref) else (
+                    f"differ: mean |d| {np.abs(frames.astype(np.int16) - ref).mean():.2f}, "
+                    f"max {np.abs(frames.astype(np.int16) - ref).max()}"
+                )  # fmt: skip
+            else:  # decoded at another size: compare what the model sees
+                d = np.abs(model_input(frames) - ref_input)
+                same = f"{tuple(frames.shape[1:3])}; model input differs: mean |d| {d.mean():.2f}, max {d.max():.0f}"
+            rows.append(f"| {option} | {r['decode_s']:.2f} s | {r['cpu_s'] / r['decode_s']:.2f} | "
+                        f"{mib(r['peak_rss_bytes'])} | {same} |")  # fmt: skip
+            print(rows[-1], flush=True)
+    print(f"\n{path.name}, {n_frames} frames; frames compared with the first row's (pixel values 0-255)\n")
+    print("| option | decode | cores busy (CPU s / wall s) | peak RSS | frames vs decord seek (default) |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+
+
 def make_clip(path: Path, minutes: float, fps: int) -> None:
     """testsrc2 at 1080p, H.264 (keyframe every 250 frames, x264's default), no audio."""
     src = f"testsrc2=size={WIDTH}x{HEIGHT}:rate={fps}:duration={minutes * 60:g}"
@@ -81,9 +189,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames to sample")
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep (and reuse) the generated clip in")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--options", action="store_true", help="compare the decoder options (see OPTIONS)")
+    parser.add_argument("--clip", type=Path, default=None, help="--options: measure this clip instead")
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         sys.exit("bench_video needs the ffmpeg binary on PATH")
+    if args.options and args.clip:
+        return measure_options(args.clip, args.frames)
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_video_"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,6 +206,11 @@ def main() -> None:
         make_clip(path, args.minutes, args.fps)
         print(f"  {time.perf_counter() - t0:.0f} s, {mib(path.stat().st_size)}", flush=True)
 
+    if args.options:
+        measure_options(path, args.frames)
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     results = [measure(path, backend, args.frames) for backend in ("decord", "ffmpeg")]
     n_video = results[0]["n_frames_video"]
     whole = n_video * WIDTH * HEIGHT * 3

@@ -33,15 +33,18 @@ them. Part files left by a killed run count as finished work on the next start a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError
 from scissor_cli.jobs import Job, derive_id, jobs_from_manifest, jobs_from_paths
 from scissor_cli.options import Profile
+from scissor_cli.prefetch import check_decode_workers, decode_ahead
 from scissor_cli.scoring import (
     GROUP_FIELDS,
     PROMPT_PRESETS,
@@ -382,6 +386,19 @@ def _append_line(fd: int, record: dict) -> None:
     os.fsync(fd)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait (pending) until the block ends; then the handler runs as usual. Main thread, POSIX."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def part_path(output: str, rank: int, world_size: int) -> str:
     return f"{output}.part-{rank}-of-{world_size}"
 
@@ -655,6 +672,7 @@ class _Runner:
 
             self.cache = FeatureCache()
         self.queue: list[_Row] = []
+        self.prefetch: Any = None  # a prefetch.Prefetcher decoding the next videos in worker processes, or None
 
     def add_video(self, video: str, tasks: list[_Task], on_status: Callable[[str], None]) -> None:
         """One decode + vision tower pass for every task of ``video``, then SCC once per level; the rows are
@@ -662,7 +680,10 @@ class _Runner:
         ``generate`` together when ``batch_size`` allows."""
         t0 = time.perf_counter()
         try:
-            encoded = self.pipeline.encode_video(self.vlm, video, self.profile, on_status=on_status, cache=self.cache)
+            decoded = self.prefetch.take(video) if self.prefetch is not None else None  # raises its decode error
+            encoded = self.pipeline.encode_video(
+                self.vlm, video, self.profile, on_status=on_status, cache=self.cache, decoded=decoded
+            )
         except Exception as e:
             for task in tasks:
                 self.emit(_error_record(task, e))
@@ -756,6 +777,7 @@ def run_batch(
     world_size: int | None = None,
     sweep: Sweep | None = None,
     prompt: str | None = None,
+    decode_workers: int = 0,
 ) -> BatchSummary:
     """Answer ``jobs``, appending one record per job to ``output`` (or this rank's part file; ``"-"``: stdout);
     see the module doc.
@@ -764,13 +786,16 @@ def run_batch(
     were checked. ``inputs`` are files the jobs were read from (the manifest): like every job's video, the output
     may not be one of them. ``rank``/``world_size`` default to the RANK/WORLD_SIZE environment (torchrun,
     accelerate launch). Raises ManifestError for an unusable output, OptionError for an output made with other
-    settings, Interrupted on Ctrl-C (finished jobs are saved).
+    settings, Interrupted on Ctrl-C (finished jobs are saved). ``decode_workers``: processes decoding the next videos
+    while the model works (``scissor_cli.prefetch``; 0, the default here, decodes inline; the CLI's default is
+    ``default_decode_workers()``).
 
     ``sweep``: answer every job at each of its levels (one record per job and level, ids ``<job id>@<level>``),
     each video decoded and encoded once. ``prompt``: the multiple-choice prompt preset (``PROMPT_PRESETS``) of jobs
     that do not name their own."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch size {batch_size!r} is out of range", hint="--batch-size must be an integer >= 1")
+    check_decode_workers(decode_workers)
     env_rank, env_world = dist_env()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
@@ -797,7 +822,7 @@ def run_batch(
     group = _Group(rank, world_size, BARRIER_TIMEOUT_S)
     try:
         return _run(load_model, tasks, output, profile, overwrite, batch_size, view, rank, world_size, group, sweep,
-                    prompt)  # fmt: skip
+                    prompt, decode_workers)  # fmt: skip
     finally:
         group.close()
 
@@ -837,6 +862,7 @@ def _run(
     group: _Group,
     sweep: Sweep | None,
     prompt: str | None,
+    decode_workers: int = 0,
 ) -> BatchSummary:
     to_stdout = output == STDOUT
     target = output if world_size == 1 else part_path(output, rank, world_size)
@@ -879,7 +905,7 @@ def _run(
     try:
         if my_jobs:
             t_work = _answer(load_model, my_videos, by_video, target, profile, config, digest, batch_size, view,
-                             my_records, sweep, prompt)  # fmt: skip
+                             my_records, sweep, prompt, decode_workers)  # fmt: skip
         group.barrier()  # every rank has written its part
     except KeyboardInterrupt:
         n_ok = sum(1 for r in my_records if r["status"] == "ok")
@@ -935,6 +961,7 @@ def _answer(
     records: list[dict],
     sweep: Sweep | None = None,
     prompt: str | None = None,
+    decode_workers: int = 0,
 ) -> float:
     """Load the model, answer ``videos``' jobs and write their records to ``target``; returns the work's wall time
     (model load excluded). ``records`` receives each record as it is written (for counts after an interrupt)."""
@@ -944,19 +971,22 @@ def _answer(
 
     resolved = resolve_profile(vlm, profile)
     fd = None if target == STDOUT else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    ahead = None
     try:
 
         def emit(record: dict) -> None:
             record.update(config_hash=digest, config=config)
-            if fd is None:
-                _write_stdout(record)
-            else:
-                _append_line(fd, record)
-            records.append(record)
+            with _signals_held():  # a Ctrl-C landing in the fsync must not leave a written record uncounted
+                if fd is None:
+                    _write_stdout(record)
+                else:
+                    _append_line(fd, record)
+                records.append(record)
             _notify(view, "job_done", record)
 
         t_work = time.perf_counter()
         runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt)
+        runner.prefetch = ahead = decode_ahead(videos, resolved, decode_workers, vlm, runner.cache)
         for i, video in enumerate(videos, 1):
             prefix = f"[{i}/{len(videos)}] {os.path.basename(video)}"
             _notify(view, "status", prefix)
@@ -964,6 +994,8 @@ def _answer(
         runner.flush()
         return time.perf_counter() - t_work
     finally:
+        if ahead is not None:  # also on Ctrl-C: kills the workers and their ffmpeg children
+            ahead.close()
         if fd is not None:
             os.close(fd)
 

@@ -93,6 +93,10 @@ class FeatureCache:
             raise ValueError(f"cache keys are hex digests, got {key!r}")
         return self.root / f"{key}{SUFFIX}"
 
+    def has(self, key: str) -> bool:
+        """Whether an entry exists (not read: batch's decode-ahead asks this for every video it would decode)."""
+        return self._path(key).is_file()
+
     def get(self, key: str, device=None) -> torch.Tensor | None:
         """The cached tensor (on ``device``, default CPU), or None on a miss. A corrupt entry is removed."""
         path = self._path(key)

@@ -764,6 +764,15 @@ def batch(
     glob: Annotated[str | None, typer.Option("--glob", help="Only files matching this pattern, e.g. '*.mp4'.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start fresh instead of resuming.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.", min=1)] = 4,
+    decode_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--decode-workers",
+            help="Processes decoding the next videos while the model works; 0 decodes inline. "
+            "Default: the cores this process may use, minus one (1 to 8).",
+            min=0,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", help="No progress on stderr (errors and the summary stay).")
     ] = False,
@@ -796,6 +805,7 @@ def batch(
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
     from scissor_cli import batch as batch_mod
     from scissor_cli import jobs as jobs_mod
+    from scissor_cli.prefetch import default_decode_workers
     from scissor_cli.scoring import PROMPT_PRESETS
 
     sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
@@ -839,6 +849,7 @@ def batch(
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
             inputs=[manifest] if manifest else [], sweep=sweep, prompt=prompt,
+            decode_workers=default_decode_workers() if decode_workers is None else decode_workers,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         if json_out:

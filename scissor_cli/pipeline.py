@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from scissor_cli.model import GenerationOutput, VisionLanguageModel
-    from scissor_cli.video import VideoInfo
+    from scissor_cli.video import Clip, VideoInfo
 
 Status = Callable[[str], None]
 
@@ -184,17 +184,20 @@ def encode_video(
     on_status: Status | None = None,
     cache: Any = None,
     info: VideoInfo | None = None,
+    decoded: tuple[Clip, float] | None = None,
 ) -> EncodedVideo:
     """Probe, plan frames, then features from the cache or from decoding + the vision tower.
 
     ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off. URLs are never
     cached. ``info``: the video's ``probe()`` (or ``opened()``) when the caller already has it; ``video`` then only
-    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded.
+    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded. ``decoded``: (clip, seconds) already
+    decoded with ``profile.sampling`` by batch's decode-ahead workers; used on a cache miss instead of decoding.
     """
     from scissor_cli import video as video_io
 
     s = profile.sampling
-    info = info if info is not None else video_io.probe(video)
+    if info is None:
+        info = decoded[0].info if decoded is not None else video_io.probe(video)
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if video_io.is_url(info.path):
         cache = None  # a URL's content can change, and hashing it would mean downloading it all
@@ -219,11 +222,14 @@ def encode_video(
                 note = f"{note}; {short}" if note else short
             return EncodedVideo(str(video), info, indices, timestamps, note, features, 0.0, 0.0, True, "cache")
 
-    if on_status:
-        on_status(f"decoding {len(plan.indices)} frames")
-    t0 = time.perf_counter()
-    clip = video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
-    decode_s = time.perf_counter() - t0
+    if decoded is not None:
+        clip, decode_s = decoded  # decode_s: the worker's decode time, off this process's critical path
+    else:
+        if on_status:
+            on_status(f"decoding {len(plan.indices)} frames")
+        t0 = time.perf_counter()
+        clip = video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
+        decode_s = time.perf_counter() - t0
 
     if on_status:
         on_status(f"vision tower on {clip.frames.shape[0]} frames")

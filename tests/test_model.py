@@ -338,3 +338,20 @@ def test_processor_config_is_read(tiny_hf_dir, tmp_path):
     (d / "processor_config.json").write_text(json.dumps(proc))
     vlm = load_model(ModelOptions(model=str(d)))
     assert vlm.mean[0] == pytest.approx(0.48145466) and vlm.std == (0.5, 0.5, 0.5) and vlm.image_size == (98, 98)
+
+
+def test_original_layout_with_rotary_buffers_loads_the_same_weights(tiny_next_dir, hf_vlm, tmp_path):
+    """LLaVA-NeXT-era checkpoints may store each layer's ``rotary_emb.inv_freq`` buffer (transformers' own
+    LLaVA-OneVision conversion script drops ``*.inv_freq`` keys before loading): they are not weights, so the load
+    must neither fail on them as unexpected keys nor change any parameter."""
+    d = _copy(tiny_next_dir, tmp_path / "with-inv-freq")
+    (weights,) = sorted(d.glob("*.safetensors"))
+    state = load_file(str(weights))
+    n_layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("model.layers."))
+    for i in range(n_layers):
+        state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(8)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    vlm = load_model(ModelOptions(model=str(d)))
+    ours = dict(vlm.hf_model.named_parameters())
+    for name, param in hf_vlm.hf_model.named_parameters():
+        assert torch.equal(ours[name], param), f"{name} differs from the llava-hf twin"

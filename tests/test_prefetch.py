@@ -1,0 +1,245 @@
+"""Decode-ahead (scissor_cli.prefetch): same records as inline decoding, errors stay with their video, a crashed
+worker fails only its video, memory stays bounded (never more than n_workers videos ahead), cached videos are not
+decoded, and Ctrl-C leaves no worker or ffmpeg process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_batch import FakeVLM, fake_profile, make_clip, read_jsonl
+
+from scissor_cli.batch import run_batch
+from scissor_cli.errors import OptionError, VideoError
+from scissor_cli.jobs import jobs_from_paths
+from scissor_cli.options import SamplingOptions
+from scissor_cli.prefetch import Prefetcher, decode_ahead, default_decode_workers
+from scissor_cli.video import sample_frames
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("prefetch")
+    out = {name: make_clip(d / f"{name}.mp4", name) for name in ("testsrc", "testsrc2", "smptebars", "rgbtestsrc")}
+    bad = d / "bad.mp4"
+    bad.write_bytes(os.urandom(4096))
+    out["bad"] = bad
+    return out
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SCISSOR_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def without_timings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "timings_s"}
+
+
+def test_default_workers_leave_one_core_for_the_model():
+    assert [default_decode_workers(n) for n in (1, 2, 3, 4, 16, 64)] == [1, 1, 2, 3, 8, 8]
+    # nothing to overlap: no worker processes at all
+    assert decode_ahead(["a.mp4", "b.mp4"], fake_profile(), 0) is None
+    assert decode_ahead(["a.mp4"], fake_profile(), 4) is None
+
+
+def test_records_equal_inline_decoding_and_a_bad_file_fails_alone(videos, tmp_path):
+    folder = videos["bad"].parent
+    jobs = jobs_from_paths([str(folder)], ["Q?", "Another?"])
+    inline, ahead = tmp_path / "inline.jsonl", tmp_path / "ahead.jsonl"
+    s0 = run_batch(FakeVLM, jobs, str(inline), fake_profile(), decode_workers=0)
+    s2 = run_batch(FakeVLM, jobs, str(ahead), fake_profile(), decode_workers=2)
+    assert (s2.n_done, s2.n_failed) == (s0.n_done, s0.n_failed) == (8, 2)
+    a, b = read_jsonl(inline), read_jsonl(ahead)
+    assert [without_timings(r) for r in a] == [without_timings(r) for r in b], "decode-ahead changed a record"
+    failed = [r for r in b if r["status"] == "error"]
+    assert {r["video"] for r in failed} == {str(videos["bad"])}, failed
+    assert failed[0]["error_type"] == "VideoError" and failed[0]["hint"], "the error keeps its class and hint"
+    assert all(r["timings_s"]["decode"] > 0 for r in b if r["status"] == "ok"), "the worker's decode time is kept"
+
+
+def test_resume_with_workers_answers_each_job_once(videos, tmp_path):
+    folder = videos["bad"].parent
+    jobs = jobs_from_paths([str(folder)], "Q?")
+    out = tmp_path / "r.jsonl"
+    first = run_batch(FakeVLM, jobs[:2], str(out), fake_profile(), decode_workers=2)
+    again = run_batch(FakeVLM, jobs, str(out), fake_profile(), decode_workers=2)
+    assert first.n_done + first.n_failed == 2 and again.n_skipped == first.n_done >= 1, (first, again)
+    assert again.n_done + again.n_failed == len(jobs) - first.n_done, "errored jobs are retried, ok ones skipped"
+    assert sorted(r["id"] for r in read_jsonl(out)) == sorted(j.id for j in jobs), "every job exactly once"
+
+
+def test_frames_equal_inline_and_window_is_bounded(videos):
+    order = [str(videos[n]) for n in ("testsrc", "testsrc2", "smptebars", "rgbtestsrc")] * 2
+    sampling = SamplingOptions(n_frames=4)
+    with Prefetcher(order, sampling, n_workers=2) as ahead:
+        deadline = time.monotonic() + 60
+        while ahead.n_ahead and time.monotonic() < deadline:  # let the workers finish what they were given
+            ahead._collect(block=True)
+        assert ahead.n_sent == 2, "no more videos are handed out than there are workers"
+        for k, video in enumerate(order):
+            clip, decode_s = ahead.take(video)
+            assert ahead.n_ahead <= 2 and ahead.n_sent <= k + 1 + 2, "more than n_workers videos ahead"
+            expected = sample_frames(video, n_frames=4)
+            assert clip.indices == expected.indices and np.array_equal(clip.frames, expected.frames), video
+            assert decode_s > 0
+        with pytest.raises(RuntimeError, match="out of order"):
+            ahead.take(order[0])
+    assert ahead.n_sent == len(order)
+
+
+def test_bad_file_error_is_raised_for_its_video_only(videos):
+    order = [str(videos["bad"]), str(videos["testsrc"])]
+    with Prefetcher(order, SamplingOptions(n_frames=4), n_workers=1) as ahead:
+        with pytest.raises(VideoError) as e:
+            ahead.take(order[0])
+        assert "bad.mp4" in e.value.message and e.value.hint, "message and hint survive the worker"
+        clip, _ = ahead.take(order[1])
+        assert clip.frames.shape[0] == 4
+
+
+def test_a_worker_that_dies_fails_only_its_video_and_is_replaced(videos, tmp_path):
+    slow = make_clip(tmp_path / "slow.mp4", "testsrc2", seconds=30.0)
+    order = [str(slow), str(videos["testsrc"]), str(videos["smptebars"])]
+    with Prefetcher(order, SamplingOptions(n_frames=32), n_workers=1) as ahead:
+        (victim,) = ahead.pids
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(VideoError, match="decoder process was killed by signal 9") as e:
+            ahead.take(order[0])
+        assert "--decode-workers 0" in e.value.hint
+        assert victim not in ahead.pids and len(ahead.pids) == 1, "the dead worker is replaced"
+        for video in order[1:]:
+            clip, _ = ahead.take(video)
+            assert len(clip.indices) == 10
+    assert not _alive(victim)
+
+
+def test_cached_videos_are_not_decoded(videos, tmp_path):
+    from scissor_cli.cache import FeatureCache
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for name in ("testsrc", "testsrc2", "smptebars"):
+        (folder / f"{name}.mp4").write_bytes(videos[name].read_bytes())
+    profile = fake_profile().override(model={"cache": True})
+    jobs = jobs_from_paths([str(folder)], "Q?")
+    run_batch(FakeVLM, jobs[:2], str(tmp_path / "warm.jsonl"), profile)  # two of three videos into the cache
+
+    vlm = FakeVLM()
+    ahead = decode_ahead([j.video for j in jobs], profile, 2, vlm, FeatureCache())
+    try:
+        taken = [ahead.take(j.video) for j in jobs]
+    finally:
+        ahead.close()
+    assert taken[0] is None and taken[1] is None and taken[2] is not None, "cached videos must not be decoded"
+    assert (ahead.n_sent, ahead.n_skipped) == (1, 2)
+
+    out = tmp_path / "r.jsonl"
+    run_batch(FakeVLM, jobs, str(out), profile, decode_workers=2)
+    assert [r["cache_hit"] for r in read_jsonl(out)] == [True, True, False]
+
+
+def test_out_of_range_workers_is_an_option_error(videos, tmp_path):
+    jobs = jobs_from_paths([str(videos["testsrc"])], "Q?")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(OptionError, match="--decode-workers"):
+            run_batch(FakeVLM, jobs, str(tmp_path / "r.jsonl"), fake_profile(), decode_workers=bad)
+
+
+# --------------------------------------------------------------------------------------------- Ctrl-C cleanup
+CLI_DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import scissor_cli.model
+from test_batch import FakeVLM
+scissor_cli.model.load_model = lambda opts, **kw: FakeVLM(delay_s=float(sys.argv[1]))
+from scissor_cli.cli import app
+if __name__ == "__main__":  # the decode workers are spawned: they import this file without running it
+    app(sys.argv[2:], prog_name="scissor")
+"""
+
+
+def _children() -> dict[int, set[int]]:
+    """{parent pid: child pids} of every process we can see."""
+    tree: dict[int, set[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, set()).add(int(entry))
+    return tree
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    tree, found, todo = _children(), {}, [pid]
+    while todo:
+        for child in tree.get(todo.pop(), ()):
+            try:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running or a zombie (a process nobody reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "X"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_ctrl_c_leaves_no_worker_or_ffmpeg_behind(tmp_path):
+    folder = tmp_path / "gifs"
+    for i in range(4):  # GIFs are decoded by ffmpeg (decord cannot): the workers have ffmpeg children
+        path = folder / f"g{i}.gif"
+        make_clip(path.with_suffix(".mp4"), "testsrc2", seconds=40.0)
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path.with_suffix(".mp4")), str(path)],
+                       check=True, timeout=120)  # fmt: skip
+        path.with_suffix(".mp4").unlink()
+    driver = tmp_path / "cli_driver.py"
+    driver.write_text(textwrap.dedent(CLI_DRIVER.format(tests=str(TESTS_DIR))))
+    out = tmp_path / "r.jsonl"
+    args = ["batch", str(folder), "-q", "Q?", "-o", str(out), "--model", "fake", "--frames", "4", "--no-cache",
+            "--batch-size", "1", "--decode-workers", "2"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(driver), "0.5", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        seen.update(_descendants(proc.pid))
+        if any("ffmpeg" in cmd for cmd in seen.values()) and len(_descendants(proc.pid)) >= 3:
+            break  # two workers and at least one ffmpeg under them right now
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before Ctrl-C: {proc.stderr.read().decode()[-2000:]}"
+    assert any("ffmpeg" in cmd for cmd in seen.values()), seen
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = stderr.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert len([x for x in stderr.splitlines() if "interrupted" in x]) == 1, stderr
+    left = {pid: cmd for pid, cmd in seen.items() if _alive(pid)}
+    assert not {p: c for p, c in left.items() if "resource_tracker" not in c}, f"left after Ctrl-C: {left}"
+    deadline = time.monotonic() + 5  # multiprocessing's resource tracker ends once it reads its pipe's end
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = {pid: cmd for pid, cmd in left.items() if _alive(pid)}
+    assert not left, f"processes left after Ctrl-C: {left}"
