@@ -840,11 +840,11 @@ def _write_stdout(record: dict) -> None:
 def _interrupted(output: str, n_total: int, n_saved: int, n_this_run: int) -> Interrupted:
     if output == STDOUT:
         return Interrupted(
-            f"interrupted: {n_this_run} of {n_total} records were written to stdout, which cannot be resumed "
+            f"{n_this_run} of {n_total} records were written to stdout, which cannot be resumed "
             "(rerunning starts over; use -o FILE to be able to continue)"
         )
     return Interrupted(
-        f"interrupted: {n_saved} of {n_total} jobs are saved in {output} ({n_this_run} in this run); "
+        f"{n_saved} of {n_total} jobs are saved in {output} ({n_this_run} in this run); "
         "rerun the same command to continue"
     )
 

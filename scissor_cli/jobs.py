@@ -66,10 +66,16 @@ def jobs_from_paths(paths: Sequence[str], question: str | Sequence[str], glob: s
     questions = list(dict.fromkeys([question] if isinstance(question, str) else question))
     if not questions or any(not q or not q.strip() for q in questions):
         raise ManifestError("a question is empty", hint='pass --question "What is happening in this video?"')
+    from scissor_cli.video import is_url
+
     found: set[str] = set()
     for given in paths:
         path = os.path.expanduser(given)
-        if os.path.isdir(path):
+        if is_url(given):
+            found.add(given)  # streamed by ffmpeg; an unreachable address fails as its own job
+        elif given == "-":
+            raise ManifestError("batch cannot read a video from stdin (-)", hint="save it to a file and pass the file")
+        elif os.path.isdir(path):
             for root, dirs, files in os.walk(path):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
                 for name in files:
@@ -164,8 +170,12 @@ def _job_from_row(row: dict, where: str, base: str, default_question: str | None
         if key in RESERVED:
             bad(f"field {key!r} is reserved for the output record", "rename that column")
         extra[key] = value
-    resolved = os.path.expanduser(video)
-    if not os.path.isabs(resolved):
+    from scissor_cli.video import is_url
+
+    if video == "-":
+        bad("a video cannot be stdin (-) in a manifest", "save it to a file and name the file")
+    resolved = video if is_url(video) else os.path.expanduser(video)
+    if not is_url(resolved) and not os.path.isabs(resolved):
         resolved = os.path.normpath(os.path.join(base, resolved))
     return Job(job_id, resolved, question, options, answer, extra, prompt)
 

@@ -832,6 +832,7 @@ def test_ctrl_c_says_how_many_jobs_are_saved(folder, tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     line = [x for x in stderr.splitlines() if "interrupted" in x]
     assert len(line) == 1 and "rerun the same command to continue" in line[0], stderr
+    assert line[0].startswith("interrupted: ") and line[0].count("interrupted") == 1, line[0]
     saved = int(re.search(r"(\d+) of 4 jobs are saved in", line[0]).group(1))
     assert saved == len([r for r in read_jsonl(out) if r["status"] == "ok"]) >= 1, (line, read_jsonl(out))
     again = run_batch(FakeVLM, jobs_from_paths([str(folder)], "Q?"), str(out), fake_profile())
@@ -959,6 +960,47 @@ def test_table_output_is_refused_with_a_hint(fake_cli, folder, tmp_path, name):
 
 
 # ---------------------------------------------------------------------------------- 11. manifest formats
+def test_urls_are_jobs_and_stdin_is_refused(folder, tmp_path):
+    """http(s) URLs in a manifest or on the command line are streamed by ffmpeg like ask's; an unreachable one fails
+    as its own job; `-` (stdin) cannot be a batch video."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/a.mp4"
+        (tmp_path / "m.jsonl").write_text(
+            json.dumps({"video": url, "question": "Q?", "id": "web"})
+            + "\n"
+            + json.dumps({"video": f"http://127.0.0.1:{closed}/a.mp4", "question": "Q?", "id": "down"})
+            + "\n"
+        )
+        jobs = jobs_from_manifest(str(tmp_path / "m.jsonl"))
+        assert [j.video for j in jobs][0] == url, "a URL is not a path relative to the manifest"
+        run_batch(FakeVLM, jobs, str(tmp_path / "r.jsonl"), fake_profile())
+        by_id = {r["id"]: r for r in read_jsonl(tmp_path / "r.jsonl")}
+        assert by_id["web"]["status"] == "ok" and by_id["web"]["video"] == url, by_id["web"]
+        assert by_id["down"]["status"] == "error" and "cannot be reached" in by_id["down"]["error"], by_id["down"]
+        assert [j.video for j in jobs_from_paths([url, str(folder / "a.mp4")], "Q?")][-1] == url
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ManifestError, match="stdin"):
+        jobs_from_paths(["-"], "Q?")
+    (tmp_path / "s.jsonl").write_text(json.dumps({"video": "-", "question": "Q?"}) + "\n")
+    with pytest.raises(ManifestError, match="stdin"):
+        jobs_from_manifest(str(tmp_path / "s.jsonl"))
+
+
 def test_manifest_json_array_and_tsv_read_like_jsonl(folder, tmp_path):
     rows = [
         {"video": "a.mp4", "question": "What is shown?", "id": "one", "task": "count"},
