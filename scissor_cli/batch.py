@@ -98,18 +98,18 @@ class Sweep:
         return [self.level(v) for v in self.values]
 
     def profile_for(self, profile: Profile, value: float | int) -> Profile:
-        """``profile`` at one level. A retention or token level replaces any budget (retention 1: compression
-        off); a tau level sets the threshold and keeps the profile's budget. Always validated."""
+        """``profile`` at one level, by the flags' rule: a retention or token level replaces any budget and tau
+        (retention 1: compression off); a tau level sets the threshold and drops any budget. Always validated."""
         from scissor_cli.options import validate
 
         c = profile.compression
         if self.axis == "retention":
             off = value == 1  # 1: every token, the model's own path (not SCC with a no-op budget)
-            c = replace(c, enabled=not off, retention=None if off else float(value), tokens=None)
+            c = replace(c, enabled=not off, retention=None if off else float(value), tokens=None, tau=None)
         elif self.axis == "tokens":
-            c = replace(c, enabled=True, retention=None, tokens=int(value))
+            c = replace(c, enabled=True, retention=None, tokens=int(value), tau=None)
         else:
-            c = replace(c, enabled=True, tau=float(value))
+            c = replace(c, enabled=True, tau=float(value), retention=None, tokens=None)
         return validate(replace(profile, compression=c))
 
     def base_profile(self, profile: Profile) -> Profile:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from scissor_cli.options import PAPER_EPSILON, PAPER_TAU, Profile
+from scissor_cli.options import PAPER_EPSILON, PAPER_TAU, CompressionOptions, Profile
 
 if TYPE_CHECKING:
     import torch
@@ -127,14 +127,17 @@ class Answer:
 def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
     """Fill the 'auto' values, so the returned profile says exactly what ran and can run it again.
 
-    tau/epsilon: the checkpoint's own mm_zip_tau/epsilon (``vlm`` None: no checkpoint), else the paper's.
-    Sampling (temperature > 0) without a seed: a seed is drawn and used where ``--seed`` would be (generation and
-    SCC's sampled regime), so passing the recorded ``generation.seed`` back as ``--seed`` reproduces the answer.
+    tau/epsilon: the checkpoint's own mm_zip_tau/epsilon (``vlm`` None: no checkpoint), else the paper's; with a
+    budget tau stays auto (None), since the search chooses it. Sampling (temperature > 0) without a seed: a seed
+    is drawn and used where ``--seed`` would be (generation and SCC's sampled regime), so passing the recorded
+    ``generation.seed`` back as ``--seed`` reproduces the answer.
     """
     c, g = profile.compression, profile.generation
     checkpoint_tau = vlm.default_tau if vlm is not None else None
     checkpoint_epsilon = vlm.default_epsilon if vlm is not None else None
     tau = next(v for v in (c.tau, checkpoint_tau, PAPER_TAU) if v is not None)  # 0.0 is a threshold, not "unset"
+    if c.budget is not None and c.tau is None:
+        tau = None  # a budget searches tau (from search_start); the tau found is the answer's own ``tau``
     epsilon = next(v for v in (c.epsilon, checkpoint_epsilon, PAPER_EPSILON) if v is not None)
     compression = replace(c, tau=tau, epsilon=epsilon)
     drawn = g.with_drawn_seed()
@@ -143,14 +146,9 @@ def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profil
     return replace(profile, compression=compression, generation=drawn)
 
 
-def recorded_settings(profile: Profile) -> dict[str, Any]:
-    """The resolved profile as answers record it: what ran, loadable again with ``--profile``. With a budget, tau
-    is left auto (null): it only seeded the search, the tau found is the answer's own ``tau``, and a profile that
-    sets both tau and a budget is refused."""
-    settings = profile.to_dict()
-    if profile.compression.budget is not None:
-        settings["compression"]["tau"] = None
-    return settings
+def search_start(c: CompressionOptions) -> float:
+    """The tau SCC starts from: the profile's, else (a budget, tau auto) the paper's."""
+    return PAPER_TAU if c.tau is None else c.tau
 
 
 def model_fingerprint(vlm: VisionLanguageModel) -> str:
@@ -276,7 +274,12 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
     generator = torch.Generator(device=features.device).manual_seed(c.seed)
     t0 = time.perf_counter()
     out = compress(
-        features, tau=c.tau, epsilon=c.epsilon, tau_temporal=c.tau_temporal, budget=c.budget, generator=generator
+        features,
+        tau=search_start(c),
+        epsilon=c.epsilon,
+        tau_temporal=c.tau_temporal,
+        budget=c.budget,
+        generator=generator,
     )
     _sync(features.device)
     compression_s = time.perf_counter() - t0
@@ -324,7 +327,7 @@ def make_answers(
         "prefill": round(generated.prefill_s, 4),
         "generation": round(generated.generation_s, 4),
     }
-    settings = recorded_settings(profile)
+    settings = profile.to_dict()
     budget = _budget(compressed, profile)
     return [
         Answer(
@@ -477,9 +480,7 @@ def inspect_video(
     s = profile.sampling
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
-        return Inspection(
-            str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, recorded_settings(profile)
-        )
+        return Inspection(str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
     sweep, sweep_levels = None, None
@@ -500,7 +501,7 @@ def inspect_video(
                 sweep.append((None, n_original, n_original))  # every token: what batch's retention 1 sends
                 continue
             generator = torch.Generator(device=encoded.features.device).manual_seed(c.seed)
-            out = compress(encoded.features, tau=c.tau, epsilon=c.epsilon, tau_temporal=c.tau_temporal,
+            out = compress(encoded.features, tau=search_start(c), epsilon=c.epsilon, tau_temporal=c.tau_temporal,
                            budget=budget, generator=generator)  # fmt: skip
             sweep.append((float(out.tau), int(out.n_spatial), int(out.n_output)))
     elif sweep_taus:
@@ -531,7 +532,7 @@ def inspect_video(
         encoded.indices,
         encoded.timestamps,
         encoded.note,
-        recorded_settings(profile),
+        profile.to_dict(),
         encoded,
         compressed,
         sweep,
