@@ -185,8 +185,8 @@ def test_two_processes_write_one_stats_file_each(workdir, tiny_hf_dir):
     "bad, words",
     [
         ("colour=red", ["unknown model_args colour"]),
-        ("tau=2", ["compression.tau", "out of range"]),
-        ("retention=0", ["compression.retention", "out of range"]),
+        ("tau=2", ["error: tau 2.0 is out of range"]),
+        ("retention=0", ["error: retention 0.0 is out of range"]),
     ],
 )
 def test_bad_model_args_fail_in_one_line(workdir, tiny_hf_dir, bad, words):
@@ -348,7 +348,7 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
         ({"tau": "high"}, "tau='high' is not a number"),
         ({"batch_size": 0}, "batch_size = 0"),
         ({"newline": "maybe"}, "newline='maybe'"),
-        ({"device": "gpu"}, "model.device"),
+        ({"device": "gpu"}, "device 'gpu' is out of range"),
     ]:
         with pytest.raises(OptionError, match=message):
             parse_model_args(args)
