@@ -17,6 +17,7 @@ def _isolated_user_settings(monkeypatch, _session_home):
     """No test reads the developer's own settings (~/.config/scissor/config.yaml, SCISSOR_MODEL, ...) or writes to
     their feature cache; tests that need these set them."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(_session_home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(_session_home / "state"))  # chat's readline history
     monkeypatch.setenv("SCISSOR_CACHE_DIR", str(_session_home / "cache"))
     monkeypatch.setenv("SCISSOR_PROFILES_DIR", str(_session_home / "profiles"))
     for var in ("SCISSOR_CONFIG", "SCISSOR_MODEL", "SCISSOR_DEBUG"):
