@@ -115,6 +115,16 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def wait_for_records(proc, out: Path, n: int, timeout: float = 90.0) -> None:
+    """Wait until ``out`` holds ``n`` complete lines while ``proc`` still runs (a kill or Ctrl-C then lands mid-run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= n:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it was stopped: {proc.stderr.read().decode()[-2000:]}"
+
+
 def make_clip(path: Path, pattern: str = "testsrc", seconds: float = 1.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -506,12 +516,7 @@ def test_sigkill_mid_run_then_resume(folder, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(driver), str(folder), str(out), "1.0", str(tmp_path / "rep.json")],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the driver ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+    wait_for_records(proc, out, 1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stderr.close()
@@ -819,12 +824,7 @@ def test_ctrl_c_says_how_many_jobs_are_saved(folder, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(driver), "0.7", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before Ctrl-C: {proc.stderr.read().decode()[-2000:]}"
+    wait_for_records(proc, out, 1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     stderr = stderr.decode()

@@ -10,12 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import test_batch
-from test_batch import TESTS_DIR, FakeVLM, fake_profile, read_jsonl
+from test_batch import TESTS_DIR, FakeVLM, fake_profile, read_jsonl, wait_for_records
 
 from scissor_cli.batch import Sweep, config_hash, run_batch, run_config, sweep_from_flags
 from scissor_cli.errors import ManifestError, OptionError
@@ -151,12 +150,7 @@ def test_sigkill_mid_sweep_then_resume_adds_only_missing_levels(folder, tmp_path
     proc = subprocess.Popen([sys.executable, str(driver), str(folder), str(out), "0.5"],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the driver ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+    wait_for_records(proc, out, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     proc.stderr.close()
