@@ -34,6 +34,25 @@ def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def wrap_random(hf_model):
+    """The randomly initialised real 0.5B architecture as scissor's model seam (llava-hf layout, 384 px, newline)."""
+    from tiny_checkpoint import build_tokenizer
+
+    from scissor_cli.model import VisionLanguageModel
+
+    return VisionLanguageModel(
+        hf_model,
+        build_tokenizer(),
+        name="random llava-onevision-qwen2-0.5b-ov architecture",
+        revision=None,
+        layout="llava-hf",
+        newline=True,
+        image_size=(384, 384),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=8)
@@ -48,11 +67,10 @@ def main() -> None:
     t_import = time.perf_counter()
     import torch
     from bench_gpu import config
-    from tiny_checkpoint import build_tokenizer
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from scissor_cli.cache import FeatureCache
-    from scissor_cli.model import VisionLanguageModel, preprocess_frames
+    from scissor_cli.model import preprocess_frames
     from scissor_cli.options import GenerationOptions
     from scissor_cli.video import sample_frames
 
@@ -69,17 +87,7 @@ def main() -> None:
     t_init = time.perf_counter() - t
     n_params = sum(p.numel() for p in hf_model.parameters()) / 1e6
     log(f"instantiated random 0.5B ({n_params:.1f} M params) in {t_init:.1f} s, peak RSS {rss_gb():.2f} GB")
-    vlm = VisionLanguageModel(
-        hf_model,
-        build_tokenizer(),
-        name="random llava-onevision-qwen2-0.5b-ov architecture",
-        revision=None,
-        layout="llava-hf",
-        newline=True,
-        image_size=(384, 384),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    )
+    vlm = wrap_random(hf_model)
     clip = sample_frames(args.video, n_frames=args.frames)
     frames = clip.frames
     gen = GenerationOptions(max_new_tokens=args.new_tokens)

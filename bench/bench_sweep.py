@@ -55,12 +55,11 @@ def main() -> None:
 
     import torch
     from bench_gpu import config
-    from tiny_checkpoint import build_tokenizer
+    from bench_model import wrap_random
     from transformers import LlavaOnevisionForConditionalGeneration
 
     from scissor_cli.batch import Sweep, parse_levels, run_batch
     from scissor_cli.jobs import Job
-    from scissor_cli.model import VisionLanguageModel
     from scissor_cli.options import GenerationOptions, ModelOptions, Profile, SamplingOptions
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - a script, progress on stderr
@@ -71,17 +70,7 @@ def main() -> None:
     t = time.perf_counter()
     hf_model = LlavaOnevisionForConditionalGeneration(config("0.5b")).eval()
     log(f"instantiated the random 0.5B architecture in {time.perf_counter() - t:.1f} s")
-    vlm = VisionLanguageModel(
-        hf_model,
-        build_tokenizer(),
-        name="random llava-onevision-qwen2-0.5b-ov architecture",
-        revision=None,
-        layout="llava-hf",
-        newline=True,
-        image_size=(384, 384),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    )
+    vlm = wrap_random(hf_model)
     vision_calls: list[int] = []
     vlm.hf_model.model.vision_tower.register_forward_hook(lambda *a: vision_calls.append(1))
     profile = Profile(
