@@ -458,6 +458,9 @@ class VisionLanguageModel:
         self._prompt_cache: dict[tuple, tuple[list[int], list[int]]] = {}
         # the LLM's context: prompt + answer must fit (a chat checks it before each turn)
         self.max_positions: int | None = getattr(cfg.text_config, "max_position_embeddings", None)
+        # called before each vision chunk and each generation step (batch's decode-ahead sizes torch's thread pool
+        # there: prefetch.CoreShare); None: nothing
+        self.on_step: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return (f"VisionLanguageModel({self.name!r}, layout={self.layout}, device={self.device}, "
@@ -477,6 +480,8 @@ class VisionLanguageModel:
         chunks = []
         with torch.inference_mode():
             for start in range(0, n_frames, FRAMES_PER_CHUNK):
+                if self.on_step is not None:
+                    self.on_step()
                 pixels = preprocess_frames(
                     frames[start : start + FRAMES_PER_CHUNK], self.image_size, self.mean, self.std
                 )
@@ -645,12 +650,21 @@ class VisionLanguageModel:
                     if on_text is not None:
                         self._send(final=True)
 
-            class _Stop(StoppingCriteria):
-                def __call__(self, input_ids, scores, **kwargs):
-                    return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool,
-                                      device=input_ids.device)  # fmt: skip
+            on_step = self.on_step
 
-            stopping = StoppingCriteriaList([_Stop()]) if should_stop is not None else None
+            class _Stop(StoppingCriteria):
+                """After each step: ``on_step``, then ``should_stop`` (either may be None)."""
+
+                def __call__(self, input_ids, scores, **kwargs):
+                    if on_step is not None:
+                        on_step()
+                    stop = should_stop is not None and should_stop()
+                    return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+            hooked = should_stop is not None or on_step is not None
+            stopping = StoppingCriteriaList([_Stop()]) if hooked else None
+            if on_step is not None:
+                on_step()  # before the prefill
             streamer = _FirstToken()
             devices = [self.device] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices, enabled=sample):

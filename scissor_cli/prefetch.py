@@ -289,6 +289,18 @@ class Prefetcher:
     def _in_flight(self) -> int:
         return sum(1 for w in self._workers if w.task is not None)
 
+    def n_decoding(self) -> int:
+        """Workers decoding right now: given a video and not yet replied. Polls their sockets, never blocks (a
+        dead worker's socket reads as ready, so it does not count)."""
+        n = 0
+        for w in self._workers:
+            if w.task is not None:
+                try:
+                    n += not w.conn.poll(0)
+                except (EOFError, OSError):
+                    pass
+        return n
+
     @property
     def n_ahead(self) -> int:
         """Videos decoding or decoded and not yet taken: never more than ``n_workers`` (the memory bound)."""
@@ -388,6 +400,37 @@ class Prefetcher:
         if not ok:
             raise _unpack_error(payload)
         return payload
+
+
+class CoreShare:
+    """Keeps the main process's torch threads off the cores busy decoders use: called between model steps (the
+    model's ``on_step``), it sets torch's intra-op threads to ``max(1, base - n_decoding)``, ``base`` being the
+    count when it was made; ``restore()`` puts ``base`` back.
+
+    Why: torch's thread pool synchronises every operator across its threads; when a decoder holds one of those
+    threads' cores, each operator waits for the descheduled thread. On 2 cores with one decoder busy the tiny
+    model's time grew 5x (bench/bench_batch.py --decode-bound); with one thread it does not grow. Sized per step,
+    not once: a model that outlasts the decodes (a large model on a CPU) gets every thread back as soon as the
+    workers idle, holding their clips, so decode-ahead never halves its threads for the whole run."""
+
+    def __init__(self, prefetcher: Prefetcher):
+        import torch
+
+        self._torch = torch
+        self.prefetcher = prefetcher
+        self.base = torch.get_num_threads()
+        self.threads = self.base
+
+    def __call__(self) -> None:
+        want = max(1, self.base - self.prefetcher.n_decoding())
+        if want != self.threads:
+            self._torch.set_num_threads(want)
+            self.threads = want
+
+    def restore(self) -> None:
+        if self.threads != self.base:
+            self._torch.set_num_threads(self.base)
+            self.threads = self.base
 
 
 def decode_ahead(

@@ -20,7 +20,7 @@ from scissor_cli.batch import run_batch
 from scissor_cli.errors import OptionError, VideoError
 from scissor_cli.jobs import jobs_from_paths
 from scissor_cli.options import SamplingOptions
-from scissor_cli.prefetch import Prefetcher, decode_ahead, default_decode_workers
+from scissor_cli.prefetch import CoreShare, Prefetcher, decode_ahead, default_decode_workers
 from scissor_cli.video import sample_frames
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -155,6 +155,113 @@ def test_out_of_range_workers_is_an_option_error(videos, tmp_path):
     for bad in (-1, 1.5, True):
         with pytest.raises(OptionError, match="--decode-workers"):
             run_batch(FakeVLM, jobs, str(tmp_path / "r.jsonl"), fake_profile(), decode_workers=bad)
+
+
+# ------------------------------------------------------------------------------------ cores: model vs decoders
+@pytest.fixture
+def two_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield torch
+    torch.set_num_threads(before)
+
+
+class _Busy:
+    """A stand-in prefetcher whose ``n_decoding`` answers from a list (then its last value)."""
+
+    def __init__(self, *counts: int):
+        self.counts, self.calls = list(counts), 0
+
+    def n_decoding(self) -> int:
+        self.calls += 1
+        return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+
+
+def test_core_share_gives_busy_decoders_their_cores_and_takes_them_back(two_threads):
+    torch = two_threads
+    share = CoreShare(_Busy(1, 0, 5, 0))
+    seen = []
+    for _ in range(4):
+        share()
+        seen.append(torch.get_num_threads())
+    assert seen == [1, 2, 1, 2], "threads = max(1, base - decoders busy), re-evaluated at every call"
+    share.prefetcher = _Busy(1)
+    share()
+    share.restore()
+    assert torch.get_num_threads() == 2 and share.threads == 2
+
+
+def test_n_decoding_counts_only_workers_still_decoding(videos, tmp_path):
+    slow = make_clip(tmp_path / "slow.mp4", "testsrc2", seconds=30.0)
+    with Prefetcher([str(slow), str(videos["testsrc"])], SamplingOptions(n_frames=32), n_workers=1) as ahead:
+        assert ahead.n_decoding() == 1, "a worker that was just handed a video is decoding it"
+        (worker,) = ahead._workers
+        assert worker.conn.poll(60), "the decode did not finish"
+        assert ahead.n_decoding() == 0 and ahead.n_ahead == 1, "done but not taken: holding its clip, not decoding"
+        ahead.take(str(slow))
+        assert ahead.n_decoding() == 1  # the slot went to the next video
+
+
+class _ThreadsSeen(FakeVLM):
+    """Calls ``on_step`` like the real model does before each step; records torch's threads at each step."""
+
+    seen: list = []
+    on_step = None
+
+    def generate(self, requests, gen):
+        import torch
+
+        if self.on_step is not None:
+            self.on_step()
+        type(self).seen.append((torch.get_num_threads(), self.on_step is not None))
+        return super().generate(requests, gen)
+
+
+def test_batch_sizes_torch_threads_only_while_decoding_ahead(videos, tmp_path, monkeypatch, two_threads):
+    torch = two_threads
+    jobs = jobs_from_paths([str(videos[n]) for n in ("testsrc", "testsrc2", "smptebars")], "Q?")
+    monkeypatch.setattr(_ThreadsSeen, "seen", [])
+    run_batch(_ThreadsSeen, jobs, str(tmp_path / "inline.jsonl"), fake_profile(), batch_size=1,
+              decode_workers=0)  # fmt: skip
+    assert _ThreadsSeen.seen == [(2, False)] * 3, "inline decoding leaves torch's threads alone"
+
+    monkeypatch.setattr(Prefetcher, "n_decoding", lambda self: 1)  # a decoder is always busy
+    monkeypatch.setattr(_ThreadsSeen, "seen", [])
+    holder = []
+    run_batch(lambda: holder.append(_ThreadsSeen()) or holder[-1], jobs, str(tmp_path / "ahead.jsonl"),
+              fake_profile(), batch_size=1, decode_workers=1)  # fmt: skip
+    assert _ThreadsSeen.seen == [(1, True)] * 3, "one core left to the busy decoder"
+    assert torch.get_num_threads() == 2 and holder[0].on_step is None, "threads and the hook restored after"
+
+
+def test_the_model_calls_on_step_per_vision_chunk_and_per_generated_token(tiny_hf_dir, two_threads):
+    """The real model re-sizes the pool as decoders start and finish, not once per video."""
+    from scissor_cli.model import FRAMES_PER_CHUNK, load_model
+    from scissor_cli.options import GenerationOptions, ModelOptions
+
+    torch = two_threads
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu"))
+    busy = _Busy(1, 1, 1, 0)  # chunk 1, chunk 2, prefill: busy; then every generation step: idle
+    vlm.on_step = CoreShare(busy)
+    forward, seen = vlm.hf_model.forward, []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return forward(*args, **kwargs)
+
+    vlm.hf_model.forward = spy
+    frames = np.random.default_rng(0).integers(0, 255, (2 * FRAMES_PER_CHUNK, 98, 98, 3), dtype=np.uint8)
+    tokens = vlm.encode(frames)
+    assert busy.calls == 2, "one call per vision chunk"
+    out = vlm.generate([(tokens[:, :4].reshape(-1, tokens.shape[-1]), "What is happening?")],
+                       GenerationOptions(max_new_tokens=6, temperature=0.0))  # fmt: skip
+    n_steps = len(seen)
+    assert n_steps >= 2 and out.n_new_tokens[0] >= 2
+    assert seen[0] == 1, "the prefill runs beside the busy decoder on one thread"
+    assert seen[1:] == [2] * (n_steps - 1), "each step after a decoder finished gets both threads back"
+    assert busy.calls >= 2 + n_steps, "called before the prefill and after every step"
 
 
 # --------------------------------------------------------------------------------------------- Ctrl-C cleanup
