@@ -57,6 +57,7 @@ MODEL_ARGS: dict[str, tuple[str | None, str]] = {
     "newline": ("newline", "bool|auto"),
     "seed": ("seed", "int"),
     "offline": ("offline", "bool"),
+    "decode_workers": (None, "int"),
 }
 # lmms-eval's evaluator passes these to every model (from --batch_size, --max_batch_size, --device).
 HARNESS_ARGS = ("batch_size", "max_batch_size", "device")
@@ -123,6 +124,7 @@ class Settings:
     profile: Profile
     batch_size: int
     pretrained: str | None  # as given (lmms-eval names its results folder after it)
+    decode_workers: int  # processes decoding the next videos while the model works (0: inline)
 
 
 def parse_model_args(args: dict[str, Any]) -> Settings:
@@ -145,6 +147,13 @@ def parse_model_args(args: dict[str, Any]) -> Settings:
     batch_size = values.get("batch_size", 1)
     if batch_size < 1:
         raise OptionError(f"batch_size = {batch_size} is out of range", hint="batch_size must be an integer >= 1")
+    from scissor_cli.prefetch import check_decode_workers, default_decode_workers
+
+    decode_workers = values.get("decode_workers", default_decode_workers())
+    try:
+        check_decode_workers(decode_workers)
+    except OptionError as e:
+        raise OptionError(_flag_names(e.message) or e.message, hint=_flag_names(e.hint)) from e
     flags: dict[str, Any] = {"profile": values.get("profile"), "no_compress": False, "offline": False}
     for key, value in values.items():
         name = MODEL_ARGS[key][0]
@@ -154,7 +163,8 @@ def parse_model_args(args: dict[str, Any]) -> Settings:
         profile = profile_from_flags(flags)
     except OptionError as e:
         raise OptionError(_flag_names(e.message) or e.message, hint=_flag_names(e.hint)) from e
-    return Settings(profile=profile, batch_size=batch_size, pretrained=values.get("pretrained"))
+    return Settings(profile=profile, batch_size=batch_size, pretrained=values.get("pretrained"),
+                    decode_workers=decode_workers)  # fmt: skip
 
 
 def generation_options(base: GenerationOptions, gen_kwargs: dict[str, Any]) -> GenerationOptions:
@@ -303,6 +313,7 @@ class Scissor(lmms):
             )
         self._rank, self._world_size = rank, world_size
         self.batch_size_per_gpu = settings.batch_size
+        self.decode_workers = settings.decode_workers
         argv = list(sys.argv)
         output_path = lmms_eval_output_path(argv)
         self.stats_file = stats_path(output_path, settings.pretrained, rank, argv) if output_path else None
@@ -373,15 +384,24 @@ class Scissor(lmms):
     def _run(self, parsed: list[_Request], n: int) -> list[str]:
         from tqdm import tqdm
 
+        from scissor_cli.cache import FeatureCache
+        from scissor_cli.prefetch import CoreShare, decode_ahead
+
         results: list[str | None] = [None] * n
         by_video: dict[str, list[_Request]] = {}
         for r in parsed:
             by_video.setdefault(r.video, []).append(r)
         seen: dict[str, list[float]] = {}  # task -> retention per sample, for the summary lines
         bar = tqdm(total=n, disable=self.rank != 0, desc="scissor")
+        cache = FeatureCache() if self.profile.model.cache else None
+        # the next videos decode in worker processes while the model answers this one (batch's decode-ahead)
+        ahead = decode_ahead(list(by_video), self.profile, self.decode_workers, self.vlm, cache)
+        share = None
+        if ahead is not None:
+            share = self.vlm.on_step = CoreShare(ahead)
         try:
             for video, group in by_video.items():
-                for r, a, n_batch, shared in self._answer_video(video, group):
+                for r, a, n_batch, shared in self._answer_video(video, group, ahead, cache):
                     text = stop_at(a.answer, r.until)
                     results[r.index] = text
                     self._write(_stats_record(r, a, text, n_batch, shared=shared, rank=self.rank))
@@ -389,19 +409,26 @@ class Scissor(lmms):
                     bar.update(1)
         finally:
             bar.close()  # ends its line, so an error starts on a fresh one
+            if ahead is not None:  # also on an error or Ctrl-C: no worker or ffmpeg child is left behind
+                ahead.close()
+            if share is not None:
+                self.vlm.on_step = None
+                share.restore()
         for task, values in seen.items():
             self._write({"task": task, "summary": True, "n_samples": len(values), "mean_retention": _mean(values)})
         return [r if r is not None else "" for r in results]
 
-    def _answer_video(self, video: str, group: list[_Request]) -> Iterator[tuple[_Request, Answer, int, bool]]:
+    def _answer_video(
+        self, video: str, group: list[_Request], ahead: Any = None, cache: Any = None
+    ) -> Iterator[tuple[_Request, Answer, int, bool]]:
         """Every question about one video from one encoding, ``batch_size`` questions per ``generate`` call.
-        Yields (request, answer, rows in its generate call, whether the encoding was made for an earlier one)."""
-        from scissor_cli import video as video_io
+        Yields (request, answer, rows in its generate call, whether the encoding was made for an earlier one).
+        ``ahead``: the decode-ahead ``Prefetcher`` holding this video's frames (None: decode here)."""
         from scissor_cli.pipeline import compress_video, encode_video, make_answers
 
         try:
-            with video_io.opened(video) as info:
-                encoded = encode_video(self.vlm, video, self.profile, info=info)
+            decoded = ahead.take(video) if ahead is not None else None  # raises this video's decode error
+            encoded = encode_video(self.vlm, video, self.profile, cache=cache, decoded=decoded)
             compressed = compress_video(encoded, self.profile)
         except ScissorError as e:  # name the docs: lmms-eval's task data holds the bad video
             docs = ", ".join(f"doc {r.doc_id}" for r in group[:3]) + (", ..." if len(group) > 3 else "")

@@ -68,8 +68,16 @@ def available_cores() -> int:
 
 def default_decode_workers(cores: int | None = None) -> int:
     """One core for the main process (model, SCC, writing), the rest decode: ``clamp(cores - 1, 1, 8)``.
-    decord and ffmpeg decode an H.264 stream on about one core each here (bench/bench_batch.py measures it)."""
-    cores = available_cores() if cores is None else cores
+    decord and ffmpeg decode an H.264 stream on about one core each here (bench/bench_batch.py measures it).
+    ``cores`` defaults to this process's share of the machine: its cores divided by the processes a launcher
+    started on it (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate), so 8 ranks on 16 cores decode with one
+    worker each, not seven."""
+    if cores is None:
+        try:
+            local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            local = 1
+        cores = available_cores() // local
     return max(1, min(cores - 1, MAX_AUTO_WORKERS))
 
 

@@ -258,6 +258,39 @@ def test_one_encoding_per_video_and_answers_in_request_order(model, clips, monke
 
 
 @needs_lmms_eval
+def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, clips, monkeypatch):
+    """The next videos decode in worker processes (model_args decode_workers, default as batch's); answers equal
+    inline decoding's, torch's threads and the model's hook are restored, and no worker outlives the call."""
+    import torch
+
+    from scissor_cli import prefetch
+
+    docs = [{"visual": [clips[i % 2]], "question": q} for i, q in enumerate(QUESTIONS * 2)]
+    threads = torch.get_num_threads()
+    model.decode_workers = 0
+    inline = model.generate_until(requests(model, docs, GREEDY))
+    started = []
+    real_start = prefetch.Prefetcher.start
+    def start(self):
+        real_start(self)
+        started.append((self, list(self.pids)))
+
+    monkeypatch.setattr(prefetch.Prefetcher, "start", start)
+    model.decode_workers = 2
+    try:
+        ahead = model.generate_until(requests(model, docs, GREEDY))
+    finally:
+        model.decode_workers = 0
+    assert ahead == inline, "decode-ahead changed an answer"
+    ((prefetcher, pids),) = started
+    assert prefetcher.n_sent == len(clips) and len(pids) == 2, "each video decoded once, in a worker"
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # stopped and reaped: not even a zombie
+    assert model.vlm.on_step is None and torch.get_num_threads() == threads
+
+
+@needs_lmms_eval
 def test_generation_kwargs_until_and_max_new_tokens(model, clips):
     doc = [{"visual": [clips[0]], "question": QUESTIONS[0]}]
     full = model.generate_until(requests(model, doc, {"max_new_tokens": 8}))[0]
@@ -336,6 +369,9 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
     assert (p.sampling.n_frames, p.compression.seed, p.generation.seed) == (6, 3, 3)
     assert (p.model.model, p.model.device, p.model.dtype) == (str(tiny_hf_dir), "cpu", "float32")
     assert (p.model.newline, p.model.offline, s.batch_size) == (False, True, 4)
+    from scissor_cli.prefetch import default_decode_workers
+
+    assert s.decode_workers == default_decode_workers() and parse_model_args({"decode_workers": 0}).decode_workers == 0
     assert parse_model_args({"max_frames_num": 12, "tokens": 20}).profile.sampling.n_frames == 12
     assert parse_model_args({"tokens": 20}).profile.compression.tokens == 20
     assert parse_model_args({"retention": 0.25}).profile.compression.retention == 0.25
@@ -349,6 +385,8 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
         ({"batch_size": 0}, "batch_size = 0"),
         ({"newline": "maybe"}, "newline='maybe'"),
         ({"device": "gpu"}, "device 'gpu' is out of range"),
+        ({"decode_workers": -1}, "^decode_workers -1 is out of range"),
+        ({"decode_workers": 1.5}, "decode_workers=1.5 is not an integer"),
     ]:
         with pytest.raises(OptionError, match=message):
             parse_model_args(args)

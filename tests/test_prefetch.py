@@ -47,8 +47,14 @@ def without_timings(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "timings_s"}
 
 
-def test_default_workers_leave_one_core_for_the_model():
+def test_default_workers_leave_one_core_for_the_model(monkeypatch):
     assert [default_decode_workers(n) for n in (1, 2, 3, 4, 16, 64)] == [1, 1, 2, 3, 8, 8]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_decode_workers() == 8
+    for local, expected in (("2", 7), ("4", 3), ("8", 1), ("32", 1), ("junk", 8)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert default_decode_workers() == expected, f"{local} processes share the 16 cores"
     # nothing to overlap: no worker processes at all
     assert decode_ahead(["a.mp4", "b.mp4"], fake_profile(), 0) is None
     assert decode_ahead(["a.mp4"], fake_profile(), 4) is None
