@@ -271,6 +271,7 @@ def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, c
     inline = model.generate_until(requests(model, docs, GREEDY))
     started = []
     real_start = prefetch.Prefetcher.start
+
     def start(self):
         real_start(self)
         started.append((self, list(self.pids)))
