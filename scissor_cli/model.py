@@ -55,6 +55,13 @@ NEXT_KEY_MAPPING = {
     r"^model\.(embed_tokens|layers|norm)\.": r"model.language_model.\1.",
 }
 NEXT_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+# the way back, to name a missing or unexpected weight as the checkpoint's files spell it
+NEXT_STORED_NAMES = {
+    r"^model\.vision_tower\.": NEXT_VISION_PREFIX,
+    r"^model\.multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
+    r"^model\.multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
+    r"^model\.language_model\.": "model.",
+}
 # Qwen2 fields of a LlavaQwenConfig that carry over to the text config unchanged
 QWEN2_FIELDS = (
     "vocab_size",
@@ -844,11 +851,22 @@ def _zip_setting(raw: dict, key: str, name: str) -> float | None:
     return float(value)
 
 
+def _stored_name(key: str) -> str:
+    """A transformers parameter name -> the name an original-layout checkpoint stores it under."""
+    for pattern, stored in NEXT_STORED_NAMES.items():
+        if re.match(pattern, key):
+            return re.sub(pattern, stored, key)
+    return key
+
+
 def _check_loading_info(info: dict, config, name: str, layout: str) -> None:
     """transformers keeps random weights for missing keys and ignores unexpected ones; both are errors here."""
     tied = bool(getattr(config, "tie_word_embeddings", False) or config.text_config.tie_word_embeddings)
-    missing = sorted(k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight"))
-    unexpected = sorted(info.get("unexpected_keys", []))
+    missing = [k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight")]
+    unexpected = list(info.get("unexpected_keys", []))
+    if layout == "llava-next":  # transformers reports its own names; say what the files store (or should)
+        missing, unexpected = ([_stored_name(k) for k in keys] for keys in (missing, unexpected))
+    missing, unexpected = sorted(missing), sorted(unexpected)
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", []))
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
