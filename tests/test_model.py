@@ -442,10 +442,13 @@ def test_published_names_load_into_the_right_parameters(tiny_next_dir, tiny_zip_
     assert sorted(used) == sorted(state), f"stored but not loaded: {sorted(set(state) - set(used))[:5]}"
 
 
-@pytest.mark.parametrize("change", ["siglip-head", "no-post-layernorm"])
-def test_original_checkpoint_with_a_siglip_head_or_without_post_layernorm_is_refused(tiny_next_dir, tmp_path, change):
-    d, state = _published_checkpoint(tiny_next_dir, tmp_path / change, tied=True)
-    if change == "siglip-head":  # LLaVA-NeXT replaces SigLIP's pooling head: a checkpoint with one is not its own
+@pytest.mark.parametrize("change", ["siglip-head", "no-post-layernorm", "untied-without-lm-head"])
+def test_original_checkpoint_with_a_siglip_head_or_a_missing_weight_is_refused(tiny_next_dir, tmp_path, change):
+    d, state = _published_checkpoint(tiny_next_dir, tmp_path / change, tied=change != "untied-without-lm-head")
+    if change == "untied-without-lm-head":  # only a tied output layer may be absent
+        del state["lm_head.weight"]
+        expected = "1 missing weight(s): lm_head.weight"
+    elif change == "siglip-head":  # LLaVA-NeXT replaces SigLIP's pooling head: a checkpoint with one is not its own
         state[VISION + "head.probe"] = torch.zeros(1, 1, 64)
         state[VISION + "head.layernorm.weight"] = torch.ones(64)
         expected = f"2 unexpected weight(s): {VISION}head.layernorm.weight, {VISION}head.probe"
