@@ -10,7 +10,7 @@ import torch
 from published_keys import VISION, published_keys, published_shapes
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_checkpoint import build_tiny_checkpoint
+from tiny_checkpoint import QWEN2_CHAT_TEMPLATE, build_tiny_checkpoint
 
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.model import GenerationOutput, detect_layout, load_model, preprocess_frames
@@ -461,3 +461,68 @@ def test_original_checkpoint_with_a_siglip_head_or_a_missing_weight_is_refused(t
     # named as the checkpoint spells them (not by transformers' in-memory names), nothing else reported
     assert e.value.message == f"model {d} (llava-next layout) does not match LLaVA-OneVision: {expected}"
     assert "re-download" in e.value.hint
+
+
+# ---------------------------------------------------------------------------------------------- original prompt
+# LLaVA-NeXT's qwen conversation format, which the lmms-lab and LLaVA-Scissor authors prompt these checkpoints with;
+# the video stands where "<image>" stood.
+NEXT_ONE_TURN = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+    "\nWhat is happening?<|im_end|>\n<|im_start|>assistant\n",
+)
+NEXT_THREE_TURNS = (
+    NEXT_ONE_TURN[0],
+    "\nWhat is happening?<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n"
+    "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\nIn the park.<|im_end|>\n"
+    "<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n",
+)
+HISTORY = (("What is happening?", "A dog runs."), ("Where?", "In the park."))
+# Qwen2.5-Instruct's kind of template (restated in short): another default system turn, a tools block
+QWEN25_STYLE_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_original_layout_prompt_is_llava_next_qwen_format(next_vlm):
+    assert next_vlm._prompt_text("What is happening?") == NEXT_ONE_TURN
+    assert next_vlm._prompt_text("And then?", HISTORY) == NEXT_THREE_TURNS
+    before, after = next_vlm.prompt_ids("And then?", HISTORY)
+    assert next_vlm.tokenizer.decode(before) + "<image>" + next_vlm.tokenizer.decode(after) == "<image>".join(
+        NEXT_THREE_TURNS
+    ), "the ids are the text's, special tokens included"
+
+
+def test_original_layout_prompt_equals_qwen2_instruct_template(next_vlm):
+    """Qwen2-Instruct's template (the one lmms-lab's tokenizers carry) with "<image>\n" before the first question
+    renders the same text, for one turn and with history."""
+    import jinja2
+
+    template = jinja2.Environment().from_string(QWEN2_CHAT_TEMPLATE)
+    one = [{"role": "user", "content": "<image>\nWhat is happening?"}]
+    three = [
+        *one,
+        {"role": "assistant", "content": "A dog runs."},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": "In the park."},
+        {"role": "user", "content": "And then?"},
+    ]
+    for (question, history), messages in ((("What is happening?", ()), one), (("And then?", HISTORY), three)):
+        rendered = template.render(messages=messages, add_generation_prompt=True)
+        assert "<image>".join(next_vlm._prompt_text(question, history)) == rendered
+
+
+def test_original_layout_prompt_ignores_the_tokenizers_own_template(tiny_next_dir, tmp_path):
+    """A LLaVA-Scissor baseline may ship a Qwen2.5 tokenizer, whose template opens with another system turn; the
+    checkpoint was still trained and evaluated with LLaVA-NeXT's format, so the prompt must not change."""
+    d = _copy(tiny_next_dir, tmp_path / "qwen25-template")
+    (d / "chat_template.jinja").write_text(QWEN25_STYLE_TEMPLATE)
+    vlm = load_model(ModelOptions(model=str(d), device="cpu"))
+    assert "You are Qwen" in vlm.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False), (
+        "the tokenizer must really carry the other template, or this test proves nothing"
+    )
+    assert vlm._prompt_text("What is happening?") == NEXT_ONE_TURN
+    assert vlm._prompt_text("And then?", HISTORY) == NEXT_THREE_TURNS
