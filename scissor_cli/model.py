@@ -55,6 +55,13 @@ NEXT_KEY_MAPPING = {
     r"^model\.(embed_tokens|layers|norm)\.": r"model.language_model.\1.",
 }
 NEXT_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+# the way back, to name a missing or unexpected weight as the checkpoint's files spell it
+NEXT_STORED_NAMES = {
+    r"^model\.vision_tower\.": NEXT_VISION_PREFIX,
+    r"^model\.multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
+    r"^model\.multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
+    r"^model\.language_model\.": "model.",
+}
 # Qwen2 fields of a LlavaQwenConfig that carry over to the text config unchanged
 QWEN2_FIELDS = (
     "vocab_size",
@@ -494,8 +501,9 @@ class VisionLanguageModel:
 
     # ------------------------------------------------------------------ prompt
     def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
-        """Token ids before and after the video in the checkpoint's chat prompt for ``question`` (user turn =
-        [video, text], generation prompt added). Never relies on a <video> id being in the vocabulary.
+        """Token ids before and after the video in the checkpoint's prompt for ``question`` (user turn = [video,
+        text], generation prompt added; which format: ``_prompt_text``). Never relies on a <video> id being in the
+        vocabulary.
 
         ``history``: earlier (question, answer) turns of a conversation; the video stays in the first user turn and
         ``question`` becomes the last one (empty history: the single-question prompt ``ask`` uses)."""
@@ -515,12 +523,17 @@ class VisionLanguageModel:
         return len(before) + n_video + int(self.newline) + len(after)
 
     def _prompt_text(self, question: str, history: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
+        """The prompt's text before and after the video. llava-hf checkpoints: their own chat template.
+        Original-layout checkpoints: LLaVA-NeXT's qwen conversation format, whatever template the tokenizer
+        carries (their authors prompt them that way; a Qwen2.5 tokenizer's template has another system turn)."""
         import jinja2
 
         tok = self.tokenizer
         # the conversation's questions in order, the first one carrying the video, answers in between
         questions = [q for q, _ in history] + [question]
         answers = [a for _, a in history]
+        if self.layout == "llava-next":
+            return _qwen_conversation(questions, answers)
         video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
         if tok.chat_template:
             if video_token:
@@ -538,18 +551,13 @@ class VisionLanguageModel:
                 if video_token in text and question in text.split(video_token, 1)[1]:
                     before, after = text.split(video_token, 1)
                     return before, after
-            # String-content templates (Qwen2's, shipped by lmms-lab): LLaVA-NeXT's qwen_1_5 turn "<image>\n{text}".
+            # A string-content template: the video as its own line before the first question.
             conv = _conversation(f"{VIDEO_MARK}\n{questions[0]}", questions, answers, lambda text: text)
             text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
             if text.count(VIDEO_MARK) == 1:
                 before, after = text.split(VIDEO_MARK)
                 return before, after
-        # No usable template: LLaVA-NeXT's qwen_1_5 conversation format, written out.
-        before = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-        after = f"\n{questions[0]}<|im_end|>\n"
-        for answer, later in zip(answers, questions[1:], strict=True):
-            after += f"<|im_start|>assistant\n{answer}<|im_end|>\n<|im_start|>user\n{later}<|im_end|>\n"
-        return before, after + "<|im_start|>assistant\n"
+        return _qwen_conversation(questions, answers)  # no usable template
 
     # ------------------------------------------------------------------ generate
     def embed_request(
@@ -705,6 +713,17 @@ class VisionLanguageModel:
         return ids
 
 
+def _qwen_conversation(questions: list[str], answers: list[str]) -> tuple[str, str]:
+    """LLaVA-NeXT's qwen conversation format (its ``qwen_1_5`` / ``qwen_2`` templates), split where its ``<image>``
+    placeholder stands: the default system turn, the video then a newline then the first question in the first
+    user turn, earlier answers as assistant turns, and the opened assistant turn at the end."""
+    before = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    after = f"\n{questions[0]}<|im_end|>\n"
+    for answer, later in zip(answers, questions[1:], strict=True):
+        after += f"<|im_start|>assistant\n{answer}<|im_end|>\n<|im_start|>user\n{later}<|im_end|>\n"
+    return before, after + "<|im_start|>assistant\n"
+
+
 def _conversation(first: Any, questions: list[str], answers: list[str], content: Callable[[str], Any]) -> list[dict]:
     """Chat-template messages: the first user turn's content as given (it carries the video), then alternating
     assistant and user turns, each text wrapped by ``content`` (structured parts or a plain string)."""
@@ -858,11 +877,22 @@ def _zip_setting(raw: dict, key: str, name: str) -> float | None:
     return float(value)
 
 
+def _stored_name(key: str) -> str:
+    """A transformers parameter name -> the name an original-layout checkpoint stores it under."""
+    for pattern, stored in NEXT_STORED_NAMES.items():
+        if re.match(pattern, key):
+            return re.sub(pattern, stored, key)
+    return key
+
+
 def _check_loading_info(info: dict, config, name: str, layout: str) -> None:
     """transformers keeps random weights for missing keys and ignores unexpected ones; both are errors here."""
     tied = bool(getattr(config, "tie_word_embeddings", False) or config.text_config.tie_word_embeddings)
-    missing = sorted(k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight"))
-    unexpected = sorted(info.get("unexpected_keys", []))
+    missing = [k for k in info.get("missing_keys", []) if not (tied and k == "lm_head.weight")]
+    unexpected = list(info.get("unexpected_keys", []))
+    if layout == "llava-next":  # transformers reports its own names; say what the files store (or should)
+        missing, unexpected = ([_stored_name(k) for k in keys] for keys in (missing, unexpected))
+    missing, unexpected = sorted(missing), sorted(unexpected)
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", []))
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):

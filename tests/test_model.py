@@ -7,8 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from published_keys import VISION, published_keys, published_shapes
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tiny_checkpoint import build_tiny_checkpoint
+from tiny_checkpoint import QWEN2_CHAT_TEMPLATE, build_tiny_checkpoint
 
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.model import GenerationOutput, detect_layout, load_model, preprocess_frames
@@ -355,3 +357,172 @@ def test_original_layout_with_rotary_buffers_loads_the_same_weights(tiny_next_di
     ours = dict(vlm.hf_model.named_parameters())
     for name, param in hf_vlm.hf_model.named_parameters():
         assert torch.equal(ours[name], param), f"{name} differs from the llava-hf twin"
+
+
+# ---------------------------------------------------------------------------------------------- original key names
+# tests/tiny_checkpoint.py's sizes, restated: 2 Qwen2 layers of width 64 (4 heads, 2 KV heads), 2 SigLIP layers of
+# width 64, 98-px frames in 14-px patches, a 400-token vocabulary.
+TINY = dict(vocab=400, hidden=64, intermediate=128, n_heads=4, n_kv_heads=2, vision_hidden=64,
+            vision_intermediate=128, image_size=98, patch=14, n_text_layers=2, n_vision_layers=2)  # fmt: skip
+# original name -> where transformers' LlavaOnevisionForConditionalGeneration keeps it, written out here rather than
+# taken from the loader's NEXT_KEY_MAPPING
+LANDS_IN = {
+    "model.embed_tokens.weight": "model.language_model.embed_tokens.weight",
+    "model.layers.0.input_layernorm.weight": "model.language_model.layers.0.input_layernorm.weight",
+    "model.layers.0.self_attn.q_proj.bias": "model.language_model.layers.0.self_attn.q_proj.bias",
+    "model.layers.1.self_attn.o_proj.weight": "model.language_model.layers.1.self_attn.o_proj.weight",
+    "model.layers.1.mlp.down_proj.weight": "model.language_model.layers.1.mlp.down_proj.weight",
+    "model.norm.weight": "model.language_model.norm.weight",
+    "model.image_newline": "model.image_newline",
+    "model.mm_projector.0.weight": "model.multi_modal_projector.linear_1.weight",
+    "model.mm_projector.0.bias": "model.multi_modal_projector.linear_1.bias",
+    "model.mm_projector.2.weight": "model.multi_modal_projector.linear_2.weight",
+    "model.mm_projector.2.bias": "model.multi_modal_projector.linear_2.bias",
+    VISION + "embeddings.patch_embedding.weight": "model.vision_tower.embeddings.patch_embedding.weight",
+    VISION + "embeddings.position_embedding.weight": "model.vision_tower.embeddings.position_embedding.weight",
+    VISION + "encoder.layers.0.self_attn.q_proj.weight": "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight",
+    VISION + "encoder.layers.1.mlp.fc2.bias": "model.vision_tower.encoder.layers.1.mlp.fc2.bias",
+    VISION + "post_layernorm.weight": "model.vision_tower.post_layernorm.weight",
+    VISION + "post_layernorm.bias": "model.vision_tower.post_layernorm.bias",
+}
+
+
+def _published_checkpoint(template_dir, out_dir, tied: bool, seed: int = 7):
+    """A checkpoint whose weights are built from the published key list alone (random values, the tiny shapes);
+    config.json and tokenizer from ``template_dir``. Returns (directory, the stored tensors)."""
+    d = _copy(template_dir, out_dir)
+    shapes = published_shapes(**TINY, tied=tied)
+    generator = torch.Generator().manual_seed(seed)
+    state = {key: torch.randn(shape, generator=generator) for key, shape in sorted(shapes.items())}
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((d / "config.json").read_text())
+    config["tie_word_embeddings"] = tied
+    (d / "config.json").write_text(json.dumps(config))
+    return d, state
+
+
+def test_tiny_original_checkpoint_stores_exactly_the_published_names(tiny_next_dir):
+    """The llava-next test checkpoint is renamed from a transformers model by the builder; if that renaming drifted
+    (towards whatever the loader expects), every other original-layout test would agree with a wrong loader."""
+    with safe_open(str(tiny_next_dir / "model.safetensors"), framework="pt") as f:
+        stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    expected = published_shapes(**TINY, tied=True)
+    assert set(stored) == published_keys(2, 2, tied=True), (
+        f"extra {sorted(set(stored) - set(expected))[:5]}, missing {sorted(set(expected) - set(stored))[:5]}"
+    )
+    assert stored == expected
+
+
+@pytest.mark.parametrize("variant", ["0.5b-tied", "7b-untied", "scissor-zip"])
+def test_published_names_load_into_the_right_parameters(tiny_next_dir, tiny_zip_dir, tmp_path, variant):
+    template = tiny_zip_dir if variant == "scissor-zip" else tiny_next_dir
+    tied = variant != "7b-untied"
+    d, state = _published_checkpoint(template, tmp_path / variant, tied=tied)
+    vlm = load_model(ModelOptions(model=str(d), device="cpu"))  # raises on any missing/unexpected weight
+    assert vlm.layout == "llava-next"
+    if variant == "scissor-zip":
+        assert (vlm.default_tau, vlm.default_epsilon) == (0.8, 0.1)
+    params = dict(vlm.hf_model.named_parameters(remove_duplicate=False))
+    for original, ours in LANDS_IN.items():
+        assert torch.equal(params[ours], state[original]), f"{original} did not land in {ours}"
+    lm_head, embed = params["lm_head.weight"], params["model.language_model.embed_tokens.weight"]
+    if tied:  # 0.5B: no lm_head stored; the output layer is the embedding matrix
+        assert "lm_head.weight" not in state and lm_head.data_ptr() == embed.data_ptr()
+    else:  # 7B: its own output layer, loaded, not tied to the embeddings
+        assert torch.equal(lm_head, state["lm_head.weight"]) and lm_head.data_ptr() != embed.data_ptr()
+        assert not torch.equal(lm_head, embed)
+    # every parameter holds exactly one stored tensor and every stored tensor is used: nothing left at its random
+    # initialisation, nothing loaded twice
+    unique = dict(vlm.hf_model.named_parameters())
+    used = []
+    for name, param in unique.items():
+        sources = [k for k, v in state.items() if v.shape == param.shape and torch.equal(v, param)]
+        assert len(sources) == 1, f"{name} holds {len(sources)} stored tensors: {sources[:3]}"
+        used += sources
+    assert sorted(used) == sorted(state), f"stored but not loaded: {sorted(set(state) - set(used))[:5]}"
+
+
+@pytest.mark.parametrize("change", ["siglip-head", "no-post-layernorm", "untied-without-lm-head"])
+def test_original_checkpoint_with_a_siglip_head_or_a_missing_weight_is_refused(tiny_next_dir, tmp_path, change):
+    d, state = _published_checkpoint(tiny_next_dir, tmp_path / change, tied=change != "untied-without-lm-head")
+    if change == "untied-without-lm-head":  # only a tied output layer may be absent
+        del state["lm_head.weight"]
+        expected = "1 missing weight(s): lm_head.weight"
+    elif change == "siglip-head":  # LLaVA-NeXT replaces SigLIP's pooling head: a checkpoint with one is not its own
+        state[VISION + "head.probe"] = torch.zeros(1, 1, 64)
+        state[VISION + "head.layernorm.weight"] = torch.ones(64)
+        expected = f"2 unexpected weight(s): {VISION}head.layernorm.weight, {VISION}head.probe"
+    else:
+        del state[VISION + "post_layernorm.weight"], state[VISION + "post_layernorm.bias"]
+        expected = f"2 missing weight(s): {VISION}post_layernorm.bias, {VISION}post_layernorm.weight"
+    save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelError) as e:
+        load_model(ModelOptions(model=str(d), device="cpu"))
+    # named as the checkpoint spells them (not by transformers' in-memory names), nothing else reported
+    assert e.value.message == f"model {d} (llava-next layout) does not match LLaVA-OneVision: {expected}"
+    assert "re-download" in e.value.hint
+
+
+# ---------------------------------------------------------------------------------------------- original prompt
+# LLaVA-NeXT's qwen conversation format, which the lmms-lab and LLaVA-Scissor authors prompt these checkpoints with;
+# the video stands where "<image>" stood.
+NEXT_ONE_TURN = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+    "\nWhat is happening?<|im_end|>\n<|im_start|>assistant\n",
+)
+NEXT_THREE_TURNS = (
+    NEXT_ONE_TURN[0],
+    "\nWhat is happening?<|im_end|>\n<|im_start|>assistant\nA dog runs.<|im_end|>\n"
+    "<|im_start|>user\nWhere?<|im_end|>\n<|im_start|>assistant\nIn the park.<|im_end|>\n"
+    "<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n",
+)
+HISTORY = (("What is happening?", "A dog runs."), ("Where?", "In the park."))
+# Qwen2.5-Instruct's kind of template (restated in short): another default system turn, a tools block
+QWEN25_STYLE_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_original_layout_prompt_is_llava_next_qwen_format(next_vlm):
+    assert next_vlm._prompt_text("What is happening?") == NEXT_ONE_TURN
+    assert next_vlm._prompt_text("And then?", HISTORY) == NEXT_THREE_TURNS
+    before, after = next_vlm.prompt_ids("And then?", HISTORY)
+    assert next_vlm.tokenizer.decode(before) + "<image>" + next_vlm.tokenizer.decode(after) == "<image>".join(
+        NEXT_THREE_TURNS
+    ), "the ids are the text's, special tokens included"
+
+
+def test_original_layout_prompt_equals_qwen2_instruct_template(next_vlm):
+    """Qwen2-Instruct's template (the one lmms-lab's tokenizers carry) with "<image>\n" before the first question
+    renders the same text, for one turn and with history."""
+    import jinja2
+
+    template = jinja2.Environment().from_string(QWEN2_CHAT_TEMPLATE)
+    one = [{"role": "user", "content": "<image>\nWhat is happening?"}]
+    three = [
+        *one,
+        {"role": "assistant", "content": "A dog runs."},
+        {"role": "user", "content": "Where?"},
+        {"role": "assistant", "content": "In the park."},
+        {"role": "user", "content": "And then?"},
+    ]
+    for (question, history), messages in ((("What is happening?", ()), one), (("And then?", HISTORY), three)):
+        rendered = template.render(messages=messages, add_generation_prompt=True)
+        assert "<image>".join(next_vlm._prompt_text(question, history)) == rendered
+
+
+def test_original_layout_prompt_ignores_the_tokenizers_own_template(tiny_next_dir, tmp_path):
+    """A LLaVA-Scissor baseline may ship a Qwen2.5 tokenizer, whose template opens with another system turn; the
+    checkpoint was still trained and evaluated with LLaVA-NeXT's format, so the prompt must not change."""
+    d = _copy(tiny_next_dir, tmp_path / "qwen25-template")
+    (d / "chat_template.jinja").write_text(QWEN25_STYLE_TEMPLATE)
+    vlm = load_model(ModelOptions(model=str(d), device="cpu"))
+    assert "You are Qwen" in vlm.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False), (
+        "the tokenizer must really carry the other template, or this test proves nothing"
+    )
+    assert vlm._prompt_text("What is happening?") == NEXT_ONE_TURN
+    assert vlm._prompt_text("And then?", HISTORY) == NEXT_THREE_TURNS
