@@ -172,7 +172,8 @@ def test_two_processes_write_one_stats_file_each(workdir, tiny_hf_dir):
     run = lmms_eval(workdir, f"pretrained={tiny_hf_dir},retention=0.1,max_frames_num=4", "out_mp", launcher=launcher)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout[-3000:] + run.stderr[-3000:]
     assert len(outputs(workdir / "out_mp", "results.json")) == 1
-    files = outputs(workdir / "out_mp", "scissor_stats")
+    # each rank stamps its file with its own clock: the two stamps can straddle a second, so order by rank
+    files = sorted(outputs(workdir / "out_mp", "scissor_stats"), key=lambda f: f.name.rsplit("_", 1)[-1])
     assert [f.name.rsplit("_", 1)[-1] for f in files] == ["rank0.jsonl", "rank1.jsonl"], files
     per_rank = [[r for r in read_jsonl(f) if not r.get("summary")] for f in files]
     assert all(r["rank"] == rank for rank, records in enumerate(per_rank) for r in records)
@@ -266,6 +267,8 @@ def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, c
     from scissor_cli import prefetch
 
     docs = [{"visual": [clips[i % 2]], "question": q} for i, q in enumerate(QUESTIONS * 2)]
+    # no feature cache: the inline run would fill it, and cached videos are (rightly) never decoded ahead
+    monkeypatch.setattr(model, "profile", model.profile.override(model={"cache": False}))
     threads = torch.get_num_threads()
     model.decode_workers = 0
     inline = model.generate_until(requests(model, docs, GREEDY))
@@ -277,6 +280,11 @@ def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, c
         started.append((self, list(self.pids)))
 
     monkeypatch.setattr(prefetch.Prefetcher, "start", start)
+    from scissor_cli import video as video_io
+
+    here = []  # decodes in this process (the workers are other processes)
+    real_sample = video_io.sample_frames
+    monkeypatch.setattr(video_io, "sample_frames", lambda *a, **k: here.append(a[0]) or real_sample(*a, **k))
     model.decode_workers = 2
     try:
         ahead = model.generate_until(requests(model, docs, GREEDY))
@@ -285,6 +293,7 @@ def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, c
     assert ahead == inline, "decode-ahead changed an answer"
     ((prefetcher, pids),) = started
     assert prefetcher.n_sent == len(clips) and len(pids) == 2, "each video decoded once, in a worker"
+    assert here == [], "the workers' frames were used, not decoded again here"
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # stopped and reaped: not even a zombie
