@@ -435,7 +435,7 @@ class Scissor(lmms):
             raise type(e)(f"task {group[0].task} ({docs}): {e.message}", hint=e.hint) from e
         first = True
         for chunk in _chunks(group, self.batch_size_per_gpu):
-            gen = chunk[0].gen
+            gen = chunk[0].gen.with_drawn_seed()  # sampling without a seed: drawn here, so the stats record it
             generated = self.vlm.generate([(compressed.tokens, r.context) for r in chunk], gen)
             profile = replace(self.profile, generation=gen)
             questions = [r.context for r in chunk]
@@ -494,6 +494,7 @@ def _stats_record(r: _Request, a: Answer, text: str, n_batch: int, shared: bool,
         "timings_s": timings,
         "encoding_shared": shared,
         "tflops": a.tflops,
+        "seed": a.profile.get("generation", {}).get("seed"),  # with sampling: passed back as seed=, the same answer
         "cache_hit": a.cache_hit,
         "note": a.note,
         "rank": rank,

@@ -301,6 +301,28 @@ def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, c
 
 
 @needs_lmms_eval
+def test_a_drawn_sampling_seed_is_in_the_stats_and_reproduces_the_answer(model, clips, monkeypatch):
+    doc = [{"visual": [clips[0]], "question": QUESTIONS[0]}]
+    sampled = {"max_new_tokens": 8, "do_sample": True, "temperature": 1.5}
+
+    def last_record() -> dict:
+        return [r for r in read_jsonl(model.stats_file) if not r.get("summary")][-1]
+
+    assert model.profile.generation.seed is None, "the fixture sets no seed: the plugin must draw one"
+    first = model.generate_until(requests(model, doc, sampled))[0]
+    seed = last_record()["seed"]
+    assert isinstance(seed, int), last_record()
+    answers, seeds = {first}, {seed}
+    for _ in range(3):  # each call draws afresh, and at temperature 1.5 the answers vary
+        answers.add(model.generate_until(requests(model, doc, sampled))[0])
+        seeds.add(last_record()["seed"])
+    assert len(seeds) == 4 and len(answers) > 1, (seeds, answers)
+    monkeypatch.setattr(model, "profile", model.profile.override(generation={"seed": seed}))
+    assert model.generate_until(requests(model, doc, sampled))[0] == first, "the recorded seed reproduces it"
+    assert last_record()["seed"] == seed, "a given seed is recorded as given"
+
+
+@needs_lmms_eval
 def test_generation_kwargs_until_and_max_new_tokens(model, clips):
     doc = [{"visual": [clips[0]], "question": QUESTIONS[0]}]
     full = model.generate_until(requests(model, doc, {"max_new_tokens": 8}))[0]
