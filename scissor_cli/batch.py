@@ -997,13 +997,15 @@ def _answer(
         runner.flush()
         return time.perf_counter() - t_work
     finally:
-        if ahead is not None:  # also on Ctrl-C: kills the workers and their ffmpeg children
-            ahead.close()
-        if share is not None:
-            vlm.on_step = None
-            share.restore()
-        if fd is not None:
-            os.close(fd)
+        try:
+            if share is not None:  # first: cannot block, unlike stopping the workers
+                vlm.on_step = None
+                share.restore()
+            if ahead is not None:  # also on Ctrl-C: kills the workers and their ffmpeg children
+                ahead.close()
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def _merge_parts(output: str) -> list[_Record]:

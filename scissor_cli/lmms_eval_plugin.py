@@ -394,12 +394,12 @@ class Scissor(lmms):
         seen: dict[str, list[float]] = {}  # task -> retention per sample, for the summary lines
         bar = tqdm(total=n, disable=self.rank != 0, desc="scissor")
         cache = FeatureCache() if self.profile.model.cache else None
-        # the next videos decode in worker processes while the model answers this one (batch's decode-ahead)
-        ahead = decode_ahead(list(by_video), self.profile, self.decode_workers, self.vlm, cache)
-        share = None
-        if ahead is not None:
-            share = self.vlm.on_step = CoreShare(ahead)
+        ahead = share = None
         try:
+            # the next videos decode in worker processes while the model answers this one (batch's decode-ahead)
+            ahead = decode_ahead(list(by_video), self.profile, self.decode_workers, self.vlm, cache)
+            if ahead is not None:
+                share = self.vlm.on_step = CoreShare(ahead)
             for video, group in by_video.items():
                 for r, a, n_batch, shared in self._answer_video(video, group, ahead, cache):
                     text = stop_at(a.answer, r.until)
@@ -409,11 +409,11 @@ class Scissor(lmms):
                     bar.update(1)
         finally:
             bar.close()  # ends its line, so an error starts on a fresh one
-            if ahead is not None:  # also on an error or Ctrl-C: no worker or ffmpeg child is left behind
-                ahead.close()
-            if share is not None:
+            if share is not None:  # first: cannot block, unlike stopping the workers
                 self.vlm.on_step = None
                 share.restore()
+            if ahead is not None:  # also on an error or Ctrl-C: no worker or ffmpeg child is left behind
+                ahead.close()
         for task, values in seen.items():
             self._write({"task": task, "summary": True, "n_samples": len(values), "mean_retention": _mean(values)})
         return [r if r is not None else "" for r in results]
@@ -426,18 +426,27 @@ class Scissor(lmms):
         ``ahead``: the decode-ahead ``Prefetcher`` holding this video's frames (None: decode here)."""
         from scissor_cli.pipeline import compress_video, encode_video, make_answers
 
+        # A task that samples without a seed: one seed drawn for this video, used where seed= would be (SCC's
+        # sampled regime and generation, as the CLI's resolve_profile does), so the recorded seed reproduces it.
+        base = self.profile
+        drawn = next((g.with_drawn_seed().seed for g in (r.gen for r in group) if g.temperature > 0 and g.seed is None),
+                     None)  # fmt: skip
+        if drawn is not None:
+            base = replace(base, compression=replace(base.compression, seed=drawn))
         try:
             decoded = ahead.take(video) if ahead is not None else None  # raises this video's decode error
-            encoded = encode_video(self.vlm, video, self.profile, cache=cache, decoded=decoded)
-            compressed = compress_video(encoded, self.profile)
+            encoded = encode_video(self.vlm, video, base, cache=cache, decoded=decoded)
+            compressed = compress_video(encoded, base)
         except ScissorError as e:  # name the docs: lmms-eval's task data holds the bad video
             docs = ", ".join(f"doc {r.doc_id}" for r in group[:3]) + (", ..." if len(group) > 3 else "")
             raise type(e)(f"task {group[0].task} ({docs}): {e.message}", hint=e.hint) from e
         first = True
         for chunk in _chunks(group, self.batch_size_per_gpu):
-            gen = chunk[0].gen.with_drawn_seed()  # sampling without a seed: drawn here, so the stats record it
+            gen = chunk[0].gen
+            if drawn is not None and gen.temperature > 0 and gen.seed is None:
+                gen = replace(gen, seed=drawn)
             generated = self.vlm.generate([(compressed.tokens, r.context) for r in chunk], gen)
-            profile = replace(self.profile, generation=gen)
+            profile = replace(base, generation=gen)
             questions = [r.context for r in chunk]
             answers = make_answers(self.vlm, encoded, compressed, questions, generated, profile)
             for r, a in zip(chunk, answers, strict=True):

@@ -666,7 +666,7 @@ class VisionLanguageModel:
                 def __call__(self, input_ids, scores, **kwargs):
                     if on_step is not None:
                         on_step()
-                    stop = should_stop is not None and should_stop()
+                    stop = should_stop is not None and bool(should_stop())
                     return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
             hooked = should_stop is not None or on_step is not None

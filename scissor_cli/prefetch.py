@@ -68,7 +68,8 @@ def available_cores() -> int:
 
 def default_decode_workers(cores: int | None = None) -> int:
     """One core for the main process (model, SCC, writing), the rest decode: ``clamp(cores - 1, 1, 8)``.
-    decord and ffmpeg decode an H.264 stream on about one core each here (bench/bench_batch.py measures it).
+    decord and ffmpeg keep 1.2-1.7 cores busy per 1080p H.264 decode when cores are free, ~0.6 on a loaded machine
+    (bench/bench_video.py, bench/bench_batch.py measure it).
     ``cores`` defaults to this process's share of the machine: its cores divided by the processes a launcher
     started on it (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate), so 8 ranks on 16 cores decode with one
     worker each, not seven."""
@@ -412,8 +413,9 @@ class Prefetcher:
 
 class CoreShare:
     """Keeps the main process's torch threads off the cores busy decoders use: called between model steps (the
-    model's ``on_step``), it sets torch's intra-op threads to ``max(1, base - n_decoding)``, ``base`` being the
-    count when it was made; ``restore()`` puts ``base`` back.
+    model's ``on_step``), it sets torch's intra-op threads to ``max(1, min(base, cores - n_decoding))``, ``base``
+    being the count when it was made and ``cores`` the cores this process may use; ``restore()`` puts ``base``
+    back.
 
     Why: torch's thread pool synchronises every operator across its threads; when a decoder holds one of those
     threads' cores, each operator waits for the descheduled thread. On 2 cores with one decoder busy the tiny
@@ -427,18 +429,19 @@ class CoreShare:
         self._torch = torch
         self.prefetcher = prefetcher
         self.base = torch.get_num_threads()
+        self.cores = available_cores()  # torch may use fewer threads than cores (physical cores, OMP_NUM_THREADS)
         self.threads = self.base
 
     def __call__(self) -> None:
-        want = max(1, self.base - self.prefetcher.n_decoding())
+        want = max(1, min(self.base, self.cores - self.prefetcher.n_decoding()))
         if want != self.threads:
             self._torch.set_num_threads(want)
             self.threads = want
 
     def restore(self) -> None:
-        if self.threads != self.base:
-            self._torch.set_num_threads(self.base)
-            self.threads = self.base
+        """``base`` threads again (unconditionally: something else may have changed the count since)."""
+        self._torch.set_num_threads(self.base)
+        self.threads = self.base
 
 
 def decode_ahead(

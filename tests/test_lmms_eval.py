@@ -308,18 +308,28 @@ def test_a_drawn_sampling_seed_is_in_the_stats_and_reproduces_the_answer(model, 
     def last_record() -> dict:
         return [r for r in read_jsonl(model.stats_file) if not r.get("summary")][-1]
 
+    import scissor_cli.pipeline as pipeline
+
+    scc_seeds = []  # the seed SCC's sampled regime got, per video
+    real = pipeline.compress_video
+    monkeypatch.setattr(pipeline, "compress_video", lambda e, p: scc_seeds.append(p.compression.seed) or real(e, p))
     assert model.profile.generation.seed is None, "the fixture sets no seed: the plugin must draw one"
     first = model.generate_until(requests(model, doc, sampled))[0]
     seed = last_record()["seed"]
-    assert isinstance(seed, int), last_record()
+    assert isinstance(seed, int) and scc_seeds == [seed], "one seed for SCC and generation, as seed= would set"
     answers, seeds = {first}, {seed}
     for _ in range(3):  # each call draws afresh, and at temperature 1.5 the answers vary
         answers.add(model.generate_until(requests(model, doc, sampled))[0])
         seeds.add(last_record()["seed"])
     assert len(seeds) == 4 and len(answers) > 1, (seeds, answers)
-    monkeypatch.setattr(model, "profile", model.profile.override(generation={"seed": seed}))
+    from scissor_cli.lmms_eval_plugin import parse_model_args
+
+    given = parse_model_args({"seed": seed}).profile  # what seed=<recorded> in model_args sets
+    replay = model.profile.override(generation={"seed": given.generation.seed},
+                                    compression={"seed": given.compression.seed})  # fmt: skip
+    monkeypatch.setattr(model, "profile", replay)
     assert model.generate_until(requests(model, doc, sampled))[0] == first, "the recorded seed reproduces it"
-    assert last_record()["seed"] == seed, "a given seed is recorded as given"
+    assert last_record()["seed"] == seed and scc_seeds[-1] == seed, "a given seed is used and recorded as given"
 
 
 @needs_lmms_eval

@@ -165,9 +165,13 @@ def test_out_of_range_workers_is_an_option_error(videos, tmp_path):
 
 # ------------------------------------------------------------------------------------ cores: model vs decoders
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
+    """torch on 2 threads, and 2 cores for this process (whatever the machine has)."""
     import torch
 
+    from scissor_cli import prefetch
+
+    monkeypatch.setattr(prefetch, "available_cores", lambda: 2)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield torch
@@ -195,8 +199,24 @@ def test_core_share_gives_busy_decoders_their_cores_and_takes_them_back(two_thre
     assert seen == [1, 2, 1, 2], "threads = max(1, base - decoders busy), re-evaluated at every call"
     share.prefetcher = _Busy(1)
     share()
+    torch.set_num_threads(1)  # something else changed the count: restore still puts base back
+    share.threads = 2
     share.restore()
     assert torch.get_num_threads() == 2 and share.threads == 2
+
+
+def test_core_share_counts_cores_not_threads(two_threads, monkeypatch):
+    """torch often runs fewer threads than the cores (physical cores only, OMP_NUM_THREADS): a busy decoder on a
+    core torch does not use takes nothing from it."""
+    from scissor_cli import prefetch
+
+    torch = two_threads
+    monkeypatch.setattr(prefetch, "available_cores", lambda: 4)
+    share, seen = CoreShare(_Busy(1, 2, 3, 4)), []
+    for _ in range(4):
+        share()
+        seen.append(torch.get_num_threads())
+    assert seen == [2, 2, 1, 1], "threads = min(base, cores - decoders busy), at least 1"
 
 
 def test_n_decoding_counts_only_workers_still_decoding(videos, tmp_path):

@@ -39,8 +39,8 @@ def serial_bookkeeping(device: torch.device) -> Iterator[None]:
         yield
         return
     token = _MATMUL_THREADS.set(n_threads)
-    torch.set_num_threads(1)
     try:
+        torch.set_num_threads(1)
         yield
     finally:
         torch.set_num_threads(n_threads)
