@@ -285,11 +285,17 @@ def test_decode_ahead_gives_the_same_answers_and_leaves_nothing_running(model, c
     here = []  # decodes in this process (the workers are other processes)
     real_sample = video_io.sample_frames
     monkeypatch.setattr(video_io, "sample_frames", lambda *a, **k: here.append(a[0]) or real_sample(*a, **k))
+    hooked = []  # whether the model's step hook (CoreShare) was installed, at each generate call
+    real_generate = model.vlm.generate
+    monkeypatch.setattr(
+        model.vlm, "generate", lambda *a, **k: hooked.append(model.vlm.on_step) or real_generate(*a, **k)
+    )
     model.decode_workers = 2
     try:
         ahead = model.generate_until(requests(model, docs, GREEDY))
     finally:
         model.decode_workers = 0
+    assert hooked and all(isinstance(h, prefetch.CoreShare) for h in hooked), hooked
     assert ahead == inline, "decode-ahead changed an answer"
     ((prefetcher, pids),) = started
     assert prefetcher.n_sent == len(clips) and len(pids) == 2, "each video decoded once, in a worker"
