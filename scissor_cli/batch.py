@@ -689,6 +689,8 @@ class _Runner:
                 self.emit(_error_record(task, e))
             return
         rows: list[tuple[_Task, CompressedVideo, Profile]] = []
+        if getattr(self.vlm, "on_step", None) is not None:
+            self.vlm.on_step()  # SCC's matmuls take the threads the decoders leave now, not at the last vision chunk
         for value, profile in self.level_profiles.items():
             level_tasks = [t for t in tasks if t.value == value]
             if not level_tasks:

@@ -436,6 +436,8 @@ class Scissor(lmms):
         try:
             decoded = ahead.take(video) if ahead is not None else None  # raises this video's decode error
             encoded = encode_video(self.vlm, video, base, cache=cache, decoded=decoded)
+            if self.vlm.on_step is not None:
+                self.vlm.on_step()  # SCC takes the threads the decoders leave now
             compressed = compress_video(encoded, base)
         except ScissorError as e:  # name the docs: lmms-eval's task data holds the bad video
             docs = ", ".join(f"doc {r.doc_id}" for r in group[:3]) + (", ..." if len(group) > 3 else "")
