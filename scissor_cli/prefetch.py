@@ -12,7 +12,8 @@ re-imports the caller's main script, which breaks scripts without an ``if __name
 fork would copy a process holding torch's threads. Their stdout is /dev/null (``-o -`` streams JSONL there).
 
 Bounded memory: at most ``n_workers`` videos are submitted ahead of the one the model is on (decoding or decoded,
-not yet taken), each holding one clip of ``F*H*W*3`` bytes (the frame plan caps F), so decode-ahead adds at most
+not yet taken), each holding one clip of ``F*H*W*3`` bytes, or ``F*3*S*S`` when the workers resize to the model's
+``S x S`` input (``resize_to``; the frame plan caps F), so decode-ahead adds at most
 ``n_workers`` clips to what inline decoding holds, however many videos the run has. A worker that finished early
 waits (holding its clip) until the model catches up; nothing queues beyond that.
 
