@@ -187,10 +187,11 @@ def _worker_main(fd: int) -> None:
                 frames = resize(clip.frames, task.resize_to).numpy()  # uint8 [F, 3, S, S]
             else:
                 frames = np.ascontiguousarray(clip.frames)
+            clip = replace(clip, frames=None)  # while the send waits for the model, only what it sends stays alive
             # the frames go as raw bytes after the rest: pickling them would copy them once more on each side
             reply: tuple[bool, Any] = (
                 True,
-                (replace(clip, frames=None), frames.shape, time.perf_counter() - t0, task.resize_to is not None),
+                (clip, frames.shape, time.perf_counter() - t0, task.resize_to is not None),
             )
         except Exception as e:
             reply = (False, _pack_error(e))
