@@ -182,14 +182,16 @@ def encode_video(
     on_status: Status | None = None,
     cache: Any = None,
     info: VideoInfo | None = None,
-    decoded: tuple[Clip, float] | None = None,
+    decoded: tuple[Clip, float, Any] | None = None,
 ) -> EncodedVideo:
     """Probe, plan frames, then features from the cache or from decoding + the vision tower.
 
     ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off. URLs are never
     cached. ``info``: the video's ``probe()`` (or ``opened()``) when the caller already has it; ``video`` then only
-    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded. ``decoded``: (clip, seconds) already
+    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded. ``decoded``: (clip, seconds, resized)
     decoded with ``profile.sampling`` by batch's decode-ahead workers; used on a cache miss instead of decoding.
+    ``resized``: None, or the frames already resized to the model's input (uint8 [F, 3, S, S]; the clip then
+    carries no frames)
     """
     from scissor_cli import video as video_io
 
@@ -221,22 +223,23 @@ def encode_video(
             return EncodedVideo(str(video), info, indices, timestamps, note, features, 0.0, 0.0, True, "cache")
 
     if decoded is not None:
-        clip, decode_s = decoded  # decode_s: the worker's decode time, off this process's critical path
+        clip, decode_s, resized = decoded  # decode_s: the worker's decode (+ resize) time, off the critical path
     else:
         if on_status:
             on_status(f"decoding {len(plan.indices)} frames")
         t0 = time.perf_counter()
         clip = video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
         decode_s = time.perf_counter() - t0
+        resized = None
 
     if on_status:
-        on_status(f"vision tower on {clip.frames.shape[0]} frames")
+        on_status(f"vision tower on {len(clip.indices)} frames")
     t0 = time.perf_counter()
     on_progress = getattr(on_status, "progress", None)  # render.stages() draws a bar from it
-    if on_progress is not None:
-        features = vlm.encode(clip.frames, on_progress=on_progress)  # [F, T, D]
-    else:
-        features = vlm.encode(clip.frames)
+    kwargs = {} if on_progress is None else {"on_progress": on_progress}
+    if resized is not None:
+        kwargs["resized"] = resized
+    features = vlm.encode(clip.frames, **kwargs)  # [F, T, D]
     _sync(vlm.device)
     vision_s = time.perf_counter() - t0
     if cache is not None and key is not None:

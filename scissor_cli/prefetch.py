@@ -12,7 +12,8 @@ re-imports the caller's main script, which breaks scripts without an ``if __name
 fork would copy a process holding torch's threads. Their stdout is /dev/null (``-o -`` streams JSONL there).
 
 Bounded memory: at most ``n_workers`` videos are submitted ahead of the one the model is on (decoding or decoded,
-not yet taken), each holding one clip of ``F*H*W*3`` bytes (the frame plan caps F), so decode-ahead adds at most
+not yet taken), each holding one clip of ``F*H*W*3`` bytes, or ``F*3*S*S`` when the workers resize to the model's
+``S x S`` input (``resize_to``; the frame plan caps F), so decode-ahead adds at most
 ``n_workers`` clips to what inline decoding holds, however many videos the run has. A worker that finished early
 waits (holding its clip) until the model catches up; nothing queues beyond that.
 
@@ -99,6 +100,7 @@ class _Task:
     fps: float | None
     start: float | None
     end: float | None
+    resize_to: tuple[int, int] | None = None  # the model's (height, width): send resized frames (model.resize_frames)
 
 
 def _pack_error(e: BaseException) -> tuple:
@@ -163,6 +165,7 @@ def _worker_main(fd: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     from scissor_cli import video as video_io
 
+    resize = None  # model.resize_frames, imported (with torch) on the first task that asks for it
     while True:
         try:
             task = conn.recv()
@@ -175,9 +178,21 @@ def _worker_main(fd: int) -> None:
         try:
             clip = video_io.sample_frames(task.video, n_frames=task.n_frames, fps=task.fps, start=task.start,
                                           end=task.end)  # fmt: skip
-            frames = np.ascontiguousarray(clip.frames)
+            if task.resize_to is not None:
+                if resize is None:
+                    import torch
+
+                    torch.set_num_threads(1)  # one core per worker, as decoding
+                    from scissor_cli.model import resize_frames as resize
+                frames = resize(clip.frames, task.resize_to).numpy()  # uint8 [F, 3, S, S]
+            else:
+                frames = np.ascontiguousarray(clip.frames)
+            clip = replace(clip, frames=None)  # while the send waits for the model, only what it sends stays alive
             # the frames go as raw bytes after the rest: pickling them would copy them once more on each side
-            reply: tuple[bool, Any] = (True, (replace(clip, frames=None), frames.shape, time.perf_counter() - t0))
+            reply: tuple[bool, Any] = (
+                True,
+                (clip, frames.shape, time.perf_counter() - t0, task.resize_to is not None),
+            )
         except Exception as e:
             reply = (False, _pack_error(e))
         try:
@@ -198,15 +213,19 @@ class _Worker:
 
 # ------------------------------------------------------------------------------------------------------- parent
 def _receive(conn: Connection) -> tuple[bool, Any]:
-    """One reply: (False, packed error), or (True, (clip, decode_s)) with the frames read straight into their array."""
+    """One reply: (False, packed error), or (True, (clip, decode_s, resized)) with the frames read straight into
+    their array: the clip's uint8 [F, H, W, 3] frames, or (``resize_to``) ``resized`` uint8 [F, 3, S, S] and a
+    clip without frames."""
     ok, payload = conn.recv()
     if not ok:
         return ok, payload
-    clip, shape, decode_s = payload
-    frames = np.empty(shape, dtype=np.uint8)  # uint8 [F, H, W, 3]
+    clip, shape, decode_s, is_resized = payload
+    frames = np.empty(shape, dtype=np.uint8)
     if frames.nbytes:
         conn.recv_bytes_into(memoryview(frames).cast("B"))
-    return True, (replace(clip, frames=frames), decode_s)
+    if is_resized:
+        return True, (clip, decode_s, frames)
+    return True, (replace(clip, frames=frames), decode_s, None)
 
 
 def _reap(process: subprocess.Popen) -> None:
@@ -230,12 +249,14 @@ class Prefetcher:
         sampling: SamplingOptions,
         n_workers: int,
         skip: Callable[[str], bool] | None = None,
+        resize_to: tuple[int, int] | None = None,
     ):
         n_workers = check_decode_workers(n_workers)
         if n_workers == 0:
             raise ValueError("Prefetcher needs n_workers >= 1; with 0 the caller decodes inline")
         self.videos = list(videos)
         self.sampling, self.n_workers, self.skip = sampling, n_workers, skip
+        self.resize_to = None if resize_to is None else (int(resize_to[0]), int(resize_to[1]))
         self._workers: list[_Worker] = []
         self._results: dict[int, tuple[bool, Any]] = {}  # decoded (or failed) and not yet taken
         self._skipped: set[int] = set()
@@ -338,7 +359,7 @@ class Prefetcher:
                 continue
             s = self.sampling
             try:
-                idle.conn.send(_Task(video, s.n_frames, s.fps, s.start, s.end))
+                idle.conn.send(_Task(video, s.n_frames, s.fps, s.start, s.end, self.resize_to))
             except (BrokenPipeError, OSError):  # the worker died while idle: replace it, retry this video
                 self._replace(idle)
                 self._next_submit -= 1
@@ -467,7 +488,10 @@ def decode_ahead(
             plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
             return cache.has(cache.key(info.path, plan.indices, fingerprint, vlm.revision, str(vlm.dtype)))
 
-    prefetcher = Prefetcher(videos, profile.sampling, n_workers, skip=skip)
+    # a model that takes resized frames (VisionLanguageModel.encode(resized=...)): the workers resize too, so the
+    # main process neither receives nor resizes full-size frames
+    size = getattr(vlm, "image_size", None) if hasattr(vlm, "encode") else None
+    prefetcher = Prefetcher(videos, profile.sampling, n_workers, skip=skip, resize_to=size)
     try:
         prefetcher.start()
     except BaseException:

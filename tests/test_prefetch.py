@@ -95,7 +95,8 @@ def test_frames_equal_inline_and_window_is_bounded(videos):
             ahead._collect(block=True)
         assert ahead.n_sent == 2, "no more videos are handed out than there are workers"
         for k, video in enumerate(order):
-            clip, decode_s = ahead.take(video)
+            clip, decode_s, resized = ahead.take(video)
+            assert resized is None, "no resize_to: full frames"
             assert ahead.n_ahead <= 2 and ahead.n_sent <= k + 1 + 2, "more than n_workers videos ahead"
             expected = sample_frames(video, n_frames=4)
             assert clip.indices == expected.indices and np.array_equal(clip.frames, expected.frames), video
@@ -111,7 +112,7 @@ def test_bad_file_error_is_raised_for_its_video_only(videos):
         with pytest.raises(VideoError) as e:
             ahead.take(order[0])
         assert "bad.mp4" in e.value.message and e.value.hint, "message and hint survive the worker"
-        clip, _ = ahead.take(order[1])
+        clip, _, _ = ahead.take(order[1])
         assert clip.frames.shape[0] == 4
 
 
@@ -126,7 +127,7 @@ def test_a_worker_that_dies_fails_only_its_video_and_is_replaced(videos, tmp_pat
         assert "--decode-workers 0" in e.value.hint
         assert victim not in ahead.pids and len(ahead.pids) == 1, "the dead worker is replaced"
         for video in order[1:]:
-            clip, _ = ahead.take(video)
+            clip, _, _ = ahead.take(video)
             assert len(clip.indices) == 10
     assert not _alive(victim)
 
@@ -161,6 +162,50 @@ def test_out_of_range_workers_is_an_option_error(videos, tmp_path):
     for bad in (-1, 1.5, True):
         with pytest.raises(OptionError, match="--decode-workers"):
             run_batch(FakeVLM, jobs, str(tmp_path / "r.jsonl"), fake_profile(), decode_workers=bad)
+
+
+# ---------------------------------------------------------------------------- resizing in the workers (real model)
+def test_workers_resize_and_the_features_are_bit_identical(videos, tiny_hf_dir, tmp_path, monkeypatch):
+    """With a real model the workers also resize the frames to its input size (one thread each); the vision tower's
+    features, the records and the answers equal inline decoding's bit for bit, and the main process resizes
+    nothing."""
+    import torch
+
+    from scissor_cli import model as model_module
+    from scissor_cli.model import load_model
+    from scissor_cli.options import ModelOptions, Profile
+    from scissor_cli.pipeline import encode_video
+
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu"))
+    profile = Profile(sampling=SamplingOptions(n_frames=12), model=ModelOptions(model=str(tiny_hf_dir), cache=False))
+    order = [str(videos[n]) for n in ("testsrc", "testsrc2", "smptebars")]
+    ahead = decode_ahead(order, profile, 2, vlm)
+    try:
+        assert ahead.resize_to == vlm.image_size
+        resizes = []
+        real_resize = model_module.resize_frames
+        monkeypatch.setattr(model_module, "resize_frames", lambda *a: resizes.append(1) or real_resize(*a))
+        for video in order:
+            clip, decode_s, resized = ahead.take(video)
+            assert clip.frames is None and resized.dtype == np.uint8
+            assert resized.shape == (len(clip.indices), 3, *vlm.image_size), resized.shape
+            got = encode_video(vlm, video, profile, cache=None, decoded=(clip, decode_s, resized))
+            assert not resizes, "the main process resized frames the workers had resized"
+            want = encode_video(vlm, video, profile, cache=None)
+            assert torch.equal(got.features, want.features), f"{video}: features differ"
+            assert (got.indices, got.timestamps, got.note) == (want.indices, want.timestamps, want.note)
+            resizes.clear()
+    finally:
+        ahead.close()
+
+    monkeypatch.setattr(model_module, "load_model", lambda opts, **kw: vlm)
+    jobs = jobs_from_paths(order, ["Q?", "Another?"])
+    inline, worked = tmp_path / "inline.jsonl", tmp_path / "ahead.jsonl"
+    run_batch(lambda: vlm, jobs, str(inline), profile, decode_workers=0)
+    run_batch(lambda: vlm, jobs, str(worked), profile, decode_workers=2)
+    a, b = read_jsonl(inline), read_jsonl(worked)
+    assert all(r["status"] == "ok" for r in a + b), [r.get("error") for r in a + b]
+    assert [without_timings(r) for r in a] == [without_timings(r) for r in b], "resizing in workers changed a record"
 
 
 # ------------------------------------------------------------------------------------ cores: model vs decoders
