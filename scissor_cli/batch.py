@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError
 from scissor_cli.jobs import Job, derive_id, jobs_from_manifest, jobs_from_paths
 from scissor_cli.options import Profile
-from scissor_cli.prefetch import CoreShare, check_decode_workers, decode_ahead
+from scissor_cli.prefetch import check_decode_workers, decoding_ahead
 from scissor_cli.scoring import (
     GROUP_FIELDS,
     PROMPT_PRESETS,
@@ -973,7 +973,6 @@ def _answer(
 
     resolved = resolve_profile(vlm, profile)
     fd = None if target == STDOUT else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    ahead = share = None
     try:
 
         def emit(record: dict) -> None:
@@ -988,26 +987,17 @@ def _answer(
 
         t_work = time.perf_counter()
         runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt)
-        runner.prefetch = ahead = decode_ahead(videos, resolved, decode_workers, vlm, runner.cache)
-        if ahead is not None:
-            share = CoreShare(ahead)  # torch's threads leave busy decoders their cores
-            vlm.on_step = share
-        for i, video in enumerate(videos, 1):
-            prefix = f"[{i}/{len(videos)}] {os.path.basename(video)}"
-            _notify(view, "status", prefix)
-            runner.add_video(video, by_video[video], lambda text, p=prefix: _notify(view, "status", f"{p}: {text}"))
-        runner.flush()
+        # also on Ctrl-C, the block's end stops the workers and their ffmpeg children
+        with decoding_ahead(videos, resolved, decode_workers, vlm, runner.cache) as runner.prefetch:
+            for i, video in enumerate(videos, 1):
+                prefix = f"[{i}/{len(videos)}] {os.path.basename(video)}"
+                _notify(view, "status", prefix)
+                runner.add_video(video, by_video[video], lambda text, p=prefix: _notify(view, "status", f"{p}: {text}"))
+            runner.flush()
         return time.perf_counter() - t_work
     finally:
-        try:
-            if share is not None:  # first: cannot block, unlike stopping the workers
-                vlm.on_step = None
-                share.restore()
-            if ahead is not None:  # also on Ctrl-C: kills the workers and their ffmpeg children
-                ahead.close()
-        finally:
-            if fd is not None:
-                os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _merge_parts(output: str) -> list[_Record]:

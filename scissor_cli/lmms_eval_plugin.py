@@ -385,7 +385,7 @@ class Scissor(lmms):
         from tqdm import tqdm
 
         from scissor_cli.cache import FeatureCache
-        from scissor_cli.prefetch import CoreShare, decode_ahead
+        from scissor_cli.prefetch import decoding_ahead
 
         results: list[str | None] = [None] * n
         by_video: dict[str, list[_Request]] = {}
@@ -394,26 +394,19 @@ class Scissor(lmms):
         seen: dict[str, list[float]] = {}  # task -> retention per sample, for the summary lines
         bar = tqdm(total=n, disable=self.rank != 0, desc="scissor")
         cache = FeatureCache() if self.profile.model.cache else None
-        ahead = share = None
         try:
-            # the next videos decode in worker processes while the model answers this one (batch's decode-ahead)
-            ahead = decode_ahead(list(by_video), self.profile, self.decode_workers, self.vlm, cache)
-            if ahead is not None:
-                share = self.vlm.on_step = CoreShare(ahead)
-            for video, group in by_video.items():
-                for r, a, n_batch, shared in self._answer_video(video, group, ahead, cache):
-                    text = stop_at(a.answer, r.until)
-                    results[r.index] = text
-                    self._write(_stats_record(r, a, text, n_batch, shared=shared, rank=self.rank))
-                    seen.setdefault(r.task, []).append(a.retention)
-                    bar.update(1)
+            # the next videos decode in worker processes while the model answers this one (batch's decode-ahead);
+            # also on an error or Ctrl-C, no worker or ffmpeg child outlives the block
+            with decoding_ahead(list(by_video), self.profile, self.decode_workers, self.vlm, cache) as ahead:
+                for video, group in by_video.items():
+                    for r, a, n_batch, shared in self._answer_video(video, group, ahead, cache):
+                        text = stop_at(a.answer, r.until)
+                        results[r.index] = text
+                        self._write(_stats_record(r, a, text, n_batch, shared=shared, rank=self.rank))
+                        seen.setdefault(r.task, []).append(a.retention)
+                        bar.update(1)
         finally:
             bar.close()  # ends its line, so an error starts on a fresh one
-            if share is not None:  # first: cannot block, unlike stopping the workers
-                self.vlm.on_step = None
-                share.restore()
-            if ahead is not None:  # also on an error or Ctrl-C: no worker or ffmpeg child is left behind
-                ahead.close()
         for task, values in seen.items():
             self._write({"task": task, "summary": True, "n_samples": len(values), "mean_retention": _mean(values)})
         return [r if r is not None else "" for r in results]
@@ -429,8 +422,9 @@ class Scissor(lmms):
         # A task that samples without a seed: one seed drawn for this video, used where seed= would be (SCC's
         # sampled regime and generation, as the CLI's resolve_profile does), so the recorded seed reproduces it.
         base = self.profile
-        drawn = next((g.with_drawn_seed().seed for g in (r.gen for r in group) if g.temperature > 0 and g.seed is None),
-                     None)  # fmt: skip
+        drawn = next(
+            (r.gen.with_drawn_seed().seed for r in group if r.gen.temperature > 0 and r.gen.seed is None), None
+        )
         if drawn is not None:
             base = replace(base, compression=replace(base.compression, seed=drawn))
         try:

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -490,7 +490,7 @@ def decode_ahead(
 
     # a model that takes resized frames (VisionLanguageModel.encode(resized=...)): the workers resize too, so the
     # main process neither receives nor resizes full-size frames
-    size = getattr(vlm, "image_size", None) if hasattr(vlm, "encode") else None
+    size = getattr(vlm, "image_size", None)
     prefetcher = Prefetcher(videos, profile.sampling, n_workers, skip=skip, resize_to=size)
     try:
         prefetcher.start()
@@ -498,3 +498,24 @@ def decode_ahead(
         prefetcher.close()
         raise
     return prefetcher
+
+
+@contextlib.contextmanager
+def decoding_ahead(
+    videos: Sequence[str], profile: Any, n_workers: int, vlm: Any, cache: Any = None
+) -> Iterator[Prefetcher | None]:
+    """``decode_ahead`` around a model's run (batch, the lmms-eval plugin): while the block runs, ``vlm.on_step``
+    is a ``CoreShare`` sizing the model's torch threads around busy decoders. On leaving (an error or Ctrl-C too)
+    the hook is removed and the threads restored first, which cannot block, then the workers are stopped."""
+    ahead = decode_ahead(videos, profile, n_workers, vlm, cache)
+    share = None
+    try:
+        if ahead is not None:
+            share = vlm.on_step = CoreShare(ahead)
+        yield ahead
+    finally:
+        if share is not None:
+            vlm.on_step = None
+            share.restore()
+        if ahead is not None:  # kills the workers and their ffmpeg children
+            ahead.close()
