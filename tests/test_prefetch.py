@@ -91,8 +91,8 @@ def test_frames_equal_inline_and_window_is_bounded(videos):
     sampling = SamplingOptions(n_frames=4)
     with Prefetcher(order, sampling, n_workers=2) as ahead:
         deadline = time.monotonic() + 60
-        while ahead.n_ahead and time.monotonic() < deadline:  # let the workers finish what they were given
-            ahead._collect(block=True)
+        while ahead._in_flight() and time.monotonic() < deadline:  # let the workers finish what they were given
+            ahead._collect(block=True)  # (n_ahead stays up until take(): decoded clips wait there)
         assert ahead.n_sent == 2, "no more videos are handed out than there are workers"
         for k, video in enumerate(order):
             clip, decode_s, resized = ahead.take(video)
