@@ -1,11 +1,13 @@
 """Tier (d): real checkpoints from the Hugging Face hub (or its local cache). Deselected by default (``slow``/``gpu``);
-run with ``make test-all`` or ``pytest -m slow`` on a machine that has the weights. Each test skips, saying why,
-when its checkpoint is not available, so the tier never fails for lack of a download."""
+run with ``pytest -m slow`` on a machine that has the weights: asked for by name, a checkpoint that does not resolve
+fails the test (a run meant to check the real weights must not pass by skipping). ``make test-all`` (``-m ""``, every
+tier) skips instead, saying why, so it never fails for lack of a download."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,17 +18,34 @@ HF_05B = os.environ.get("SCISSOR_TEST_MODEL", "llava-hf/llava-onevision-qwen2-0.
 # original-layout 0.5B checkpoints: lmms-lab's LLaVA-OneVision and the LLaVA-Scissor authors' baseline
 ORIGINAL_05B = ["lmms-lab/llava-onevision-qwen2-0.5b-ov", "BBBBCHAN/LLaVA-Scissor-baseline-0.5B"]
 QUESTION = "What animal is in this video?"
+_ASKED = {"slow": False}  # set per module from -m: did this run ask for the slow tier by name?
+
+
+def asks_for(markexpr: str, marker: str) -> bool:
+    """Whether a ``-m`` expression names ``marker`` other than as ``not marker`` ("slow", "slow or gpu": yes;
+    "", "not slow": no)."""
+    words = re.findall(r"[A-Za-z_]+", markexpr)
+    return any(w == marker and (i == 0 or words[i - 1] != "not") for i, w in enumerate(words))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _slow_asked(request):
+    _ASKED["slow"] = asks_for(request.config.option.markexpr or "", "slow")
 
 
 def _folder_or_skip(model_id: str) -> Path:
-    """The checkpoint's local folder (fetched into the Hugging Face cache when online); skips when unavailable."""
+    """The checkpoint's local folder (fetched into the Hugging Face cache when online). When unavailable: a failure
+    under ``-m slow``, a skip otherwise."""
     from scissor_cli.errors import ModelError
     from scissor_cli.model import resolve_model_dir
 
     try:
         return resolve_model_dir(model_id)
     except ModelError as e:
-        pytest.skip(f"{model_id} not available here: {e.message}")
+        why = f"{model_id} not available here: {e.message}"
+        if _ASKED["slow"]:
+            pytest.fail(f"{why} (-m slow asks for the real checkpoints; make test-all skips them instead)")
+        pytest.skip(why)
 
 
 def _load_or_skip(model_id: str, **kw):
@@ -148,3 +167,10 @@ def test_real_05b_on_gpu_in_bf16():
         pytest.skip("no CUDA GPU")
     vlm = _load_or_skip(HF_05B, device="cuda")
     assert str(vlm.dtype) in ("torch.bfloat16", "torch.float16")
+
+
+def test_slow_tier_is_asked_for_only_by_name():
+    """Not marked: runs by default, guarding the rule that makes ``-m slow`` fail rather than skip."""
+    assert asks_for("slow", "slow") and asks_for("gpu or slow", "slow") and asks_for("slow and not gpu", "slow")
+    assert not asks_for("", "slow") and not asks_for("not slow", "slow")
+    assert not asks_for("not gpu and not slow and not lmms_eval", "slow")
