@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-LAYOUTS = ("llava-hf", "llava-next")
 # What snapshot_download fetches: configs, tokenizer files, chat templates, safetensors weights. Never pickles
 # unless allowed (then a second call adds *.bin).
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scissor_cli.errors import OptionError
@@ -102,10 +102,6 @@ SECTIONS: dict[str, type] = {
     "generation": GenerationOptions,
     "model": ModelOptions,
 }
-
-
-def section_keys(section: str) -> list[str]:
-    return [f.name for f in fields(SECTIONS[section])]
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

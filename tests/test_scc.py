@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections import deque
 
 import numpy as np
 import pytest
 import torch
+from scc_reference import clip_tokens, compress_reference, video_like_tokens
 
 from scissor_cli import scc
 from scissor_cli.errors import OptionError
 from scissor_cli.scc import budget as search
 from scissor_cli.scc import compress, graph, kernels, merge, retention_sweep
-
-sys.path.insert(0, os.path.dirname(__file__))
-from scc_reference import clip_tokens, compress_reference, video_like_tokens  # noqa: E402
 
 
 @pytest.fixture(params=["candidates", "dense"])

@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media import HEIGHT, N_INDEX_FRAMES, WIDTH, index_frame, make_media, marker_corner, read_index
 
 from scissor_cli import video
 from scissor_cli.errors import OptionError, VideoError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from media import HEIGHT, N_INDEX_FRAMES, WIDTH, index_frame, make_media, marker_corner, read_index  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="needs the ffmpeg and ffprobe binaries"
