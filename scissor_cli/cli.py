@@ -294,7 +294,7 @@ FramesOpt = Annotated[
         "--frames",
         "-f",
         metavar="N",
-        help=f"Frames sampled uniformly, 1 to 4096 (default {SamplingOptions.n_frames}).",
+        help=f"Frames to sample uniformly, default {SamplingOptions.n_frames} (1 to 4096).",
         rich_help_panel=_S,
     ),
 ]
