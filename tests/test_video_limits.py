@@ -489,3 +489,21 @@ def test_a_signal_ends_the_decode_and_leaves_no_ffmpeg(stalling, sig):
             proc.wait()
         for pid in _processes_with(token):
             os.kill(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------ decode-ahead workers
+
+
+def test_decode_ahead_workers_apply_the_budget_and_name_allocation_failures(media):
+    from scissor_cli.options import SamplingOptions
+    from scissor_cli.prefetch import Prefetcher
+
+    order = [str(media.index_mp4), str(media.index_webm)]
+    with Prefetcher(order, SamplingOptions(n_frames=4, memory_budget="1M"), n_workers=1, model=LLAVA_OV) as ahead:
+        with pytest.raises(VideoError, match="more than the memory budget of 1.0 MiB"):
+            ahead.take(order[0])
+    # a resize the machine cannot hold (torch: "can't allocate memory") is the video's error, not a crash
+    with Prefetcher(order[:1] * 2, SamplingOptions(n_frames=4), n_workers=1, resize_to=(100_000, 100_000)) as ahead:
+        with pytest.raises(VideoError) as e:
+            ahead.take(order[0])
+    assert e.value.message == f"{order[0]}: out of memory while decoding" and "--frames" in e.value.hint
