@@ -862,7 +862,7 @@ def _read_into(args: list[str], frames: np.ndarray, shown: str, url: bool) -> tu
     stderr goes to a temporary file: a pipe we do not drain could fill and block ffmpeg on a corrupt file.
     """
     buffer = memoryview(frames).cast("B")
-    stalled = threading.Event()
+    stalled_after: list[float] = []  # set by the watcher: the limit that ran out
     done = threading.Event()
     with tempfile.TemporaryFile() as err:
         proc = _popen(args, stdout=subprocess.PIPE, stderr=err)
@@ -876,8 +876,7 @@ def _read_into(args: list[str], frames: np.ndarray, shown: str, url: bool) -> tu
                 if now_reads is not None and now_reads != reads:
                     reads, last[0] = now_reads, time.monotonic()
                 if time.monotonic() - last[0] > limit:
-                    stalled.limit = limit  # type: ignore[attr-defined]
-                    stalled.set()
+                    stalled_after.append(limit)
                     _kill_group(proc, wait=False)
                     return
 
@@ -901,10 +900,9 @@ def _read_into(args: list[str], frames: np.ndarray, shown: str, url: bool) -> tu
             watcher.join()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
-    if stalled.is_set():
-        limit = getattr(stalled, "limit", STALL_TIMEOUT_S)
+    if stalled_after:
         raise VideoError(
-            f"{shown}: ffmpeg received nothing to decode for {limit:g} s and was stopped",
+            f"{shown}: ffmpeg received nothing to decode for {stalled_after[0]:g} s and was stopped",
             hint="the server or disk stalled; download or copy the video locally and retry"
             if url
             else "the file may be on a stalled disk or network mount; copy it locally and retry",
