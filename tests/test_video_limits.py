@@ -324,23 +324,27 @@ app(sys.argv[1:], prog_name="scissor")
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_a_fifo_in_a_batch_folder_is_that_jobs_error(media, tmp_path, workers):
+def test_a_fifo_or_a_video_over_the_budget_in_a_batch_folder_is_that_jobs_error(media, tmp_path, workers):
     folder = tmp_path / "videos"
     folder.mkdir()
     shutil.copy(media.index_mp4, folder / "a.mp4")
     os.mkfifo(folder / "b.mp4")
     shutil.copy(media.index_mp4, folder / "c.mp4")
+    huge_screen_gif(folder / "d.gif", 16000, 4)  # 4 frames of 16000 x 16000: 2.9 GiB at the video's size
     driver = tmp_path / "driver.py"
     driver.write_text(BATCH_DRIVER.format(tests=str(TESTS_DIR)))
     out = tmp_path / "r.jsonl"
     args = ["batch", str(folder), "-q", "Q?", "-o", str(out), "--model", "fake", "--frames", "4", "--no-cache"]
-    args += ["--decode-workers", workers]
+    args += ["--decode-workers", workers, "--memory-budget", "1G"]
     env = {**_env(), "SCISSOR_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, str(driver), *args], capture_output=True, text=True, timeout=120, env=env)
     records = {Path(r["video"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert records["a.mp4"]["status"] == records["c.mp4"]["status"] == "ok", done.stderr
     assert records["b.mp4"]["status"] == "error" and records["b.mp4"]["error_type"] == "VideoError"
     assert records["b.mp4"]["error"].endswith("b.mp4 is a named pipe (FIFO), not a regular file")
+    assert records["d.gif"]["status"] == "error" and records["d.gif"]["error_type"] == "VideoError"
+    assert "4 frames at 16000x16000 need about" in records["d.gif"]["error"], records["d.gif"]
+    assert records["d.gif"]["error"].endswith("more than the memory budget of 1.0 GiB")
     assert done.returncode == 1, done.stderr  # some jobs failed
 
 
