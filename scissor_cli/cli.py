@@ -294,7 +294,7 @@ FramesOpt = Annotated[
         "--frames",
         "-f",
         metavar="N",
-        help=f"Frames sampled uniformly, 1 to 4096 (default {SamplingOptions.n_frames}).",
+        help=f"Frames to sample uniformly, default {SamplingOptions.n_frames} (1 to 4096).",
         rich_help_panel=_S,
     ),
 ]
@@ -308,6 +308,16 @@ StartOpt = Annotated[
 EndOpt = Annotated[
     float | None,
     typer.Option("--end", metavar="S", help="Window end, seconds (default: the end).", rich_help_panel=_S),
+]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="Most memory one video's decoding and vision step may take: 8G, 512M, or a fraction of the available "
+        "memory such as 0.5 (default: 0.5). Larger videos are refused (exit 4).",
+        rich_help_panel=_S,
+    ),
 ]
 MaxNewOpt = Annotated[
     int | None,
@@ -394,6 +404,7 @@ def build_profile(
     fps: float | None = None,
     start: float | None = None,
     end: float | None = None,
+    memory_budget: str | None = None,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
     seed: int | None = None,
@@ -449,7 +460,7 @@ def build_profile(
         compression["enabled"] = True
     try:
         return p.override(
-            sampling={"n_frames": frames, "fps": fps, "start": start, "end": end},
+            sampling={"n_frames": frames, "fps": fps, "start": start, "end": end, "memory_budget": memory_budget},
             compression=compression,
             generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
             model={
@@ -468,7 +479,8 @@ def build_profile(
 
 SHARED_FLAGS = frozenset(
     ("model", "revision", "tau", "tau_temporal", "epsilon", "retention", "tokens", "no_compress", "frames", "fps",
-     "start", "end", "max_new_tokens", "temperature", "seed", "device", "dtype", "offline", "no_cache", "newline")
+     "start", "end", "memory_budget", "max_new_tokens", "temperature", "seed", "device", "dtype", "offline",
+     "no_cache", "newline")
 )  # fmt: skip
 
 
@@ -553,6 +565,7 @@ def ask(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
@@ -673,6 +686,7 @@ def inspect(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -793,6 +807,7 @@ def batch(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
@@ -1057,6 +1072,7 @@ def chat(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,

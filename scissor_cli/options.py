@@ -7,6 +7,7 @@ Overrides go through ``dataclasses.replace``; every value is checked in ``valida
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -24,6 +25,9 @@ class SamplingOptions:
     fps: float | None = None  # sample at this rate instead (capped by n_frames); None: uniform n_frames
     start: float | None = None  # window start in seconds; None: beginning
     end: float | None = None  # window end in seconds; None: end of video
+    # most memory one video's decoding and vision step may take: a size ("8G", "512M") or a fraction of the
+    # available memory ("0.5"); None: half of what is available (video.memory_budget)
+    memory_budget: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ FLAGS = {
     "sampling.fps": "--fps",
     "sampling.start": "--start",
     "sampling.end": "--end",
+    "sampling.memory_budget": "--memory-budget",
     "compression.tau_temporal": "--tau-temporal",
     "compression.tau": "--tau",
     "compression.epsilon": "--epsilon",
@@ -128,6 +133,28 @@ FLAGS = {
     "model.device": "--device",
     "model.dtype": "--dtype",
 }
+
+
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MEMORY_BUDGET_ALLOWED = "a size such as 8G or 512M, or a fraction of the available memory in (0, 1], e.g. 0.5"
+
+
+def parse_memory_budget(value: Any) -> tuple[int | None, float | None]:
+    """``"8G"`` -> (8 GiB in bytes, None); ``"0.5"`` -> (None, 0.5); units K/M/G/T (powers of 1024, an optional
+    trailing B or iB). Raises ValueError for anything else (``validate`` turns it into the option's message)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(?:I?B)?)?", text, re.IGNORECASE)
+    if m is None or isinstance(value, bool):
+        raise ValueError(text)
+    number, unit = float(m.group(1)), m.group(2)
+    if unit is None:
+        if not 0 < number <= 1:
+            raise ValueError(text)
+        return None, number
+    n_bytes = int(number * _SIZE_UNITS[unit.upper()])
+    if n_bytes < 1 << 20:
+        raise ValueError(text)
+    return n_bytes, None
 
 
 def normalize_dtype(dtype: Any) -> Any:
@@ -166,6 +193,11 @@ def validate(p: Profile) -> Profile:
     _check(s.end is None or (_finite(s.end) and s.end > 0), "sampling.end", s.end, "seconds > 0")
     if s.start is not None and s.end is not None:
         _check(s.end > s.start, "sampling.end", s.end, f"greater than sampling.start ({s.start})")
+    if s.memory_budget is not None:
+        try:
+            parse_memory_budget(s.memory_budget)
+        except ValueError:
+            _check(False, "sampling.memory_budget", s.memory_budget, MEMORY_BUDGET_ALLOWED)
 
     _check(isinstance(c.enabled, bool), "compression.enabled", c.enabled, "true or false")
     for key in ("tau", "tau_temporal"):

@@ -228,7 +228,16 @@ def encode_video(
         if on_status:
             on_status(f"decoding {len(plan.indices)} frames")
         t0 = time.perf_counter()
-        clip = video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
+        clip = video_io.sample_frames(
+            video,
+            n_frames=s.n_frames,
+            fps=s.fps,
+            start=s.start,
+            end=s.end,
+            info=info,
+            model=video_io.ModelInput.of(vlm),
+            memory_budget=s.memory_budget,
+        )
         decode_s = time.perf_counter() - t0
         resized = None
 

@@ -101,6 +101,8 @@ class _Task:
     start: float | None
     end: float | None
     resize_to: tuple[int, int] | None = None  # the model's (height, width): send resized frames (model.resize_frames)
+    model: Any = None  # video.ModelInput: decode size and memory estimate (sample_frames)
+    memory_budget: str | None = None  # sampling.memory_budget
 
 
 def _pack_error(e: BaseException) -> tuple:
@@ -177,14 +179,20 @@ def _worker_main(fd: int) -> None:
         frames = clip = None
         try:
             clip = video_io.sample_frames(task.video, n_frames=task.n_frames, fps=task.fps, start=task.start,
-                                          end=task.end)  # fmt: skip
+                                          end=task.end, model=task.model,
+                                          memory_budget=task.memory_budget)  # fmt: skip
             if task.resize_to is not None:
                 if resize is None:
                     import torch
 
                     torch.set_num_threads(1)  # one core per worker, as decoding
                     from scissor_cli.model import resize_frames as resize
-                frames = resize(clip.frames, task.resize_to).numpy()  # uint8 [F, 3, S, S]
+                try:
+                    frames = resize(clip.frames, task.resize_to).numpy()  # uint8 [F, 3, S, S]
+                except (MemoryError, RuntimeError) as e:  # torch: "DefaultCPUAllocator: can't allocate memory"
+                    if isinstance(e, RuntimeError) and "allocate" not in str(e):
+                        raise
+                    raise video_io.out_of_memory(task.video) from e
             else:
                 frames = np.ascontiguousarray(clip.frames)
             clip = replace(clip, frames=None)  # while the send waits for the model, only what it sends stays alive
@@ -250,6 +258,7 @@ class Prefetcher:
         n_workers: int,
         skip: Callable[[str], bool] | None = None,
         resize_to: tuple[int, int] | None = None,
+        model: Any = None,
     ):
         n_workers = check_decode_workers(n_workers)
         if n_workers == 0:
@@ -257,6 +266,7 @@ class Prefetcher:
         self.videos = list(videos)
         self.sampling, self.n_workers, self.skip = sampling, n_workers, skip
         self.resize_to = None if resize_to is None else (int(resize_to[0]), int(resize_to[1]))
+        self.model = model  # video.ModelInput of the model the frames are for, or None
         self._workers: list[_Worker] = []
         self._results: dict[int, tuple[bool, Any]] = {}  # decoded (or failed) and not yet taken
         self._skipped: set[int] = set()
@@ -359,7 +369,9 @@ class Prefetcher:
                 continue
             s = self.sampling
             try:
-                idle.conn.send(_Task(video, s.n_frames, s.fps, s.start, s.end, self.resize_to))
+                idle.conn.send(
+                    _Task(video, s.n_frames, s.fps, s.start, s.end, self.resize_to, self.model, s.memory_budget)
+                )
             except (BrokenPipeError, OSError):  # the worker died while idle: replace it, retry this video
                 self._replace(idle)
                 self._next_submit -= 1
@@ -490,8 +502,10 @@ def decode_ahead(
 
     # a model that takes resized frames (VisionLanguageModel.encode(resized=...)): the workers resize too, so the
     # main process neither receives nor resizes full-size frames
+    from scissor_cli.video import ModelInput
+
     size = getattr(vlm, "image_size", None)
-    prefetcher = Prefetcher(videos, profile.sampling, n_workers, skip=skip, resize_to=size)
+    prefetcher = Prefetcher(videos, profile.sampling, n_workers, skip=skip, resize_to=size, model=ModelInput.of(vlm))
     try:
         prefetcher.start()
     except BaseException:

@@ -224,6 +224,7 @@ _NULL_MEANS = {
     "sampling.fps": "null: n_frames spread uniformly; a number: frames per second (capped by n_frames)",
     "sampling.start": "null: the beginning; seconds",
     "sampling.end": "null: the end; seconds",
+    "sampling.memory_budget": "auto: half of the available memory; or a size (8G, 512M) or a fraction (0.5)",
     "compression.tau": "auto: the checkpoint's mm_zip_tau, else the paper's 0.9 (leave auto with a budget)",
     "compression.epsilon": "auto: the checkpoint's mm_zip_epsilon, else the paper's 0.05",
     "compression.tau_temporal": "auto: same as tau",
@@ -233,7 +234,13 @@ _NULL_MEANS = {
     "model.revision": "null: the default branch",
     "model.newline": "auto: llava-hf checkpoints yes, original ones no",
 }
-_AUTO = ("compression.tau", "compression.epsilon", "compression.tau_temporal", "model.newline")
+_AUTO = (
+    "sampling.memory_budget",
+    "compression.tau",
+    "compression.epsilon",
+    "compression.tau_temporal",
+    "model.newline",
+)
 
 
 def _yaml_scalar(value: Any) -> str:

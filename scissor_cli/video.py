@@ -26,18 +26,22 @@ decord and ffmpeg are imported inside functions: ``scissor --help`` imports this
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -69,7 +73,16 @@ VIDEO_EXTENSIONS = frozenset(
 )
 
 PROBE_TIMEOUT_S = 30.0  # ffprobe reads headers (and counts packets when the container has no frame count)
-DECODE_TIMEOUT_S = 120.0  # ffmpeg decode: this much plus one second per second of video
+# ffmpeg decode: killed when it neither reads its input nor sends a frame for this long (what it received, never
+# the duration a header declares, bounds it); where its reads cannot be seen (URLs: sockets), frames only count
+STALL_TIMEOUT_S = 30.0
+FRAME_GAP_TIMEOUT_S = 120.0
+_WATCH_EVERY_S = 0.25
+# decoded frames above either limit are decoded smaller, by the decoder (see decode_size); below, at the video's
+# own size: 32 frames of 4K (760 MiB, 25 MiB a frame) stay as they are, a 16000 x 16000 picture does not
+FULL_SIZE_LIMIT_BYTES = 1 << 30
+FRAME_LIMIT_BYTES = 64 << 20
+DEFAULT_MEMORY_FRACTION = 0.5  # default memory budget: this fraction of the available memory
 INSTALL_HINT = (
     "install ffmpeg (Debian/Ubuntu: sudo apt install ffmpeg; macOS: brew install ffmpeg; "
     "conda: conda install -c conda-forge ffmpeg) so that ffmpeg and ffprobe are on PATH"
@@ -113,6 +126,39 @@ class Clip:
     backend: str  # decoder actually used: "decord" | "ffmpeg" | "image"
     info: VideoInfo
     note: str | None  # the plan's note, plus any frames that could not be decoded
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What the model's vision step takes per frame: the decoder's target size and the memory estimate use it."""
+
+    size: tuple[int, int]  # (height, width) frames are resized to (LLaVA-OV: 384 x 384)
+    tokens_per_frame: int  # T: visual tokens per frame after pooling (196)
+    hidden_size: int  # D: width of those tokens (the LLM's hidden size)
+
+    @classmethod
+    def of(cls, vlm: Any) -> ModelInput | None:
+        """From a ``VisionLanguageModel`` (None for anything without these attributes)."""
+        try:
+            h, w = vlm.image_size
+            return cls((int(h), int(w)), int(vlm.tokens_per_frame), int(vlm.hidden_size))
+        except (AttributeError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one video's decoding and vision step take, estimated before decoding (``estimate_memory``)."""
+
+    n_frames: int  # F, frames planned
+    size: tuple[int, int]  # (width, height) the decoder delivers: the video's own, or smaller (decode_size)
+    frames: int  # F * h * w * 3: the uint8 RGB frames
+    decoder: int  # 8 * H * W: the decoder's own full-size pictures (two, up to 4 bytes a pixel)
+    model: int  # F * (3 * S * S * 4 + T * D * 4): float pixels and float features (0 without a model)
+
+    @property
+    def total(self) -> int:
+        return self.frames + self.decoder + self.model
 
 
 # ---------------------------------------------------------------------------------------------------- probe
@@ -243,22 +289,40 @@ def _probe(path: str | os.PathLike, shown: str) -> VideoInfo:
 
 
 def _check_file(path: str | os.PathLike, shown: str) -> tuple[str, bytes]:
-    """The cheap checks ffprobe would report badly: missing, directory, unreadable, empty. Returns the head bytes."""
+    """The cheap checks ffprobe would report badly: missing, symlink loop, directory, not a regular file (a FIFO
+    would block ``open`` forever), unreadable, empty. Returns the head bytes."""
     if not str(path):
         raise VideoError("no video path given", hint="give the path of a video file")
     abs_path = os.path.abspath(os.path.expanduser(str(path)))
-    if not os.path.exists(abs_path):
+    try:
+        st = os.stat(abs_path)  # before any open: opening a FIFO blocks until a writer comes
+    except FileNotFoundError as e:
         raise VideoError(
             f"{shown}: no such file",
             hint="check the path for typos; quote it if it contains spaces",
-        )
-    if os.path.isdir(abs_path):
+        ) from e
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise VideoError(
+                f"{shown} is a symlink loop (the link points back to itself)",
+                hint="fix or remove the link (see where it points: ls -l " + _quote(shown) + ")",
+            ) from e
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise VideoError(
+                f"{shown} cannot be read: permission denied",
+                hint="check the permissions of the file and its folders",
+            ) from e
+        raise VideoError(f"{shown} cannot be read: {e.strerror or e}", hint="check the path and the disk") from e
+    if stat.S_ISDIR(st.st_mode):
         raise VideoError(
             f"{shown} is a directory, not a video file",
             hint="give one video file; to answer for every video in a folder use `scissor batch`",
         )
+    _check_regular(st.st_mode, shown)
     try:
-        with open(abs_path, "rb") as f:
+        # O_NONBLOCK: a FIFO swapped in after the stat must not block; fstat checks what was really opened
+        with open(abs_path, "rb", opener=_open_nonblocking) as f:
+            _check_regular(os.fstat(f.fileno()).st_mode, shown)
             head = f.read(_HEAD_BYTES)
     except PermissionError as e:
         raise VideoError(
@@ -273,6 +337,27 @@ def _check_file(path: str | os.PathLike, shown: str) -> tuple[str, bytes]:
             hint="the file may still be downloading or copying, or the copy failed; check the source",
         )
     return abs_path, head
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _check_regular(mode: int, shown: str) -> None:
+    """A FIFO, device or socket is refused: ffprobe and the decoders would block on it or read it only once."""
+    if stat.S_ISREG(mode):
+        return
+    kinds = (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    raise VideoError(
+        f"{shown} is {kind}, not a regular file",
+        hint='give a video file; to read a stream, pipe it to stdin: cat SOURCE | scissor ask - "..."',
+    )
 
 
 def _ffprobe(abs_path: str, shown: str, head: bytes) -> dict:
@@ -443,6 +528,15 @@ def plan_frames(
         )
 
     n, rate = info.n_frames, info.fps
+    if start is not None and start * rate >= n - 1e-6:
+        # the header's duration lies (a 10 h claim over 2 s of frames): the first window frame would be clamped to
+        # the last real one, an answer from elsewhere; the frames there are what counts
+        real = n / rate
+        raise VideoError(
+            f"the window starts at {start:g} s but {info.path} has frames for only {real:.2f} s "
+            f"({n} frames at {rate:g} fps; its header claims {info.duration:.2f} s)",
+            hint=f"give a --start below {real:.2f}",
+        )
     t0 = float(start or 0.0)
     t1 = info.duration if end is None else min(float(end), info.duration)
     windowed = start is not None or end is not None
@@ -515,24 +609,34 @@ def sample_frames(
     start: float | None = None,
     end: float | None = None,
     info: VideoInfo | None = None,
+    model: ModelInput | None = None,
+    memory_budget: str | None = None,
 ) -> Clip:
     """Decode the frames ``plan_frames`` picks. decord first, ffmpeg when decord cannot open or decode the file.
 
     ``info.path`` is what is decoded (for ``-``, the spooled copy from ``opened``); ``path`` is how messages name it.
+    ``model``: what the frames are for; frames too large at the video's own size are then decoded smaller
+    (``decode_size``). Before decoding, ``estimate_memory`` is checked against ``memory_budget`` (the option's text;
+    None: the default), and a video that would not fit is refused with a VideoError naming the size.
     """
     if info is None:
         info = probe(path)
     plan = plan_frames(info, n_frames=n_frames, fps=fps, start=start, end=end)
     shown = STDIN_NAME if str(path) == STDIN else str(path)
+    estimate = estimate_memory(info, len(plan.indices), model)
+    check_memory(shown, estimate, resolve_memory_budget(memory_budget))
 
     frames = None
     backend = info.backend
-    if info.backend == "decord":
-        frames = _decode_decord(info, plan.indices)
+    full_size = estimate.size == (info.width, info.height)
+    try:
+        if info.backend == "decord" and full_size:  # decord's own scaler is not used: ffmpeg scales
+            frames = _decode_decord(info, plan.indices)
         if frames is None:
-            backend = "ffmpeg"
-    if frames is None:
-        frames = _decode_ffmpeg(info, plan.indices, shown)
+            backend = "image" if info.is_image else "ffmpeg"
+            frames = _decode_ffmpeg(info, plan.indices, shown, estimate.size)
+    except MemoryError as e:  # numpy's "Unable to allocate": the estimate was too low for this machine's state
+        raise out_of_memory(shown, estimate) from e
 
     indices, timestamps, note = plan.indices, plan.timestamps, plan.note
     if len(frames) < len(indices):  # the file ends before its header says it does
@@ -541,7 +645,138 @@ def sample_frames(
         )
         note = f"{note}; {lost}" if note else lost
         indices, timestamps = indices[: len(frames)], timestamps[: len(frames)]
+    if not full_size:
+        w, h = estimate.size
+        scaled = f"decoded at {w}x{h} instead of {info.width}x{info.height} (memory)"
+        note = f"{note}; {scaled}" if note else scaled
     return Clip(frames, indices, timestamps, info.fps, backend, info, note)
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+
+
+def decode_size(info: VideoInfo, n_frames: int, model: ModelInput | None) -> tuple[int, int]:
+    """(width, height) to decode at. The video's own size unless its ``n_frames`` frames would take more than
+    ``FULL_SIZE_LIMIT_BYTES`` (or one frame more than ``FRAME_LIMIT_BYTES``) and a model says what size it needs:
+    then each side is capped at twice the model's input (at once if that is still too much), never below it, so the
+    model's antialiased resize still runs and ordinary videos keep exactly the frames they had."""
+    w, h = info.width, info.height
+    if model is None or (n_frames * w * h * 3 <= FULL_SIZE_LIMIT_BYTES and w * h * 3 <= FRAME_LIMIT_BYTES):
+        return w, h
+    sh, sw = model.size
+    for factor in (2, 1):
+        tw, th = min(w, factor * sw), min(h, factor * sh)
+        if n_frames * tw * th * 3 <= FULL_SIZE_LIMIT_BYTES:
+            break
+    return tw, th
+
+
+def estimate_memory(info: VideoInfo, n_frames: int, model: ModelInput | None = None) -> MemoryEstimate:
+    """What decoding ``n_frames`` frames of ``info`` and (with ``model``) its vision step will take; see
+    ``MemoryEstimate`` for the formula. The vision tower runs a few frames at a time, so the float pixels term is
+    an upper bound that also covers its activations."""
+    w, h = decode_size(info, n_frames, model)
+    model_bytes = 0
+    if model is not None:
+        sh, sw = model.size
+        model_bytes = n_frames * (3 * sh * sw * 4 + model.tokens_per_frame * model.hidden_size * 4)
+    return MemoryEstimate(n_frames, (w, h), n_frames * w * h * 3, 8 * info.width * info.height, model_bytes)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: the least of the system's MemAvailable, the cgroup's limit minus its
+    use, and the address-space limit (ulimit -v) minus what is mapped. None where none of them can be read."""
+    found = []
+    meminfo = _read_kib("/proc/meminfo", "MemAvailable:")
+    if meminfo is not None:
+        found.append(meminfo)
+    else:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    with contextlib.suppress(OSError, ValueError):
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                found.append(max(int(limit) - int(f.read().strip()), 0))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        mapped = _read_kib("/proc/self/status", "VmSize:")
+        if soft != resource.RLIM_INFINITY and mapped is not None:
+            found.append(max(soft - mapped, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _read_kib(path: str, key: str) -> int | None:
+    """A "Key:   123 kB" line of a /proc file, in bytes."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resolve_memory_budget(setting: str | None) -> int | None:
+    """The budget in bytes for ``sampling.memory_budget`` (``8G``, ``0.5``, None: ``DEFAULT_MEMORY_FRACTION``
+    of ``available_memory()``); None (no limit) where the available memory cannot be read."""
+    from scissor_cli.options import MEMORY_BUDGET_ALLOWED, parse_memory_budget
+
+    fraction = DEFAULT_MEMORY_FRACTION
+    if setting is not None:
+        try:
+            n_bytes, given = parse_memory_budget(setting)
+        except ValueError as e:
+            raise OptionError(
+                f"--memory-budget {setting!r} is not a memory size", hint=f"give {MEMORY_BUDGET_ALLOWED}"
+            ) from e
+        if n_bytes is not None:
+            return n_bytes
+        fraction = given if given is not None else fraction
+    available = available_memory()
+    return None if available is None else int(available * fraction)
+
+
+def check_memory(shown: str, estimate: MemoryEstimate, budget: int | None) -> None:
+    """Refuse, before anything is allocated, a video whose estimate is over the budget (None: no budget)."""
+    if budget is None or estimate.total <= budget:
+        return
+    w, h = estimate.size
+    parts = f"frames {_size(estimate.frames)}, decoder {_size(estimate.decoder)}"
+    if estimate.model:
+        parts += f", model step {_size(estimate.model)}"
+    raise VideoError(
+        f"{shown}: {estimate.n_frames} frames at {w}x{h} need about {_size(estimate.total)} ({parts}), "
+        f"more than the memory budget of {_size(budget)}",
+        hint="sample fewer frames (--frames N), give a smaller video, or raise the budget (e.g. --memory-budget 16G) "
+        "if the machine has the memory",
+    )
+
+
+def out_of_memory(shown: str, estimate: MemoryEstimate | None = None) -> VideoError:
+    """The error for an allocation that failed while decoding (never an "internal error")."""
+    need = ""
+    if estimate is not None:
+        w, h = estimate.size
+        need = f" ({estimate.n_frames} frames at {w}x{h}, about {_size(estimate.total)})"
+    return VideoError(
+        f"{shown}: out of memory while decoding{need}",
+        hint="sample fewer frames (--frames N), give a smaller video, or lower --memory-budget so that such videos "
+        "are refused before decoding",
+    )
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1024:.1f} KiB"
 
 
 def _decode_decord(info: VideoInfo, indices: tuple[int, ...]) -> np.ndarray | None:
@@ -584,28 +819,31 @@ def _upright(batch: np.ndarray, info: VideoInfo) -> np.ndarray | None:
     return None
 
 
-def _decode_ffmpeg(info: VideoInfo, indices: tuple[int, ...], shown: str) -> np.ndarray:
-    """Pipe only the selected frames as rawvideo rgb24: memory is F*H*W*3 bytes, never the whole video."""
+def _decode_ffmpeg(info: VideoInfo, indices: tuple[int, ...], shown: str, size: tuple[int, int]) -> np.ndarray:
+    """Pipe only the selected frames as rawvideo rgb24 at ``size`` (width, height): memory is F*h*w*3 bytes,
+    never the whole video, whatever the input's own size."""
     import ffmpeg
 
     ffmpeg_bin = _binary("ffmpeg")
-    width, height = info.width, info.height
+    width, height = size
     stream = ffmpeg.input(info.path, **({"rw_timeout": _URL_RW_TIMEOUT_US} if is_url(info.path) else {}))
     if not info.is_image:
         # frame numbers n count decoded frames in presentation order, as decord's indices do
         stream = stream.filter("select", "+".join(f"eq(n,{i})" for i in indices))
-    # ffmpeg has already autorotated here; scale is a no-op at the probed size and pins the rawvideo frame size
+    # ffmpeg has already autorotated here; at the probed size scale is a no-op that pins the rawvideo frame size,
+    # smaller (decode_size) it is where a huge input shrinks before a full-size frame reaches us
     stream = stream.filter("scale", width, height)
     out = stream.output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync=0, **{"frames:v": len(indices)})
     args = out.compile(cmd=ffmpeg_bin)
     args = [args[0], "-nostdin", "-hide_banner", "-v", "error", *args[1:]]
 
     frames = np.empty((len(indices), height, width, 3), dtype=np.uint8)
-    timeout = DECODE_TIMEOUT_S + info.duration
-    n_bytes, returncode, stderr = _read_into(args, frames, shown, timeout)
+    n_bytes, returncode, stderr = _read_into(args, frames, shown, is_url(info.path))
     n_decoded = n_bytes // (height * width * 3)
     if n_decoded == 0:
         detail = _first_error(stderr)
+        if "cannot allocate memory" in stderr.lower() or "out of memory" in stderr.lower():
+            raise out_of_memory(shown)
         raise VideoError(
             f"{shown}: no frame could be decoded (the video data is corrupt or truncated)",
             hint=(f"ffmpeg said: {detail}; " if detail else "")
@@ -614,25 +852,36 @@ def _decode_ffmpeg(info: VideoInfo, indices: tuple[int, ...], shown: str) -> np.
     return frames[:n_decoded]
 
 
-def _read_into(args: list[str], frames: np.ndarray, shown: str, timeout: float) -> tuple[int, int, str]:
-    """Run ffmpeg, reading its stdout straight into ``frames``; kill it after ``timeout`` s.
+def _read_into(args: list[str], frames: np.ndarray, shown: str, url: bool) -> tuple[int, int, str]:
+    """Run ffmpeg, reading its stdout straight into ``frames``; kill it when it stalls.
 
+    Stalled: for ``STALL_TIMEOUT_S`` it has read nothing (``/proc/PID/io``) and sent no frame bytes; where its reads
+    cannot be seen (a URL's socket, no /proc) ``FRAME_GAP_TIMEOUT_S`` without frame bytes. A server dripping a
+    header that claims 10 hours is stopped by what arrives, not by what it claims. ffmpeg runs in its own process
+    group; an exception here (Ctrl-C, SIGTERM turned into one, a stall) kills the whole group before waiting.
     stderr goes to a temporary file: a pipe we do not drain could fill and block ffmpeg on a corrupt file.
     """
     buffer = memoryview(frames).cast("B")
-    timed_out = threading.Event()
+    stalled_after: list[float] = []  # set by the watcher: the limit that ran out
+    done = threading.Event()
     with tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
-        except OSError as e:
-            raise VideoError(f"ffmpeg could not be started: {e}", hint=INSTALL_HINT) from e
+        proc = _popen(args, stdout=subprocess.PIPE, stderr=err)
+        last = [time.monotonic()]  # when ffmpeg last read input or sent output
 
-        def kill() -> None:
-            timed_out.set()
-            proc.kill()
+        def watch() -> None:
+            reads = None if url else _chars_read(proc.pid)
+            limit = FRAME_GAP_TIMEOUT_S if reads is None else STALL_TIMEOUT_S
+            while not done.wait(_WATCH_EVERY_S):
+                now_reads = None if reads is None else _chars_read(proc.pid)
+                if now_reads is not None and now_reads != reads:
+                    reads, last[0] = now_reads, time.monotonic()
+                if time.monotonic() - last[0] > limit:
+                    stalled_after.append(limit)
+                    _kill_group(proc, wait=False)
+                    return
 
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+        watcher = threading.Thread(target=watch, name="ffmpeg-stall-watch", daemon=True)
+        watcher.start()
         n_bytes = 0
         try:
             while n_bytes < buffer.nbytes:
@@ -640,18 +889,60 @@ def _read_into(args: list[str], frames: np.ndarray, shown: str, timeout: float) 
                 if not got:
                     break
                 n_bytes += got
-        finally:
+                last[0] = time.monotonic()
             proc.stdout.close()
             returncode = proc.wait()
-            timer.cancel()
+        except BaseException:  # Ctrl-C, SIGTERM (raised as an interruption), anything: the group dies first
+            _kill_group(proc)
+            raise
+        finally:
+            done.set()
+            watcher.join()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
-    if timed_out.is_set():
+    if stalled_after:
         raise VideoError(
-            f"{shown}: ffmpeg did not finish decoding within {timeout:.0f} s",
-            hint="the file may be damaged or on a slow or stalled disk; try a shorter --start/--end window",
+            f"{shown}: ffmpeg received nothing to decode for {stalled_after[0]:g} s and was stopped",
+            hint="the server or disk stalled; download or copy the video locally and retry"
+            if url
+            else "the file may be on a stalled disk or network mount; copy it locally and retry",
         )
     return n_bytes, returncode, stderr
+
+
+def _chars_read(pid: int) -> int | None:
+    """Bytes process ``pid`` has read through read(2) so far (files, pipes; not sockets); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _popen(args: list[str], **kwargs: object) -> subprocess.Popen:
+    """ffmpeg/ffprobe in a process group of its own (a terminal's Ctrl-C reaches only us; we end the group), with
+    stdin closed."""
+    try:
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    except OSError as e:
+        raise VideoError(f"{os.path.basename(args[0])} could not be started: {e}", hint=INSTALL_HINT) from e
+
+
+def _kill_group(proc: subprocess.Popen, wait: bool = True) -> None:
+    """SIGKILL ``proc``'s process group (it leads one: ``_popen``), then reap it: no orphan, no zombie."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if wait:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        with contextlib.suppress(ChildProcessError):
+            proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -672,17 +963,21 @@ def _input(path: str) -> list[str]:
 
 
 def _run(args: list[str], shown: str, timeout: float, what: str) -> subprocess.CompletedProcess:
+    proc = _popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as e:
+        _kill_group(proc)
         where = (
             "the server may be slow or stalled; download the video and give the file"
             if is_url(shown)
             else "the file may be on a slow or stalled disk or network mount; copy it locally and retry"
         )
         raise VideoError(f"{shown}: {what} did not answer within {timeout:.0f} s", hint=where) from e
-    except OSError as e:
-        raise VideoError(f"{what} could not be started: {e}", hint=INSTALL_HINT) from e
+    except BaseException:  # Ctrl-C, SIGTERM raised as an interruption: the group dies before we wait on it
+        _kill_group(proc)
+        raise
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def _first_error(stderr: str) -> str:

@@ -186,7 +186,13 @@ def token_map(path: str | Path, video: str, insp: Inspection) -> None:
         raise ScissorError("no compression result to draw", hint="run inspect without --video-only")
     s = insp.profile["sampling"]
     clip = video_io.sample_frames(
-        video, n_frames=s["n_frames"], fps=s["fps"], start=s["start"], end=s["end"], info=insp.info
+        video,
+        n_frames=s["n_frames"],
+        fps=s["fps"],
+        start=s["start"],
+        end=s["end"],
+        info=insp.info,
+        memory_budget=s.get("memory_budget"),
     )
     if c.assignment is None:  # compression off: every token is its own
         assignment = np.arange(c.n_original)

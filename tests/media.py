@@ -169,3 +169,37 @@ def make_media(directory: str | os.PathLike) -> Media:
         if isinstance(value, Path) and not value.exists():
             raise RuntimeError(f"media generation did not produce {value}")
     return media
+
+
+def huge_screen_gif(path: Path, side: int = 16000, n_frames: int = 4) -> Path:
+    """A GIF of a few hundred bytes whose logical screen is ``side`` x ``side`` and whose frames are one pixel each:
+    what a decoder allocates follows the screen (``side**2`` pixels a frame), not the file's size. Written by hand."""
+    import struct
+
+    out = bytearray(b"GIF89a" + struct.pack("<HH", side, side) + bytes([0xF0, 0, 0]))  # 2-colour global table
+    out += bytes([0, 0, 0, 255, 255, 255])
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever: an animation
+    for i in range(n_frames):
+        out += b"\x21\xf9\x04\x00" + struct.pack("<H", 10) + b"\x00\x00"  # 0.1 s a frame
+        out += b"\x2c" + struct.pack("<HHHH", i % side, 0, 1, 1) + b"\x00"  # a 1x1 image at (i, 0)
+        out += b"\x02\x02\x44\x01\x00"  # LZW, min code size 2: clear, pixel 1, end
+    out += b"\x3b"
+    path.write_bytes(bytes(out))
+    return path
+
+
+def huge_png(path: Path, side: int = 24000) -> Path:
+    """A 1-bit black PNG of ``side`` x ``side`` pixels: a few hundred KiB on disk, ``side**2 * 3`` bytes as RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row * 1000) for _ in range(side // 1000))
+    body += packer.compress(row * (side % 1000)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
