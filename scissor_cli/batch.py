@@ -29,6 +29,13 @@ rank reads the same output (+ part files) and computes the same pending list, a 
 writes before everybody has read, and rank r answers the videos ``pending_videos[r::world_size]`` into
 ``<output>.part-<r>-of-<world>``. After a second barrier rank 0 merges every part file into the output and removes
 them. Part files left by a killed run count as finished work on the next start and are merged at its end.
+
+Safety (README "Reliability"): a run holds ``flock`` on ``<output>.lock`` (ranks > 0: on their part file's) from
+before it reads until it returns, so a second run on the output stops with ManifestError naming the holder's PID.
+``<output>.journal`` names the jobs in flight before each step (``_Journal``); a job in flight when two runs died
+gets an error record instead of a third try. A failed write (ENOSPC, EROFS, ...) cuts the file back to whole
+records and raises ManifestError saying how many jobs are saved; ``--overwrite`` replaces only scissor's own files.
+Error records copy at most ``MAX_ERROR_FIELD`` characters of each text.
 """
 
 from __future__ import annotations
