@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -366,6 +368,26 @@ def test_terminal_prompt_streamed_answer_ctrl_c_and_ctrl_d(tiny_hf_dir, clip, tm
         os.close(term.fd)
     history = (tmp_path / "state" / "scissor" / "chat_history").read_text()
     assert "Describe the video in detail." in history and "half a line" not in history, history
+
+
+def test_sigterm_at_the_terminal_prompt_ends_the_session(tiny_hf_dir, clip):
+    """Ctrl-C at the prompt drops the line and the session goes on; SIGTERM ends it (exit 143, one line)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "TERM": "xterm"}
+    term = Terminal([clip, "--model", str(tiny_hf_dir), "--frames", "2", "--no-cache"], env)
+    try:
+        term.read_until(">>> ")
+        time.sleep(0.5)  # readline has the terminal
+        os.kill(term.pid, signal.SIGTERM)
+        assert term.exit_status() == 143, term.seen[-2000:]
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.seen)  # without the colours
+        assert "interrupted (SIGTERM)" in plain and "Traceback" not in plain, term.seen[-2000:]
+    finally:
+        try:
+            os.kill(term.pid, 9)
+            os.waitpid(term.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(term.fd)
 
 
 def test_streamed_text_keeps_control_characters_off_a_terminal(monkeypatch):
