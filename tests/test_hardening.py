@@ -286,6 +286,20 @@ def test_ask_inspect_chat_end_on_sigterm_and_sighup_like_ctrl_c(clips, tmp_path,
     assert list(spool.iterdir()) == [], "the stdin spool file is removed"
 
 
+def test_an_ignored_sighup_stays_ignored():
+    """`nohup scissor batch ...` must survive the terminal closing: only signals at their default are taken over."""
+    code = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "sys.argv = ['scissor']\n"
+        "import scissor_cli.cli as cli\n"
+        "cli._install_handlers()\n"
+        "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is cli._on_sigint)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True"], out.stderr
+
+
 # ------------------------------------------------------------------------------------------- 4. full disk
 def failing_writes(monkeypatch, should_fail, code=errno.ENOSPC):
     """batch's writes to files for which ``should_fail(path, n_writes_so_far)`` is true write half, then fail."""
