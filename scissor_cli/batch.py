@@ -29,12 +29,20 @@ rank reads the same output (+ part files) and computes the same pending list, a 
 writes before everybody has read, and rank r answers the videos ``pending_videos[r::world_size]`` into
 ``<output>.part-<r>-of-<world>``. After a second barrier rank 0 merges every part file into the output and removes
 them. Part files left by a killed run count as finished work on the next start and are merged at its end.
+
+Safety (README "Reliability"): a run holds ``flock`` on ``<output>.lock`` (ranks > 0: on their part file's) from
+before it reads until it returns, so a second run on the output stops with ManifestError naming the holder's PID.
+``<output>.journal`` names the jobs in flight before each step (``_Journal``); a job in flight when two runs died
+gets an error record instead of a third try. A failed write (ENOSPC, EROFS, ...) cuts the file back to whole
+records and raises ManifestError saying how many jobs are saved; ``--overwrite`` replaces only scissor's own files.
+Error records copy at most ``MAX_ERROR_FIELD`` characters of each text.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -44,12 +52,13 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError
+from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError, shorten
 from scissor_cli.jobs import Job, derive_id, jobs_from_manifest, jobs_from_paths
 from scissor_cli.options import Profile
 from scissor_cli.prefetch import check_decode_workers, decoding_ahead
@@ -367,32 +376,263 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_atomic(path: str, data: bytes) -> None:
+    """Replace ``path`` by ``data`` through ``<path>.tmp-<pid>``, which is removed if anything goes wrong (a full
+    disk, a Ctrl-C): the old file stays whole and no temporary file is left."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(path)
 
 
 def _append_line(fd: int, record: dict) -> None:
-    # one write of one whole line, then fsync: a kill leaves either the full line or a tail without "\n"
+    # one write of one whole line, then fsync: a kill leaves either the full line or a tail without "\n"; a write
+    # that fails (full disk) is cut back to the last whole line, so the file holds only whole records
     data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.fsync(fd)
+    size = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+
+
+class _WriteError(Exception):
+    """An OSError writing ``path`` (a full disk, a read-only or failing one); ``_run`` turns it into one line."""
+
+    def __init__(self, path: str, error: OSError):
+        super().__init__(f"{path}: {error}")
+        self.path, self.error = path, error
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise _WriteError(path, e) from e
+
+
+def _mount_point(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.ismount(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def _write_failed(e: _WriteError, saved: str) -> ManifestError:
+    """One line for a write that failed: what happened where, how many records are safe, what to do."""
+    code, where = e.error.errno, _mount_point(e.path)
+    again = "then rerun the same command to continue"
+    if code == errno.ENOSPC:
+        return ManifestError(f"no space left on {where} ({saved})", hint=f"free some space, {again}")
+    if code == getattr(errno, "EDQUOT", None):
+        return ManifestError(f"disk quota exceeded on {where} ({saved})", hint=f"free some space, {again}")
+    if code == errno.EROFS:
+        return ManifestError(
+            f"{where} is a read-only file system ({saved})",
+            hint=f"write to another location with -o, or remount it read-write and {again}",
+        )
+    if code == errno.EIO:
+        return ManifestError(
+            f"the disk of {e.path} reported an I/O error ({saved})", hint=f"check the disk (dmesg), {again}"
+        )
+    return ManifestError(
+        f"cannot write {e.path}: {e.error.strerror or e.error} ({saved})", hint=f"fix the cause, {again}"
+    )
+
+
+# ------------------------------------------------------------------------------------------ one writer per file
+LOCK_SUFFIX = ".lock"
+
+
+def _lock_pid(fd: int) -> str:
+    """The PID the holder wrote into the lock file (it writes it right after locking: wait a moment for it)."""
+    for _ in range(20):
+        with contextlib.suppress(OSError):
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if text:
+                return text
+        time.sleep(0.025)
+    return "unknown"
+
+
+def _lock(path: str, output: str) -> tuple[int, str] | None:
+    """An exclusive ``flock`` on ``<path>.lock``, held until ``_unlock`` (the kernel drops it if the process dies,
+    kill -9 included). Another holder: ManifestError naming its PID. None where the OS or the filesystem has no
+    flock (Windows, some network mounts): the run goes on unlocked, as before."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock_path = path + LOCK_SUFFIX
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ManifestError(
+                f"cannot create the lock file {lock_path}: {e.strerror}", hint="choose a writable location for --output"
+            ) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _lock_pid(fd)
+            os.close(fd)
+            raise ManifestError(
+                f"{output} is being written by another scissor batch run (PID {pid}): two runs on one output would "
+                "lose each other's records",
+                hint="wait for that run to finish (or stop it), or write to another file with -o",
+            ) from None
+        except OSError:
+            os.close(fd)
+            return None
+        # a run that was ending may have removed the file between our open and flock: lock the file at the path
+        try:
+            st, now = os.fstat(fd), os.stat(lock_path)
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, lock_path
+
+
+def _unlock(lock: tuple[int, str] | None) -> None:
+    if lock is None:
+        return
+    fd, lock_path = lock
+    with contextlib.suppress(OSError):
+        os.unlink(lock_path)  # while still holding it: a run waiting on this inode sees it gone and retries
+    os.close(fd)
+
+
+def _remove_stale_lock(path: str) -> None:
+    """The lock file of a part written by a killed run: removed if nobody holds it."""
+    lock = None
+    with contextlib.suppress(ManifestError):
+        if os.path.exists(path + LOCK_SUFFIX):
+            lock = _lock(path, path)
+    _unlock(lock)
+
+
+# --------------------------------------------------------------------------------------- jobs that kill the run
+JOURNAL_SUFFIX = ".journal"
+MAX_CRASHES = 2  # a job in flight when this many runs died is not started again
+
+
+def journal_path(output: str) -> str:
+    """results.jsonl -> results.jsonl.journal: which jobs each run had in flight (see ``_Journal``)."""
+    return output + JOURNAL_SUFFIX
+
+
+class _Journal:
+    """``<output>.journal``: before each step that may kill the process (a video's decode + vision tower + SCC, one
+    ``generate`` call), one fsync'd line ``{"run": <token>, "ids": [the jobs in flight]}``; a run that ends in any
+    way but death (finished, interrupted, stopped by an error) adds ``{"run": <token>, "end": true}``. So a run
+    without its end line died (the OOM killer, kill -9), and its last line names the jobs it died on."""
+
+    def __init__(self, path: str, rank: int):
+        self.path, self.fd = path, None
+        self.token = f"{os.getpid()}-{rank}-{time.time_ns()}"
+
+    def _append(self, entry: dict) -> None:
+        data = (json.dumps({"run": self.token, **entry}, ensure_ascii=False) + "\n").encode()
+        with _writing(self.path), _signals_held():  # whole lines only: a torn one would swallow the next
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            _write_all(self.fd, data)
+            os.fsync(self.fd)
+
+    def started(self, ids: list[str]) -> None:
+        self._append({"ids": ids})
+
+    def ended(self) -> None:
+        try:
+            if self.fd is not None:  # nothing in flight was ever written: nothing to close
+                self._append({"end": True})
+        except _WriteError:
+            pass  # a full disk: this run's last jobs count as one death each, a rerun retries them
+        finally:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+
+def _read_journal(path: str) -> list[dict]:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e}", hint="check the file's permissions") from e
+    entries = []
+    for raw in lines:
+        try:
+            entry = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a torn line of a killed run
+        if isinstance(entry, dict) and isinstance(entry.get("run"), str):
+            entries.append(entry)
+    return entries
+
+
+def _deaths(entries: list[dict]) -> dict[str, list[str]]:
+    """{run token: the jobs it had in flight when it died} for every run without an end line."""
+    last: dict[str, list[str]] = {}
+    ended: set[str] = set()
+    for entry in entries:
+        if entry.get("end"):
+            ended.add(entry["run"])
+        elif isinstance(entry.get("ids"), list):
+            last[entry["run"]] = [str(i) for i in entry["ids"]]
+    return {run: ids for run, ids in last.items() if run not in ended}
+
+
+def _crash_counts(path: str) -> Counter[str]:
+    """How many runs died with each job in flight."""
+    return Counter(i for ids in _deaths(_read_journal(path)).values() for i in set(ids))
+
+
+def _compact_journal(path: str, finished: set[str]) -> None:
+    """After a run: keep one line per run that died, naming only its jobs that are still not done (their count
+    is what stops a third attempt); nothing left: the file goes."""
+    deaths = {run: [i for i in ids if i not in finished] for run, ids in _deaths(_read_journal(path)).items()}
+    lines = [json.dumps({"run": run, "ids": ids}, ensure_ascii=False) + "\n" for run, ids in deaths.items() if ids]
+    if lines:
+        _write_atomic(path, "".join(lines).encode())
+    elif os.path.exists(path):
+        os.remove(path)
 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM wait (pending) until the block ends; then the handler runs as usual. Main thread, POSIX."""
+    """SIGINT/SIGTERM/SIGHUP wait (pending) until the block ends; then the handler runs as usual. Main thread,
+    POSIX."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
     try:
         yield
     finally:
@@ -436,6 +676,47 @@ def _check_output(output: str) -> None:
         raise ManifestError(f"the output folder {folder} does not exist", hint=f"create it: mkdir -p {folder}")
     if not os.access(folder, os.W_OK) or (os.path.exists(output) and not os.access(output, os.W_OK)):
         raise ManifestError(f"cannot write {output}", hint="choose a writable location for --output")
+
+
+def _not_a_batch_output(path: str, summary: bool = False) -> str | None:
+    """Why ``path`` is not something ``--overwrite`` may replace (None: missing, empty, or scissor's own file):
+    every whole line a record with ``status`` and ``id`` or ``video``; a summary, scissor's summary object."""
+    try:
+        with open(path, "rb") as f:
+            if summary:
+                try:
+                    data = json.loads(f.read())
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    data = None
+                if isinstance(data, dict) and "config_hash" in data and "n_records" in data:
+                    return None
+                return "not the summary of a scissor batch output"
+            for n, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n") or not raw.strip():
+                    continue  # a run killed mid-line leaves a tail without its newline
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    record = None
+                if not (isinstance(record, dict) and record.get("status") in ("ok", "error")
+                        and ("id" in record or "video" in record)):  # fmt: skip
+                    return f"line {n} is not a scissor batch record"
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"it cannot be read: {e.strerror or e}"
+    return None
+
+
+def _check_overwritable(paths: Iterable[tuple[str, bool]]) -> None:
+    """--overwrite replaces scissor's own files only: anything else is refused before a byte is removed."""
+    for path, summary in paths:
+        reason = _not_a_batch_output(path, summary)
+        if reason is not None:
+            raise ManifestError(
+                f"--overwrite would replace {path}, which is not a scissor batch output ({reason})",
+                hint=f"check the -o path; to replace that file anyway, delete it yourself first (rm {path})",
+            )
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -603,6 +884,24 @@ class _Row:
         return self.task.job
 
 
+MAX_ERROR_FIELD = 200  # characters of a question, prompt, option, ... copied into an error record
+MAX_ERROR_TEXT = 500  # characters of an error record's error and hint
+MAX_FIELD = 100_000  # characters of any text field of an ok record (the model's own limits keep them far below)
+_UNCAPPED = frozenset({"id", "video", "status", "config_hash", "traceback"})  # keys, or needed whole (traceback)
+
+
+def _capped(record: dict[str, Any], limit: int) -> dict[str, Any]:
+    """Text fields cut to ``limit`` characters, the full length noted: a 100 MB question stays out of the file."""
+    for key, value in record.items():
+        if key in _UNCAPPED:
+            continue
+        if isinstance(value, str):
+            record[key] = shorten(value, limit)
+        elif key == "options" and isinstance(value, list):
+            record[key] = [shorten(v, limit) if isinstance(v, str) else v for v in value]
+    return record
+
+
 def _base_record(task: _Task) -> dict[str, Any]:
     job = task.job
     record: dict[str, Any] = {"id": task.id, "status": "ok"}
@@ -621,14 +920,33 @@ def _error_record(task: _Task, e: Exception) -> dict[str, Any]:
     record = _base_record(task)
     record["status"] = "error"
     if isinstance(e, ScissorError):
-        record.update(error=e.message, error_type=type(e).__name__, hint=e.hint)
+        error, hint = e.message, e.hint
     else:
-        record.update(error=f"{type(e).__name__}: {e}", error_type=type(e).__name__, hint=DEBUG_HINT)
-        if os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no"):
-            record["traceback"] = traceback.format_exc()
+        error, hint = f"{type(e).__name__}: {e}", DEBUG_HINT
+    _capped(record, MAX_ERROR_FIELD)
+    record.update(error=shorten(error, MAX_ERROR_TEXT), error_type=type(e).__name__)
+    record["hint"] = None if hint is None else shorten(hint, MAX_ERROR_TEXT)
+    if not isinstance(e, ScissorError) and os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no"):
+        record["traceback"] = traceback.format_exc()
     if job.answer is not None:
         record["correct"] = False
-    record.update(job.extra)
+    record.update(_capped(dict(job.extra), MAX_ERROR_FIELD))
+    return record
+
+
+def _killed_record(task: _Task, n_deaths: int, journal: str) -> dict[str, Any]:
+    """A job two runs died on (``_Journal``) is not started a third time: this error record stands for it."""
+    record = _error_record(
+        task,
+        ManifestError(
+            f"started {n_deaths} times and never finished: the process died while working on it each time "
+            "(killed: out of memory?)",
+            hint=f"it is not started again in this output; check memory (dmesg shows the OOM killer), try a "
+            f"smaller --batch-size or a larger machine, or fewer --frames in a new output; to retry it here, "
+            f"delete {journal}",
+        ),
+    )
+    record["error_type"] = "Killed"
     return record
 
 
@@ -644,7 +962,7 @@ def _ok_record(task: _Task, answer: Any, prompt: str, n_rows: int) -> dict[str, 
         record["prompt"] = prompt
     record["batch_rows"] = n_rows  # timings_s prefill/generation are this generate call's, shared by its rows
     record.update(job.extra)
-    return record
+    return _capped(record, MAX_FIELD)
 
 
 class _Runner:
@@ -658,10 +976,12 @@ class _Runner:
         emit: Callable[[dict], None],
         sweep: Sweep | None = None,
         prompt: str | None = None,
+        on_start: Callable[[list[str]], None] | None = None,
     ):
         from scissor_cli import pipeline
 
         self.vlm, self.profile, self.batch_size, self.emit = vlm, profile, batch_size, emit
+        self.on_start = on_start or (lambda ids: None)  # the journal: these jobs are in flight now
         self.sweep, self.prompt = sweep, prompt
         # each level's profile, built once (the model's resolved tau/epsilon/seed shared by every level)
         self.level_profiles = {v: sweep.profile_for(profile, v) for v in sweep.values} if sweep else {None: profile}
@@ -679,6 +999,7 @@ class _Runner:
         queued level by level (a level's rows share one ``CompressedVideo``), so a video's levels go through
         ``generate`` together when ``batch_size`` allows."""
         t0 = time.perf_counter()
+        self.on_start([t.id for t in tasks])
         try:
             decoded = self.prefetch.take(video) if self.prefetch is not None else None  # raises its decode error
             encoded = self.pipeline.encode_video(
@@ -717,6 +1038,7 @@ class _Runner:
         if len(rows) == 1:
             self._generate_one(rows[0])
         elif rows:
+            self.on_start([r.task.id for r in rows])
             try:
                 generated = self.vlm.generate(
                     [(r.compressed.tokens, r.prompt) for r in rows], rows[0].profile.generation
@@ -729,6 +1051,7 @@ class _Runner:
             self._emit_rows(rows, generated)
 
     def _generate_one(self, row: _Row) -> None:
+        self.on_start([row.task.id])
         try:
             generated = self.vlm.generate([(row.compressed.tokens, row.prompt)], row.profile.generation)
         except Exception as e:
@@ -821,12 +1144,18 @@ def run_batch(
             raise ManifestError(f"duplicate job id {task.id!r}", hint="every job needs its own id")
         ids.add(task.id)
 
-    group = _Group(rank, world_size, BARRIER_TIMEOUT_S)
+    # one writer per file: a run locks the output (rank 0 of several: also the merge into it), each other rank
+    # its part file; a second run on the same output stops here, before it reads, writes or loads anything
+    lock = None if output == STDOUT else _lock(output if rank == 0 else part_path(output, rank, world_size), output)
     try:
-        return _run(load_model, tasks, output, profile, overwrite, batch_size, view, rank, world_size, group, sweep,
-                    prompt, decode_workers)  # fmt: skip
+        group = _Group(rank, world_size, BARRIER_TIMEOUT_S)
+        try:
+            return _run(load_model, tasks, output, profile, overwrite, batch_size, view, rank, world_size, group,
+                        sweep, prompt, decode_workers)  # fmt: skip
+        finally:
+            group.close()
     finally:
-        group.close()
+        _unlock(lock)
 
 
 def _write_stdout(record: dict) -> None:
@@ -851,6 +1180,19 @@ def _interrupted(output: str, n_total: int, n_saved: int, n_this_run: int) -> In
     )
 
 
+def _saved_counts(target: str, my_jobs: Sequence[_Task], my_records: list[dict], to_stdout: bool) -> tuple[int, int]:
+    """(this rank's jobs saved ok, records written) after a stop: a signal can land after a record's line was
+    written but before it was counted (during its fsync), so count what the file holds, as the next run will."""
+    n_ok = sum(1 for r in my_records if r["status"] == "ok")
+    n_written = len(my_records)
+    if not to_stdout:
+        with contextlib.suppress(ScissorError):
+            done = {r.key for r in _read_records(target, keep_raw=False) if r.ok}
+            n_ok = max(n_ok, sum(1 for t in my_jobs if any(k in done for k in _job_keys(t))))
+            n_written = max(n_written, n_ok)
+    return n_ok, n_written
+
+
 def _run(
     load_model: Callable[[], VisionLanguageModel],
     jobs: list[_Task],
@@ -868,57 +1210,80 @@ def _run(
 ) -> BatchSummary:
     to_stdout = output == STDOUT
     target = output if world_size == 1 else part_path(output, rank, world_size)
+    journal_file = None if to_stdout else journal_path(output)
     config = run_config(profile, sweep, prompt)
     digest = config_hash(config)
     # Phase 1: every rank reads the same files (nobody writes records before the barrier).
     existing: list[_Record] = []
-    if to_stdout:
-        pass
-    elif overwrite:
-        if rank == 0:
-            for path in [output, summary_path_for(output), *_part_files(output)]:
-                if os.path.exists(path) and path not in {part_path(output, r, world_size) for r in range(world_size)}:
-                    os.remove(path)
-        open(target, "wb").close()  # each rank empties its own part (or the output when alone)
-    else:
-        found: dict[str | None, tuple[dict | None, int]] = {}
-        existing = [r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False, configs=found)]
-        _check_resume(output, found, config, digest)  # before anything is written or loaded
-        if sweep is not None:
-            _check_levels(output, existing, sweep.axis)
-        if world_size == 1:
-            _merge_parts(output)  # leftovers of a killed multi-process run
-        _read_records(target, truncate_partial=True, keep_raw=False)  # only this rank writes `target`
+    crashes: Counter[str] = Counter()
+    try:
+        if to_stdout:
+            pass
+        elif overwrite:
+            summary_file = summary_path_for(output)
+            _check_overwritable([(output, False), (summary_file, True), *((p, False) for p in _part_files(output))])
+            with _writing(output):
+                if rank == 0:
+                    mine = {part_path(output, r, world_size) for r in range(world_size)}
+                    for path in [output, summary_file, journal_file, *_part_files(output)]:
+                        if os.path.exists(path) and path not in mine:
+                            os.remove(path)
+                open(target, "wb").close()  # each rank empties its own part (or the output when alone)
+        else:
+            found: dict[str | None, tuple[dict | None, int]] = {}
+            existing = [
+                r for p in [output, *_part_files(output)] for r in _read_records(p, keep_raw=False, configs=found)
+            ]
+            _check_resume(output, found, config, digest)  # before anything is written or loaded
+            if sweep is not None:
+                _check_levels(output, existing, sweep.axis)
+            crashes = _crash_counts(journal_file)
+            with _writing(output):
+                if world_size == 1:
+                    _merge_parts(output)  # leftovers of a killed multi-process run
+                _read_records(target, truncate_partial=True, keep_raw=False)  # only this rank writes `target`
+    except _WriteError as e:
+        raise _write_failed(e, "nothing was written") from None
     finished = {r.key for r in existing if r.ok}
     pending = [j for j in jobs if not any(k in finished for k in _job_keys(j))]
     n_skipped = len(jobs) - len(pending)
+    # jobs in flight when two runs died (the OOM killer?) get an error record instead of a third try
+    killed = [t for t in pending if crashes[t.id] >= MAX_CRASHES]
+    killed_ids = {t.id for t in killed}
 
     by_video: dict[str, list[_Task]] = {}
     for task in pending:
-        by_video.setdefault(task.job.video, []).append(task)
+        if task.id not in killed_ids:
+            by_video.setdefault(task.job.video, []).append(task)
     # whole videos per rank, so one rank encodes each video once
     my_videos = list(by_video)[rank::world_size]
     my_jobs = [job for v in my_videos for job in by_video[v]]
+    my_killed = killed[rank::world_size]
     group.barrier()
 
-    _notify(view, "start", len(my_jobs) + n_skipped, n_skipped)
+    _notify(view, "start", len(my_jobs) + len(my_killed) + n_skipped, n_skipped)
     my_records: list[dict] = []
     t_work = None
+    journal = None if journal_file is None else _Journal(journal_file, rank)
     try:
-        if my_jobs:
-            t_work = _answer(load_model, my_videos, by_video, target, profile, config, digest, batch_size, view,
-                             my_records, sweep, prompt, decode_workers)  # fmt: skip
+        try:
+            if my_jobs or my_killed:
+                t_work = _answer(load_model, my_videos, by_video, target, profile, config, digest, batch_size, view,
+                                 my_records, sweep, prompt, decode_workers, my_killed, crashes, journal)  # fmt: skip
+        finally:
+            if journal is not None:
+                journal.ended()  # whatever stopped it, this run did not die: its jobs in flight are not to blame
         group.barrier()  # every rank has written its part
-    except KeyboardInterrupt:
-        n_ok = sum(1 for r in my_records if r["status"] == "ok")
-        n_written = len(my_records)
-        if not to_stdout:
-            # Ctrl-C can land after a record's line was written but before it was counted (during its fsync):
-            # count what the file holds, the same way the next run will
-            done = {r.key for r in _read_records(target, keep_raw=False) if r.ok}
-            n_ok = max(n_ok, sum(1 for t in my_jobs if any(k in done for k in _job_keys(t))))
-            n_written = max(n_written, n_ok)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP (the CLI raises them as its subclass Terminated)
+        n_ok, n_written = _saved_counts(target, my_jobs, my_records, to_stdout)
+        if not to_stdout and world_size == 1:
+            with contextlib.suppress(ScissorError, OSError):  # the summary of what is saved, as after a full run
+                _write_summary(output, summarize([r.slim for r in _final_records(_read_records(output))]), config,
+                               digest)  # fmt: skip
         raise _interrupted(output, len(jobs), n_skipped + n_ok, n_written) from None
+    except _WriteError as e:
+        n_ok, _ = _saved_counts(target, my_jobs, my_records, to_stdout)
+        raise _write_failed(e, f"{n_skipped + n_ok} of {len(jobs)} jobs are saved in {output}") from None
 
     summary = BatchSummary(
         n_total=len(jobs),
@@ -939,14 +1304,20 @@ def _run(
 
     if world_size > 1:
         _notify(view, "note", "merging part files")
-    final = _merge_parts(output)
-    if world_size > 1:  # count every rank's work of this run
-        pending_keys = {_job_keys(j)[0] for j in pending}
-        run_records = [r.slim for r in final if r.key in pending_keys]
-        summary.n_done = sum(1 for r in run_records if r.get("status") == "ok")
-        summary.n_failed = len(run_records) - summary.n_done
-    summary.totals = summarize([r.slim for r in final])
-    summary.summary_path = _write_summary(output, summary.totals, config, digest)
+    try:
+        with _writing(output):
+            final = _merge_parts(output)
+            if world_size > 1:  # count every rank's work of this run
+                pending_keys = {_job_keys(j)[0] for j in pending}
+                run_records = [r.slim for r in final if r.key in pending_keys]
+                summary.n_done = sum(1 for r in run_records if r.get("status") == "ok")
+                summary.n_failed = len(run_records) - summary.n_done
+            summary.totals = summarize([r.slim for r in final])
+            summary.summary_path = _write_summary(output, summary.totals, config, digest)
+            _compact_journal(journal_file, {r.key[3:] for r in final if r.ok and r.key.startswith("id:")})
+    except _WriteError as e:
+        n_ok = sum(1 for r in _read_records(output, keep_raw=False) if r.ok)
+        raise _write_failed(e, f"{n_ok} of {len(jobs)} jobs are saved in {output} and its part files") from None
     return summary
 
 
@@ -964,15 +1335,16 @@ def _answer(
     sweep: Sweep | None = None,
     prompt: str | None = None,
     decode_workers: int = 0,
-) -> float:
-    """Load the model, answer ``videos``' jobs and write their records to ``target``; returns the work's wall time
-    (model load excluded). ``records`` receives each record as it is written (for counts after an interrupt)."""
-    _notify(view, "note", "loading the model")
-    vlm = load_model()
-    from scissor_cli.pipeline import resolve_profile
-
-    resolved = resolve_profile(vlm, profile)
-    fd = None if target == STDOUT else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    killed: Sequence[_Task] = (),
+    crashes: Counter[str] | None = None,
+    journal: _Journal | None = None,
+) -> float | None:
+    """Write the ``killed`` jobs' error records, then (if ``videos`` has any) load the model, answer ``videos``'
+    jobs and write their records to ``target``; returns the work's wall time (model load excluded; None without
+    videos). ``records`` receives each record as it is written (for counts after an interrupt). ``journal``
+    hears of each step's jobs before the step starts."""
+    with _writing(target):
+        fd = None if target == STDOUT else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
 
         def emit(record: dict) -> None:
@@ -981,12 +1353,22 @@ def _answer(
                 if fd is None:
                     _write_stdout(record)
                 else:
-                    _append_line(fd, record)
+                    with _writing(target):
+                        _append_line(fd, record)
                 records.append(record)
             _notify(view, "job_done", record)
 
+        for task in killed:
+            emit(_killed_record(task, (crashes or Counter())[task.id], journal.path if journal else JOURNAL_SUFFIX))
+        if not videos:
+            return None
+        _notify(view, "note", "loading the model")
+        vlm = load_model()
+        from scissor_cli.pipeline import resolve_profile
+
+        resolved = resolve_profile(vlm, profile)
         t_work = time.perf_counter()
-        runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt)
+        runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt, journal.started if journal else None)
         # also on Ctrl-C, the block's end stops the workers and their ffmpeg children
         with decoding_ahead(videos, resolved, decode_workers, vlm, runner.cache) as runner.prefetch:
             for i, video in enumerate(videos, 1):
@@ -1010,4 +1392,5 @@ def _merge_parts(output: str) -> list[_Record]:
         _write_atomic(output, b"".join(r.raw for r in final))
     for p in parts:
         os.remove(p)
+        _remove_stale_lock(p)
     return final

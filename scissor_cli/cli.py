@@ -5,7 +5,8 @@ and hands the result to ``render``. torch, transformers and decord are imported 
 ``scissor --help``, ``scissor profiles list`` and ``scissor version`` stay fast.
 
 Ctrl-C and a closed stdout are handled here, the way Unix tools do: one ``interrupted`` line and exit 130 at any
-moment; a reader that goes away (``| head -1``) ends the command quietly with exit 0.
+moment (SIGTERM and SIGHUP alike: the same cleanup and line, exit 143 and 129); a reader that goes away
+(``| head -1``) ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
@@ -19,17 +20,48 @@ import time
 _IMPORTED_AT = time.perf_counter()  # ~ process start when run as `scissor` (the interpreter's start-up aside)
 # Ctrl-C state: "raise" is False until main() runs: an interrupt during the imports below has nothing to clean up,
 # so the handler exits on the spot (a KeyboardInterrupt there would escape as a traceback from the import line).
+# SIGTERM and SIGHUP take the same path ("signum" says which came first; the exit code is 128 + it).
 _sigint = {"seen": False, "reported": False, "raise": False, "main": False}
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _exit_code() -> int:
+    """130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP: what a shell reports for a command they ended."""
+    return 128 + int(_sigint.get("signum", signal.SIGINT))
+
+
+def _signal_note() -> str:
+    signum = _sigint.get("signum", signal.SIGINT)
+    return "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
 
 
 def _on_sigint(signum: int, frame: object) -> None:
-    if _sigint["seen"] or not _sigint["raise"]:  # during imports, or a second Ctrl-C while the first unwinds
+    """SIGINT, SIGTERM and SIGHUP: unwind as a KeyboardInterrupt (SIGTERM/SIGHUP: its subclass Terminated), so
+    the command's cleanup runs and it ends with one line; during the imports, or on a second signal, exit at once."""
+    if _sigint["seen"] or not _sigint["raise"]:  # during imports, or a second signal while the first unwinds
+        _sigint.setdefault("signum", signum)
         if not _sigint["reported"]:
             _sigint["reported"] = True
-            os.write(2, b"interrupted\n")
-        os._exit(130)
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                os.write(2, f"interrupted{_signal_note()}\n".encode())
+        os._exit(_exit_code())
     _sigint["seen"] = True
-    raise KeyboardInterrupt
+    _sigint["signum"] = signum
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    from scissor_cli.errors import Terminated
+
+    raise Terminated(signum)
+
+
+def _install_handlers() -> None:
+    """Ctrl-C where Python's own handler is; SIGTERM/SIGHUP where they are at their default (killing us without
+    cleanup). An ignored SIGHUP (``nohup scissor batch ...``) stays ignored."""
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
+        signal.signal(signal.SIGINT, _on_sigint)
+    for signum in _STOP_SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, _on_sigint):
+            signal.signal(signum, _on_sigint)
 
 
 def _running_as_command() -> bool:
@@ -41,7 +73,7 @@ def _running_as_command() -> bool:
 
 
 if _running_as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _on_sigint)
+    _install_handlers()
 
 import functools  # noqa: E402 - after the handler, so Ctrl-C while typer and rich import is one clean line
 from collections.abc import Callable  # noqa: E402
@@ -53,7 +85,7 @@ import typer  # noqa: E402
 from typer.core import TyperCommand, TyperGroup  # noqa: E402
 
 from scissor_cli import render  # noqa: E402
-from scissor_cli.errors import Interrupted, OptionError, ScissorError  # noqa: E402
+from scissor_cli.errors import Interrupted, OptionError, ScissorError, Terminated  # noqa: E402
 from scissor_cli.options import (  # noqa: E402
     GenerationOptions,
     ModelOptions,
@@ -136,7 +168,8 @@ def _debug() -> bool:
 def _report_interrupt(message: str | None = None) -> None:
     if not _sigint["reported"]:
         _sigint["reported"] = True
-        render.interrupted(message)
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            render.interrupted(message, _signal_note().strip(" ()") or None)
 
 
 def _quiet_stdout() -> None:
@@ -177,7 +210,8 @@ def handle_errors(fn: F) -> F:
     """The one error seam: ScissorError -> one line + hint, the class's exit code; tracebacks only when debugging.
 
     After a Ctrl-C, whatever ends the command (a KeyboardInterrupt, batch's Interrupted, or an error it caused,
-    such as an ffmpeg child killed by the same Ctrl-C) ends it as one ``interrupted`` line with exit 130."""
+    such as an ffmpeg child killed by the same Ctrl-C) ends it as one ``interrupted`` line with exit 130 (143
+    after SIGTERM, 129 after SIGHUP)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -194,18 +228,18 @@ def handle_errors(fn: F) -> F:
             if _debug():
                 render.err.print_exception()
             _report_interrupt(e.message)
-            raise typer.Exit(e.exit_code) from None
+            raise typer.Exit(_exit_code() if _sigint["seen"] else e.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
                 render.err.print_exception()
             _report_interrupt()
-            raise typer.Exit(130) from None
+            raise typer.Exit(_exit_code()) from None
         except ScissorError as e:
             if _debug():
                 render.err.print_exception()
             if _sigint["seen"]:
                 _report_interrupt()
-                raise typer.Exit(130) from None
+                raise typer.Exit(_exit_code()) from None
             render.error(e)
             raise typer.Exit(e.exit_code) from None
         except Exception as e:
@@ -213,7 +247,7 @@ def handle_errors(fn: F) -> F:
                 raise
             if _sigint["seen"]:
                 _report_interrupt()
-                raise typer.Exit(130) from None
+                raise typer.Exit(_exit_code()) from None
             render.internal_error(e)
             raise typer.Exit(1) from None
 
@@ -1111,8 +1145,8 @@ def chat(
                 render.error(e)
                 exit_code = e.exit_code
                 continue
-            except KeyboardInterrupt:
-                if not interactive:
+            except KeyboardInterrupt as e:
+                if not interactive or isinstance(e, Terminated):  # SIGTERM/SIGHUP end the session
                     raise
                 render.chat_stopped("\ninterrupted: that step left nothing behind; the session goes on")
                 continue
@@ -1135,18 +1169,19 @@ def chat(
 
 
 def main() -> None:
-    """The `scissor` console script: app() with Ctrl-C as one line and exit 130 at any moment."""
+    """The `scissor` console script: app() with Ctrl-C as one line and exit 130 at any moment (SIGTERM 143,
+    SIGHUP 129)."""
     _sigint["main"] = True
     if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
-        _sigint["raise"] = True  # from here on a Ctrl-C unwinds (closing progress bars, saving batch work)
-        signal.signal(signal.SIGINT, _on_sigint)
+        _sigint["raise"] = True  # from here on a signal unwinds (closing progress bars, saving batch work)
+        _install_handlers()
     was_devnull = _stdout_is_devnull()
     try:
         app()
     except SystemExit as e:
         if _sigint["seen"]:  # however the command ended (typer turns a stray KeyboardInterrupt into exit 130)
             _report_interrupt()
-            raise SystemExit(130) from None
+            raise SystemExit(_exit_code()) from None
         # rich's and typer's own exit on EPIPE, e.g. `scissor ask --help | head -1`
         if e.code == 1 and _stdout_reader_gone(was_devnull):
             _quiet_stdout()
@@ -1154,7 +1189,7 @@ def main() -> None:
         raise
     except KeyboardInterrupt:
         _report_interrupt()
-        raise SystemExit(130) from None
+        raise SystemExit(_exit_code()) from None
 
 
 if __name__ == "__main__":

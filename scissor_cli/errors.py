@@ -49,6 +49,26 @@ class ManifestError(ScissorError):
 
 
 class Interrupted(ScissorError):
-    """Ctrl-C (SIGINT) or SIGTERM: the message says what was kept (e.g. how many batch jobs are saved)."""
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP: the message says what was kept (e.g. how many batch jobs are saved).
+    The CLI exits 128 + the signal's number: 130, 143 or 129."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised by the CLI's handler where the signal lands. A KeyboardInterrupt, so that every
+    cleanup a Ctrl-C runs (temporary files, decode workers, batch's saved count) runs too; code that turns Ctrl-C
+    into "stop this step and go on" (chat) re-raises it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """``text`` if it has at most ``limit`` characters, else its first ``limit`` and how long it was:
+    ``"What is … (104857600 characters)"``. Keeps records and printed lines short whatever a user passed."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"

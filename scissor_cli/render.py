@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from scissor_cli.errors import ScissorError
+from scissor_cli.errors import ScissorError, Terminated, shorten
 
 if TYPE_CHECKING:
     from scissor_cli.pipeline import Answer, Inspection
@@ -65,14 +65,18 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------- errors
+MAX_LINE = 1000  # characters of an error's message or hint printed; a longer one says its length instead
+
+
 def error(e: ScissorError) -> None:
-    err.print(f"[bold red]error:[/] {escape(e.message)}")
+    err.print(f"[bold red]error:[/] {escape(shorten(e.message, MAX_LINE))}")  # short whatever text it quotes
     if e.hint:
-        err.print(f"[dim]hint:[/] {escape(e.hint)}")
+        err.print(f"[dim]hint:[/] {escape(shorten(e.hint, MAX_LINE))}")
 
 
 def internal_error(e: BaseException) -> None:
-    err.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(str(e) or 'no message')}")
+    text = shorten(str(e), MAX_LINE) or "no message"
+    err.print(f"[bold red]internal error:[/] {escape(type(e).__name__)}: {escape(text)}")
     err.print("[dim]hint:[/] rerun with SCISSOR_DEBUG=1 for the traceback, and report it with the command you ran")
 
 
@@ -80,9 +84,11 @@ def warn(text: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
-def interrupted(message: str | None = None) -> None:
-    """The one line a Ctrl-C leaves (batch: how many jobs are saved and how to continue)."""
-    err.print(f"[yellow]interrupted[/]{': ' + escape(message) if message else ''}")
+def interrupted(message: str | None = None, signal_name: str | None = None) -> None:
+    """The one line a Ctrl-C (or SIGTERM, SIGHUP: ``signal_name``) leaves (batch: how many jobs are saved and how
+    to continue)."""
+    by = f" ({signal_name})" if signal_name else ""
+    err.print(f"[yellow]interrupted[/]{by}{': ' + escape(message) if message else ''}")
 
 
 def written(what: str, path: str) -> None:
@@ -703,7 +709,9 @@ def chat_lines(interactive: bool, history_file: str | None = None) -> Iterator[s
                     err.file.write(CHAT_PROMPT)
                     err.file.flush()
                 line = input("" if prompt_to_stderr else CHAT_PROMPT)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
+                if isinstance(e, Terminated):  # SIGTERM/SIGHUP end the session; Ctrl-C only the line
+                    raise
                 err.print("\n[dim](Ctrl-D or /quit ends the session)[/]")
                 continue
             except EOFError:

@@ -581,6 +581,7 @@ def test_two_processes_shard_merge_and_resume(folder, tmp_path, clips):
     assert sorted(s0["ids"] + s1["ids"]) == sorted(j.id for j in jobs_from_paths([str(folder / "new")], "Q?"))
     assert s0["n_skipped"] == 4 and s0["n_done"] == 2
     assert len(read_jsonl(out)) == 6 and not list(tmp_path.glob("r.jsonl.part-*"))
+    assert not list(tmp_path.glob("*.lock")), "each rank locked what it wrote and removed its lock file"
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -366,6 +368,36 @@ def test_terminal_prompt_streamed_answer_ctrl_c_and_ctrl_d(tiny_hf_dir, clip, tm
         os.close(term.fd)
     history = (tmp_path / "state" / "scissor" / "chat_history").read_text()
     assert "Describe the video in detail." in history and "half a line" not in history, history
+
+
+@pytest.mark.parametrize("during", ["prompt", "answer"])
+def test_sigterm_at_the_terminal_ends_the_session(tiny_hf_dir, clip, during):
+    """Ctrl-C at the prompt drops the line, during an answer stops it, and the session goes on; SIGTERM ends the
+    session in both places (exit 143, one line)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "TERM": "xterm"}
+    term = Terminal([clip, "--model", str(tiny_hf_dir), "--frames", "2", "--max-new-tokens", "300", "--no-cache"], env)
+    try:
+        at = term.read_until(">>> ")
+        time.sleep(0.5)  # readline has the terminal
+        if during == "answer":
+            term.type("Describe the video in detail.\r")
+            at = term.read_until("Describe the video in detail.\r\n", start=at)
+            deadline = time.monotonic() + 120
+            while len(term.seen[at:].strip()) < 3:  # the answer is streaming
+                assert time.monotonic() < deadline, f"no streamed text; the terminal shows:\n{term.seen[-2000:]}"
+                term.poll(0.2)
+        os.kill(term.pid, signal.SIGTERM)
+        assert term.exit_status() == 143, term.seen[-2000:]
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.seen)  # without the colours
+        assert plain.count("interrupted (SIGTERM)") == 1 and "Traceback" not in plain, term.seen[-2000:]
+        assert "(stopped)" not in plain and "session goes on" not in plain, term.seen[-2000:]
+    finally:
+        try:
+            os.kill(term.pid, 9)
+            os.waitpid(term.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(term.fd)
 
 
 def test_streamed_text_keeps_control_characters_off_a_terminal(monkeypatch):

@@ -714,12 +714,13 @@ def test_main_reports_an_interrupt_that_escapes_the_commands(monkeypatch, capsys
             raise SystemExit(130) from None
 
     monkeypatch.setattr(cli, "app", typer_like_app)
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         with pytest.raises(SystemExit) as e:
             cli.main()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
 
 
