@@ -386,6 +386,7 @@ class _StallingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        self.server.n_requests += 1
         name = self.path.rsplit("/", 1)[-1]
         path = Path(self.directory) / name
         if not path.is_file():
@@ -410,6 +411,7 @@ def stalling(media):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.stall, server.release = threading.Event(), threading.Event()
+    server.n_requests = 0
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -511,3 +513,47 @@ def test_decode_ahead_workers_apply_the_budget_and_name_allocation_failures(medi
         with pytest.raises(VideoError) as e:
             ahead.take(order[0])
     assert e.value.message == f"{order[0]}: out of memory while decoding" and "--frames" in e.value.hint
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds ffmpeg processes through /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_the_cli_ends_a_stalled_decode_on_sigterm_and_sighup(stalling, tiny_hf_dir, sig):
+    """The command's own handlers (not a test stand-in): one line, exit 128 + signal, ffmpeg's group gone."""
+    token = f"c{os.getpid()}x{int(sig)}x{time.monotonic_ns()}"
+    url = f"http://127.0.0.1:{stalling.server_address[1]}/{token}/index.mkv"
+    args = [
+        sys.executable,
+        "-m",
+        "scissor_cli",
+        "inspect",
+        url,
+        "--model",
+        str(tiny_hf_dir),
+        "--frames",
+        "8",
+        "--no-cache",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not stalling.n_requests:  # the probe is served whole; the decode (after the model loads) stalls
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.01)
+        stalling.stall.set()
+        while not _processes_with(token):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + int(sig), (proc.returncode, err.decode()[-2000:])
+        assert err.decode().strip().splitlines()[-1].startswith("interrupted"), err.decode()[-2000:]
+        assert "Traceback" not in err.decode()
+        time.sleep(0.2)
+        assert _processes_with(token) == [], "no ffmpeg is left behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _processes_with(token):
+            os.kill(pid, signal.SIGKILL)
