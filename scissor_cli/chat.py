@@ -302,6 +302,7 @@ class ChatSession:
         t0 = time.perf_counter()
         v, vlm, gen = self.prepared, self.vlm, self.profile.generation
         history = list(self.history) if self.keep_history else []
+        vlm.check_question(question, reserve=gen.max_new_tokens, history=history)  # bounded before tokenizing it
         n_prompt = vlm.prompt_length(v.compressed.n_final, question, history)
         limit = vlm.max_positions
         if limit is not None and n_prompt + gen.max_new_tokens > limit:

@@ -376,6 +376,9 @@ def answer(
         with video_io.opened(video) as info:
             return answer(vlm, video, questions, profile, on_status=on_status, info=info)
     questions = [questions] if isinstance(questions, str) else list(questions)
+    for i, question in enumerate(questions, 1):  # before any decoding: a 100 MB question fails in milliseconds
+        what = "the question" if len(questions) == 1 else f"question {i}"
+        vlm.check_question(question, reserve=profile.generation.max_new_tokens, what=what)
     profile = resolve_profile(vlm, profile)
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)
