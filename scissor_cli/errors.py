@@ -48,6 +48,11 @@ class ManifestError(ScissorError):
     exit_code = 6
 
 
+class ScissorWarning(Warning):
+    """Something went wrong and was repaired, worth one line (e.g. a corrupt cache entry, deleted and recomputed).
+    Library code raises it with ``warnings.warn``; the CLI renders it as ``warning: ...``."""
+
+
 class Interrupted(ScissorError):
     """Ctrl-C (SIGINT) or SIGTERM: the message says what was kept (e.g. how many batch jobs are saved)."""
 

@@ -208,7 +208,8 @@ def encode_video(
     key = None
     if cache is not None:  # info.path: the file itself (for stdin, its spooled copy: same bytes, same key)
         key = cache.key(info.path, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
-        cached = cache.get(key)
+        expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
+        cached = cache.get(key, shape=expected, dtype=vlm.dtype)  # a bad entry: deleted, warned, a miss
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
             n = features.shape[0]  # a file that ended early cached fewer frames than planned
