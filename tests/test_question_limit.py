@@ -151,7 +151,7 @@ def test_chat_line_is_refused_and_the_session_goes_on(vlm, clip, monkeypatch):
     assert max(spy.lengths, default=0) < 1000, "the huge line must not reach the tokenizer"
     first = chat_mod.handle(session, "What is happening?")
     assert session.history and session.turns == [first]
-    # within the character bound: counted in tokens, with the earlier turn in the prompt
+    # within the character bound: counted in tokens
     with pytest.raises(OptionError, match="leaves it at most"):
         chat_mod.handle(session, "\U0001f600" * 1100)
 
