@@ -567,6 +567,7 @@ class VisionLanguageModel:
         self.suppress_ids = sorted({vocab[t] for t in ("<image>", "<video>") if t in vocab})
         self._prompt_cache: dict[tuple, tuple[list[int], list[int]]] = {}
         self._max_token_chars: int | None = None
+        self._added_texts: list[str] | None = None  # what the tokenizer matches before its model (special or not)
         # the LLM's context: prompt + answer must fit (a chat checks it before each turn)
         self.max_positions: int | None = getattr(cfg.text_config, "max_position_embeddings", None)
         # called before each vision chunk and each generation step (batch's decode-ahead sizes torch's thread pool
@@ -642,7 +643,15 @@ class VisionLanguageModel:
         return self._prompt_cache[key]
 
     def _tokenize_pieces(self, pieces: list[tuple[str, bool]]) -> list[int]:
-        tok, ids = self.tokenizer, []
+        """Ids of the joined pieces. User text that spells an added token (``<|im_end|>``, ``<video>``, ...) is
+        tokenized on its own as plain text; otherwise the whole prompt is tokenized at once (the ids transformers'
+        own path gives, also where a piece boundary would change a merge, e.g. a question starting with spaces)."""
+        tok = self.tokenizer
+        if self._added_texts is None:
+            self._added_texts = [t.content for t in tok.added_tokens_decoder.values() if t.content]
+        if not any(user and any(a in text for a in self._added_texts) for text, user in pieces):
+            return tok("".join(text for text, _ in pieces), add_special_tokens=False).input_ids
+        ids = []
         for text, is_user in pieces:
             if text:
                 ids += tok(text, add_special_tokens=False, split_special_tokens=is_user).input_ids
