@@ -365,9 +365,12 @@ class Scissor(lmms):
         )
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
+        from scissor_cli import render
+
         try:
-            parsed = [self._parse(i, r) for i, r in enumerate(requests)]  # every doc checked before any runs
-            return self._run(parsed, len(requests))
+            with render.library_warnings():  # e.g. a bad feature-cache entry: one "warning:" line, as in the CLI
+                parsed = [self._parse(i, r) for i, r in enumerate(requests)]  # every doc checked before any runs
+                return self._run(parsed, len(requests))
         except ScissorError as e:
             _fail(e)
 

@@ -470,3 +470,17 @@ def test_a_context_the_model_cannot_hold_stops_before_any_decoding(model, clips,
     assert err[0].startswith("error: task long doc 1's context is 60,000 characters long"), err
     assert "4,096 tokens" in err[0] and "qqqqqqqq" not in "".join(err)
     assert encoded == [], "every context is checked before the first video is decoded"
+
+
+@needs_lmms_eval
+def test_a_bad_cache_entry_is_one_warning_line_and_the_same_answer(model, clips, capsys, tmp_path):
+    docs = [{"visual": [clips[0]], "question": "What?"}]
+    fresh = model.generate_until(requests(model, docs, GREEDY))
+    (entry,) = (tmp_path / "cache").glob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    data[-3] ^= 0x10  # plausible wrong values: only the checksum tells
+    entry.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert model.generate_until(requests(model, docs, GREEDY)) == fresh
+    err = capsys.readouterr().err  # the warning may follow the progress bar's unfinished line
+    assert err.count("warning: feature cache entry") == 1 and "does not match its checksum" in err, err
