@@ -994,6 +994,25 @@ class _Runner:
         self.queue: list[_Row] = []
         self.prefetch: Any = None  # a prefetch.Prefetcher decoding the next videos in worker processes, or None
 
+    def refuse_long_prompts(self, videos: list[str], by_video: dict[str, list[_Task]]) -> list[str]:
+        """A prompt longer than the model's context allows is its job's error record, before anything is
+        decoded; returns the videos that still have jobs (``by_video`` keeps only those jobs)."""
+        reserve = self.profile.generation.max_new_tokens
+        for video in videos:
+            kept = []
+            for task in by_video[video]:
+                try:
+                    self.vlm.check_question(
+                        build_prompt(task.job.question, task.job.options, task.job.prompt or self.prompt),
+                        reserve=reserve,
+                        what="the job's prompt",
+                    )
+                    kept.append(task)
+                except OptionError as e:
+                    self.emit(_error_record(task, e))
+            by_video[video] = kept
+        return [v for v in videos if by_video[v]]
+
     def add_video(self, video: str, tasks: list[_Task], on_status: Callable[[str], None]) -> None:
         """One decode + vision tower pass for every task of ``video``, then SCC once per level; the rows are
         queued level by level (a level's rows share one ``CompressedVideo``), so a video's levels go through
@@ -1369,6 +1388,7 @@ def _answer(
         resolved = resolve_profile(vlm, profile)
         t_work = time.perf_counter()
         runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt, journal.started if journal else None)
+        videos = runner.refuse_long_prompts(videos, by_video)
         # also on Ctrl-C, the block's end stops the workers and their ffmpeg children
         with decoding_ahead(videos, resolved, decode_workers, vlm, runner.cache) as runner.prefetch:
             for i, video in enumerate(videos, 1):

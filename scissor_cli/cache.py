@@ -5,7 +5,12 @@ Key: sha256 of the video file's bytes + the frame plan (indices) + model id + re
 those means different features. One safetensors file per entry, written atomically (tmp file + ``os.replace``),
 so a crash never leaves a half-written entry under a real name. The directory is size-bounded: after each
 ``put`` the least recently used entries (by mtime, which ``get`` refreshes) are removed until it fits.
-Unreadable entries are treated as misses and deleted. No transformers here; torch/safetensors imported lazily.
+
+Each entry carries its key, the sha256 of its tensor's bytes, its shape and dtype (safetensors metadata); ``get``
+verifies them, plus finite values and the shape the caller expects, so an entry that loads but is wrong (bit rot,
+a truncated or edited file, NaN, an entry of an older scissor without a checksum) is deleted and reported as a
+``ScissorWarning``, and the caller recomputes: never an answer from a bad entry. No transformers here;
+torch/safetensors imported lazily.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from scissor_cli.errors import ScissorWarning
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: ~270 clips of 8 frames x 196 x 896 fp32 (5.6 MB each)
 SUFFIX = ".safetensors"
 _TENSOR = "features"
+FORMAT = "scissor-features-2"  # entries of version 1 had no checksum: unverifiable, so recomputed
 _HASH_CHUNK = 1 << 20
 # (path, size, mtime_ns) -> sha256 of the file: hashing a large video once per process is enough
 _file_hashes: dict[tuple[str, int, int], str] = {}
@@ -97,38 +106,67 @@ class FeatureCache:
         """Whether an entry exists (not read: batch's decode-ahead asks this for every video it would decode)."""
         return self._path(key).is_file()
 
-    def get(self, key: str, device=None) -> torch.Tensor | None:
-        """The cached tensor (on ``device``, default CPU), or None on a miss. A corrupt entry is removed."""
+    def get(self, key: str, device=None, shape: Sequence[int] | None = None, dtype=None) -> torch.Tensor | None:
+        """The cached tensor (on ``device``, default CPU), or None on a miss.
+
+        ``shape`` (F, T, D): the entry must hold 1 to F frames of exactly T x D (a video that ends early caches
+        fewer frames than planned); ``dtype``: the dtype it must have. An entry that fails to load or to verify
+        (module docstring) is deleted with a ``ScissorWarning`` naming why, and is a miss."""
         path = self._path(key)
         if not path.is_file():
             return None
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            tensor = load_file(str(path), device=str(device) if device is not None else "cpu")[_TENSOR]
-        except (SafetensorError, OSError, KeyError):  # truncated or garbled file, no features tensor: a miss, gone
-            path.unlink(missing_ok=True)
-            return None
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            tensor = load_file(str(path), device="cpu")[_TENSOR]
+        except (SafetensorError, OSError, KeyError) as e:  # truncated or garbled file, no features tensor
+            return self._bad(path, f"cannot be read ({type(e).__name__})")
+        problem = _verify(tensor, meta, key, shape, dtype)
+        if problem is not None:
+            return self._bad(path, problem)
         try:
             os.utime(path)  # mark as recently used
         except OSError:
             pass
-        return tensor
+        return tensor if device is None else tensor.to(device)
+
+    @staticmethod
+    def _bad(path: Path, why: str) -> None:
+        path.unlink(missing_ok=True)
+        warnings.warn(
+            f"feature cache entry {path.name[:12]}… {why}: deleted, and the video is encoded again",
+            ScissorWarning,
+            stacklevel=3,
+        )
+        return None
 
     def put(self, key: str, tensor: torch.Tensor) -> bool:
-        """Store ``tensor`` under ``key``; returns False when it is larger than the whole cache (not stored)."""
+        """Store ``tensor`` under ``key`` with its checksum; returns False when it is larger than the whole cache
+        or holds NaN/inf (not stored)."""
+        import torch
         from safetensors.torch import save_file
 
         path = self._path(key)
         data = tensor.detach().to("cpu").contiguous()
         if data.numel() * data.element_size() > self.max_bytes:
             return False
+        if not bool(torch.isfinite(data).all()):  # would fail verification on every read
+            return False
+        meta = {
+            "format": FORMAT,
+            "key": key,
+            "sha256": tensor_digest(data),
+            "shape": json.dumps(list(data.shape)),
+            "dtype": str(data.dtype).removeprefix("torch."),
+        }
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=SUFFIX)
         os.close(fd)
         try:
-            save_file({_TENSOR: data}, tmp, metadata={"key": key})
+            save_file({_TENSOR: data}, tmp, metadata=meta)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -175,3 +213,35 @@ class FeatureCache:
         for p, _, _ in entries:
             p.unlink(missing_ok=True)
         return len(entries)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a CPU tensor's bytes (any dtype, bf16 included)."""
+    import torch
+
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy()).hexdigest()
+
+
+def _verify(tensor: torch.Tensor, meta: dict[str, str], key: str, shape: Sequence[int] | None, dtype) -> str | None:
+    """Why a loaded entry cannot be trusted, or None."""
+    import torch
+
+    if meta.get("format") != FORMAT or "sha256" not in meta:
+        return "has no checksum (written by an older scissor)"
+    if meta.get("key") != key:
+        return "was stored under another key"
+    held, held_dtype = list(tensor.shape), str(tensor.dtype).removeprefix("torch.")
+    if meta.get("shape") != json.dumps(held) or meta.get("dtype") != held_dtype:
+        return f"holds {held} {held_dtype}, not what it recorded"
+    if tensor_digest(tensor) != meta["sha256"]:
+        return "does not match its checksum"
+    if not bool(torch.isfinite(tensor).all()):
+        return "contains NaN or infinite values"
+    if shape is not None:
+        n, *rest = shape
+        if tensor.ndim != len(shape) or held[1:] != list(rest) or not 1 <= held[0] <= n:
+            return f"has shape {held}, not up to {n} frames of {' x '.join(map(str, rest))}"
+    if dtype is not None and held_dtype != str(dtype).removeprefix("torch."):
+        return f"holds {held_dtype}, not {str(dtype).removeprefix('torch.')}"
+    return None

@@ -302,6 +302,8 @@ class ChatSession:
         t0 = time.perf_counter()
         v, vlm, gen = self.prepared, self.vlm, self.profile.generation
         history = list(self.history) if self.keep_history else []
+        # the question alone first (cheap for huge text); then, with the earlier turns, the overflow check below
+        vlm.check_question(question, reserve=gen.max_new_tokens)
         n_prompt = vlm.prompt_length(v.compressed.n_final, question, history)
         limit = vlm.max_positions
         if limit is not None and n_prompt + gen.max_new_tokens > limit:

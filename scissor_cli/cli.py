@@ -218,7 +218,8 @@ def handle_errors(fn: F) -> F:
         if not _sigint["main"]:  # in-process (tests): time the command, not the test session
             _command_clock["start"] = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            with render.library_warnings():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except render.StdoutClosed:

@@ -48,6 +48,11 @@ class ManifestError(ScissorError):
     exit_code = 6
 
 
+class ScissorWarning(Warning):
+    """Something went wrong and was repaired, worth one line (e.g. a corrupt cache entry, deleted and recomputed).
+    Library code raises it with ``warnings.warn``; the CLI renders it as ``warning: ...``."""
+
+
 class Interrupted(ScissorError):
     """Ctrl-C (SIGINT), SIGTERM or SIGHUP: the message says what was kept (e.g. how many batch jobs are saved).
     The CLI exits 128 + the signal's number: 130, 143 or 129."""

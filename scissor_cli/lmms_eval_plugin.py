@@ -365,9 +365,12 @@ class Scissor(lmms):
         )
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
+        from scissor_cli import render
+
         try:
-            parsed = [self._parse(i, r) for i, r in enumerate(requests)]  # every doc checked before any runs
-            return self._run(parsed, len(requests))
+            with render.library_warnings():  # e.g. a bad feature-cache entry: one "warning:" line, as in the CLI
+                parsed = [self._parse(i, r) for i, r in enumerate(requests)]  # every doc checked before any runs
+                return self._run(parsed, len(requests))
         except ScissorError as e:
             _fail(e)
 
@@ -379,7 +382,9 @@ class Scissor(lmms):
             gen = generation_options(self.profile.generation, gen_kwargs)
         except OptionError as e:
             raise OptionError(f"task {task} generation_kwargs: {e.message}", hint=e.hint) from e
-        return _Request(index, task, doc_id, video, str(context), gen, _until(gen_kwargs))
+        context = str(context)
+        self.vlm.check_question(context, reserve=gen.max_new_tokens, what=f"task {task} doc {doc_id}'s context")
+        return _Request(index, task, doc_id, video, context, gen, _until(gen_kwargs))
 
     def _run(self, parsed: list[_Request], n: int) -> list[str]:
         from tqdm import tqdm

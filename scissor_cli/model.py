@@ -45,6 +45,9 @@ FRAMES_PER_CHUNK = 8  # vision tower batch: bounds activation memory (27x27 patc
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)  # SigLIP normalisation; the llava-hf configs store the same values
 # A placeholder no tokenizer will split or produce from user text; the prompt is cut around it.
 VIDEO_MARK = "\u2063<scissor-video>\u2063"
+# Stands for the i-th user text while the template renders (``_prompt_pieces``); cut out again afterwards.
+_TEXT_MARK = "\u2063<scissor-text-{}>\u2063"
+_MARK_RE = re.compile("\u2063<scissor-text-(\\d+)>\u2063")
 
 # original LLaVA-NeXT name -> transformers 5.x in-memory name (applied by from_pretrained's key_mapping)
 NEXT_KEY_MAPPING = {
@@ -259,6 +262,7 @@ def detect_layout(config: dict) -> str:
 def _tensor_shapes(files: list[Path], safetensors: bool, name: str) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, from the safetensors headers (no data read)."""
     import pickle
+    import warnings
 
     import torch
     from safetensors import SafetensorError, safe_open
@@ -271,13 +275,37 @@ def _tensor_shapes(files: list[Path], safetensors: bool, name: str) -> dict[str,
                     for k in sf.keys():  # noqa: SIM118 - safe_open is not a dict
                         shapes[k] = tuple(sf.get_slice(k).get_shape())
             else:
-                sd = torch.load(str(f), map_location="meta", weights_only=True, mmap=True)
-                shapes.update({k: tuple(v.shape) for k, v in sd.items()})
-        except (SafetensorError, OSError, RuntimeError, pickle.UnpicklingError) as e:  # truncated or not weights
+                with warnings.catch_warnings():  # "Detected pickle protocol 4": a refusal below says enough
+                    warnings.simplefilter("ignore", UserWarning)
+                    try:
+                        sd = torch.load(str(f), map_location="meta", weights_only=True, mmap=True)
+                    except RuntimeError as e:  # the legacy (non-zip) format cannot be memory-mapped
+                        if "mmap" not in str(e):
+                            raise
+                        sd = torch.load(str(f), map_location="meta", weights_only=True)
+                if not isinstance(sd, dict):
+                    raise pickle.UnpicklingError(f"it holds a {type(sd).__name__}, not a dict of tensors")
+                shapes.update({k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")})
+        except pickle.UnpicklingError as e:  # weights_only unpickling refused it: more than tensors, maybe code
+            raise ModelError(
+                f"model {name}: {f.name} was refused by safe (weights-only) unpickling{_unpickling_reason(e)}",
+                hint="it holds more than tensors (possibly code): use a safetensors checkpoint from a trusted source",
+            ) from e
+        except (SafetensorError, OSError, RuntimeError, EOFError) as e:  # truncated or not weights
             raise ModelError(
                 f"model {name}: cannot read {f.name}: {e}", hint="the file is truncated or corrupt; re-download it"
             ) from e
     return shapes
+
+
+def _unpickling_reason(e: Exception) -> str:
+    """torch's refusal names the offending global on one line of a long message (whose advice to turn
+    weights_only off is not one to pass on)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.lower().startswith(("unsupported", "trying to load"))), None)
+    if reason is None and len(lines) == 1:
+        reason = lines[0]
+    return f" ({reason})" if reason else ""
 
 
 def _next_config(cfg: dict, shapes: dict[str, tuple[int, ...]], name: str):
@@ -340,6 +368,69 @@ def _next_config(cfg: dict, shapes: dict[str, tuple[int, ...]], name: str):
         image_grid_pinpoints=cfg.get("image_grid_pinpoints"),
         tie_word_embeddings=tied,
     )
+
+
+def _check_config_shapes(config, shapes: dict[str, tuple[int, ...]], name: str, layout: str) -> None:
+    """The config's layer counts and sizes against the weight files' tensor shapes (headers only), before anything
+    is built: transformers would allocate and initialise every layer the config names first (a config claiming
+    100,000 layers took gigabytes before any check). Raises ModelError naming the config key."""
+    text, vision = config.text_config, config.vision_config
+    # llava-next: the text sizes come from config.json's top level; the vision tower's from the weights themselves
+    t_key = "" if layout == "llava-next" else "text_config."
+
+    def find(pattern: str) -> tuple[str, tuple[int, ...]] | None:
+        rx = re.compile(pattern)
+        return next(((k, v) for k, v in sorted(shapes.items()) if rx.search(k)), None)
+
+    def layers(pattern: str) -> int:
+        rx = re.compile(pattern)
+        return len({m.group(1) for k in shapes if (m := rx.search(k))})
+
+    def mismatch(key: str, value: Any, held: str) -> ModelError:
+        return ModelError(
+            f"model {name}: config.json has {key} = {value!r}, but its weights hold {held}",
+            hint="the config does not belong to these weights: re-download the checkpoint or fix config.json",
+        )
+
+    checks: list[tuple[str, Any, int | None, str]] = []  # (config key, config value, value in the weights, held)
+    n_text = layers(r"(?:^|\.)layers\.(\d+)\.input_layernorm\.weight$")
+    checks.append((t_key + "num_hidden_layers", text.num_hidden_layers, n_text, f"{n_text} text layers"))
+    if layout != "llava-next":
+        n_vision = layers(r"encoder\.layers\.(\d+)\.layer_norm1\.weight$")
+        checks.append(("vision_config.num_hidden_layers", vision.num_hidden_layers, n_vision,
+                       f"{n_vision} vision layers"))  # fmt: skip
+    if (hit := find(r"embed_tokens\.weight$")) is not None:
+        k, (vocab, hidden) = hit[0], hit[1][:2]
+        checks.append((t_key + "vocab_size", text.vocab_size, vocab, f"{k} of shape {list(hit[1])}"))
+        checks.append((t_key + "hidden_size", text.hidden_size, hidden, f"{k} of shape {list(hit[1])}"))
+    if (hit := find(r"layers\.\d+\.mlp\.gate_proj\.weight$")) is not None:
+        checks.append((t_key + "intermediate_size", text.intermediate_size, hit[1][0],
+                       f"{hit[0]} of shape {list(hit[1])}"))  # fmt: skip
+    if layout != "llava-next":
+        if (hit := find(r"patch_embedding\.weight$")) is not None:
+            desc = f"{hit[0]} of shape {list(hit[1])}"
+            checks.append(("vision_config.hidden_size", vision.hidden_size, hit[1][0], desc))
+            checks.append(("vision_config.patch_size", vision.patch_size, hit[1][-1], desc))
+        if (hit := find(r"encoder\.layers\.\d+\.mlp\.fc1\.weight$")) is not None:
+            checks.append(("vision_config.intermediate_size", vision.intermediate_size, hit[1][0],
+                           f"{hit[0]} of shape {list(hit[1])}"))  # fmt: skip
+    for key, value, held, desc in checks:
+        if held is not None and value != held:
+            raise mismatch(key, value, desc)
+    # derived sizes, once the plain ones agree
+    heads, kv_heads = text.num_attention_heads, getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else 0)
+    for proj, key, n in (("q_proj", "num_attention_heads", heads), ("k_proj", "num_key_value_heads", kv_heads)):
+        if (hit := find(rf"layers\.\d+\.self_attn\.{proj}\.weight$")) is not None and hit[1][0] != n * head_dim:
+            held = f"{hit[0]} of shape {list(hit[1])}, not {n} heads of {head_dim}"
+            if proj == "k_proj":  # head_dim follows num_attention_heads unless the config sets it
+                held += f" (head_dim from {t_key}num_attention_heads = {heads})"
+            raise mismatch(t_key + key, n, held)
+    if layout != "llava-next" and vision.patch_size and (hit := find(r"position_embedding\.weight$")) is not None:
+        n_pos = (vision.image_size // vision.patch_size) ** 2
+        if hit[1][0] != n_pos:
+            raise mismatch("vision_config.image_size", vision.image_size,
+                           f"{hit[0]} of shape {list(hit[1])} ({hit[1][0]} positions, not {n_pos})")  # fmt: skip
 
 
 def _processor_settings(model_dir: Path, image_size: int) -> tuple[tuple[int, int], tuple, tuple]:
@@ -474,6 +565,8 @@ class VisionLanguageModel:
         # <image>/<video> exist in llava-hf tokenizers only; never generated as text
         self.suppress_ids = sorted({vocab[t] for t in ("<image>", "<video>") if t in vocab})
         self._prompt_cache: dict[tuple, tuple[list[int], list[int]]] = {}
+        self._max_token_chars: int | None = None
+        self._added_texts: list[str] | None = None  # what the tokenizer matches before its model (special or not)
         # the LLM's context: prompt + answer must fit (a chat checks it before each turn)
         self.max_positions: int | None = getattr(cfg.text_config, "max_position_embeddings", None)
         # called before each vision chunk and each generation step (batch's decode-ahead sizes torch's thread pool
@@ -531,38 +624,118 @@ class VisionLanguageModel:
     # ------------------------------------------------------------------ prompt
     def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
         """Token ids before and after the video in the checkpoint's prompt for ``question`` (user turn = [video,
-        text], generation prompt added; which format: ``_prompt_text``). Never relies on a <video> id being in the
-        vocabulary.
+        text], generation prompt added; which format: ``_prompt_pieces``). Never relies on a <video> id being in
+        the vocabulary.
+
+        User text (questions, answers) is tokenized as plain text: ``<|im_end|>`` or ``<video>`` typed in a
+        question become ordinary tokens, never a turn delimiter or a placeholder; the template's own markers stay
+        special.
 
         ``history``: earlier (question, answer) turns of a conversation; the video stays in the first user turn and
         ``question`` becomes the last one (empty history: the single-question prompt ``ask`` uses)."""
         key = (question, tuple(history))
         if key not in self._prompt_cache:
-            before, after = self._prompt_text(question, key[1])
-            tok = self.tokenizer
-            ids = (tok(before, add_special_tokens=False).input_ids, tok(after, add_special_tokens=False).input_ids)
+            ids = tuple(self._tokenize_pieces(side) for side in self._prompt_pieces(question, key[1]))
             if len(self._prompt_cache) > 256:
                 self._prompt_cache.clear()
-            self._prompt_cache[key] = ids
+            self._prompt_cache[key] = ids  # type: ignore[assignment]
         return self._prompt_cache[key]
+
+    def _tokenize_pieces(self, pieces: list[tuple[str, bool]]) -> list[int]:
+        """Ids of the joined pieces. User text that spells an added token (``<|im_end|>``, ``<video>``, ...) is
+        tokenized on its own as plain text; otherwise the whole prompt is tokenized at once (the ids transformers'
+        own path gives, also where a piece boundary would change a merge, e.g. a question starting with spaces)."""
+        tok = self.tokenizer
+        if self._added_texts is None:
+            self._added_texts = [t.content for t in tok.added_tokens_decoder.values() if t.content]
+        if not any(user and any(a in text for a in self._added_texts) for text, user in pieces):
+            return tok("".join(text for text, _ in pieces), add_special_tokens=False).input_ids
+        ids = []
+        for text, is_user in pieces:
+            if text:
+                ids += tok(text, add_special_tokens=False, split_special_tokens=is_user).input_ids
+        return ids
 
     def prompt_length(self, n_video: int, question: str, history: Sequence[tuple[str, str]] = ()) -> int:
         """Tokens the LLM reads for this prompt with ``n_video`` visual tokens (image_newline included)."""
         before, after = self.prompt_ids(question, history)
         return len(before) + n_video + int(self.newline) + len(after)
 
+    def check_question(
+        self, question: str, *, reserve: int = 0, history: Sequence[tuple[str, str]] = (), what: str = "the question"
+    ) -> int:
+        """Refuse (OptionError) a question whose tokens cannot fit in the LLM's context next to the prompt's own
+        tokens (the template, ``history``) and ``reserve`` more (e.g. max_new_tokens); returns its token count.
+
+        Cheap for huge text: a token spans at most ``max_token_chars`` characters, so a question longer than
+        context x that many characters is refused without tokenizing it; anything shorter is tokenized (at most
+        that many characters). The message names lengths only, never the text. Call it before decoding a video."""
+        limit = self.max_positions
+        n_chars = len(question)
+        if limit is None:
+            return -1
+        if n_chars > limit * self.max_token_chars:
+            at_least = -(-n_chars // self.max_token_chars)
+            raise OptionError(
+                f"{what} is {n_chars:,} characters long (at least {at_least:,} tokens); the model's context holds "
+                f"{limit:,} tokens",
+                hint="shorten it: the prompt, the video's tokens and the answer must all fit in the context",
+            )
+        n_tokens = len(self.tokenizer(question, add_special_tokens=False, split_special_tokens=True).input_ids)
+        before, after = self.prompt_ids("", history)
+        room = limit - len(before) - len(after) - int(self.newline) - reserve
+        if n_tokens > room:
+            raise OptionError(
+                f"{what} is {n_tokens:,} tokens ({n_chars:,} characters); the model's context of {limit:,} tokens "
+                f"leaves it at most {max(room, 0):,} (the rest: the prompt's {len(before) + len(after):,} tokens"
+                + (f" and {reserve:,} for the answer)" if reserve else ")"),
+                hint="shorten it: the video's tokens must fit in the context too",
+            )
+        return n_tokens
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for: its longest vocabulary entry (byte-level entries spell one
+        byte per character, so this bounds characters too)."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1) or 1
+        return self._max_token_chars
+
     def _prompt_text(self, question: str, history: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
-        """The prompt's text before and after the video. llava-hf checkpoints: their own chat template.
-        Original-layout checkpoints: LLaVA-NeXT's qwen conversation format, whatever template the tokenizer
-        carries (their authors prompt them that way; a Qwen2.5 tokenizer's template has another system turn)."""
+        """The prompt's text before and after the video (the pieces of ``_prompt_pieces`` joined)."""
+        before, after = self._prompt_pieces(question, history)
+        return "".join(t for t, _ in before), "".join(t for t, _ in after)
+
+    def _prompt_pieces(
+        self, question: str, history: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+        """The prompt before and after the video as (text, is_user_text) pieces. llava-hf checkpoints: their own
+        chat template. Original-layout checkpoints: LLaVA-NeXT's qwen conversation format, whatever template the
+        tokenizer carries (their authors prompt them that way; a Qwen2.5 tokenizer's template has another system
+        turn).
+
+        The template is rendered with a mark in place of each user text and cut at the marks, so no user text can
+        be read as template structure (a typed ``<video>`` does not move the video, a typed ``<|im_end|>`` ends
+        no turn)."""
         import jinja2
 
         tok = self.tokenizer
         # the conversation's questions in order, the first one carrying the video, answers in between
-        questions = [q for q, _ in history] + [question]
-        answers = [a for _, a in history]
+        texts = [q for q, _ in history] + [question] + [a for _, a in history]
+        n_q = len(history) + 1
+        marks = [_TEXT_MARK.format(i) for i in range(len(texts))]
+        questions, answers = marks[:n_q], marks[n_q:]
+
+        def cut(text: str, video: str) -> tuple[list, list] | None:
+            if text.count(video) != 1 or any(text.count(m) != 1 for m in marks):
+                return None
+            before, after = text.split(video)
+            if any(m in before for m in marks):  # every user text comes after the video (the first question)
+                return None
+            return [(before, False)], _split_marks(after, texts)
+
         if self.layout == "llava-next":
-            return _qwen_conversation(questions, answers)
+            return cut("".join(_qwen_conversation(questions, answers, VIDEO_MARK)), VIDEO_MARK)  # type: ignore[return-value]
         video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
         if tok.chat_template:
             if video_token:
@@ -577,16 +750,21 @@ class VisionLanguageModel:
                     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
                 except (TypeError, jinja2.TemplateError):  # a string-only template (str + list): the string form
                     text = ""
-                if video_token in text and question in text.split(video_token, 1)[1]:
-                    before, after = text.split(video_token, 1)
-                    return before, after
+                if (pieces := cut(text, video_token)) is not None:
+                    return pieces
             # A string-content template: the video as its own line before the first question.
             conv = _conversation(f"{VIDEO_MARK}\n{questions[0]}", questions, answers, lambda text: text)
-            text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-            if text.count(VIDEO_MARK) == 1:
-                before, after = text.split(VIDEO_MARK)
-                return before, after
-        return _qwen_conversation(questions, answers)  # no usable template
+            try:
+                text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+            except jinja2.TemplateError as e:
+                raise ModelError(
+                    f"model {self.name}: its chat template cannot be rendered: {type(e).__name__}: {e}",
+                    hint="fix or remove chat_template in the checkpoint's tokenizer_config.json / chat_template.jinja",
+                ) from e
+            if (pieces := cut(text, VIDEO_MARK)) is not None:
+                return pieces
+        # no usable template
+        return cut("".join(_qwen_conversation(questions, answers, VIDEO_MARK)), VIDEO_MARK)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ generate
     def embed_request(
@@ -742,15 +920,28 @@ class VisionLanguageModel:
         return ids
 
 
-def _qwen_conversation(questions: list[str], answers: list[str]) -> tuple[str, str]:
+def _qwen_conversation(questions: list[str], answers: list[str], video: str | None = None) -> tuple[str, ...]:
     """LLaVA-NeXT's qwen conversation format (its ``qwen_1_5`` / ``qwen_2`` templates), split where its ``<image>``
     placeholder stands: the default system turn, the video then a newline then the first question in the first
-    user turn, earlier answers as assistant turns, and the opened assistant turn at the end."""
+    user turn, earlier answers as assistant turns, and the opened assistant turn at the end. With ``video``, that
+    mark stands where the split is, and one string comes back."""
     before = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     after = f"\n{questions[0]}<|im_end|>\n"
     for answer, later in zip(answers, questions[1:], strict=True):
         after += f"<|im_start|>assistant\n{answer}<|im_end|>\n<|im_start|>user\n{later}<|im_end|>\n"
-    return before, after + "<|im_start|>assistant\n"
+    after += "<|im_start|>assistant\n"
+    return (before + video + after,) if video is not None else (before, after)
+
+
+def _split_marks(text: str, texts: list[str]) -> list[tuple[str, bool]]:
+    """A rendered prompt with ``_TEXT_MARK``s -> (text, is_user_text) pieces, each mark replaced by its text."""
+    pieces, pos = [], 0
+    for m in _MARK_RE.finditer(text):
+        pieces.append((text[pos : m.start()], False))
+        pieces.append((texts[int(m.group(1))], True))
+        pos = m.end()
+    pieces.append((text[pos:], False))
+    return [p for p in pieces if p[0]]
 
 
 def _conversation(first: Any, questions: list[str], answers: list[str], content: Callable[[str], Any]) -> list[dict]:
@@ -805,22 +996,32 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         model_dir = _fetch_pickles(name, revision, opts.offline)
         files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
 
+    import pickle
+
     import torch
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
+    shapes = _tensor_shapes(files, is_safetensors, name)
     if layout == "llava-hf":
-        with _quiet_transformers():
-            config = LlavaOnevisionConfig.from_pretrained(str(model_dir))
+        try:
+            with _quiet_transformers():
+                config = LlavaOnevisionConfig.from_pretrained(str(model_dir))
+        except (OSError, ValueError, TypeError, KeyError) as e:  # a field of the wrong type or value
+            raise ModelError(
+                f"model {name}: its config.json is not a LLaVA-OneVision config: {type(e).__name__}: {e}",
+                hint="re-download the checkpoint or fix config.json",
+            ) from e
         key_mapping = None
         newline_default = True
     else:
         with _quiet_transformers():  # Qwen2Config's rope_scaling=None deprecation warning
-            config = _next_config(raw, _tensor_shapes(files, is_safetensors, name), name)
+            config = _next_config(raw, shapes, name)
         key_mapping = NEXT_KEY_MAPPING
         newline_default = False  # LLaVA-NeXT video ("flat", as the LLaVA-Scissor baselines were trained)
+    _check_config_shapes(config, shapes, name, layout)
     newline = newline_default if opts.newline is None else opts.newline
 
     try:
@@ -861,7 +1062,8 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         raise ModelError(
             f"model {name}: {e}", hint="pip install accelerate (needed to spread a model over GPUs)"
         ) from e
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated files, shape mismatches, OOM
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as e:
+        # truncated files, shape mismatches, OOM; a pickle that weights_only unpickling refuses, or a cut-off one
         raise ModelError(
             f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
             hint="re-download it, or check that it is a LLaVA-OneVision checkpoint",
@@ -886,6 +1088,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
         model_dir=model_dir,
     )
+    vlm.prompt_ids("")  # a chat template that cannot render fails here, before any video is decoded
     return vlm
 
 

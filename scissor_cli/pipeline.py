@@ -208,7 +208,8 @@ def encode_video(
     key = None
     if cache is not None:  # info.path: the file itself (for stdin, its spooled copy: same bytes, same key)
         key = cache.key(info.path, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
-        cached = cache.get(key)
+        expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
+        cached = cache.get(key, shape=expected, dtype=vlm.dtype)  # a bad entry: deleted, warned, a miss
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
             n = features.shape[0]  # a file that ended early cached fewer frames than planned
@@ -385,6 +386,9 @@ def answer(
         with video_io.opened(video) as info:
             return answer(vlm, video, questions, profile, on_status=on_status, info=info)
     questions = [questions] if isinstance(questions, str) else list(questions)
+    for i, question in enumerate(questions, 1):  # before any decoding: a 100 MB question fails in milliseconds
+        what = "the question" if len(questions) == 1 else f"question {i}"
+        vlm.check_question(question, reserve=profile.generation.max_new_tokens, what=what)
     profile = resolve_profile(vlm, profile)
     encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
     compressed = compress_video(encoded, profile)

@@ -84,6 +84,28 @@ def warn(text: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
+@contextmanager
+def library_warnings() -> Iterator[None]:
+    """While a command runs, the library's ``ScissorWarning``s (``warnings.warn``) are ``warning:`` lines, every
+    one of them; other warnings are shown as Python shows them."""
+    import warnings
+
+    from scissor_cli.errors import ScissorWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ScissorWarning)
+        python_show = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ScissorWarning):
+                warn(str(message))
+            else:
+                python_show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def interrupted(message: str | None = None, signal_name: str | None = None) -> None:
     """The one line a Ctrl-C (or SIGTERM, SIGHUP: ``signal_name``) leaves (batch: how many jobs are saved and how
     to continue)."""

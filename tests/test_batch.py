@@ -71,6 +71,12 @@ class FakeVLM:
         position = torch.arange(4.0).expand(n, 4).unsqueeze(-1)
         return torch.cat([tokens, torch.ones(n, 4, 1), position, tokens**2], -1)  # [F, 4, 8]
 
+    def check_question(self, question, *, reserve=0, history=(), what="the question"):
+        """VisionLanguageModel.check_question's contract with a context of 10,000 characters."""
+        if len(question) + reserve > 10_000:
+            raise OptionError(f"{what} is {len(question):,} characters; the fake context holds 10,000")
+        return len(question)
+
     def generate(self, requests, gen):
         self.generate_rows.append(len(requests))
         if self.delay_s:

@@ -1,5 +1,6 @@
 """FeatureCache: keys, round trip, atomic writes, corrupt entries, LRU size bound, default location."""
 
+import json
 import os
 import time
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from scissor_cli.cache import FeatureCache, default_root
+from scissor_cli.errors import ScissorWarning
 
 
 @pytest.fixture
@@ -50,7 +52,8 @@ def test_corrupt_entry_is_a_miss_and_removed(tmp_path):
     cache.put("cd" * 32, torch.ones(4, 4))
     path = tmp_path / ("cd" * 32 + ".safetensors")
     path.write_bytes(path.read_bytes()[:20])  # truncated
-    assert cache.get("cd" * 32) is None
+    with pytest.warns(ScissorWarning, match="cannot be read"):
+        assert cache.get("cd" * 32) is None
     assert not path.exists(), "a corrupt entry must be deleted"
 
 
@@ -60,12 +63,13 @@ def test_entry_without_features_is_a_miss_and_removed(tmp_path):
     cache = FeatureCache(tmp_path)
     path = tmp_path / ("ce" * 32 + ".safetensors")
     save_file({"something_else": torch.ones(2)}, str(path))
-    assert cache.get("ce" * 32) is None and not path.exists()
+    with pytest.warns(ScissorWarning, match="cannot be read"):
+        assert cache.get("ce" * 32) is None and not path.exists()
 
 
 def test_lru_eviction_by_mtime(tmp_path):
-    one = torch.zeros(256)  # 1 KiB + header per entry
-    cache = FeatureCache(tmp_path, max_bytes=3 * 1200)
+    one = torch.zeros(256)  # 1 KiB + header (key, checksum, shape) per entry: ~1.4 KB
+    cache = FeatureCache(tmp_path, max_bytes=3 * 1500)
     keys = [f"{i:064x}" for i in range(3)]
     for i, k in enumerate(keys):
         cache.put(k, one)
@@ -121,3 +125,121 @@ def test_a_bug_while_reading_is_not_taken_for_a_corrupt_entry(tmp_path, monkeypa
     with pytest.raises(ZeroDivisionError):
         cache.get("0f" * 32)
     assert (tmp_path / ("0f" * 32 + ".safetensors")).exists(), "a good entry must not be deleted on a bug"
+
+
+# ---------------------------------------------------------------------------------------------- verification
+KEY = "ab" * 32
+
+
+def _rewrite(path, tensor, **meta_changes):
+    """Replace an entry's tensor (and metadata fields), keeping the rest of its metadata as written."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta.update(meta_changes)
+    save_file({"features": tensor}, str(path), metadata={k: v for k, v in meta.items() if v is not None})
+
+
+def _corrupt(path, kind, good):
+    from scissor_cli.cache import tensor_digest
+
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:-7])
+    elif kind == "flipped byte":  # plausible wrong values: loads fine, only the checksum tells
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x10
+        path.write_bytes(bytes(data))
+    elif kind == "nan":  # a consistent entry (its checksum recomputed) holding NaN
+        bad = good.clone()
+        bad[0, 0, 0] = float("nan")
+        _rewrite(path, bad, sha256=tensor_digest(bad))
+    elif kind == "wrong shape":  # consistent, but not what the key implies (frames x tokens x hidden)
+        bad = good[:, :-1].contiguous()
+        _rewrite(path, bad, sha256=tensor_digest(bad), shape=json.dumps(list(bad.shape)))
+    elif kind == "no checksum":  # written by an older scissor: the right values, but unverifiable
+        _rewrite(path, good, sha256=None, format=None)
+    else:
+        raise AssertionError(kind)
+
+
+CORRUPTIONS = {
+    "truncated": "cannot be read",
+    "flipped byte": "does not match its checksum",
+    "nan": "contains NaN",
+    "wrong shape": "has shape [3, 15, 8], not up to 3 frames of 16 x 8",
+    "no checksum": "has no checksum",
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_an_entry_that_fails_verification_is_deleted_with_a_warning(tmp_path, kind):
+    cache = FeatureCache(tmp_path)
+    good = torch.randn(3, 16, 8)
+    cache.put(KEY, good)
+    assert torch.equal(cache.get(KEY, shape=(3, 16, 8), dtype=torch.float32), good), "a good entry verifies"
+    path = tmp_path / (KEY + ".safetensors")
+    _corrupt(path, kind, good)
+    with pytest.warns(ScissorWarning) as caught:
+        assert cache.get(KEY, shape=(3, 16, 8), dtype=torch.float32) is None
+    assert len(caught) == 1 and CORRUPTIONS[kind] in str(caught[0].message), [str(w.message) for w in caught]
+    assert "deleted" in str(caught[0].message) and KEY[:12] in str(caught[0].message)
+    assert not path.exists(), "a bad entry must not be read again"
+
+
+def test_shape_and_dtype_the_caller_expects(tmp_path):
+    cache = FeatureCache(tmp_path)
+    cache.put(KEY, torch.ones(2, 16, 8))
+    assert cache.get(KEY, shape=(4, 16, 8)) is not None, "fewer frames than planned: a video that ended early"
+    with pytest.warns(ScissorWarning, match="holds float32, not bfloat16"):
+        assert cache.get(KEY, shape=(4, 16, 8), dtype=torch.bfloat16) is None
+    cache.put(KEY, torch.ones(2, 16, 8))
+    with pytest.warns(ScissorWarning, match="not up to 4 frames of 16 x 9"):
+        assert cache.get(KEY, shape=(4, 16, 9)) is None
+
+
+def test_non_finite_features_are_not_stored(tmp_path):
+    cache = FeatureCache(tmp_path)
+    assert cache.put(KEY, torch.tensor([[[1.0, float("inf")]]])) is False
+    assert cache.entries() == []
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    import subprocess
+
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "1"]
+    subprocess.run([*cmd, "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_ask_recomputes_a_bad_entry_and_says_so(tiny_hf_dir, clip, tmp_path, monkeypatch, kind):
+    """End to end: the answer after a bad entry equals the fresh one, is not a cache hit, and one warning line says
+    what happened; the recomputed entry serves the next run."""
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["ask", clip, "What is happening?", "--model", str(tiny_hf_dir), "--frames", "3"]
+    args += ["--max-new-tokens", "4", "--json"]
+
+    def ask():
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout), result.stderr
+
+    fresh, _ = ask()
+    (entry,) = (tmp_path / "cache").glob("*.safetensors")
+    from safetensors.torch import load_file
+
+    _corrupt(entry, kind, load_file(str(entry))["features"])
+    again, err = ask()
+    assert again["cache_hit"] is False and again["answer"] == fresh["answer"] and again["tokens"] == fresh["tokens"]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and " ".join(CORRUPTIONS[kind].split()[:2]) in warnings[0], err
+    third, err = ask()
+    assert third["cache_hit"] is True and third["answer"] == fresh["answer"] and "warning" not in err

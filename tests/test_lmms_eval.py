@@ -454,3 +454,33 @@ def test_each_rank_writes_its_own_stats_file(tiny_hf_dir, tmp_path, monkeypatch,
     with pytest.raises(SystemExit) as exit_info:
         Scissor(pretrained=str(tiny_hf_dir), device="cuda:0")
     assert exit_info.value.code == 2 and "puts all 2 processes on one GPU" in capsys.readouterr().err
+
+
+@needs_lmms_eval
+def test_a_context_the_model_cannot_hold_stops_before_any_decoding(model, clips, capsys, monkeypatch):
+    import scissor_cli.pipeline as pipeline
+
+    encoded = []
+    monkeypatch.setattr(pipeline, "encode_video", lambda *a, **k: encoded.append(a[1]))
+    docs = [{"visual": [clips[0]], "question": "What?"}, {"visual": [clips[1]], "question": "q" * 60_000}]
+    with pytest.raises(SystemExit) as exit_info:
+        model.generate_until(requests(model, docs, GREEDY, task="long"))
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err[0].startswith("error: task long doc 1's context is 60,000 characters long"), err
+    assert "4,096 tokens" in err[0] and "qqqqqqqq" not in "".join(err)
+    assert encoded == [], "every context is checked before the first video is decoded"
+
+
+@needs_lmms_eval
+def test_a_bad_cache_entry_is_one_warning_line_and_the_same_answer(model, clips, capsys, tmp_path):
+    docs = [{"visual": [clips[0]], "question": "What?"}]
+    fresh = model.generate_until(requests(model, docs, GREEDY))
+    (entry,) = (tmp_path / "cache").glob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    data[-3] ^= 0x10  # plausible wrong values: only the checksum tells
+    entry.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert model.generate_until(requests(model, docs, GREEDY)) == fresh
+    err = capsys.readouterr().err  # the warning may follow the progress bar's unfinished line
+    assert err.count("warning: feature cache entry") == 1 and "does not match its checksum" in err, err
