@@ -403,7 +403,11 @@ def test_overwrite_replaces_scissor_outputs_and_empty_files(fake_cli, folder, tm
 
 # ------------------------------------------------------------------------------------------- 6. short records
 class QuotingVLM(FakeVLM):
-    """Refuses a long question by quoting it whole, as a careless error message would."""
+    """Refuses a long question by quoting it whole, as a careless error message would (its context takes any
+    length, so the refusal comes from generate, past the length check that names only lengths)."""
+
+    def check_question(self, question, **kw):
+        return len(question)
 
     def generate(self, requests, gen):
         for _, question in requests:
