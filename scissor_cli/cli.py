@@ -309,6 +309,17 @@ EndOpt = Annotated[
     float | None,
     typer.Option("--end", metavar="S", help="Window end, seconds (default: the end).", rich_help_panel=_S),
 ]
+DecodeWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--decode-workers",
+        metavar="N",
+        help="Threads splitting a long video's decode (decord); 0 or 1 decodes serially. Default: the cores this "
+        "process may use (short or small decodes stay serial).",
+        min=0,
+        rich_help_panel=_S,
+    ),
+]
 MaxNewOpt = Annotated[
     int | None,
     typer.Option(
@@ -553,6 +564,7 @@ def ask(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    decode_workers: DecodeWorkersOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
@@ -569,6 +581,7 @@ def ask(
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
     from scissor_cli import video as video_io
 
+    video_io.set_decode_workers(decode_workers)
     # a bad path or URL fails here, before minutes of model loading; stdin (-) is spooled for the block
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
@@ -673,6 +686,7 @@ def inspect(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    decode_workers: DecodeWorkersOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -698,6 +712,7 @@ def inspect(
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 
+    video_io.set_decode_workers(decode_workers)
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = (None, 0.0) if video_only else _load(p, on_status)
         taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
@@ -1057,6 +1072,7 @@ def chat(
     fps: FpsOpt = None,
     start: StartOpt = None,
     end: EndOpt = None,
+    decode_workers: DecodeWorkersOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
@@ -1073,7 +1089,9 @@ def chat(
     one question or command per line, each answer on stdout."""
     p = profile_from_flags(locals())
     from scissor_cli import chat as chat_mod
+    from scissor_cli import video as video_io
 
+    video_io.set_decode_workers(decode_workers)  # /frames and /video decode with it too
     info = chat_mod.probe_video(video)  # a bad path or URL fails here, before the model loads
     interactive = sys.stdin.isatty()
     with render.stages() as on_status:
