@@ -547,7 +547,10 @@ def sample_frames(
     backend, n_split = info.backend, 1
     if info.backend == "decord":
         n_split = split_workers(info, plan.indices, workers)
-        frames = _decode_split(info, plan.indices, n_split) if n_split > 1 else _decode_decord(info, plan.indices)
+        if n_split > 1:
+            frames, backend = _decode_split(info, plan.indices, n_split)
+        else:
+            frames = _decode_decord(info, plan.indices)
         if frames is None:
             backend = "ffmpeg"
     if frames is None:
@@ -560,7 +563,7 @@ def sample_frames(
         )
         note = f"{note}; {lost}" if note else lost
         indices, timestamps = indices[: len(frames)], timestamps[: len(frames)]
-    return Clip(frames, indices, timestamps, info.fps, backend, info, note, n_split if backend == "decord" else 1)
+    return Clip(frames, indices, timestamps, info.fps, backend, info, note, 1 if backend == "ffmpeg" else n_split)
 
 
 def _decode_decord(
@@ -625,21 +628,33 @@ def split_workers(info: VideoInfo, indices: tuple[int, ...], workers: int | None
     return max(1, min(workers, len(indices) // _SPLIT_MIN_FRAMES, span // _SPLIT_SPAN_PER_WORKER))
 
 
-def _decode_split(info: VideoInfo, indices: tuple[int, ...], n_workers: int) -> np.ndarray | None:
-    """``_decode_decord`` on ``n_workers`` contiguous chunks of ``indices`` at once, one thread and one reader with
-    one decoder thread each, into one uint8 [F, H, W, 3] array; None when any chunk fails (ffmpeg decodes it all).
+def _decode_split(
+    info: VideoInfo, indices: tuple[int, ...], n_workers: int, use_torchcodec: bool | None = None
+) -> tuple[np.ndarray | None, str]:
+    """``n_workers`` contiguous chunks of ``indices`` decoded at once, one thread and one reader with one decoder
+    thread each, into one uint8 [F, H, W, 3] array, and the backend that decoded them: torchcodec where it imports
+    (``use_torchcodec`` None; it decodes the same frames on less CPU), else decord (also for a chunk torchcodec
+    could not decode). The frames are None when a chunk fails in both (ffmpeg then decodes the whole video).
 
     Daemon threads: on Ctrl-C the main thread stops waiting at once; a chunk still decoding ends in the background
     (it holds a reference to the array until then) instead of holding up the exit."""
+    if use_torchcodec is None:
+        use_torchcodec = _torchcodec() is not None
     bounds = np.linspace(0, len(indices), n_workers + 1).round().astype(int)  # chunk sizes differ by one at most
     frames = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
     parts: list[np.ndarray | None] = [None] * n_workers
+    used: list[str] = ["decord"] * n_workers
     errors: list[BaseException] = []
 
     def run(k: int) -> None:
         lo, hi = bounds[k], bounds[k + 1]
         try:
-            parts[k] = _decode_decord(info, indices[lo:hi], threads=1, out=frames[lo:hi])
+            if use_torchcodec:
+                parts[k] = _decode_torchcodec(info, indices[lo:hi], out=frames[lo:hi])
+                used[k] = "torchcodec"
+            if parts[k] is None:
+                parts[k] = _decode_decord(info, indices[lo:hi], threads=1, out=frames[lo:hi])
+                used[k] = "decord"
         except BaseException as e:  # a bug, not a decode failure: raised in the caller's thread
             errors.append(e)
 
@@ -651,10 +666,46 @@ def _decode_split(info: VideoInfo, indices: tuple[int, ...], n_workers: int) -> 
     if errors:
         raise errors[0]
     if any(p is None for p in parts):
-        return None
+        return None, "ffmpeg"
     for k, part in enumerate(parts):  # frames that did not fit ``out`` (not expected: _upright checks the shape)
         if not np.shares_memory(part, frames):
             frames[bounds[k] : bounds[k + 1]] = part
+    return frames, "torchcodec" if set(used) == {"torchcodec"} else "decord"
+
+
+_torchcodec_loaded: list = []  # [VideoDecoder or None], once per process
+
+
+def _torchcodec():
+    """torchcodec's ``VideoDecoder`` class, or None where it is not installed or does not load (its CUDA builds,
+    0.14 on, fail beside a CPU torch). Imports torch: only a split decode asks, after the model has loaded it."""
+    if not _torchcodec_loaded:
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except Exception:  # ImportError, or OSError/RuntimeError from its shared libraries
+            VideoDecoder = None
+        _torchcodec_loaded.append(VideoDecoder)
+    return _torchcodec_loaded[0]
+
+
+def _decode_torchcodec(info: VideoInfo, indices: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+    """uint8 [F, H, W, 3] upright from torchcodec (CPU, one FFmpeg thread, exact seeks), frame by frame into ``out``
+    when given; None when torchcodec is missing or cannot decode the file (the caller uses decord)."""
+    decoder_cls = _torchcodec()
+    if decoder_cls is None:
+        return None
+    frames = out if out is not None else np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
+    try:
+        decoder = decoder_cls(info.path, device="cpu", seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
+        if max(indices) >= len(decoder):  # frame count disagrees with ffprobe
+            return None
+        for k, i in enumerate(indices):  # one frame at a time: no second copy of the chunk
+            frame = _upright(decoder.get_frame_at(int(i)).data.numpy()[None], info)
+            if frame is None or frame.shape[1:] != frames.shape[1:]:
+                return None
+            frames[k] = frame[0]
+    except (RuntimeError, ValueError, IndexError):  # its errors on files it cannot read
+        return None
     return frames
 
 

@@ -72,7 +72,8 @@ def test_split_frames_equal_the_serial_decode_on_a_real_clip(n_workers):
     info = video.probe(SAMPLE)
     indices = _plan(info, 32)
     serial = video._decode_decord(info, indices)
-    split = video._decode_split(info, indices, n_workers)
+    split, backend = video._decode_split(info, indices, n_workers, use_torchcodec=False)
+    assert backend == "decord"
     assert split.shape == serial.shape == (32, info.height, info.width, 3)
     assert np.array_equal(split, serial), "a chunk's frames differ from the serial decode's"
 
@@ -83,7 +84,7 @@ def test_split_frames_equal_the_serial_decode_with_chunks_starting_mid_gop(media
         info = video.probe(path)
         indices = tuple(range(N_INDEX_FRAMES))
         serial = video._decode_decord(info, indices)
-        split = video._decode_split(info, indices, 7)
+        split, _ = video._decode_split(info, indices, 7, use_torchcodec=False)
         assert np.array_equal(split, serial), path.name
         assert [read_index(f) for f in split] == list(indices)
 
@@ -92,7 +93,8 @@ def test_sample_frames_splits_a_long_clip_and_gives_the_serial_frames(long_clip)
     info = video.probe(long_clip)
     serial = video.sample_frames(long_clip, n_frames=32, info=info, workers=1)
     split = video.sample_frames(long_clip, n_frames=32, info=info, workers=2)
-    assert (serial.workers, split.workers, split.backend) == (1, 2, "decord")
+    assert (serial.workers, split.workers, serial.backend) == (1, 2, "decord")
+    assert split.backend == ("torchcodec" if video._torchcodec() else "decord")
     assert split.indices == serial.indices
     assert np.array_equal(split.frames, serial.frames)
     assert split.frames.flags.c_contiguous
@@ -176,12 +178,13 @@ def _fake(monkeypatch, parties: int) -> None:
     _Reader.barrier = threading.Barrier(parties)
     _Reader.threads = []
     monkeypatch.setitem(sys.modules, "decord", module)
+    monkeypatch.setattr(video, "_torchcodec_loaded", [None])  # decord alone, whether torchcodec is installed or not
 
 
 def test_chunks_decode_at_the_same_time_with_one_decoder_thread_each(media, monkeypatch):
     _fake(monkeypatch, parties=4)
     info = video.probe(media.index_mp4)
-    frames = video._decode_split(info, tuple(range(0, 40, 5)), 4)
+    frames, _ = video._decode_split(info, tuple(range(0, 40, 5)), 4, use_torchcodec=False)
     assert [read_index(f) for f in frames] == list(range(0, 40, 5))
     assert _Reader.threads == [1, 1, 1, 1]
 
@@ -196,7 +199,7 @@ def test_a_failing_chunk_sends_the_whole_video_to_ffmpeg(media, monkeypatch):
     _fake(monkeypatch, parties=1)
     sys.modules["decord"].VideoReader = Failing
     info = video.probe(media.index_mp4)
-    assert video._decode_split(info, tuple(range(0, 40, 5)), 2) is None
+    assert video._decode_split(info, tuple(range(0, 40, 5)), 2, use_torchcodec=False) == (None, "ffmpeg")
     monkeypatch.setattr(video, "split_workers", lambda info, indices, workers=None: 2)
     clip = video.sample_frames(media.index_mp4, n_frames=8, info=info)
     assert clip.backend == "ffmpeg" and clip.workers == 1
@@ -211,7 +214,71 @@ def test_a_bug_in_a_chunk_is_raised_not_hidden(media, monkeypatch):
     _fake(monkeypatch, parties=1)
     sys.modules["decord"].VideoReader = Buggy
     with pytest.raises(ZeroDivisionError):
-        video._decode_split(video.probe(media.index_mp4), tuple(range(8)), 2)
+        video._decode_split(video.probe(media.index_mp4), tuple(range(8)), 2, use_torchcodec=False)
+
+
+# ------------------------------------------------------------------------------------------------- torchcodec
+
+
+class _FakeDecoder:
+    """A stand-in torchcodec VideoDecoder over the index clip; ``fail_from``: frames it cannot decode."""
+
+    fail_from = 10**9
+    opened: list[dict] = []
+
+    def __init__(self, path, **kw):
+        _FakeDecoder.opened.append(kw)
+
+    def __len__(self):
+        return N_INDEX_FRAMES
+
+    def get_frame_at(self, i):
+        if i >= _FakeDecoder.fail_from:
+            raise RuntimeError("Requested next frame while there are no more frames left to decode.")
+        return types.SimpleNamespace(data=types.SimpleNamespace(numpy=lambda: index_frame(i)))
+
+
+@pytest.fixture
+def fake_torchcodec(monkeypatch):
+    monkeypatch.setattr(video, "_torchcodec_loaded", [_FakeDecoder])
+    _FakeDecoder.fail_from, _FakeDecoder.opened = 10**9, []
+    return _FakeDecoder
+
+
+def test_split_uses_torchcodec_where_it_loads_one_thread_per_chunk(media, fake_torchcodec):
+    info = video.probe(media.index_mp4)
+    frames, backend = video._decode_split(info, tuple(range(0, 40, 5)), 4)
+    assert backend == "torchcodec" and [read_index(f) for f in frames] == list(range(0, 40, 5))
+    assert [kw["num_ffmpeg_threads"] for kw in fake_torchcodec.opened] == [1, 1, 1, 1]
+    assert {kw["seek_mode"] for kw in fake_torchcodec.opened} == {"exact"}
+
+
+def test_a_chunk_torchcodec_cannot_decode_goes_to_decord(media, fake_torchcodec):
+    fake_torchcodec.fail_from = 30  # the last chunk (30, 35) fails in torchcodec; decord decodes it
+    info = video.probe(media.index_mp4)
+    frames, backend = video._decode_split(info, tuple(range(0, 40, 5)), 4)
+    assert backend == "decord"  # not every chunk came from torchcodec
+    assert [read_index(f) for f in frames] == list(range(0, 40, 5))
+
+
+def test_without_torchcodec_the_split_uses_decord(media, monkeypatch):
+    monkeypatch.setattr(video, "_torchcodec_loaded", [])
+    monkeypatch.setitem(sys.modules, "torchcodec", None)  # not installed
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    assert video._torchcodec() is None
+    frames, backend = video._decode_split(video.probe(media.index_mp4), tuple(range(0, 40, 5)), 2)
+    assert backend == "decord" and [read_index(f) for f in frames] == list(range(0, 40, 5))
+
+
+def test_real_torchcodec_frames_equal_decord_serial(media):
+    if video._torchcodec() is None:
+        pytest.skip("torchcodec is not installed (optional: pip install torchcodec==0.11.1 beside a CPU torch)")
+    for path, n in ((SAMPLE, 32), (media.index_mp4, 40), (media.rot90, 40), (media.index_yuv444, 40)):
+        info = video.probe(path)
+        indices = _plan(info, n)
+        frames, backend = video._decode_split(info, indices, 3, use_torchcodec=True)
+        assert backend == "torchcodec", path
+        assert np.array_equal(frames, video._decode_decord(info, indices)), path
 
 
 # ----------------------------------------------------------------------------------------- decode-ahead, CLI
