@@ -22,10 +22,12 @@ Split decoding (``_decode_split``): decord's seeks are independent, so a long vi
 into contiguous chunks, one per thread, each with its own ``VideoReader`` holding one decoder thread; each chunk
 seeks as the serial loop would from its first frame, so the frames are the serial decode's, in order, written into
 one array. Threads, not processes: decord releases the GIL while it decodes, and a process would pay its start and a
-copy of its frames (bench/bench_video.py --split measures both). How many: ``sample_frames(workers=)``, else
-``set_decode_workers`` (the CLI's ``--decode-workers``; batch's decode-ahead worker processes set 1), else this
-process's cores; fewer for few frames or a short span, serial for small decodes (``split_workers``). ffmpeg is not
-split: its ``select`` decodes every frame up to the last sampled one, which each chunk would repeat.
+copy of its frames (bench/bench_video.py --split measures both). Where torchcodec (CPU) imports, it decodes the
+chunks: the same frames on less CPU per frame; decord takes any chunk it cannot decode. How many threads:
+``sample_frames(workers=)``, else ``set_decode_workers`` (the CLI's ``--decode-workers``; batch's decode-ahead
+worker processes set 1), else this process's cores; fewer for few frames or a short span, serial for small decodes
+(``split_workers``). ffmpeg is not split: its ``select`` decodes every frame up to the last sampled one, which each
+chunk would repeat.
 
 Frame numbers are presentation-order ordinals in both backends; timestamps are ``index / average fps`` (exact for
 constant frame rate, approximate for variable). Every subprocess runs under a timeout, with stdin closed.
@@ -125,7 +127,7 @@ class Clip:
     indices: tuple[int, ...]  # frame numbers of frames[i]
     timestamps: tuple[float, ...]  # seconds
     fps: float  # the video's average frame rate
-    backend: str  # decoder actually used: "decord" | "ffmpeg" | "image"
+    backend: str  # decoder actually used: "decord" | "torchcodec" (a split decode) | "ffmpeg" | "image"
     info: VideoInfo
     note: str | None  # the plan's note, plus any frames that could not be decoded
     workers: int = 1  # threads the decode was split across (split_workers; 1: serial)
