@@ -607,7 +607,7 @@ _workers_setting: int | None = None  # set_decode_workers; None: this process's 
 def set_decode_workers(n: int | None) -> None:
     """Threads ``sample_frames`` may split one video's decode across in this process, like
     ``torch.set_num_threads``: None (the default) uses the process's cores, 0 or 1 decodes serially. The CLI sets it
-    from ``--decode-workers``; batch's decode-ahead worker processes set their share of the cores."""
+    from ``--decode-workers``; batch's decode-ahead worker processes set 1 (they already take a core each)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise OptionError(f"--decode-workers {n!r} is out of range", hint="give 0 (serial) or a number of threads")
     global _workers_setting
