@@ -3,10 +3,20 @@
     python bench/bench_video.py                 # 3-minute 1080p30 clip generated into a temporary folder
     python bench/bench_video.py --minutes 5 --keep /tmp/bench_video   # keep (and reuse) the generated clip
     python bench/bench_video.py --options [--clip FILE]   # decoder options: threads, sequential, 384 px, torchcodec
+    python bench/bench_video.py --split [--rounds 3]   # one video split across decode threads/processes (ask, chat)
 
 Each measurement runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own: the Python process
 (numpy + decord, which decodes in-process) and, for ffmpeg, the ffmpeg child as well. The reference is what the
 whole video would take decoded to uint8 RGB (``n_frames * H * W * 3``), which is what a decode-everything reader holds.
+
+``--split`` (scissor_cli.video._decode_split) measures in one process, the ways interleaved round by round so load
+changes hit them alike: today's serial decode (``workers=1``), the split across 1, 2, ... threads up to the cores
+(the per-worker curve), the same split in worker processes (their start and the copy of their frames back
+included), and torchcodec (CPU) serial and split when it imports. Every way's frames are compared with the serial
+decode's (``np.array_equal``). It prints the CPU model, the cores, the load average before and after, the median
+wall and CPU time of each way, and the projection to 16 cores from the thread curve: ``t(W) = s + p / W + c (W - 1)``
+with ``p = 2 (t1 - t2 + c)``, ``s = t1 - p`` from the 1- and 2-thread medians and ``c`` a reader's measured open
+time (each further chunk opens one). The clip is cached in ``$TMPDIR/scissor-bench-video`` (``--keep`` to choose).
 """
 
 from __future__ import annotations
@@ -156,6 +166,121 @@ def measure_options(path: Path, n_frames: int) -> None:
     print("\n".join(rows))
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    import platform
+
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def _chunks(indices, n):
+    import numpy as np
+
+    bounds = np.linspace(0, len(indices), n + 1).round().astype(int)
+    return [tuple(indices[bounds[k] : bounds[k + 1]]) for k in range(n)]
+
+
+def _process_chunk(args):
+    """In a worker process: one chunk with decord (one decoder thread), as ``_decode_split``'s threads do."""
+    from scissor_cli import video
+
+    info, chunk = args
+    return video._decode_decord(info, chunk, threads=1)
+
+
+def measure_split(path: Path, n_frames: int, rounds: int, threads_only: bool = False) -> None:
+    """Serial vs split decoding of one video, interleaved over ``rounds`` (see the module docstring)."""
+    import multiprocessing
+    import statistics
+
+    import decord
+    import numpy as np
+
+    from scissor_cli import video
+    from scissor_cli.prefetch import available_cores
+
+    cores = available_cores()
+    info = video.probe(path)
+    indices = video.plan_frames(info, n_frames=n_frames).indices
+    path_s = str(path)
+    has_torchcodec = video._torchcodec() is not None
+    if not has_torchcodec:
+        print("torchcodec not measured: it does not import (pip install torchcodec==0.11.1 beside a CPU torch)")
+
+    def processes(n):
+        # a fresh pool per decode, as a one-shot `scissor ask` would need: its start is part of the cost
+        with multiprocessing.get_context("spawn").Pool(n) as pool:
+            return np.concatenate(pool.map(_process_chunk, [(info, c) for c in _chunks(indices, n)]))
+
+    ways = {"serial (today)": lambda: video.sample_frames(path, n_frames=n_frames, info=info, workers=1).frames}
+    curve = list(range(1, max(2, cores) + 1))
+    for n in curve:
+        ways[f"threads {n}"] = lambda n=n: video._decode_split(info, indices, n, use_torchcodec=False)[0]
+    if threads_only:
+        has_torchcodec = False
+    else:
+        ways["processes 2"] = lambda: processes(2)
+    if has_torchcodec:
+        ways["torchcodec serial"] = lambda: video._decode_torchcodec(info, indices)
+        for n in curve[1:]:
+            ways[f"torchcodec threads {n}"] = lambda n=n: video._decode_split(info, indices, n, use_torchcodec=True)[0]
+
+    load_before = os.getloadavg()
+    print(f"CPU: {_cpu_model()}; cores this process may use: {cores}; load average {load_before[0]:.2f} (1 min)")
+    print(f"{path.name}: {info.width}x{info.height}, {info.n_frames} frames; {len(indices)} sampled\n", flush=True)
+    opens = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        decord.VideoReader(path_s, ctx=decord.cpu(0), num_threads=1)
+        opens.append(time.perf_counter() - t0)
+    reader_open = statistics.median(opens)
+    wall: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
+    same: dict[str, bool] = {}
+    ref = ways["serial (today)"]()
+    for r in range(rounds):
+        for name, fn in ways.items():
+            c0 = sum(os.times()[:4])  # this process and its reaped children (the pool's workers)
+            t0 = time.perf_counter()
+            frames = fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(sum(os.times()[:4]) - c0)
+            same[name] = same.get(name, True) and frames is not None and np.array_equal(frames, ref)
+            del frames
+            print(f"  round {r + 1}: {name}: {wall[name][-1]:.2f} s", flush=True)
+    load_after = os.getloadavg()
+    base = statistics.median(wall["serial (today)"])
+    print(f"\nload average before {load_before[0]:.2f} / after {load_after[0]:.2f} (1 min), "
+          f"{rounds} rounds, medians; reader open {reader_open:.3f} s\n")  # fmt: skip
+    print("| way | decode wall (median) | vs serial | CPU s (median) | cores busy | frames vs serial |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in ways:
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"| {name} | {w:.2f} s | {base / w:.2f}x | {c:.2f} s | {c / w:.2f} | "
+              f"{'identical' if same[name] else 'DIFFER'} |")  # fmt: skip
+    # Projection from the per-worker curve. Wall times from a loaded machine say little (the threads share the cores
+    # with other jobs), so the curve is taken in CPU seconds: a decode on W threads, each with a free core, takes
+    # t(W) = (C1 + d (W - 1)) / W, C1 the one-thread decode's CPU time and d what each further chunk adds (its
+    # reader's open and the decode from the keyframe before its first frame), at least the measured open time.
+    med = {k: statistics.median(cpu[k]) for k in ways}
+    c1_decord = med["threads 1"]
+    curves = (("decord", "threads 1", "threads 2"), ("torchcodec", "torchcodec serial", "torchcodec threads 2"))
+    for label, one, two in curves:
+        if one not in med or two not in med:
+            continue
+        c1, d = med[one], max(med[two] - med[one], reader_open)
+        print(f"\n{label}: C1 = {c1:.2f} CPU s, d = {d:.2f} s (C2 - C1 = {med[two] - c1:.2f}, reader open "
+              f"{reader_open:.3f} s)")  # fmt: skip
+        for w in (1, 2, 4, 8, 16):
+            t = (c1 + d * (w - 1)) / w
+            print(f"  {w:2} threads on {w:2} free cores: t = ({c1:.2f} + {d:.2f}*{w - 1}) / {w} = {t:.2f} s, "
+                  f"{c1_decord / t:.1f}x decord on one thread, {base / t:.1f}x today's serial wall here")  # fmt: skip
+
+
 def make_clip(path: Path, minutes: float, fps: int) -> None:
     """testsrc2 at 1080p, H.264 (keyframe every 250 frames, x264's default), no audio."""
     src = f"testsrc2=size={WIDTH}x{HEIGHT}:rate={fps}:duration={minutes * 60:g}"
@@ -191,12 +316,19 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--options", action="store_true", help="compare the decoder options (see OPTIONS)")
     parser.add_argument("--clip", type=Path, default=None, help="--options: measure this clip instead")
+    parser.add_argument("--split", action="store_true", help="one video split across decode threads (see above)")
+    parser.add_argument("--rounds", type=int, default=3, help="--split: rounds of every way, interleaved")
+    parser.add_argument("--threads-only", action="store_true", help="--split: serial and threads only (quicker)")
     args = parser.parse_args()
     if shutil.which("ffmpeg") is None:
         sys.exit("bench_video needs the ffmpeg binary on PATH")
     if args.options and args.clip:
         return measure_options(args.clip, args.frames)
+    if args.split and args.clip:
+        return measure_split(args.clip, args.frames, args.rounds, args.threads_only)
 
+    if args.split and args.keep is None:
+        args.keep = Path(tempfile.gettempdir()) / "scissor-bench-video"  # made once, reused by later runs
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_video_"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"testsrc2_{WIDTH}x{HEIGHT}_{args.fps}fps_{args.minutes:g}min.mp4"
@@ -206,6 +338,8 @@ def main() -> None:
         make_clip(path, args.minutes, args.fps)
         print(f"  {time.perf_counter() - t0:.0f} s, {mib(path.stat().st_size)}", flush=True)
 
+    if args.split:
+        return measure_split(path, args.frames, args.rounds, args.threads_only)
     if args.options:
         measure_options(path, args.frames)
         if args.keep is None:

@@ -354,6 +354,17 @@ MemoryBudgetOpt = Annotated[
         rich_help_panel=_S,
     ),
 ]
+DecodeWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--decode-workers",
+        metavar="N",
+        help="Threads splitting a long video's decode (decord); 0 or 1 decodes serially. Default: the cores this "
+        "process may use (short or small decodes stay serial).",
+        min=0,
+        rich_help_panel=_S,
+    ),
+]
 MaxNewOpt = Annotated[
     int | None,
     typer.Option(
@@ -601,6 +612,7 @@ def ask(
     start: StartOpt = None,
     end: EndOpt = None,
     memory_budget: MemoryBudgetOpt = None,
+    decode_workers: DecodeWorkersOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
@@ -617,6 +629,7 @@ def ask(
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
     from scissor_cli import video as video_io
 
+    video_io.set_decode_workers(decode_workers)
     # a bad path or URL fails here, before minutes of model loading; stdin (-) is spooled for the block
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
@@ -722,6 +735,7 @@ def inspect(
     start: StartOpt = None,
     end: EndOpt = None,
     memory_budget: MemoryBudgetOpt = None,
+    decode_workers: DecodeWorkersOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -747,6 +761,7 @@ def inspect(
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 
+    video_io.set_decode_workers(decode_workers)
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = (None, 0.0) if video_only else _load(p, on_status)
         taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
@@ -1108,6 +1123,7 @@ def chat(
     start: StartOpt = None,
     end: EndOpt = None,
     memory_budget: MemoryBudgetOpt = None,
+    decode_workers: DecodeWorkersOpt = None,
     max_new_tokens: MaxNewOpt = None,
     temperature: TemperatureOpt = None,
     seed: SeedOpt = None,
@@ -1124,7 +1140,9 @@ def chat(
     one question or command per line, each answer on stdout."""
     p = profile_from_flags(locals())
     from scissor_cli import chat as chat_mod
+    from scissor_cli import video as video_io
 
+    video_io.set_decode_workers(decode_workers)  # /frames and /video decode with it too
     info = chat_mod.probe_video(video)  # a bad path or URL fails here, before the model loads
     interactive = sys.stdin.isatty()
     with render.stages() as on_status:

@@ -57,7 +57,7 @@ class EncodedVideo:
     decode_s: float
     vision_s: float
     cache_hit: bool
-    backend: str  # the decoder that produced the frames ("decord", "ffmpeg"), or "cache"
+    backend: str  # the decoder that produced the frames ("decord", "torchcodec", "ffmpeg"), or "cache"
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def process_cores() -> int:
+    """This process's share of the machine: its cores divided by the processes a launcher started on it
+    (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate)."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, available_cores() // local)
+
+
 def default_decode_workers(cores: int | None = None) -> int:
     """One core for the main process (model, SCC, writing), the rest decode: ``clamp(cores - 1, 1, 8)``.
     decord and ffmpeg keep 1.2-1.7 cores busy per 1080p H.264 decode when cores are free, ~0.6 on a loaded machine
@@ -75,11 +85,7 @@ def default_decode_workers(cores: int | None = None) -> int:
     started on it (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate), so 8 ranks on 16 cores decode with one
     worker each, not seven."""
     if cores is None:
-        try:
-            local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        except ValueError:
-            local = 1
-        cores = available_cores() // local
+        cores = process_cores()
     return max(1, min(cores - 1, MAX_AUTO_WORKERS))
 
 
@@ -167,6 +173,7 @@ def _worker_main(fd: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     from scissor_cli import video as video_io
 
+    video_io.set_decode_workers(1)  # the workers already take a core each: splitting a video would oversubscribe
     resize = None  # model.resize_frames, imported (with torch) on the first task that asks for it
     while True:
         try:

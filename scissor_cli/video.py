@@ -18,6 +18,17 @@ Backends, and why each is used when:
   VFR files whose frame count decord gets wrong. A ``select`` filter on the planned frame numbers pipes only those
   frames as rawvideo rgb24, so memory stays ``F*H*W*3`` bytes however long the video is. ffmpeg autorotates.
 
+Split decoding (``_decode_split``): decord's seeks are independent, so a long video's sorted frame numbers are cut
+into contiguous chunks, one per thread, each with its own ``VideoReader`` holding one decoder thread; each chunk
+seeks as the serial loop would from its first frame, so the frames are the serial decode's, in order, written into
+one array. Threads, not processes: decord releases the GIL while it decodes, and a process would pay its start and a
+copy of its frames (bench/bench_video.py --split measures both). Where torchcodec (CPU) imports, it decodes the
+chunks: the same frames on less CPU per frame; decord takes any chunk it cannot decode. How many threads:
+``sample_frames(workers=)``, else ``set_decode_workers`` (the CLI's ``--decode-workers``; batch's decode-ahead
+worker processes set 1), else this process's cores; fewer for few frames or a short span, serial for small decodes
+(``split_workers``). ffmpeg is not split: its ``select`` decodes every frame up to the last sampled one, which each
+chunk would repeat.
+
 Frame numbers are presentation-order ordinals in both backends; timestamps are ``index / average fps`` (exact for
 constant frame rate, approximate for variable). Every subprocess runs under a timeout, with stdin closed.
 decord and ffmpeg are imported inside functions: ``scissor --help`` imports this module and must stay light.
@@ -88,6 +99,12 @@ INSTALL_HINT = (
     "conda: conda install -c conda-forge ffmpeg) so that ffmpeg and ffprobe are on PATH"
 )
 _DECORD_CHUNK = 1  # frames per decord get_batch call; measured: 1 gives the lowest peak RSS and is no slower
+# Split decoding (measured: docs/performance.md). Each chunk opens its own reader and seeks from the keyframe before
+# its first frame, decoding again up to a keyframe interval that the serial loop decoded once; short or small decodes
+# do not win that back (a 10 s 1080p clip: 0.7x; 8 frames of 360p: 0.7x; 30 s of 720p: 1.8x).
+_SPLIT_MIN_PIXELS = 8 * 1280 * 720  # sampled frames' pixels below which decoding stays serial
+_SPLIT_SPAN_PER_WORKER = 300  # video frames between the first and last sampled one, per thread (x264's GOP: 250)
+_SPLIT_MIN_FRAMES = 2  # sampled frames per chunk
 _HEAD_BYTES = 4096  # read to check the file is readable and to recognise text files
 STDIN = "-"  # the video argument that means "read the video from stdin"
 STDIN_NAME = "stdin"  # how messages name it
@@ -123,9 +140,10 @@ class Clip:
     indices: tuple[int, ...]  # frame numbers of frames[i]
     timestamps: tuple[float, ...]  # seconds
     fps: float  # the video's average frame rate
-    backend: str  # decoder actually used: "decord" | "ffmpeg" | "image"
+    backend: str  # decoder actually used: "decord" | "torchcodec" (a split decode) | "ffmpeg" | "image"
     info: VideoInfo
     note: str | None  # the plan's note, plus any frames that could not be decoded
+    workers: int = 1  # threads the decode was split across (split_workers; 1: serial)
 
 
 @dataclass(frozen=True)
@@ -611,6 +629,7 @@ def sample_frames(
     info: VideoInfo | None = None,
     model: ModelInput | None = None,
     memory_budget: str | None = None,
+    workers: int | None = None,
 ) -> Clip:
     """Decode the frames ``plan_frames`` picks. decord first, ffmpeg when decord cannot open or decode the file.
 
@@ -618,6 +637,7 @@ def sample_frames(
     ``model``: what the frames are for; frames too large at the video's own size are then decoded smaller
     (``decode_size``). Before decoding, ``estimate_memory`` is checked against ``memory_budget`` (the option's text;
     None: the default), and a video that would not fit is refused with a VideoError naming the size.
+    ``workers``: threads splitting decord's decode (``split_workers``); None: ``set_decode_workers``'s, else the cores.
     """
     if info is None:
         info = probe(path)
@@ -627,11 +647,15 @@ def sample_frames(
     check_memory(shown, estimate, resolve_memory_budget(memory_budget))
 
     frames = None
-    backend = info.backend
+    backend, n_split = info.backend, 1
     full_size = estimate.size == (info.width, info.height)
     try:
         if info.backend == "decord" and full_size:  # decord's own scaler is not used: ffmpeg scales
-            frames = _decode_decord(info, plan.indices)
+            n_split = split_workers(info, plan.indices, workers)
+            if n_split > 1:
+                frames, backend = _decode_split(info, plan.indices, n_split)
+            else:
+                frames = _decode_decord(info, plan.indices)
         if frames is None:
             backend = "image" if info.is_image else "ffmpeg"
             frames = _decode_ffmpeg(info, plan.indices, shown, estimate.size)
@@ -649,7 +673,8 @@ def sample_frames(
         w, h = estimate.size
         scaled = f"decoded at {w}x{h} instead of {info.width}x{info.height} (memory)"
         note = f"{note}; {scaled}" if note else scaled
-    return Clip(frames, indices, timestamps, info.fps, backend, info, note)
+    n_workers = 1 if backend in ("ffmpeg", "image") else n_split
+    return Clip(frames, indices, timestamps, info.fps, backend, info, note, n_workers)
 
 
 # ---------------------------------------------------------------------------------------------------- memory
@@ -779,8 +804,13 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 1024:.1f} KiB"
 
 
-def _decode_decord(info: VideoInfo, indices: tuple[int, ...]) -> np.ndarray | None:
-    """uint8 [F, H, W, 3] upright, or None when decord is missing or fails (the caller falls back to ffmpeg)."""
+def _decode_decord(
+    info: VideoInfo, indices: tuple[int, ...], threads: int = 0, out: np.ndarray | None = None
+) -> np.ndarray | None:
+    """uint8 [F, H, W, 3] upright, or None when decord is missing or fails (the caller falls back to ffmpeg).
+
+    ``threads``: the decoder's own threads (0: decord's default). ``out``: an array of that shape to fill (a split
+    decode's slice), used when the frames fit it."""
     try:
         import decord
     except ImportError:  # no wheel for this platform (e.g. macOS arm64): ffmpeg does the work
@@ -788,7 +818,7 @@ def _decode_decord(info: VideoInfo, indices: tuple[int, ...]) -> np.ndarray | No
     if hasattr(decord, "logging") and hasattr(decord.logging, "QUIET"):
         decord.logging.set_level(decord.logging.QUIET)
     try:
-        reader = decord.VideoReader(info.path, ctx=decord.cpu(0))
+        reader = decord.VideoReader(info.path, ctx=decord.cpu(0), **({"num_threads": threads} if threads else {}))
         if max(indices) >= len(reader):  # frame count disagrees with ffprobe (VFR, broken header)
             return None
         frames = None
@@ -798,10 +828,121 @@ def _decode_decord(info: VideoInfo, indices: tuple[int, ...]) -> np.ndarray | No
             if batch is None:
                 return None
             if frames is None:
-                frames = np.empty((len(indices), *batch.shape[1:]), dtype=np.uint8)
+                fits = out is not None and out.shape == (len(indices), *batch.shape[1:])
+                frames = out if fits else np.empty((len(indices), *batch.shape[1:]), dtype=np.uint8)
             frames[at : at + len(batch)] = batch
         del reader
     except (decord.DECORDError, RuntimeError):  # decord's errors on files it cannot read: ffmpeg gets a second try
+        return None
+    return frames
+
+
+_workers_setting: int | None = None  # set_decode_workers; None: this process's cores
+
+
+def set_decode_workers(n: int | None) -> None:
+    """Threads ``sample_frames`` may split one video's decode across in this process, like
+    ``torch.set_num_threads``: None (the default) uses the process's cores, 0 or 1 decodes serially. The CLI sets it
+    from ``--decode-workers``; batch's decode-ahead worker processes set 1 (they already take a core each)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise OptionError(f"--decode-workers {n!r} is out of range", hint="give 0 (serial) or a number of threads")
+    global _workers_setting
+    _workers_setting = n
+
+
+def split_workers(info: VideoInfo, indices: tuple[int, ...], workers: int | None = None) -> int:
+    """Threads for decoding the frames ``indices`` (increasing) of ``info``: ``workers``, else
+    ``set_decode_workers``'s, else the process's cores; at most one per ``_SPLIT_MIN_FRAMES`` sampled frames and per
+    ``_SPLIT_SPAN_PER_WORKER`` frames of video they span; 1 (serial) below ``_SPLIT_MIN_PIXELS`` sampled pixels."""
+    if workers is None:
+        workers = _workers_setting
+    if workers is None:
+        from scissor_cli.prefetch import process_cores
+
+        workers = process_cores()
+    if not indices or len(indices) * info.width * info.height < _SPLIT_MIN_PIXELS:
+        return 1
+    span = indices[-1] - indices[0] + 1
+    return max(1, min(workers, len(indices) // _SPLIT_MIN_FRAMES, span // _SPLIT_SPAN_PER_WORKER))
+
+
+def _decode_split(
+    info: VideoInfo, indices: tuple[int, ...], n_workers: int, use_torchcodec: bool | None = None
+) -> tuple[np.ndarray | None, str]:
+    """``n_workers`` contiguous chunks of ``indices`` decoded at once, one thread and one reader with one decoder
+    thread each, into one uint8 [F, H, W, 3] array, and the backend that decoded them: torchcodec where it imports
+    (``use_torchcodec`` None; it decodes the same frames on less CPU), else decord (also for a chunk torchcodec
+    could not decode). The frames are None when a chunk fails in both (ffmpeg then decodes the whole video).
+
+    Daemon threads: on Ctrl-C the main thread stops waiting at once; a chunk still decoding ends in the background
+    (it holds a reference to the array until then) instead of holding up the exit."""
+    if use_torchcodec is None:
+        use_torchcodec = _torchcodec() is not None
+    bounds = np.linspace(0, len(indices), n_workers + 1).round().astype(int)  # chunk sizes differ by one at most
+    frames = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
+    parts: list[np.ndarray | None] = [None] * n_workers
+    used: list[str] = ["decord"] * n_workers
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        lo, hi = bounds[k], bounds[k + 1]
+        try:
+            if use_torchcodec:
+                parts[k] = _decode_torchcodec(info, indices[lo:hi], out=frames[lo:hi])
+                used[k] = "torchcodec"
+            if parts[k] is None:
+                parts[k] = _decode_decord(info, indices[lo:hi], threads=1, out=frames[lo:hi])
+                used[k] = "decord"
+        except BaseException as e:  # a bug, not a decode failure: raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n_workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    if any(p is None for p in parts):
+        return None, "ffmpeg"
+    for k, part in enumerate(parts):  # frames that did not fit ``out`` (not expected: _upright checks the shape)
+        if not np.shares_memory(part, frames):
+            frames[bounds[k] : bounds[k + 1]] = part
+    return frames, "torchcodec" if set(used) == {"torchcodec"} else "decord"
+
+
+_torchcodec_loaded: list = []  # [VideoDecoder or None], once per process
+
+
+def _torchcodec():
+    """torchcodec's ``VideoDecoder`` class, or None where it is not installed or does not load (its CUDA builds,
+    0.14 on, fail beside a CPU torch). Imports torch: only a split decode asks, after the model has loaded it."""
+    if not _torchcodec_loaded:
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except Exception:  # ImportError, or OSError/RuntimeError from its shared libraries
+            VideoDecoder = None
+        _torchcodec_loaded.append(VideoDecoder)
+    return _torchcodec_loaded[0]
+
+
+def _decode_torchcodec(info: VideoInfo, indices: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray | None:
+    """uint8 [F, H, W, 3] upright from torchcodec (CPU, one FFmpeg thread, exact seeks), frame by frame into ``out``
+    when given; None when torchcodec is missing or cannot decode the file (the caller uses decord)."""
+    decoder_cls = _torchcodec()
+    if decoder_cls is None:
+        return None
+    frames = out if out is not None else np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
+    try:
+        decoder = decoder_cls(info.path, device="cpu", seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
+        if max(indices) >= len(decoder):  # frame count disagrees with ffprobe
+            return None
+        for k, i in enumerate(indices):  # one frame at a time: no second copy of the chunk
+            frame = _upright(decoder.get_frame_at(int(i)).data.numpy()[None], info)
+            if frame is None or frame.shape[1:] != frames.shape[1:]:
+                return None
+            frames[k] = frame[0]
+    except (RuntimeError, ValueError, IndexError):  # its errors on files it cannot read
         return None
     return frames
 
