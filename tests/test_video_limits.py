@@ -386,7 +386,6 @@ class _StallingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        self.server.n_requests += 1
         name = self.path.rsplit("/", 1)[-1]
         path = Path(self.directory) / name
         if not path.is_file():
@@ -399,6 +398,7 @@ class _StallingHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         if not self.server.stall.is_set():
             self.wfile.write(data)
+            self.server.n_served += 1
             return
         self.wfile.write(data[:1024])
         self.wfile.flush()
@@ -411,7 +411,7 @@ def stalling(media):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     server.stall, server.release = threading.Event(), threading.Event()
-    server.n_requests = 0
+    server.n_served = 0  # requests answered whole
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -536,7 +536,7 @@ def test_the_cli_ends_a_stalled_decode_on_sigterm_and_sighup(stalling, tiny_hf_d
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     try:
         deadline = time.monotonic() + 60
-        while not stalling.n_requests:  # the probe is served whole; the decode (after the model loads) stalls
+        while not stalling.n_served:  # the probe is served whole; the decode (after the model loads) stalls
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.01)
         stalling.stall.set()
