@@ -559,6 +559,9 @@ def doctor(report: dict[str, Any], as_json: bool = False) -> None:
     else:
         built = f" (torch built for CUDA {cuda['version']})" if cuda["version"] else ""
         table.add_row("CUDA", f"not available{built}: models run on " + ("mps" if report.get("mps") else "the CPU"))
+    auto = report.get("dtype_auto")
+    if auto:
+        table.add_row("dtype auto", f"{auto['dtype']} on {auto['device']}: {escape(auto['why'])}")
     for tool in ("ffmpeg", "ffprobe"):
         v = report[tool]
         table.add_row(tool, escape(v) if v else "[red]not found[/] (install ffmpeg; needed for most videos)")

@@ -218,7 +218,7 @@ def vlm(tiny_hf_dir):
     from scissor_cli.model import load_model
     from scissor_cli.options import ModelOptions
 
-    return load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu"))
+    return load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu", dtype="float32"))
 
 
 @pytest.mark.parametrize("layout", ["llava-hf", "llava-next"])
@@ -227,7 +227,7 @@ def test_history_prompt_has_the_video_once_then_the_turns_in_order(layout, tiny_
     from scissor_cli.options import ModelOptions
 
     folder = tiny_hf_dir if layout == "llava-hf" else tiny_next_dir
-    model = load_model(ModelOptions(model=str(folder), device="cpu"))
+    model = load_model(ModelOptions(model=str(folder), device="cpu", dtype="float32"))
     history = [("What is happening?", "A dog runs."), ("Where?", "In the park.")]
     before, after = model._prompt_text("And then?", tuple(history))
     assert before == model._prompt_text("What is happening?")[0], "the video sits where ask puts it"

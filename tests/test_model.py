@@ -22,12 +22,12 @@ QUESTION = "What is happening in this video?"
 
 @pytest.fixture(scope="module")
 def hf_vlm(tiny_hf_dir):
-    return load_model(ModelOptions(model=str(tiny_hf_dir)))
+    return load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def next_vlm(tiny_next_dir):
-    return load_model(ModelOptions(model=str(tiny_next_dir)))
+    return load_model(ModelOptions(model=str(tiny_next_dir), dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_preprocess_shape_and_range(frames):
 def test_compressed_splices_exactly_k_tokens(tiny_hf_dir, tiny_next_dir, hf_vlm, next_vlm, frames, newline_opt):
     for vlm, directory in ((hf_vlm, tiny_hf_dir), (next_vlm, tiny_next_dir)):
         if newline_opt is not None:
-            vlm = load_model(ModelOptions(model=str(directory), newline=newline_opt))
+            vlm = load_model(ModelOptions(model=str(directory), newline=newline_opt, dtype="float32"))
         kept = vlm.encode(frames).flatten(0, 1)[::5]  # a stand-in compressor: K = 13 of 64 tokens
         before, after = vlm.prompt_ids(QUESTION)
         expected_newline = (vlm.layout == "llava-hf") if newline_opt is None else newline_opt
@@ -115,7 +115,7 @@ def test_original_layout_loads_identical_weights(hf_vlm, next_vlm, tiny_zip_dir)
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"weights differ after renaming: {different[:3]}"
     assert next_vlm.default_tau is None and not next_vlm.newline and next_vlm.suppress_ids == []
-    zipped = load_model(ModelOptions(model=str(tiny_zip_dir)))
+    zipped = load_model(ModelOptions(model=str(tiny_zip_dir), dtype="float32"))
     assert (zipped.default_tau, zipped.default_epsilon) == (0.8, 0.1)
     # no <video> token in this tokenizer: the prompt is still the Qwen2 chat turn around the video
     before, after = next_vlm.prompt_ids(QUESTION)
@@ -142,8 +142,8 @@ def test_chat_template_from_processor_files(tiny_hf_dir, tmp_path):
     cfg.pop("chat_template", None)
     cfg.pop("extra_special_tokens", None)
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
-    vlm = load_model(ModelOptions(model=str(d)))
-    reference = load_model(ModelOptions(model=str(tiny_hf_dir)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
+    reference = load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
     assert vlm.prompt_ids(QUESTION) == reference.prompt_ids(QUESTION)
 
 
@@ -164,7 +164,7 @@ def test_weight_mismatch_is_a_clear_error(tiny_hf_dir, tiny_next_dir, tmp_path, 
         weights["model.extra_adapter.weight"] = torch.zeros(2, 2)
     save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelError, match=change) as e:
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
     assert str(d) in str(e.value)
 
 
@@ -173,9 +173,9 @@ def test_pickle_only_checkpoint_is_refused(tiny_hf_dir, tmp_path):
     torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="pickle") as e:
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
     assert "allow_pickle" in e.value.hint
-    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True))  # opt-in works (weights_only unpickling)
+    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True, dtype="float32"))  # opt-in works (weights_only unpickling)
     assert vlm.layout == "llava-hf"
 
 
@@ -201,7 +201,7 @@ def test_hub_hints_carry_the_revision(monkeypatch, tmp_path):
 
 def test_revision_with_a_local_folder_is_refused(tiny_hf_dir):
     with pytest.raises(OptionError) as e:
-        load_model(ModelOptions(model=str(tiny_hf_dir), revision="main"))
+        load_model(ModelOptions(model=str(tiny_hf_dir), revision="main", dtype="float32"))
     assert e.value.message == f"--revision applies to hub ids; {tiny_hf_dir} is a local folder"
     assert e.value.exit_code == 2 and "drop --revision" in e.value.hint
 
@@ -297,7 +297,7 @@ def test_truncated_weights_are_a_model_error(tiny_hf_dir, tiny_next_dir, tmp_pat
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError) as e:
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
     assert str(d) in e.value.message and "re-download" in e.value.hint
 
 
@@ -307,11 +307,11 @@ def test_unparsable_tokenizer_is_a_model_error(tiny_hf_dir, tmp_path):
     tok["model"] = {"type": "NoSuchModel"}  # the tokenizers library raises a plain Exception for this
     (d / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ModelError, match="cannot load its tokenizer"):
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
 
 
 def test_a_bug_in_the_chat_template_path_is_not_hidden(tiny_hf_dir, monkeypatch):
-    vlm = load_model(ModelOptions(model=str(tiny_hf_dir)))
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
 
     real = vlm.tokenizer.apply_chat_template
 
@@ -329,7 +329,7 @@ def test_a_bug_in_the_chat_template_path_is_not_hidden(tiny_hf_dir, monkeypatch)
 def test_out_of_range_checkpoint_scc_settings_are_refused(tmp_path, key, value):
     d = build_tiny_checkpoint(tmp_path / "zip", layout="llava-next", **{f"zip_{key}": value})
     with pytest.raises(ModelError, match=f"mm_zip_{key} = {value}"):
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
 
 
 def test_processor_config_is_read(tiny_hf_dir, tmp_path):
@@ -338,7 +338,7 @@ def test_processor_config_is_read(tiny_hf_dir, tmp_path):
     proc["video_processor"]["image_mean"] = [0.48145466, 0.4578275, 0.40821073]
     proc["video_processor"]["size"] = {"height": 98, "width": 98}
     (d / "processor_config.json").write_text(json.dumps(proc))
-    vlm = load_model(ModelOptions(model=str(d)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
     assert vlm.mean[0] == pytest.approx(0.48145466) and vlm.std == (0.5, 0.5, 0.5) and vlm.image_size == (98, 98)
 
 
@@ -353,7 +353,7 @@ def test_original_layout_with_rotary_buffers_loads_the_same_weights(tiny_next_di
     for i in range(n_layers):
         state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(8)
     save_file(state, str(weights), metadata={"format": "pt"})
-    vlm = load_model(ModelOptions(model=str(d)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
     ours = dict(vlm.hf_model.named_parameters())
     for name, param in hf_vlm.hf_model.named_parameters():
         assert torch.equal(ours[name], param), f"{name} differs from the llava-hf twin"
@@ -418,7 +418,7 @@ def test_published_names_load_into_the_right_parameters(tiny_next_dir, tiny_zip_
     template = tiny_zip_dir if variant == "scissor-zip" else tiny_next_dir
     tied = variant != "7b-untied"
     d, state = _published_checkpoint(template, tmp_path / variant, tied=tied)
-    vlm = load_model(ModelOptions(model=str(d), device="cpu"))  # raises on any missing/unexpected weight
+    vlm = load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))  # raises on any missing/unexpected weight
     assert vlm.layout == "llava-next"
     if variant == "scissor-zip":
         assert (vlm.default_tau, vlm.default_epsilon) == (0.8, 0.1)
@@ -457,7 +457,7 @@ def test_original_checkpoint_with_a_siglip_head_or_a_missing_weight_is_refused(t
         expected = f"2 missing weight(s): {VISION}post_layernorm.bias, {VISION}post_layernorm.weight"
     save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ModelError) as e:
-        load_model(ModelOptions(model=str(d), device="cpu"))
+        load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))
     # named as the checkpoint spells them (not by transformers' in-memory names), nothing else reported
     assert e.value.message == f"model {d} (llava-next layout) does not match LLaVA-OneVision: {expected}"
     assert "re-download" in e.value.hint
@@ -520,7 +520,7 @@ def test_original_layout_prompt_ignores_the_tokenizers_own_template(tiny_next_di
     checkpoint was still trained and evaluated with LLaVA-NeXT's format, so the prompt must not change."""
     d = _copy(tiny_next_dir, tmp_path / "qwen25-template")
     (d / "chat_template.jinja").write_text(QWEN25_STYLE_TEMPLATE)
-    vlm = load_model(ModelOptions(model=str(d), device="cpu"))
+    vlm = load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))
     assert "You are Qwen" in vlm.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False), (
         "the tokenizer must really carry the other template, or this test proves nothing"
     )

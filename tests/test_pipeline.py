@@ -35,7 +35,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vlm(tiny_hf_dir):
-    return load_model(ModelOptions(model=str(tiny_hf_dir)))
+    return load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +173,7 @@ def test_stdin_shares_the_files_cache_entry_and_urls_are_not_cached(vlm, clip, t
 
 def test_checkpoint_tau_of_zero_is_used(tmp_path, clip):
     d = build_tiny_checkpoint(tmp_path / "zip0", layout="llava-next", zip_tau=0.0, zip_epsilon=0.1)
-    vlm = load_model(ModelOptions(model=str(d)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
     assert (vlm.default_tau, vlm.default_epsilon) == (0.0, 0.1)
     resolved = resolve_profile(vlm, Profile())
     assert (resolved.compression.tau, resolved.compression.epsilon) == (0.0, 0.1), "0.0 is a threshold, not unset"
