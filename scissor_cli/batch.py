@@ -752,7 +752,7 @@ class _Runner:
                 generated,
                 texts=generated.texts[start:stop],
                 n_prompt_tokens=list(generated.n_prompt_tokens[start:stop]),
-                **{k: list(getattr(generated, k)[start:stop]) for k in ("n_new_tokens", "token_ids")
+                **{k: list(getattr(generated, k)[start:stop]) for k in ("n_new_tokens", "token_ids", "n_prefill_tokens")
                    if len(getattr(generated, k, []) or []) == len(rows)},
             )  # fmt: skip
             video_rows = rows[start:stop]

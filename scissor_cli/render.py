@@ -220,6 +220,10 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     )
     if len(items) > 1:
         table.add_row("", "(questions batched: prefill and generation are the batch's)")
+    prefilled = [x.prefill_tokens for x in items if x.prefill_tokens is not None]
+    if prefilled:
+        shared = " (the video once: its prefix is shared)" if len(items) > 1 else ""
+        table.add_row("prefilled", f"{sum(prefilled):,} prompt tokens run through the LLM{shared}")
     table.add_row("model", f"{escape(a.model)} on {a.device} ({a.dtype})")
     table.add_row("profile", escape(str(a.profile.get("name", ""))))
     _print_table(table)
@@ -640,11 +644,14 @@ def chat_turn(turn: Any, as_json: bool = False, streamed: bool = False) -> None:
     parts = [
         f"turn {turn.n}",
         f"{n_visual:,} visual + {turn.n_prompt_tokens - n_visual:,} text tokens in",
+        f"{a.prefill_tokens:,} prefilled, {turn.n_prompt_tokens - a.prefill_tokens:,} from the cache"
+        if a.prefill_tokens is not None and a.prefill_tokens < turn.n_prompt_tokens
+        else "all prefilled",
         f"{turn.n_new_tokens:,} out",
         f"prefill {_fmt_s(t['prefill'])}, generation {_fmt_s(t['generation'])}",
     ]
     if turn.max_context:
-        parts[2] += f" (context {turn.n_prompt_tokens + turn.n_new_tokens:,} of {turn.max_context:,})"
+        parts[3] += f" (context {turn.n_prompt_tokens + turn.n_new_tokens:,} of {turn.max_context:,})"
     prepared = t["decode"] + t["vision"] + t["compression"]
     if t["decode"] + t["vision"]:
         parts.append(f"video prepared in {_fmt_s(prepared)}")

@@ -381,3 +381,50 @@ def test_streamed_text_keeps_control_characters_off_a_terminal(monkeypatch):
         monkeypatch.setattr(sys, "stdout", stream)
         render.chat_text("a\tb\nc\x1b[2J\x07d")
         assert stream.getvalue() == expected, "a terminal gets no escape sequences; a pipe gets the text as is"
+
+
+def test_kv_cache_across_turns_gives_the_same_answers_and_prefills_only_what_is_new(vlm, clip):
+    from scissor_cli.chat import ChatSession, handle
+    from scissor_cli.options import Profile
+
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 6}, model={"cache": False})
+    cached, plain = ChatSession(vlm, profile), ChatSession(vlm, profile, kv_cache=False)
+    lines = ["What is happening?", "And then?", "/retention 0.5", "Why?", "/reset", "Who?", "Where?"]
+    turns: dict[str, list] = {"cached": [], "plain": []}
+    for name, session in (("cached", cached), ("plain", plain)):
+        session.open(clip)
+        for line in lines:
+            reply = handle(session, line)
+            if not line.startswith("/"):
+                turns[name].append(reply)
+    ids = [[t.answer.answer for t in turns[name]] for name in ("cached", "plain")]
+    assert ids[0] == ids[1], "the KV cache changed a greedy answer"
+    assert len(ids[0]) == 5
+    full = [t.n_prompt_tokens for t in turns["cached"]]
+    prefilled = [t.answer.prefill_tokens for t in turns["cached"]]
+    assert [t.answer.prefill_tokens for t in turns["plain"]] == full, "without the cache every token is prefilled"
+    assert prefilled[0] == full[0], "turn 1 prefills everything"
+    visual = turns["cached"][1].answer.tokens["final"]
+    assert prefilled[1] < full[1] - visual, "turn 2 reads the video from the cache"
+    before = len(vlm.prompt_ids("Why?", cached.history[:2])[0])
+    assert prefilled[2] == full[2] - before, "/retention: the video changed, only the text before it is reused"
+    assert prefilled[3] < full[3] - turns["cached"][3].answer.tokens["final"], "/reset keeps the video cached"
+    assert prefilled[4] < full[4] - turns["cached"][4].answer.tokens["final"]
+    record = turns["cached"][1].to_dict()
+    assert record["prefill_tokens"] == prefilled[1]
+
+
+def test_a_cached_turn_is_still_refused_before_generating(vlm, clip, monkeypatch):
+    from scissor_cli.chat import ChatSession
+    from scissor_cli.options import Profile
+
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 4}, model={"cache": False})
+    session = ChatSession(vlm, profile)
+    session.open(clip)
+    first = session.ask("What is happening?")
+    calls = []
+    monkeypatch.setattr(vlm, "max_positions", first.n_prompt_tokens + 8)
+    monkeypatch.setattr(type(vlm), "generate", lambda *a, **k: calls.append(1))
+    with pytest.raises(OptionError, match="would not fit"):
+        session.ask("And then, in much more detail than before, please?")
+    assert calls == [], "refused before any prefill"

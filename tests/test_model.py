@@ -526,3 +526,58 @@ def test_original_layout_prompt_ignores_the_tokenizers_own_template(tiny_next_di
     )
     assert vlm._prompt_text("What is happening?") == NEXT_ONE_TURN
     assert vlm._prompt_text("And then?", HISTORY) == NEXT_THREE_TURNS
+
+
+def test_shared_video_prefix_is_prefilled_once_with_identical_answers(hf_vlm, next_vlm, frames):
+    from scissor_cli.options import GenerationOptions
+
+    long = GenerationOptions(max_new_tokens=12, temperature=0.0)
+    for vlm in (hf_vlm, next_vlm):
+        video = vlm.encode(frames).flatten(0, 1)
+        other = video[::3]
+        # two videos, two questions each, in one call (as batch mixes videos); questions of different lengths
+        requests = [(video, QUESTION), (other, "How many?"), (video, "Describe the video in great detail."),
+                    (other, QUESTION)]  # fmt: skip
+        shared = vlm.generate(requests, long)
+        plain = vlm.generate(requests, long, share_prefix=False)
+        assert shared.token_ids == plain.token_ids, f"{vlm.layout}: prefix reuse changed a greedy answer"
+        assert plain.n_prefill_tokens == plain.n_prompt_tokens, "without reuse every prompt token is prefilled"
+        prefix = [len(vlm.prompt_ids(q)[0]) + t.shape[0] + int(vlm.newline) for t, q in requests]
+        full = shared.n_prompt_tokens
+        assert shared.n_prefill_tokens == [full[0], full[1], full[2] - prefix[2], full[3] - prefix[3]], (
+            "each video's prefix counts once, on its first request"
+        )
+
+
+def test_shared_prefix_keeps_seeded_sampling(hf_vlm, frames):
+    from scissor_cli.options import GenerationOptions
+
+    video = hf_vlm.encode(frames)
+    sampled = GenerationOptions(max_new_tokens=8, temperature=0.9, seed=5)
+    requests = [(video, QUESTION), (video, "How many?")]
+    assert hf_vlm.generate(requests, sampled).token_ids == hf_vlm.generate(
+        requests, sampled, share_prefix=False
+    ).token_ids, "the seed rule gives the same samples with a shared prefix"
+
+
+def test_prompt_cache_continues_a_conversation(hf_vlm, frames):
+    from scissor_cli.model import PromptCache
+    from scissor_cli.options import GenerationOptions
+
+    gen = GenerationOptions(max_new_tokens=6, temperature=0.0)
+    video = hf_vlm.encode(frames).flatten(0, 1)
+    cache = PromptCache()
+    history: list[tuple[str, str]] = []
+    first = hf_vlm.generate([(video, QUESTION)], gen, cache=cache)
+    assert first.n_prefill_tokens == first.n_prompt_tokens
+    history.append((QUESTION, first.texts[0]))
+    second = hf_vlm.generate([(video, "And then?")], gen, history=history, cache=cache)
+    again = hf_vlm.generate([(video, "And then?")], gen, history=history)
+    assert second.token_ids == again.token_ids
+    assert second.n_prefill_tokens[0] < second.n_prompt_tokens[0] - video.shape[0], "the video came from the cache"
+    # another video tensor (a new compression): only the text before the video is reused
+    third = hf_vlm.generate([(video[::2], "And then?")], gen, history=history, cache=cache)
+    before = len(hf_vlm.prompt_ids("And then?", history)[0])
+    assert third.n_prefill_tokens[0] == third.n_prompt_tokens[0] - before
+    with pytest.raises(ValueError, match="one request"):
+        hf_vlm.generate([(video, "a"), (video, "b")], gen, cache=cache)
