@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from scissor_cli.batch import config_hash, part_path, run_batch, run_config, summary_path_for
-from scissor_cli.model import dtype_name
 from scissor_cli.errors import ManifestError, OptionError, VideoError
 from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
+from scissor_cli.model import dtype_name
 from scissor_cli.options import ModelOptions, Profile, SamplingOptions
 from scissor_cli.scoring import (
     MC_INSTRUCTION,
@@ -478,7 +478,7 @@ def test_batched_answers_equal_unbatched_on_tiny_checkpoint(tiny_hf_dir, folder,
     vlm = load_model(profile.model)
     jobs = [j for j in jobs_from_paths([str(folder)], "What is happening?") if "bad" not in j.video]
     jobs += [Job("extra", jobs[0].video, "Describe the video in detail.")]
-    answers = {}
+    answers, prefilled = {}, {}
     for batch_size in (1, 4):
         out = tmp_path / f"b{batch_size}.jsonl"
         summary = run_batch(lambda: vlm, jobs, str(out), profile, batch_size=batch_size)
@@ -486,7 +486,11 @@ def test_batched_answers_equal_unbatched_on_tiny_checkpoint(tiny_hf_dir, folder,
         records = read_jsonl(out)
         assert {r["batch_rows"] for r in records} == ({1} if batch_size == 1 else {4, 1})
         answers[batch_size] = {r["id"]: r["answer"] for r in records}
+        same = [r for r in records if r["video"] == jobs[0].video]
+        prefilled[batch_size] = sum(r["prefill_tokens"] for r in same)
+        visual = same[0]["tokens"]["final"]
     assert answers[1] == answers[4], "left-padded batched generation must answer like one call per question"
+    assert prefilled[4] < prefilled[1] - visual, "two questions about one video in a batch: its prefix once"
     assert len(set(answers[1].values())) > 1, "the random model should not give one answer to everything"
 
 

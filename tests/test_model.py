@@ -175,7 +175,8 @@ def test_pickle_only_checkpoint_is_refused(tiny_hf_dir, tmp_path):
     with pytest.raises(ModelError, match="pickle") as e:
         load_model(ModelOptions(model=str(d), dtype="float32"))
     assert "allow_pickle" in e.value.hint
-    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True, dtype="float32"))  # opt-in works (weights_only unpickling)
+    # opt-in works (weights_only unpickling)
+    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True, dtype="float32"))
     assert vlm.layout == "llava-hf"
 
 
@@ -418,7 +419,8 @@ def test_published_names_load_into_the_right_parameters(tiny_next_dir, tiny_zip_
     template = tiny_zip_dir if variant == "scissor-zip" else tiny_next_dir
     tied = variant != "7b-untied"
     d, state = _published_checkpoint(template, tmp_path / variant, tied=tied)
-    vlm = load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))  # raises on any missing/unexpected weight
+    # raises on any missing/unexpected weight
+    vlm = load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))
     assert vlm.layout == "llava-next"
     if variant == "scissor-zip":
         assert (vlm.default_tau, vlm.default_epsilon) == (0.8, 0.1)
@@ -555,9 +557,9 @@ def test_shared_prefix_keeps_seeded_sampling(hf_vlm, frames):
     video = hf_vlm.encode(frames)
     sampled = GenerationOptions(max_new_tokens=8, temperature=0.9, seed=5)
     requests = [(video, QUESTION), (video, "How many?")]
-    assert hf_vlm.generate(requests, sampled).token_ids == hf_vlm.generate(
-        requests, sampled, share_prefix=False
-    ).token_ids, "the seed rule gives the same samples with a shared prefix"
+    assert (
+        hf_vlm.generate(requests, sampled).token_ids == hf_vlm.generate(requests, sampled, share_prefix=False).token_ids
+    ), "the seed rule gives the same samples with a shared prefix"
 
 
 def test_prompt_cache_continues_a_conversation(hf_vlm, frames):

@@ -226,3 +226,19 @@ def test_a_profile_may_leave_the_generation_seed_unset(tmp_path):
     assert load_profile(str(path)).generation.seed == 12
     with pytest.raises(OptionError, match="generation.seed"):
         Profile().override(generation={"seed": 1.5})
+
+
+def test_questions_about_one_video_share_its_prefill(vlm, clip):
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 8}, model={"cache": False})
+    questions = ["What is happening?", "Describe the video in detail.", "How many?"]
+    together = answer(vlm, str(clip), questions, profile)
+    alone = [answer(vlm, str(clip), q, profile)[0] for q in questions]
+    assert [a.answer for a in together] == [a.answer for a in alone], "prefix reuse changed a greedy answer"
+    full = [a.prefill_tokens for a in alone]  # one question per call: every prompt token is prefilled
+    visual = together[0].tokens["final"]
+    assert full[0] == vlm.prompt_length(visual, questions[0])
+    shared = [a.prefill_tokens for a in together]
+    assert shared[0] == full[0] and all(s < f - visual for s, f in zip(shared[1:], full[1:], strict=True))
+    prefix = len(vlm.prompt_ids(questions[0])[0]) + visual + int(vlm.newline)
+    assert sum(shared) == sum(full) - 2 * prefix, "the video prefix is prefilled once for the three questions"
+    assert together[1].to_dict()["prefill_tokens"] == shared[1]
