@@ -644,14 +644,14 @@ def chat_turn(turn: Any, as_json: bool = False, streamed: bool = False) -> None:
     parts = [
         f"turn {turn.n}",
         f"{n_visual:,} visual + {turn.n_prompt_tokens - n_visual:,} text tokens in",
+        f"{turn.n_new_tokens:,} out",
         f"{a.prefill_tokens:,} prefilled, {turn.n_prompt_tokens - a.prefill_tokens:,} from the cache"
         if a.prefill_tokens is not None and a.prefill_tokens < turn.n_prompt_tokens
         else "all prefilled",
-        f"{turn.n_new_tokens:,} out",
         f"prefill {_fmt_s(t['prefill'])}, generation {_fmt_s(t['generation'])}",
     ]
     if turn.max_context:
-        parts[3] += f" (context {turn.n_prompt_tokens + turn.n_new_tokens:,} of {turn.max_context:,})"
+        parts[2] += f" (context {turn.n_prompt_tokens + turn.n_new_tokens:,} of {turn.max_context:,})"
     prepared = t["decode"] + t["vision"] + t["compression"]
     if t["decode"] + t["vision"]:
         parts.append(f"video prepared in {_fmt_s(prepared)}")
