@@ -750,6 +750,7 @@ class VisionLanguageModel:
                 (before, after), video = ids[0], requests[0][0]
                 n_reuse = min(cache.reusable(before, video, n_video[0], after), lengths[0] - 1)
                 kv, n_held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
+                n_reuse = min(n_reuse, n_held)
                 cache.clear()  # generate extends the cache in place: it is valid again only once generate returned
                 if kv is not None and n_reuse > 0:
                     if n_held > n_reuse:

@@ -572,14 +572,23 @@ def test_prompt_cache_continues_a_conversation(hf_vlm, frames):
     history: list[tuple[str, str]] = []
     first = hf_vlm.generate([(video, QUESTION)], gen, cache=cache)
     assert first.n_prefill_tokens == first.n_prompt_tokens
+    held = len(cache.before) + cache.n_video + len(cache.tail)
+    assert cache.kv.get_seq_length() == held == first.n_prompt_tokens[0] + first.n_new_tokens[0] - 1, (
+        "the cache names exactly what it holds: the prompt and every generated token but the last (never fed)"
+    )
     history.append((QUESTION, first.texts[0]))
     second = hf_vlm.generate([(video, "And then?")], gen, history=history, cache=cache)
     again = hf_vlm.generate([(video, "And then?")], gen, history=history)
     assert second.token_ids == again.token_ids
     assert second.n_prefill_tokens[0] < second.n_prompt_tokens[0] - video.shape[0], "the video came from the cache"
+    before = len(hf_vlm.prompt_ids("And then?", history)[0])
+    # the same number of video tokens, other values (a new compression can keep the count): not the cached video
+    flipped = video.flip(0)
+    other = hf_vlm.generate([(flipped, "And then?")], gen, history=history, cache=cache)
+    assert other.n_prefill_tokens[0] == other.n_prompt_tokens[0] - before
+    assert other.token_ids == hf_vlm.generate([(flipped, "And then?")], gen, history=history).token_ids
     # another video tensor (a new compression): only the text before the video is reused
     third = hf_vlm.generate([(video[::2], "And then?")], gen, history=history, cache=cache)
-    before = len(hf_vlm.prompt_ids("And then?", history)[0])
     assert third.n_prefill_tokens[0] == third.n_prompt_tokens[0] - before
     with pytest.raises(ValueError, match="one request"):
         hf_vlm.generate([(video, "a"), (video, "b")], gen, cache=cache)
