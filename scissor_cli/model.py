@@ -525,7 +525,10 @@ def auto_dtype(device: str = "auto") -> dict[str, str]:
 
 
 def dtype_name(device: str, dtype: str) -> str:
-    """The dtype a model loaded with these options runs in ("float32", "bfloat16", "float16")."""
+    """The dtype a model loaded with these options runs in ("float32", "bfloat16", "float16"); only "auto" needs
+    torch (and the device) to say."""
+    if dtype != "auto":
+        return dtype
     return str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
 
 
