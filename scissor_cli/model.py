@@ -907,6 +907,8 @@ class VisionLanguageModel:
             mask[i, n_prefix + n_suffix - s :] = 1
             n_prefill.append(s + (p if lead == i else 0))
             if lead not in computed:
+                if self.on_step is not None:
+                    self.on_step()  # batch's decode-ahead sizes the thread pool before each forward pass
                 prefix_kv = DynamicCache(config=text_config)
                 self.hf_model.model(inputs_embeds=row[None, :p], cache=prefix_kv, use_cache=True)
                 computed[lead] = prefix_kv
