@@ -85,8 +85,8 @@ __all__ = [  # the job readers are re-exported: `from scissor_cli.batch import j
 STDOUT = "-"  # --output - : JSONL on stdout
 DEBUG_HINT = "rerun with SCISSOR_DEBUG=1 to record the traceback in the output, and report it if it is a bug"
 BARRIER_TIMEOUT_S = float(os.environ.get("SCISSOR_BATCH_BARRIER_S", 6 * 3600))  # how long ranks wait for each other
-# Profile fields that do not change an answer, left out of a run's config: where it runs and how fast (device;
-# dtype, which follows the device under "auto"), how the weights are fetched, and the feature cache.
+# Profile fields that do not change an answer, left out of a run's config: where it runs (device), how the weights
+# are fetched, and the feature cache. The dtype as set ("auto") is left out too: the config holds the resolved one.
 NOT_CONFIG = frozenset({"name", "description", "model.device", "model.dtype", "model.offline", "model.cache",
                         "model.allow_pickle"})  # fmt: skip
 TABLE_SUFFIXES = (".csv", ".tsv")
@@ -177,7 +177,8 @@ def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None 
     """The settings that change an answer, as every record stores them: each profile section's fields (model and
     revision, frames/fps/window, tau/epsilon/budget, compression on/off, generation and seeds) minus ``NOT_CONFIG``,
     plus the multiple-choice prompt template. Built from the profile's fields generically, so a new option is part
-    of the config unless it is listed in ``NOT_CONFIG``. "auto" values stay ``null`` (the model decides them).
+    of the config unless it is listed in ``NOT_CONFIG``. "auto" values stay ``null`` (the model decides them),
+    except ``model.dtype``: the dtype "auto" resolves to on this machine (``model.dtype_name``).
 
     A sweep's config is its ``base_profile``'s plus ``"sweep": <axis>``: the levels are not part of it (a rerun
     with more levels resumes into the same output), each record's ``level`` is. ``prompt``: the run's prompt preset
@@ -196,6 +197,10 @@ def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None 
             for f in dataclasses.fields(value)
             if f"{section.name}.{f.name}" not in NOT_CONFIG
         }
+    # the dtype it runs in, "auto" resolved (bf16 on one CPU, fp32 on another): a resumed run never mixes them
+    from scissor_cli.model import dtype_name
+
+    config["model"]["dtype"] = dtype_name(profile.model.device, profile.model.dtype)
     config["prompt_template"] = prompt_template(prompt)
     if sweep is not None:
         config["sweep"] = sweep.axis
@@ -1089,7 +1094,7 @@ class _Runner:
                 generated,
                 texts=generated.texts[start:stop],
                 n_prompt_tokens=list(generated.n_prompt_tokens[start:stop]),
-                **{k: list(getattr(generated, k)[start:stop]) for k in ("n_new_tokens", "token_ids")
+                **{k: list(getattr(generated, k)[start:stop]) for k in ("n_new_tokens", "token_ids", "n_prefill_tokens")
                    if len(getattr(generated, k, []) or []) == len(rows)},
             )  # fmt: skip
             video_rows = rows[start:stop]

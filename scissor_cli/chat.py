@@ -151,10 +151,22 @@ class _Prepared:
 class ChatSession:
     """One video, one model, a conversation. ``open`` first; then ``ask`` and the command methods.
 
-    ``history=False`` answers every question on its own, with exactly ``scissor ask``'s prompt."""
+    ``history=False`` answers every question on its own, with exactly ``scissor ask``'s prompt. ``kv_cache``: keep
+    the LLM's KV cache between turns, so a turn prefills only what is new (``model.PromptCache``); False prefills
+    the whole conversation every turn (the same greedy answers, slower)."""
 
-    def __init__(self, vlm: VisionLanguageModel, profile: Profile, history: bool = True, load_s: float = 0.0):
+    def __init__(
+        self,
+        vlm: VisionLanguageModel,
+        profile: Profile,
+        history: bool = True,
+        load_s: float = 0.0,
+        kv_cache: bool = True,
+    ):
+        from scissor_cli.model import PromptCache
+
         self.vlm = vlm
+        self._kv = PromptCache() if kv_cache else None
         resolved = resolve_profile(vlm, profile)
         # the profile as the user set it (tau "auto" stays None), with the seeds resolve_profile drew kept, so
         # re-resolving after a /command changes only what the command changed
@@ -312,7 +324,12 @@ class ChatSession:
         self.generating = True
         try:
             generated = vlm.generate(
-                [(v.compressed.tokens, question)], gen, history=history, on_text=on_text, should_stop=self._stop.is_set
+                [(v.compressed.tokens, question)],
+                gen,
+                history=history,
+                on_text=on_text,
+                should_stop=self._stop.is_set,
+                **({"cache": self._kv} if self._kv is not None else {}),
             )
         finally:
             self.generating = False

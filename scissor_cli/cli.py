@@ -402,7 +402,7 @@ DtypeOpt = Annotated[
         "--dtype",
         metavar="TYPE",
         help=f"auto | float32 | bfloat16 | float16, or fp32 | bf16 | fp16 (default {ModelOptions.dtype}: "
-        "bf16/fp16 on a GPU, fp32 on a CPU).",
+        "bf16/fp16 on a GPU; on a CPU bf16 where it has AVX-512 BF16 or AMX, else fp32).",
         rich_help_panel=_M,
     ),
 ]
@@ -548,12 +548,16 @@ _warned: set[str] = set()
 
 
 def warn_slow_dtype(vlm: Any) -> None:
-    """Once per process: half precision on a CPU is emulated, several times slower than float32."""
+    """Once per process: half precision this CPU emulates (float16 always, bfloat16 without AVX-512 BF16/AMX) is
+    several times slower than float32."""
+    from scissor_cli.model import emulated_half
+
     dtype = str(getattr(vlm, "dtype", "")).removeprefix("torch.")
     device = getattr(getattr(vlm, "device", None), "type", str(getattr(vlm, "device", "")))
-    if device == "cpu" and dtype in ("bfloat16", "float16") and "dtype" not in _warned:
+    if emulated_half(device, dtype) and "dtype" not in _warned:
         _warned.add("dtype")
-        render.warn(f"{dtype} on a CPU is slower than float32 (no native half-precision kernels); --dtype float32")
+        kind = "half-precision" if dtype == "float16" else "bfloat16"
+        render.warn(f"{dtype} on this CPU is slower than float32 (no native {kind} kernels); --dtype float32")
 
 
 def _load(profile: Profile, on_status: Callable[[str], None]) -> tuple[Any, float]:

@@ -504,6 +504,7 @@ def _stats_record(r: _Request, a: Answer, text: str, n_batch: int, shared: bool,
         "timings_s": timings,
         "encoding_shared": shared,
         "tflops": a.tflops,
+        "prefill_tokens": a.prefill_tokens,  # a video prefix shared with earlier rows of its batch counts once
         "seed": a.profile.get("generation", {}).get("seed"),  # with sampling: passed back as seed=, the same answer
         "cache_hit": a.cache_hit,
         "note": a.note,

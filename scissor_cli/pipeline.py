@@ -99,6 +99,9 @@ class Answer:
     note: str | None
     profile: dict[str, Any] = field(default_factory=dict)  # the resolved settings
     budget: dict[str, Any] | None = None  # {"retention": r or None, "tokens": count} when a budget chose tau
+    # prompt tokens this answer ran through the LLM; those a KV cache served (a chat's earlier turns, a video
+    # prefix shared with the questions before it) not counted
+    prefill_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +118,7 @@ class Answer:
             "timestamps": list(self.timestamps),
             "timings_s": dict(self.timings_s),
             "tflops": dict(self.tflops),
+            "prefill_tokens": self.prefill_tokens,
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
@@ -342,6 +346,7 @@ def make_answers(
     }
     settings = profile.to_dict()
     budget = _budget(compressed, profile)
+    prefill = getattr(generated, "n_prefill_tokens", None) or generated.n_prompt_tokens
     return [
         Answer(
             video=encoded.path,
@@ -363,8 +368,9 @@ def make_answers(
             note=encoded.note,
             profile=settings,
             budget=budget,
+            prefill_tokens=n_prefill,
         )
-        for question, text in zip(questions, generated.texts, strict=True)
+        for question, text, n_prefill in zip(questions, generated.texts, prefill, strict=True)
     ]
 
 

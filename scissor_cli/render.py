@@ -248,6 +248,10 @@ def answers(items: Sequence[Answer], show_timestamps: bool = False) -> None:
     )
     if len(items) > 1:
         table.add_row("", "(questions batched: prefill and generation are the batch's)")
+    prefilled = [x.prefill_tokens for x in items if x.prefill_tokens is not None]
+    if prefilled:
+        shared = " (the video once: its prefix is shared)" if len(items) > 1 else ""
+        table.add_row("prefilled", f"{sum(prefilled):,} prompt tokens run through the LLM{shared}")
     table.add_row("model", f"{escape(a.model)} on {a.device} ({a.dtype})")
     table.add_row("profile", escape(str(a.profile.get("name", ""))))
     _print_table(table)
@@ -587,6 +591,9 @@ def doctor(report: dict[str, Any], as_json: bool = False) -> None:
     else:
         built = f" (torch built for CUDA {cuda['version']})" if cuda["version"] else ""
         table.add_row("CUDA", f"not available{built}: models run on " + ("mps" if report.get("mps") else "the CPU"))
+    auto = report.get("dtype_auto")
+    if auto:
+        table.add_row("dtype auto", f"{auto['dtype']} on {auto['device']}: {escape(auto['why'])}")
     for tool in ("ffmpeg", "ffprobe"):
         v = report[tool]
         table.add_row(tool, escape(v) if v else "[red]not found[/] (install ffmpeg; needed for most videos)")
@@ -666,6 +673,9 @@ def chat_turn(turn: Any, as_json: bool = False, streamed: bool = False) -> None:
         f"turn {turn.n}",
         f"{n_visual:,} visual + {turn.n_prompt_tokens - n_visual:,} text tokens in",
         f"{turn.n_new_tokens:,} out",
+        f"{a.prefill_tokens:,} prefilled, {turn.n_prompt_tokens - a.prefill_tokens:,} from the cache"
+        if a.prefill_tokens is not None and a.prefill_tokens < turn.n_prompt_tokens
+        else "all prefilled",
         f"prefill {_fmt_s(t['prefill'])}, generation {_fmt_s(t['generation'])}",
     ]
     if turn.max_context:

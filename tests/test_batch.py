@@ -21,6 +21,7 @@ import pytest
 from scissor_cli.batch import config_hash, part_path, run_batch, run_config, summary_path_for
 from scissor_cli.errors import ManifestError, OptionError, VideoError
 from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
+from scissor_cli.model import dtype_name
 from scissor_cli.options import ModelOptions, Profile, SamplingOptions
 from scissor_cli.scoring import (
     MC_INSTRUCTION,
@@ -477,12 +478,13 @@ def test_accuracy_overall_and_per_task(folder, tmp_path):
 def test_batched_answers_equal_unbatched_on_tiny_checkpoint(tiny_hf_dir, folder, tmp_path):
     from scissor_cli.model import load_model
 
-    profile = Profile(sampling=SamplingOptions(n_frames=4), model=ModelOptions(model=str(tiny_hf_dir)))
+    model = ModelOptions(model=str(tiny_hf_dir), dtype="float32")
+    profile = Profile(sampling=SamplingOptions(n_frames=4), model=model)
     profile = profile.override(generation={"max_new_tokens": 8})
     vlm = load_model(profile.model)
     jobs = [j for j in jobs_from_paths([str(folder)], "What is happening?") if "bad" not in j.video]
     jobs += [Job("extra", jobs[0].video, "Describe the video in detail.")]
-    answers = {}
+    answers, prefilled = {}, {}
     for batch_size in (1, 4):
         out = tmp_path / f"b{batch_size}.jsonl"
         summary = run_batch(lambda: vlm, jobs, str(out), profile, batch_size=batch_size)
@@ -490,7 +492,11 @@ def test_batched_answers_equal_unbatched_on_tiny_checkpoint(tiny_hf_dir, folder,
         records = read_jsonl(out)
         assert {r["batch_rows"] for r in records} == ({1} if batch_size == 1 else {4, 1})
         answers[batch_size] = {r["id"]: r["answer"] for r in records}
+        same = [r for r in records if r["video"] == jobs[0].video]
+        prefilled[batch_size] = sum(r["prefill_tokens"] for r in same)
+        visual = same[0]["tokens"]["final"]
     assert answers[1] == answers[4], "left-padded batched generation must answer like one call per question"
+    assert prefilled[4] < prefilled[1] - visual, "two questions about one video in a batch: its prefix once"
     assert len(set(answers[1].values())) > 1, "the random model should not give one answer to everything"
 
 
@@ -710,7 +716,10 @@ def test_records_carry_config_and_hash(folder, tmp_path):
         assert len(r["config_hash"]) == 12 and int(r["config_hash"], 16) >= 0
         assert config["sampling"]["n_frames"] == 4 and config["compression"]["retention"] == 0.5
         assert config["generation"] == {"max_new_tokens": 128, "temperature": 0.7, "top_p": 1.0, "seed": 3}
-        assert config["model"] == {"model": "fake", "revision": None, "newline": None}, "no device/dtype/cache"
+        dtype = dtype_name(profile.model.device, profile.model.dtype)
+        assert config["model"] == {"model": "fake", "revision": None, "newline": None, "dtype": dtype}, (
+            "no device/cache; the dtype as resolved"
+        )
         assert "{question}" in config["prompt_template"] and MC_INSTRUCTION in config["prompt_template"]
     summary = json.loads(Path(summary_path_for(str(out))).read_text())
     assert summary["config_hash"] == records[0]["config_hash"] and summary["config"] == records[0]["config"]
@@ -731,12 +740,31 @@ def test_resume_with_other_settings_stops_before_loading(folder, tmp_path):
     assert "compression.retention: null in the output, 0.05 now" in message, message
     assert "\n" not in message and "-o" in e.value.hint and "--overwrite" in e.value.hint
 
-    # settings that do not change an answer do not block a resume: device, dtype, cache, batch size
-    same = fake_profile().override(model={"device": "cpu", "dtype": "float32", "cache": True, "offline": True})
+    # settings that do not change an answer do not block a resume: device, dtype spelled out, cache, batch size
+    resolved = dtype_name("auto", "auto")
+    same = fake_profile().override(model={"device": "auto", "dtype": resolved, "cache": True, "offline": True})
     resumed = run_batch(FakeVLM, jobs, str(out), same, batch_size=3)
     assert (resumed.n_done, resumed.n_skipped) == (1, 1)
     fresh = run_batch(FakeVLM, jobs, str(out), changed, overwrite=True)
     assert fresh.n_done == 2 and {r["config_hash"] for r in read_jsonl(out)} == {config_hash(run_config(changed))}
+
+
+def test_resume_with_another_resolved_dtype_is_refused(folder, tmp_path, monkeypatch):
+    from scissor_cli import model
+
+    jobs = jobs_from_paths([str(folder / "a.mp4"), str(folder / "b.mp4")], "Q?")
+    out = tmp_path / "r.jsonl"
+    cpu = fake_profile().override(model={"device": "cpu"})  # dtype auto
+    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (False, "emulated"))
+    run_batch(FakeVLM, jobs[:1], str(out), cpu)
+    assert read_jsonl(out)[0]["config"]["model"]["dtype"] == "float32"
+    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (True, "native"))  # the same flags on a bf16 CPU
+    with pytest.raises(OptionError) as e:
+        run_batch(FakeVLM, jobs, str(out), cpu)
+    assert 'model.dtype: "float32" in the output, "bfloat16" now' in e.value.message, e.value.message
+    pinned = cpu.override(model={"dtype": "float32"})
+    resumed = run_batch(FakeVLM, jobs, str(out), pinned)
+    assert (resumed.n_done, resumed.n_skipped) == (1, 1), "--dtype float32 resumes the float32 output there"
 
 
 def test_resume_into_records_without_config_is_refused(folder, tmp_path):

@@ -25,7 +25,7 @@ from scissor_cli.errors import ManifestError, OptionError, VideoError
 ROOT = Path(__file__).resolve().parents[1]
 ASK_FIELDS = {
     "video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon", "budget", "frames",
-    "timestamps", "timings_s", "tflops", "model", "device", "dtype", "cache_hit", "note", "profile",
+    "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype", "cache_hit", "note", "profile",
 }  # fmt: skip
 
 
@@ -220,7 +220,7 @@ def vlm(tiny_hf_dir):
     from scissor_cli.model import load_model
     from scissor_cli.options import ModelOptions
 
-    return load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu"))
+    return load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu", dtype="float32"))
 
 
 @pytest.mark.parametrize("layout", ["llava-hf", "llava-next"])
@@ -229,7 +229,7 @@ def test_history_prompt_has_the_video_once_then_the_turns_in_order(layout, tiny_
     from scissor_cli.options import ModelOptions
 
     folder = tiny_hf_dir if layout == "llava-hf" else tiny_next_dir
-    model = load_model(ModelOptions(model=str(folder), device="cpu"))
+    model = load_model(ModelOptions(model=str(folder), device="cpu", dtype="float32"))
     history = [("What is happening?", "A dog runs."), ("Where?", "In the park.")]
     before, after = model._prompt_text("And then?", tuple(history))
     assert before == model._prompt_text("What is happening?")[0], "the video sits where ask puts it"
@@ -413,3 +413,50 @@ def test_streamed_text_keeps_control_characters_off_a_terminal(monkeypatch):
         monkeypatch.setattr(sys, "stdout", stream)
         render.chat_text("a\tb\nc\x1b[2J\x07d")
         assert stream.getvalue() == expected, "a terminal gets no escape sequences; a pipe gets the text as is"
+
+
+def test_kv_cache_across_turns_gives_the_same_answers_and_prefills_only_what_is_new(vlm, clip):
+    from scissor_cli.chat import ChatSession, handle
+    from scissor_cli.options import Profile
+
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 6}, model={"cache": False})
+    cached, plain = ChatSession(vlm, profile), ChatSession(vlm, profile, kv_cache=False)
+    lines = ["What is happening?", "And then?", "/retention 0.5", "Why?", "/reset", "Who?", "Where?"]
+    turns: dict[str, list] = {"cached": [], "plain": []}
+    for name, session in (("cached", cached), ("plain", plain)):
+        session.open(clip)
+        for line in lines:
+            reply = handle(session, line)
+            if not line.startswith("/"):
+                turns[name].append(reply)
+    ids = [[t.answer.answer for t in turns[name]] for name in ("cached", "plain")]
+    assert ids[0] == ids[1], "the KV cache changed a greedy answer"
+    assert len(ids[0]) == 5
+    full = [t.n_prompt_tokens for t in turns["cached"]]
+    prefilled = [t.answer.prefill_tokens for t in turns["cached"]]
+    assert [t.answer.prefill_tokens for t in turns["plain"]] == full, "without the cache every token is prefilled"
+    assert prefilled[0] == full[0], "turn 1 prefills everything"
+    visual = turns["cached"][1].answer.tokens["final"]
+    assert prefilled[1] < full[1] - visual, "turn 2 reads the video from the cache"
+    before = len(vlm.prompt_ids("Why?", cached.history[:2])[0])
+    assert prefilled[2] == full[2] - before, "/retention: the video changed, only the text before it is reused"
+    assert prefilled[3] < full[3] - turns["cached"][3].answer.tokens["final"], "/reset keeps the video cached"
+    assert prefilled[4] < full[4] - turns["cached"][4].answer.tokens["final"]
+    record = turns["cached"][1].to_dict()
+    assert record["prefill_tokens"] == prefilled[1]
+
+
+def test_a_cached_turn_is_still_refused_before_generating(vlm, clip, monkeypatch):
+    from scissor_cli.chat import ChatSession
+    from scissor_cli.options import Profile
+
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 4}, model={"cache": False})
+    session = ChatSession(vlm, profile)
+    session.open(clip)
+    first = session.ask("What is happening?")
+    calls = []
+    monkeypatch.setattr(vlm, "max_positions", first.n_prompt_tokens + 8)
+    monkeypatch.setattr(type(vlm), "generate", lambda *a, **k: calls.append(1))
+    with pytest.raises(OptionError, match="would not fit"):
+        session.ask("And then, in much more detail than before, please?")
+    assert calls == [], "refused before any prefill"

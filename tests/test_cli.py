@@ -522,20 +522,60 @@ def test_errors_name_the_flag(clip, tmp_path):
     one_line_error(run("ask", clip, "Q?", "--profile", bad), ProfileError.exit_code, "sampling.n_frames")
 
 
-def test_half_precision_on_a_cpu_warns_once(tiny_hf_dir, clip):
+def _bf16_cpu(monkeypatch, native: bool) -> None:
+    """Pretend this CPU has (or lacks) native bf16 kernels: both branches of the detection are tested anywhere."""
+    from scissor_cli import model
+
+    why = "pretend native" if native else "pretend emulated"
+    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (native, why))
+
+
+def test_emulated_half_precision_on_a_cpu_warns_once(tiny_hf_dir, clip, monkeypatch):
+    from scissor_cli import cli
+
+    _bf16_cpu(monkeypatch, native=False)
+    cli._warned.clear()
     result = run("ask", clip, "Q?", "-q", "Q2?", "--model", tiny_hf_dir, "--frames", "2", "--dtype", "bf16")
     assert result.exit_code == 0, result.output
-    assert result.stderr.count("warning: bfloat16 on a CPU is slower than float32") == 1, result.stderr
+    assert result.stderr.count("warning: bfloat16 on this CPU is slower than float32") == 1, result.stderr
     data = json_lines(
         run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--dtype", "fp32", "--json").stdout
     )
     assert data[0]["dtype"] == "float32"
-    from scissor_cli import cli
+    auto = json_lines(run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--json").stdout)
+    assert auto[0]["dtype"] == "float32", "auto: float32 where bf16 would be emulated"
 
     cli._warned.clear()  # once per process: batch warns too
     out = clip + ".jsonl"
     result = run("batch", clip, "-q", "Q?", "-o", out, "--model", tiny_hf_dir, "--frames", "2", "--dtype", "bf16")
-    assert result.exit_code == 0 and result.stderr.count("bfloat16 on a CPU is slower") == 1, result.stderr
+    assert result.exit_code == 0 and result.stderr.count("bfloat16 on this CPU is slower") == 1, result.stderr
+    os.remove(out)
+
+
+def test_native_bf16_cpu_runs_bf16_by_default_without_a_warning(tiny_hf_dir, clip, monkeypatch):
+    from scissor_cli import cli
+
+    _bf16_cpu(monkeypatch, native=True)
+    cli._warned.clear()
+    result = run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json_lines(result.stdout)[0]["dtype"] == "bfloat16", "auto: bf16 where the CPU has native kernels"
+    assert "slower than float32" not in result.stderr, result.stderr
+    fp16 = run("ask", clip, "Q?", "--model", tiny_hf_dir, "--frames", "2", "--max-new-tokens", "2", "--dtype", "fp16")
+    assert fp16.stderr.count("float16 on this CPU is slower than float32") == 1, "float16 keeps its warning"
+
+
+def test_doctor_says_what_dtype_auto_picks(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("auto picks the GPU here")
+    _bf16_cpu(monkeypatch, native=True)
+    report = json.loads(run("doctor", "--json").stdout)
+    assert report["dtype_auto"] == {"device": "cpu", "dtype": "bfloat16", "why": "pretend native"}
+    _bf16_cpu(monkeypatch, native=False)
+    text = run("doctor").stdout
+    assert "float32" in text and "pretend emulated" in text, text
 
 
 def test_tau_with_a_budget_is_refused_everywhere(clip, tmp_path):
@@ -598,7 +638,10 @@ def test_json_video_as_typed_with_device_and_dtype(tiny_hf_dir, clip, monkeypatc
     answer = json_lines(run("ask", "clip.mp4", "Q?", *args, "--max-new-tokens", "1").stdout)[0]
     insp = json_lines(run("inspect", "clip.mp4", *args).stdout)[0]
     assert answer["video"] == insp["video"] == "clip.mp4"
-    assert (insp["device"], insp["dtype"]) == (answer["device"], answer["dtype"]) == ("cpu", "float32")
+    from scissor_cli.model import dtype_name
+
+    expected = ("cpu", dtype_name("auto", "auto"))  # auto: bfloat16 on a CPU with native kernels, else float32
+    assert (insp["device"], insp["dtype"]) == (answer["device"], answer["dtype"]) == expected
     assert json_lines(run("inspect", "./clip.mp4", "--video-only", "--json").stdout)[0]["video"] == "./clip.mp4"
     first = run("inspect", "clip.mp4", "--video-only").stdout.splitlines()[0]
     assert first.split() == ["video", "clip.mp4"], "the text output shows the path as typed, too"

@@ -130,6 +130,7 @@ def test_smoke_task_at_ten_percent(workdir, tiny_hf_dir):
         assert r["retention"] <= 0.1, f"doc {r['doc_id']} kept {r['retention']:.1%} of its tokens"
         assert r["tokens"]["final"] <= 0.1 * r["tokens"]["original"] and r["tokens"]["original"] > 0
         assert r["frames"] == FRAMES
+        assert r["tokens"]["final"] < r["prefill_tokens"], "alone in its batch, a sample prefills its whole prompt"
     (summary,) = [r for r in records if r.get("summary")]
     assert summary["task"] == "scissor_smoke" and summary["n_samples"] == N_DOCS
     assert summary["mean_retention"] == pytest.approx(sum(r["retention"] for r in samples) / N_DOCS)

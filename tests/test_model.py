@@ -23,12 +23,12 @@ QUESTION = "What is happening in this video?"
 
 @pytest.fixture(scope="module")
 def hf_vlm(tiny_hf_dir):
-    return load_model(ModelOptions(model=str(tiny_hf_dir)))
+    return load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
 
 
 @pytest.fixture(scope="module")
 def next_vlm(tiny_next_dir):
-    return load_model(ModelOptions(model=str(tiny_next_dir)))
+    return load_model(ModelOptions(model=str(tiny_next_dir), dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_preprocess_shape_and_range(frames):
 def test_compressed_splices_exactly_k_tokens(tiny_hf_dir, tiny_next_dir, hf_vlm, next_vlm, frames, newline_opt):
     for vlm, directory in ((hf_vlm, tiny_hf_dir), (next_vlm, tiny_next_dir)):
         if newline_opt is not None:
-            vlm = load_model(ModelOptions(model=str(directory), newline=newline_opt))
+            vlm = load_model(ModelOptions(model=str(directory), newline=newline_opt, dtype="float32"))
         kept = vlm.encode(frames).flatten(0, 1)[::5]  # a stand-in compressor: K = 13 of 64 tokens
         before, after = vlm.prompt_ids(QUESTION)
         expected_newline = (vlm.layout == "llava-hf") if newline_opt is None else newline_opt
@@ -116,7 +116,7 @@ def test_original_layout_loads_identical_weights(hf_vlm, next_vlm, tiny_zip_dir)
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"weights differ after renaming: {different[:3]}"
     assert next_vlm.default_tau is None and not next_vlm.newline and next_vlm.suppress_ids == []
-    zipped = load_model(ModelOptions(model=str(tiny_zip_dir)))
+    zipped = load_model(ModelOptions(model=str(tiny_zip_dir), dtype="float32"))
     assert (zipped.default_tau, zipped.default_epsilon) == (0.8, 0.1)
     # no <video> token in this tokenizer: the prompt is still the Qwen2 chat turn around the video
     before, after = next_vlm.prompt_ids(QUESTION)
@@ -143,8 +143,8 @@ def test_chat_template_from_processor_files(tiny_hf_dir, tmp_path):
     cfg.pop("chat_template", None)
     cfg.pop("extra_special_tokens", None)
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
-    vlm = load_model(ModelOptions(model=str(d)))
-    reference = load_model(ModelOptions(model=str(tiny_hf_dir)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
+    reference = load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
     assert vlm.prompt_ids(QUESTION) == reference.prompt_ids(QUESTION)
 
 
@@ -165,7 +165,7 @@ def test_weight_mismatch_is_a_clear_error(tiny_hf_dir, tiny_next_dir, tmp_path, 
         weights["model.extra_adapter.weight"] = torch.zeros(2, 2)
     save_file(weights, d / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelError, match=change) as e:
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
     assert str(d) in str(e.value)
 
 
@@ -174,9 +174,10 @@ def test_pickle_only_checkpoint_is_refused(tiny_hf_dir, tmp_path):
     torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="pickle") as e:
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
     assert "allow_pickle" in e.value.hint
-    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True))  # opt-in works (weights_only unpickling)
+    # opt-in works (weights_only unpickling)
+    vlm = load_model(ModelOptions(model=str(d), allow_pickle=True, dtype="float32"))
     assert vlm.layout == "llava-hf"
 
 
@@ -202,7 +203,7 @@ def test_hub_hints_carry_the_revision(monkeypatch, tmp_path):
 
 def test_revision_with_a_local_folder_is_refused(tiny_hf_dir):
     with pytest.raises(OptionError) as e:
-        load_model(ModelOptions(model=str(tiny_hf_dir), revision="main"))
+        load_model(ModelOptions(model=str(tiny_hf_dir), revision="main", dtype="float32"))
     assert e.value.message == f"--revision applies to hub ids; {tiny_hf_dir} is a local folder"
     assert e.value.exit_code == 2 and "drop --revision" in e.value.hint
 
@@ -298,7 +299,7 @@ def test_truncated_weights_are_a_model_error(tiny_hf_dir, tiny_next_dir, tmp_pat
     data = (d / "model.safetensors").read_bytes()
     (d / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError) as e:
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
     assert str(d) in e.value.message and "re-download" in e.value.hint
 
 
@@ -308,11 +309,11 @@ def test_unparsable_tokenizer_is_a_model_error(tiny_hf_dir, tmp_path):
     tok["model"] = {"type": "NoSuchModel"}  # the tokenizers library raises a plain Exception for this
     (d / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ModelError, match="cannot load its tokenizer"):
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
 
 
 def test_a_bug_in_the_chat_template_path_is_not_hidden(tiny_hf_dir, monkeypatch):
-    vlm = load_model(ModelOptions(model=str(tiny_hf_dir)))
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
 
     real = vlm.tokenizer.apply_chat_template
 
@@ -330,7 +331,7 @@ def test_a_bug_in_the_chat_template_path_is_not_hidden(tiny_hf_dir, monkeypatch)
 def test_out_of_range_checkpoint_scc_settings_are_refused(tmp_path, key, value):
     d = build_tiny_checkpoint(tmp_path / "zip", layout="llava-next", **{f"zip_{key}": value})
     with pytest.raises(ModelError, match=f"mm_zip_{key} = {value}"):
-        load_model(ModelOptions(model=str(d)))
+        load_model(ModelOptions(model=str(d), dtype="float32"))
 
 
 def test_processor_config_is_read(tiny_hf_dir, tmp_path):
@@ -339,7 +340,7 @@ def test_processor_config_is_read(tiny_hf_dir, tmp_path):
     proc["video_processor"]["image_mean"] = [0.48145466, 0.4578275, 0.40821073]
     proc["video_processor"]["size"] = {"height": 98, "width": 98}
     (d / "processor_config.json").write_text(json.dumps(proc))
-    vlm = load_model(ModelOptions(model=str(d)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
     assert vlm.mean[0] == pytest.approx(0.48145466) and vlm.std == (0.5, 0.5, 0.5) and vlm.image_size == (98, 98)
 
 
@@ -354,7 +355,7 @@ def test_original_layout_with_rotary_buffers_loads_the_same_weights(tiny_next_di
     for i in range(n_layers):
         state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = torch.rand(8)
     save_file(state, str(weights), metadata={"format": "pt"})
-    vlm = load_model(ModelOptions(model=str(d)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
     ours = dict(vlm.hf_model.named_parameters())
     for name, param in hf_vlm.hf_model.named_parameters():
         assert torch.equal(ours[name], param), f"{name} differs from the llava-hf twin"
@@ -419,7 +420,8 @@ def test_published_names_load_into_the_right_parameters(tiny_next_dir, tiny_zip_
     template = tiny_zip_dir if variant == "scissor-zip" else tiny_next_dir
     tied = variant != "7b-untied"
     d, state = _published_checkpoint(template, tmp_path / variant, tied=tied)
-    vlm = load_model(ModelOptions(model=str(d), device="cpu"))  # raises on any missing/unexpected weight
+    # raises on any missing/unexpected weight
+    vlm = load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))
     assert vlm.layout == "llava-next"
     if variant == "scissor-zip":
         assert (vlm.default_tau, vlm.default_epsilon) == (0.8, 0.1)
@@ -458,7 +460,7 @@ def test_original_checkpoint_with_a_siglip_head_or_a_missing_weight_is_refused(t
         expected = f"2 missing weight(s): {VISION}post_layernorm.bias, {VISION}post_layernorm.weight"
     save_file(state, str(d / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ModelError) as e:
-        load_model(ModelOptions(model=str(d), device="cpu"))
+        load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))
     # named as the checkpoint spells them (not by transformers' in-memory names), nothing else reported
     assert e.value.message == f"model {d} (llava-next layout) does not match LLaVA-OneVision: {expected}"
     assert "re-download" in e.value.hint
@@ -521,7 +523,7 @@ def test_original_layout_prompt_ignores_the_tokenizers_own_template(tiny_next_di
     checkpoint was still trained and evaluated with LLaVA-NeXT's format, so the prompt must not change."""
     d = _copy(tiny_next_dir, tmp_path / "qwen25-template")
     (d / "chat_template.jinja").write_text(QWEN25_STYLE_TEMPLATE)
-    vlm = load_model(ModelOptions(model=str(d), device="cpu"))
+    vlm = load_model(ModelOptions(model=str(d), device="cpu", dtype="float32"))
     assert "You are Qwen" in vlm.tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False), (
         "the tokenizer must really carry the other template, or this test proves nothing"
     )
@@ -635,3 +637,67 @@ def test_a_pickle_that_safe_unpickling_refuses_is_a_model_error(tiny_hf_dir, tin
     (d / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle at all")
     with pytest.raises(ModelError, match="pytorch_model.bin"):
         load_model(ModelOptions(model=str(d), allow_pickle=True))
+
+
+def test_shared_video_prefix_is_prefilled_once_with_identical_answers(hf_vlm, next_vlm, frames):
+    from scissor_cli.options import GenerationOptions
+
+    long = GenerationOptions(max_new_tokens=12, temperature=0.0)
+    for vlm in (hf_vlm, next_vlm):
+        video = vlm.encode(frames).flatten(0, 1)
+        other = video[::3]
+        # two videos, two questions each, in one call (as batch mixes videos); questions of different lengths
+        requests = [(video, QUESTION), (other, "How many?"), (video, "Describe the video in great detail."),
+                    (other, QUESTION)]  # fmt: skip
+        shared = vlm.generate(requests, long)
+        plain = vlm.generate(requests, long, share_prefix=False)
+        assert shared.token_ids == plain.token_ids, f"{vlm.layout}: prefix reuse changed a greedy answer"
+        assert plain.n_prefill_tokens == plain.n_prompt_tokens, "without reuse every prompt token is prefilled"
+        prefix = [len(vlm.prompt_ids(q)[0]) + t.shape[0] + int(vlm.newline) for t, q in requests]
+        full = shared.n_prompt_tokens
+        assert shared.n_prefill_tokens == [full[0], full[1], full[2] - prefix[2], full[3] - prefix[3]], (
+            "each video's prefix counts once, on its first request"
+        )
+
+
+def test_shared_prefix_keeps_seeded_sampling(hf_vlm, frames):
+    from scissor_cli.options import GenerationOptions
+
+    video = hf_vlm.encode(frames)
+    sampled = GenerationOptions(max_new_tokens=8, temperature=0.9, seed=5)
+    requests = [(video, QUESTION), (video, "How many?")]
+    assert (
+        hf_vlm.generate(requests, sampled).token_ids == hf_vlm.generate(requests, sampled, share_prefix=False).token_ids
+    ), "the seed rule gives the same samples with a shared prefix"
+
+
+def test_prompt_cache_continues_a_conversation(hf_vlm, frames):
+    from scissor_cli.model import PromptCache
+    from scissor_cli.options import GenerationOptions
+
+    gen = GenerationOptions(max_new_tokens=6, temperature=0.0)
+    video = hf_vlm.encode(frames).flatten(0, 1)
+    cache = PromptCache()
+    history: list[tuple[str, str]] = []
+    first = hf_vlm.generate([(video, QUESTION)], gen, cache=cache)
+    assert first.n_prefill_tokens == first.n_prompt_tokens
+    held = len(cache.before) + cache.n_video + len(cache.tail)
+    assert cache.kv.get_seq_length() == held == first.n_prompt_tokens[0] + first.n_new_tokens[0] - 1, (
+        "the cache names exactly what it holds: the prompt and every generated token but the last (never fed)"
+    )
+    history.append((QUESTION, first.texts[0]))
+    second = hf_vlm.generate([(video, "And then?")], gen, history=history, cache=cache)
+    again = hf_vlm.generate([(video, "And then?")], gen, history=history)
+    assert second.token_ids == again.token_ids
+    assert second.n_prefill_tokens[0] < second.n_prompt_tokens[0] - video.shape[0], "the video came from the cache"
+    before = len(hf_vlm.prompt_ids("And then?", history)[0])
+    # the same number of video tokens, other values (a new compression can keep the count): not the cached video
+    flipped = video.flip(0)
+    other = hf_vlm.generate([(flipped, "And then?")], gen, history=history, cache=cache)
+    assert other.n_prefill_tokens[0] == other.n_prompt_tokens[0] - before
+    assert other.token_ids == hf_vlm.generate([(flipped, "And then?")], gen, history=history).token_ids
+    # another video tensor (a new compression): only the text before the video is reused
+    third = hf_vlm.generate([(video[::2], "And then?")], gen, history=history, cache=cache)
+    assert third.n_prefill_tokens[0] == third.n_prompt_tokens[0] - before
+    with pytest.raises(ValueError, match="one request"):
+        hf_vlm.generate([(video, "a"), (video, "b")], gen, cache=cache)

@@ -35,7 +35,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vlm(tiny_hf_dir):
-    return load_model(ModelOptions(model=str(tiny_hf_dir)))
+    return load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +173,7 @@ def test_stdin_shares_the_files_cache_entry_and_urls_are_not_cached(vlm, clip, t
 
 def test_checkpoint_tau_of_zero_is_used(tmp_path, clip):
     d = build_tiny_checkpoint(tmp_path / "zip0", layout="llava-next", zip_tau=0.0, zip_epsilon=0.1)
-    vlm = load_model(ModelOptions(model=str(d)))
+    vlm = load_model(ModelOptions(model=str(d), dtype="float32"))
     assert (vlm.default_tau, vlm.default_epsilon) == (0.0, 0.1)
     resolved = resolve_profile(vlm, Profile())
     assert (resolved.compression.tau, resolved.compression.epsilon) == (0.0, 0.1), "0.0 is a threshold, not unset"
@@ -226,3 +226,19 @@ def test_a_profile_may_leave_the_generation_seed_unset(tmp_path):
     assert load_profile(str(path)).generation.seed == 12
     with pytest.raises(OptionError, match="generation.seed"):
         Profile().override(generation={"seed": 1.5})
+
+
+def test_questions_about_one_video_share_its_prefill(vlm, clip):
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 8}, model={"cache": False})
+    questions = ["What is happening?", "Describe the video in detail.", "How many?"]
+    together = answer(vlm, str(clip), questions, profile)
+    alone = [answer(vlm, str(clip), q, profile)[0] for q in questions]
+    assert [a.answer for a in together] == [a.answer for a in alone], "prefix reuse changed a greedy answer"
+    full = [a.prefill_tokens for a in alone]  # one question per call: every prompt token is prefilled
+    visual = together[0].tokens["final"]
+    assert full[0] == vlm.prompt_length(visual, questions[0])
+    shared = [a.prefill_tokens for a in together]
+    assert shared[0] == full[0] and all(s < f - visual for s, f in zip(shared[1:], full[1:], strict=True))
+    prefix = len(vlm.prompt_ids(questions[0])[0]) + visual + int(vlm.newline)
+    assert sum(shared) == sum(full) - 2 * prefix, "the video prefix is prefilled once for the three questions"
+    assert together[1].to_dict()["prefill_tokens"] == shared[1]

@@ -176,7 +176,7 @@ def test_workers_resize_and_the_features_are_bit_identical(videos, tiny_hf_dir, 
     from scissor_cli.options import ModelOptions, Profile
     from scissor_cli.pipeline import encode_video
 
-    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu"))
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu", dtype="float32"))
     profile = Profile(sampling=SamplingOptions(n_frames=12), model=ModelOptions(model=str(tiny_hf_dir), cache=False))
     order = [str(videos[n]) for n in ("testsrc", "testsrc2", "smptebars")]
     ahead = decode_ahead(order, profile, 2, vlm)
@@ -313,7 +313,7 @@ def test_the_model_calls_on_step_per_vision_chunk_and_per_generated_token(tiny_h
     from scissor_cli.options import GenerationOptions, ModelOptions
 
     torch = two_threads
-    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu"))
+    vlm = load_model(ModelOptions(model=str(tiny_hf_dir), device="cpu", dtype="float32"))
     busy = _Busy(1, 1, 1, 0)  # chunk 1, chunk 2, prefill: busy; then every generation step: idle
     vlm.on_step = CoreShare(busy)
     forward, seen = vlm.hf_model.forward, []
