@@ -458,5 +458,5 @@ def test_a_cached_turn_is_still_refused_before_generating(vlm, clip, monkeypatch
     monkeypatch.setattr(vlm, "max_positions", first.n_prompt_tokens + 8)
     monkeypatch.setattr(type(vlm), "generate", lambda *a, **k: calls.append(1))
     with pytest.raises(OptionError, match="would not fit"):
-        session.ask("And then, in much more detail than before, please?")
+        session.ask("And then?")  # fits alone (the question bound), not after the cached turn
     assert calls == [], "refused before any prefill"
