@@ -745,9 +745,9 @@ def test_main_reports_an_interrupt_that_escapes_the_commands(monkeypatch, capsys
     import signal
     import time
 
-    from scissor_cli import cli
+    from scissor_cli import cli, cli_process
 
-    monkeypatch.setattr(cli, "_sigint", {"seen": False, "reported": False, "raise": False, "main": False})
+    monkeypatch.setattr(cli_process, "_sigint", {"seen": False, "reported": False, "raise": False, "main": False})
 
     def typer_like_app():
         try:

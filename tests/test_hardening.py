@@ -292,9 +292,10 @@ def test_an_ignored_sighup_stays_ignored():
         "import signal, sys\n"
         "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
         "sys.argv = ['scissor']\n"
-        "import scissor_cli.cli as cli\n"
-        "cli._install_handlers()\n"
-        "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is cli._on_sigint)\n"
+        "import scissor_cli.cli\n"
+        "import scissor_cli.cli_process as p\n"
+        "p._install_handlers()\n"
+        "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is p._on_sigint)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["True", "True"], out.stderr
