@@ -289,7 +289,7 @@ def inspect(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    from scissor_cli.batch import sweep_from_flags
+    from scissor_cli.sweep import sweep_from_flags
 
     levels, singles = sweep_from_flags(retention, tokens, tau)  # a comma list sweeps its levels
     if levels is not None and no_compress:
@@ -416,8 +416,8 @@ def batch(
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
     from scissor_cli import batch as batch_mod
     from scissor_cli import jobs as jobs_mod
+    from scissor_cli.choices import PROMPT_PRESETS
     from scissor_cli.prefetch import default_decode_workers
-    from scissor_cli.scoring import PROMPT_PRESETS
 
     sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
     if sweep is not None and no_compress:
