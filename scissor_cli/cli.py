@@ -132,7 +132,7 @@ _warned: set[str] = set()
 def warn_slow_dtype(vlm: Any) -> None:
     """Once per process: half precision this CPU emulates (float16 always, bfloat16 without AVX-512 BF16/AMX) is
     several times slower than float32."""
-    from scissor_cli.model import emulated_half
+    from scissor_cli.devices import emulated_half
 
     dtype = str(getattr(vlm, "dtype", "")).removeprefix("torch.")
     device = getattr(getattr(vlm, "device", None), "type", str(getattr(vlm, "device", "")))

@@ -27,9 +27,9 @@ from scissor_cli.choices import (
     parse_choice,
     strip_letter_labels,
 )
+from scissor_cli.devices import dtype_name
 from scissor_cli.errors import ManifestError, OptionError, VideoError
 from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
-from scissor_cli.model import dtype_name
 from scissor_cli.options import ModelOptions, Profile, SamplingOptions
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -750,15 +750,15 @@ def test_resume_with_other_settings_stops_before_loading(folder, tmp_path):
 
 
 def test_resume_with_another_resolved_dtype_is_refused(folder, tmp_path, monkeypatch):
-    from scissor_cli import model
+    from scissor_cli import devices
 
     jobs = jobs_from_paths([str(folder / "a.mp4"), str(folder / "b.mp4")], "Q?")
     out = tmp_path / "r.jsonl"
     cpu = fake_profile().override(model={"device": "cpu"})  # dtype auto
-    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (False, "emulated"))
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (False, "emulated"))
     run_batch(FakeVLM, jobs[:1], str(out), cpu)
     assert read_jsonl(out)[0]["config"]["model"]["dtype"] == "float32"
-    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (True, "native"))  # the same flags on a bf16 CPU
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (True, "native"))  # the same flags on a bf16 CPU
     with pytest.raises(OptionError) as e:
         run_batch(FakeVLM, jobs, str(out), cpu)
     assert 'model.dtype: "float32" in the output, "bfloat16" now' in e.value.message, e.value.message

@@ -40,7 +40,7 @@ def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None 
     revision, frames/fps/window, tau/epsilon/budget, compression on/off, generation and seeds) minus ``NOT_CONFIG``,
     plus the multiple-choice prompt template. Built from the profile's fields generically, so a new option is part
     of the config unless it is listed in ``NOT_CONFIG``. "auto" values stay ``null`` (the model decides them),
-    except ``model.dtype``: the dtype "auto" resolves to on this machine (``model.dtype_name``).
+    except ``model.dtype``: the dtype "auto" resolves to on this machine (``devices.dtype_name``).
 
     A sweep's config is its ``base_profile``'s plus ``"sweep": <axis>``: the levels are not part of it (a rerun
     with more levels resumes into the same output), each record's ``level`` is. ``prompt``: the run's prompt preset
@@ -60,7 +60,7 @@ def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None 
             if f"{section.name}.{f.name}" not in NOT_CONFIG
         }
     # the dtype it runs in, "auto" resolved (bf16 on one CPU, fp32 on another): a resumed run never mixes them
-    from scissor_cli.model import dtype_name
+    from scissor_cli.devices import dtype_name
 
     config["model"]["dtype"] = dtype_name(profile.model.device, profile.model.dtype)
     config["prompt_template"] = prompt_template(prompt)
