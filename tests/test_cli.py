@@ -449,12 +449,12 @@ def test_ctrl_c_with_debug_shows_the_traceback(tiny_hf_dir, clip, tmp_path):
 
 def test_interrupted_from_a_command_prints_its_message(monkeypatch, clip):
     """batch raises Interrupted with what it saved; the seam prints that as the one line, exit 130."""
-    from scissor_cli import errors, video
+    from scissor_cli import errors, video_probe
 
     def stop(*args, **kwargs):
         raise errors.Interrupted("3 of 10 jobs saved in out.jsonl; run the same command again to continue")
 
-    monkeypatch.setattr(video, "probe", stop)
+    monkeypatch.setattr(video_probe, "probe", stop)
     result = run("ask", clip, "Q?")
     assert result.exit_code == 130
     assert result.stderr == "interrupted: 3 of 10 jobs saved in out.jsonl; run the same command again to continue\n"
