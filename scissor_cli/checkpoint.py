@@ -28,7 +28,6 @@ from scissor_cli.options import ModelOptions
 # unless allowed (then a second call adds *.bin).
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 SIGLIP_MEAN_STD = (0.5, 0.5, 0.5)  # SigLIP normalisation; the llava-hf configs store the same values
-
 # original LLaVA-NeXT name -> transformers 5.x in-memory name (applied by from_pretrained's key_mapping)
 NEXT_KEY_MAPPING = {
     r"^model\.vision_tower\.vision_tower\.vision_model\.": "model.vision_tower.",
@@ -37,7 +36,6 @@ NEXT_KEY_MAPPING = {
     r"^model\.(embed_tokens|layers|norm)\.": r"model.language_model.\1.",
 }
 NEXT_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
-
 # the way back, to name a missing or unexpected weight as the checkpoint's files spell it
 NEXT_STORED_NAMES = {
     r"^model\.vision_tower\.": NEXT_VISION_PREFIX,
@@ -45,7 +43,6 @@ NEXT_STORED_NAMES = {
     r"^model\.multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
     r"^model\.language_model\.": "model.",
 }
-
 # Qwen2 fields of a LlavaQwenConfig that carry over to the text config unchanged
 QWEN2_FIELDS = (
     "vocab_size",

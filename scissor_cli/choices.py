@@ -11,30 +11,20 @@ import re
 import string
 import unicodedata
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 LETTERS = string.ascii_uppercase
-
 # lmms-eval's post prompt for LLaVA-OneVision multiple-choice video benchmarks (Video-MME, NExT-QA, ...)
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-
 # Multiple-choice prompt presets. The four benchmark presets reproduce the text lmms-eval 0.7.2 builds for each
 # task with its default model arguments (doc_to_text + the task YAML's pre/post prompt), so accuracies are
 # comparable with numbers published from lmms-eval runs.
 DEFAULT_PRESET = "default"
-
 PROMPT_PRESETS = ("default", "videomme", "mvbench", "egoschema", "nextqa", "plain")
-
 # Video-MME's fixed instruction line (lmms-eval keeps "(A, B, C, or D)" whatever the number of options)
 VIDEOMME_INSTRUCTION = (
     "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
     "Respond with only the letter (A, B, C, or D) of the correct option."
 )
-
 MVBENCH_POST = "Only give the best option.\n"  # every MVBench sub-task's post_prompt
 
 

@@ -5,12 +5,7 @@ functions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from scissor_cli.errors import ModelError
-
-if TYPE_CHECKING:
-    pass
 
 
 def resolve_device(device: str):

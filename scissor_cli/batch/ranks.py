@@ -7,19 +7,14 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from scissor_cli.errors import OptionError
 from scissor_cli.options import Profile
 
-if TYPE_CHECKING:
-    pass
-
-
 BARRIER_TIMEOUT_S = float(os.environ.get("SCISSOR_BATCH_BARRIER_S", 6 * 3600))  # how long ranks wait for each other
-
-
 # ----------------------------------------------------------------------------------------------- several ranks
+
+
 def dist_env() -> tuple[int, int]:
     """(rank, world_size) from the launcher's environment; (0, 1) when run plainly."""
     try:

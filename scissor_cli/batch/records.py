@@ -11,30 +11,24 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scissor_cli.choices import prompt_template
 from scissor_cli.errors import ManifestError, OptionError
 from scissor_cli.jobs import Job
 from scissor_cli.options import Profile
 from scissor_cli.scoring import GROUP_FIELDS
-from scissor_cli.sweep import level_text
-
-if TYPE_CHECKING:
-    pass
-from scissor_cli.sweep import Sweep
+from scissor_cli.sweep import Sweep, level_text
 
 STDOUT = "-"  # --output - : JSONL on stdout
-
 DEBUG_HINT = "rerun with SCISSOR_DEBUG=1 to record the traceback in the output, and report it if it is a bug"
-
 # Profile fields that do not change an answer, left out of a run's config: where it runs (device), how the weights
 # are fetched, and the feature cache. The dtype as set ("auto") is left out too: the config holds the resolved one.
 NOT_CONFIG = frozenset({"name", "description", "model.device", "model.dtype", "model.offline", "model.cache",
                         "model.allow_pickle"})  # fmt: skip
-
-
 # ------------------------------------------------------------------------------------------------------ config
+
+
 def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None = None) -> dict[str, Any]:
     """The settings that change an answer, as every record stores them: each profile section's fields (model and
     revision, frames/fps/window, tau/epsilon/budget, compression on/off, generation and seeds) minus ``NOT_CONFIG``,

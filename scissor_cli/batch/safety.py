@@ -15,14 +15,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from scissor_cli.batch.records import _write_all, _write_atomic
 from scissor_cli.errors import ManifestError
 from scissor_cli.jobs import Job
-
-if TYPE_CHECKING:
-    pass
-from scissor_cli.batch.records import _write_all, _write_atomic
 
 TABLE_SUFFIXES = (".csv", ".tsv")
 
