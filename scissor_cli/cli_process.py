@@ -78,7 +78,7 @@ if _running_as_command() and signal.getsignal(signal.SIGINT) is signal.default_i
 import typer  # noqa: E402 - after the handler, so Ctrl-C while typer and rich import is one clean line
 
 from scissor_cli import render  # noqa: E402
-from scissor_cli.errors import Interrupted, ScissorError  # noqa: E402
+from scissor_cli.errors import Interrupted, ScissorError, StdoutClosed  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +144,7 @@ def handle_errors(fn: F) -> F:
                 return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except render.StdoutClosed:
+        except StdoutClosed:
             _quiet_stdout()
             raise typer.Exit(0) from None
         except Interrupted as e:

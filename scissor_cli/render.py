@@ -29,15 +29,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from scissor_cli.errors import ScissorError, Terminated, shorten
+from scissor_cli.errors import ScissorError, StdoutClosed, Terminated, shorten
 
 if TYPE_CHECKING:
     from scissor_cli.pipeline import Answer, Inspection
     from scissor_cli.profiles import ProfileEntry
-
-
-class StdoutClosed(Exception):
-    """The reader of stdout went away (EPIPE): what was written stays written, the rest has nowhere to go."""
 
 
 class _Stdout:

@@ -15,17 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scissor_cli.choices import PROMPT_PRESETS, build_prompt
-from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError, shorten
-from scissor_cli.jobs import Job
-from scissor_cli.options import Profile
-from scissor_cli.prefetch import check_decode_workers, decoding_ahead
-from scissor_cli.scoring import score, summarize
-from scissor_cli.sweep import SWEEP_AXES
-
-if TYPE_CHECKING:
-    from scissor_cli.model import VisionLanguageModel
-    from scissor_cli.pipeline import CompressedVideo, EncodedVideo
 from scissor_cli.batch.ranks import BARRIER_TIMEOUT_S, _Group, dist_env
 from scissor_cli.batch.records import (
     DEBUG_HINT,
@@ -65,7 +54,17 @@ from scissor_cli.batch.safety import (
     part_path,
     summary_path_for,
 )
-from scissor_cli.sweep import Sweep
+from scissor_cli.choices import PROMPT_PRESETS, build_prompt
+from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError, StdoutClosed, shorten
+from scissor_cli.jobs import Job
+from scissor_cli.options import Profile
+from scissor_cli.prefetch import check_decode_workers, decoding_ahead
+from scissor_cli.scoring import score, summarize
+from scissor_cli.sweep import SWEEP_AXES, Sweep
+
+if TYPE_CHECKING:
+    from scissor_cli.model import VisionLanguageModel
+    from scissor_cli.pipeline import CompressedVideo, EncodedVideo
 
 
 @dataclass
@@ -432,8 +431,6 @@ def run_batch(
 
 
 def _write_stdout(record: dict) -> None:
-    from scissor_cli.render import StdoutClosed
-
     try:
         sys.stdout.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         sys.stdout.flush()  # a reader downstream sees each record as its job finishes
