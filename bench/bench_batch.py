@@ -251,7 +251,8 @@ def decode_bound(args: argparse.Namespace) -> None:
     import torch
     from tiny_checkpoint import build_tiny_checkpoint
 
-    from scissor_cli.prefetch import available_cores, default_decode_workers
+    from scissor_cli.prefetch import default_decode_workers
+    from scissor_cli.video_limits import available_cores
 
     n_videos, n_questions = args.videos or 12, args.questions or 4
     work = Path(tempfile.mkdtemp(prefix="scissor-bench-decode-"))

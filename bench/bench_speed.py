@@ -9,7 +9,7 @@ each pair interleaved in one process:
 
     .venv/bin/python bench/bench_speed.py [--frames 8] [--video samples/bigbuckbunny.mp4] [--parts dtype chat shared]
 
-Prints the CPU (model name, avx512_bf16/amx flags), torch's detection (``model.cpu_bf16_support``) and the load
+Prints the CPU (model name, avx512_bf16/amx flags), torch's detection (``devices.cpu_bf16_support``) and the load
 average beside the numbers. Random weights: timings are the architecture's; answers are gibberish, and the tests'
 tiny tokenizer decodes most generated ids to nothing, so the chat's earlier answers are a fixed sentence.
 """
@@ -75,7 +75,8 @@ def main() -> None:
     from bench_model import wrap_random
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from scissor_cli.model import PromptCache, cpu_bf16_support, dtype_name
+    from scissor_cli.devices import cpu_bf16_support, dtype_name
+    from scissor_cli.model import PromptCache
     from scissor_cli.options import GenerationOptions
     from scissor_cli.scc import compress
     from scissor_cli.video import sample_frames

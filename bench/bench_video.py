@@ -201,7 +201,7 @@ def measure_split(path: Path, n_frames: int, rounds: int, threads_only: bool = F
     import numpy as np
 
     from scissor_cli import video
-    from scissor_cli.prefetch import available_cores
+    from scissor_cli.video_limits import available_cores
 
     cores = available_cores()
     info = video.probe(path)

@@ -4,99 +4,67 @@ Each command parses flags, resolves the profile (built-in defaults < profile < f
 and hands the result to ``render``. torch, transformers and decord are imported inside command bodies only, so
 ``scissor --help``, ``scissor profiles list`` and ``scissor version`` stay fast.
 
-Ctrl-C and a closed stdout are handled here, the way Unix tools do: one ``interrupted`` line and exit 130 at any
-moment (SIGTERM and SIGHUP alike: the same cleanup and line, exit 143 and 129); a reader that goes away
-(``| head -1``) ends the command quietly with exit 0.
+Ctrl-C, SIGTERM/SIGHUP, a closed stdout and the error seam (``handle_errors``) live in ``cli_process``, imported
+first so its signal handlers are in place while typer and rich import.
 """
 
 from __future__ import annotations
 
+# First, before typer and rich import: importing cli_process installs the signal handlers when this is the command.
+from scissor_cli.cli_process import _command_clock, handle_errors, run
+
+# isort: split
 import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
 
-_IMPORTED_AT = time.perf_counter()  # ~ process start when run as `scissor` (the interpreter's start-up aside)
-# Ctrl-C state: "raise" is False until main() runs: an interrupt during the imports below has nothing to clean up,
-# so the handler exits on the spot (a KeyboardInterrupt there would escape as a traceback from the import line).
-# SIGTERM and SIGHUP take the same path ("signum" says which came first; the exit code is 128 + it).
-_sigint = {"seen": False, "reported": False, "raise": False, "main": False}
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+import typer
+from typer.core import TyperCommand, TyperGroup
 
-
-def _exit_code() -> int:
-    """130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP: what a shell reports for a command they ended."""
-    return 128 + int(_sigint.get("signum", signal.SIGINT))
-
-
-def _signal_note() -> str:
-    signum = _sigint.get("signum", signal.SIGINT)
-    return "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
-
-
-def _on_sigint(signum: int, frame: object) -> None:
-    """SIGINT, SIGTERM and SIGHUP: unwind as a KeyboardInterrupt (SIGTERM/SIGHUP: its subclass Terminated), so
-    the command's cleanup runs and it ends with one line; during the imports, or on a second signal, exit at once."""
-    if _sigint["seen"] or not _sigint["raise"]:  # during imports, or a second signal while the first unwinds
-        _sigint.setdefault("signum", signum)
-        if not _sigint["reported"]:
-            _sigint["reported"] = True
-            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
-                os.write(2, f"interrupted{_signal_note()}\n".encode())
-        os._exit(_exit_code())
-    _sigint["seen"] = True
-    _sigint["signum"] = signum
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    from scissor_cli.errors import Terminated
-
-    raise Terminated(signum)
-
-
-def _install_handlers() -> None:
-    """Ctrl-C where Python's own handler is; SIGTERM/SIGHUP where they are at their default (killing us without
-    cleanup). An ignored SIGHUP (``nohup scissor batch ...``) stays ignored."""
-    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
-        signal.signal(signal.SIGINT, _on_sigint)
-    for signum in _STOP_SIGNALS:
-        if signal.getsignal(signum) in (signal.SIG_DFL, _on_sigint):
-            signal.signal(signum, _on_sigint)
-
-
-def _running_as_command() -> bool:
-    """This process is the `scissor` command (console script or python -m scissor_cli), not a library user."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return os.path.basename(sys.argv[0] or "") in ("scissor", "scissor.exe") or (
-        getattr(spec, "name", None) == "scissor_cli.__main__"
-    )
-
-
-if _running_as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    _install_handlers()
-
-import functools  # noqa: E402 - after the handler, so Ctrl-C while typer and rich import is one clean line
-from collections.abc import Callable  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar  # noqa: E402
-
-import typer  # noqa: E402
-from typer.core import TyperCommand, TyperGroup  # noqa: E402
-
-from scissor_cli import render  # noqa: E402
-from scissor_cli.errors import Interrupted, OptionError, ScissorError, Terminated  # noqa: E402
-from scissor_cli.options import (  # noqa: E402
-    GenerationOptions,
-    ModelOptions,
-    Profile,
-    SamplingOptions,
-    normalize_dtype,
-    with_flag_names,
+from scissor_cli import render
+from scissor_cli.cli_flags import (
+    SWEEP_TAUS,
+    DecodeWorkersOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EndOpt,
+    EpsilonOpt,
+    FpsOpt,
+    FramesOpt,
+    JsonOpt,
+    MaxNewOpt,
+    MemoryBudgetOpt,
+    ModelOpt,
+    NewlineOpt,
+    NoCacheOpt,
+    NoCompressOpt,
+    OfflineOpt,
+    ProfileOpt,
+    PromptOpt,
+    RetentionOpt,
+    RevisionOpt,
+    SeedOpt,
+    StartOpt,
+    SweepRetentionOpt,
+    SweepTauOpt,
+    SweepTokensOpt,
+    TauOpt,
+    TauTemporalOpt,
+    TemperatureOpt,
+    TokensOpt,
+    VideoArg,
 )
-
-if TYPE_CHECKING:
-    from scissor_cli.config import UserConfig
+from scissor_cli.errors import OptionError, ScissorError, Terminated
+from scissor_cli.options import (
+    Profile,
+)
+from scissor_cli.settings import profile_from_flags
 
 
 def _no_flag_metavars(params: list[Any]) -> list[Any]:
@@ -158,399 +126,13 @@ def _root(
     """Ask questions about videos with LLaVA-OneVision, compressing visual tokens with LLaVA-Scissor (SCC)."""
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _debug() -> bool:
-    return os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no")
-
-
-def _report_interrupt(message: str | None = None) -> None:
-    if not _sigint["reported"]:
-        _sigint["reported"] = True
-        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
-            render.interrupted(message, _signal_note().strip(" ()") or None)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot raise EPIPE again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # not a real file (tests' CliRunner): nothing will flush to a pipe
-        pass
-
-
-def _stdout_is_devnull() -> bool:
-    try:
-        return os.path.samestat(os.fstat(sys.__stdout__.fileno()), os.stat(os.devnull))
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _stdout_reader_gone(was_devnull: bool) -> bool:
-    """stdout was a pipe whose reader closed it: poll reports POLLERR on its write end, or rich has already
-    pointed it at /dev/null (its own broken-pipe handling, which then exits 1)."""
-    import select
-
-    if not was_devnull and _stdout_is_devnull():
-        return True
-    try:
-        poller = select.poll()
-        poller.register(sys.__stdout__.fileno(), 0)  # no events asked: errors and hang-ups are always reported
-        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-_command_clock = {"start": _IMPORTED_AT}
-
-
-def handle_errors(fn: F) -> F:
-    """The one error seam: ScissorError -> one line + hint, the class's exit code; tracebacks only when debugging.
-
-    After a Ctrl-C, whatever ends the command (a KeyboardInterrupt, batch's Interrupted, or an error it caused,
-    such as an ffmpeg child killed by the same Ctrl-C) ends it as one ``interrupted`` line with exit 130 (143
-    after SIGTERM, 129 after SIGHUP)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not _sigint["main"]:  # in-process (tests): time the command, not the test session
-            _command_clock["start"] = time.perf_counter()
-        try:
-            with render.library_warnings():
-                return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except render.StdoutClosed:
-            _quiet_stdout()
-            raise typer.Exit(0) from None
-        except Interrupted as e:
-            if _debug():
-                render.err.print_exception()
-            _report_interrupt(e.message)
-            raise typer.Exit(_exit_code() if _sigint["seen"] else e.exit_code) from None
-        except KeyboardInterrupt:
-            if _debug():
-                render.err.print_exception()
-            _report_interrupt()
-            raise typer.Exit(_exit_code()) from None
-        except ScissorError as e:
-            if _debug():
-                render.err.print_exception()
-            if _sigint["seen"]:
-                _report_interrupt()
-                raise typer.Exit(_exit_code()) from None
-            render.error(e)
-            raise typer.Exit(e.exit_code) from None
-        except Exception as e:
-            if _debug():
-                raise
-            if _sigint["seen"]:
-                _report_interrupt()
-                raise typer.Exit(_exit_code()) from None
-            render.internal_error(e)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-# ---------------------------------------------------------------------------------------------------- shared flags
-# Declared once, used by ask, inspect and batch. Value-less flags get an empty metavar (no "<bool>" in --help);
-# options whose default comes from the profile say the built-in default in their help.
-_C, _S, _G, _M = "Compression", "Frames", "Generation", "Model"
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        metavar="ID|DIR",
-        help=f"Hub id or local directory (default {ModelOptions.model}, or SCISSOR_MODEL / the user config's model).",
-        rich_help_panel=_M,
-    ),
-]
-RevisionOpt = Annotated[
-    str | None, typer.Option("--revision", metavar="REF", help="Hub branch, tag or commit.", rich_help_panel=_M)
-]
-ProfileOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--profile",
-        "-p",
-        metavar="NAME|FILE",
-        help="Profile name (see `scissor profiles list`) or a path to a YAML file (with a / or ending .yaml).",
-        rich_help_panel=_C,
-    ),
-]
-TauOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--tau",
-        metavar="T",
-        help="Similarity threshold (default: the checkpoint's, else the paper's 0.9; lower merges more). "
-        "Not with a budget: a budget searches tau itself.",
-        rich_help_panel=_C,
-    ),
-]
-TauTemporalOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--tau-temporal",
-        metavar="T",
-        help="Separate threshold for the temporal step (default: tau).",
-        rich_help_panel=_C,
-    ),
-]
-EpsilonOpt = Annotated[
-    float | None,
-    typer.Option("--epsilon", metavar="E", help="Sampling tolerance (default: the paper's 0.05).", rich_help_panel=_C),
-]
-RetentionOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--retention",
-        metavar="R",
-        help="Budget: keep at most this fraction of the visual tokens, e.g. 0.1 (tau searched per video).",
-        rich_help_panel=_C,
-    ),
-]
-TokensOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--tokens", metavar="N", help="Budget: keep at most this many visual tokens (tau searched).", rich_help_panel=_C
-    ),
-]
-NoCompressOpt = Annotated[
-    bool, typer.Option("--no-compress", help="Send every visual token to the LLM.", rich_help_panel=_C)
-]
-FramesOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--frames",
-        "-f",
-        metavar="N",
-        help=f"Frames to sample uniformly, default {SamplingOptions.n_frames} (1 to 4096).",
-        rich_help_panel=_S,
-    ),
-]
-FpsOpt = Annotated[
-    float | None,
-    typer.Option("--fps", metavar="R", help="Sample at this rate instead (capped by --frames).", rich_help_panel=_S),
-]
-StartOpt = Annotated[
-    float | None, typer.Option("--start", metavar="S", help="Window start, seconds (default 0).", rich_help_panel=_S)
-]
-EndOpt = Annotated[
-    float | None,
-    typer.Option("--end", metavar="S", help="Window end, seconds (default: the end).", rich_help_panel=_S),
-]
-MemoryBudgetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--memory-budget",
-        metavar="SIZE",
-        help="Most memory one video's decoding and vision step may take: 8G, 512M, or a fraction of the available "
-        "memory such as 0.5 (default: 0.5). Larger videos are refused (exit 4).",
-        rich_help_panel=_S,
-    ),
-]
-DecodeWorkersOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--decode-workers",
-        metavar="N",
-        help="Threads splitting a long video's decode (decord); 0 or 1 decodes serially. Default: the cores this "
-        "process may use (short or small decodes stay serial).",
-        min=0,
-        rich_help_panel=_S,
-    ),
-]
-MaxNewOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-new-tokens",
-        metavar="N",
-        help=f"Answer length cap (default {GenerationOptions.max_new_tokens}).",
-        rich_help_panel=_G,
-    ),
-]
-TemperatureOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--temperature",
-        metavar="T",
-        help=f"Sampling temperature, 0 = greedy (default {GenerationOptions.temperature:g}).",
-        rich_help_panel=_G,
-    ),
-]
-SeedOpt = Annotated[
-    int | None,
-    typer.Option("--seed", metavar="N", help="Seeds sampling and SCC's sampled regime.", rich_help_panel=_G),
-]
-DeviceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--device",
-        metavar="DEV",
-        help=f"auto | cpu | cuda | cuda:N | mps (default {ModelOptions.device}).",
-        rich_help_panel=_M,
-    ),
-]
-DtypeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dtype",
-        metavar="TYPE",
-        help=f"auto | float32 | bfloat16 | float16, or fp32 | bf16 | fp16 (default {ModelOptions.dtype}: "
-        "bf16/fp16 on a GPU; on a CPU bf16 where it has AVX-512 BF16 or AMX, else fp32).",
-        rich_help_panel=_M,
-    ),
-]
-OfflineOpt = Annotated[
-    bool,
-    typer.Option("--offline", help="Never touch the network (like HF_HUB_OFFLINE=1).", rich_help_panel=_M),
-]
-NoCacheOpt = Annotated[
-    bool,
-    typer.Option("--no-cache", help="Do not read or write the video-feature cache.", rich_help_panel=_M),
-]
-NewlineOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--newline/--no-newline",
-        help="Append the image_newline token after the video (default: llava-hf yes, original checkpoints no).",
-        rich_help_panel=_M,
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout, no markup.")]
-VideoArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="VIDEO",
-        help="Video file or still image; an http(s):// URL (streamed by ffmpeg); or - to read the video from stdin "
-        "(kept in a temporary file while it runs).",
-        show_default=False,
-    ),
-]
-
-
-def build_profile(
-    profile: str | None,
-    *,
-    model: str | None = None,
-    revision: str | None = None,
-    tau: float | None = None,
-    tau_temporal: float | None = None,
-    epsilon: float | None = None,
-    retention: float | None = None,
-    tokens: int | None = None,
-    no_compress: bool = False,
-    frames: int | None = None,
-    fps: float | None = None,
-    start: float | None = None,
-    end: float | None = None,
-    memory_budget: str | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    offline: bool = False,
-    no_cache: bool = False,
-    newline: bool | None = None,
-    config: UserConfig | None = None,
-) -> Profile:
-    """Built-in defaults < user config < SCISSOR_MODEL < profile < flags (``config``: default ``load_config()``).
-
-    tau and a budget, one rule everywhere: a budget searches tau itself, so ``--tau`` with ``--retention`` or
-    ``--tokens`` is a usage error, and a profile file that sets both is a profile error. A flag of one kind
-    replaces the profile's setting of the other (``--tau`` clears a profile's budget, a budget flag clears a
-    profile's tau and budget); ``--tau-temporal`` may go with a budget (it fixes the temporal step).
-    """
-    from scissor_cli.config import load_config
-    from scissor_cli.profiles import load_profile
-
-    config = config if config is not None else load_config()
-    p = load_profile(profile, base=config.base_profile())
-    if retention is not None and tokens is not None:
-        raise OptionError("--retention and --tokens are both given", hint="give one budget: a ratio or a count")
-    budget_flag = "--retention" if retention is not None else "--tokens" if tokens is not None else None
-    if tau is not None and budget_flag:
-        raise OptionError(
-            f"--tau and {budget_flag} are both given: a budget searches tau itself",
-            hint=f"drop --tau to keep the budget, or drop {budget_flag} to use that tau",
-        )
-    asked = [
-        flag
-        for flag, v in (
-            ("--tau", tau),
-            ("--tau-temporal", tau_temporal),
-            ("--epsilon", epsilon),
-            ("--retention", retention),
-            ("--tokens", tokens),
-        )
-        if v is not None
-    ]
-    if no_compress and asked:
-        raise OptionError(f"--no-compress contradicts {', '.join(asked)}", hint="drop one of them")
-    compression: dict[str, Any] = {"tau": tau, "tau_temporal": tau_temporal, "epsilon": epsilon, "seed": seed}
-    if tau is not None:  # this threshold, not the profile's budget
-        p = replace(p, compression=replace(p.compression, retention=None, tokens=None))
-    if budget_flag:  # this budget, not the profile's tau or its other budget
-        p = replace(p, compression=replace(p.compression, tau=None, retention=None, tokens=None))
-        compression.update(retention=retention, tokens=tokens)
-    if no_compress:
-        compression["enabled"] = False
-    elif asked:  # a compression flag over a profile that turns compression off (e.g. --profile off) means "compress"
-        compression["enabled"] = True
-    try:
-        return p.override(
-            sampling={"n_frames": frames, "fps": fps, "start": start, "end": end, "memory_budget": memory_budget},
-            compression=compression,
-            generation={"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed},
-            model={
-                "model": model,
-                "revision": revision,
-                "device": device,
-                "dtype": normalize_dtype(dtype),
-                "offline": True if offline else None,
-                "cache": False if no_cache else None,
-                "newline": newline,
-            },
-        )
-    except OptionError as e:  # the profile was valid on its own, so the value came from a flag: name the flag
-        raise with_flag_names(e) from e
-
-
-SHARED_FLAGS = frozenset(
-    ("model", "revision", "tau", "tau_temporal", "epsilon", "retention", "tokens", "no_compress", "frames", "fps",
-     "start", "end", "memory_budget", "max_new_tokens", "temperature", "seed", "device", "dtype", "offline",
-     "no_cache", "newline")
-)  # fmt: skip
-
-
-def profile_from_flags(params: dict[str, Any]) -> Profile:
-    """``build_profile`` from a command's parameters (its ``locals()``): the shared flags it declares, by name."""
-    from scissor_cli.config import apply_cache_dir, load_config
-
-    config = load_config()
-    apply_cache_dir(config)
-    profile = build_profile(params["profile"], config=config, **{k: v for k, v in params.items() if k in SHARED_FLAGS})
-    if profile.model.cache:
-        from scissor_cli.cache import default_max_bytes
-
-        default_max_bytes()  # a bad SCISSOR_CACHE_MAX_GB fails now, not after the model has loaded
-    return profile
-
-
 _warned: set[str] = set()
 
 
 def warn_slow_dtype(vlm: Any) -> None:
     """Once per process: half precision this CPU emulates (float16 always, bfloat16 without AVX-512 BF16/AMX) is
     several times slower than float32."""
-    from scissor_cli.model import emulated_half
+    from scissor_cli.devices import emulated_half
 
     dtype = str(getattr(vlm, "dtype", "")).removeprefix("torch.")
     device = getattr(getattr(vlm, "device", None), "type", str(getattr(vlm, "device", "")))
@@ -650,46 +232,6 @@ def ask(
 
 
 # inspect and batch take comma lists for these three (a sweep); ask keeps the plain number flags
-SweepRetentionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--retention",
-        help="Budget: keep at most this fraction of the visual tokens; a comma list sweeps it (1 = uncompressed), "
-        "e.g. 1,0.5,0.35,0.1,0.05.",
-        rich_help_panel=_C,
-        metavar="R[,R...]",
-    ),
-]
-SweepTokensOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--tokens",
-        help="Budget: keep at most this many visual tokens; a comma list sweeps it.",
-        rich_help_panel=_C,
-        metavar="N[,N...]",
-    ),
-]
-SweepTauOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--tau",
-        help="Similarity threshold (paper 0.9); a comma list sweeps it.",
-        rich_help_panel=_C,
-        metavar="T[,T...]",
-    ),
-]
-PromptOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--prompt",
-        help="Multiple-choice prompt preset: default | videomme | mvbench | egoschema | nextqa | plain "
-        "(lmms-eval's templates; a manifest row's prompt field wins).",
-        metavar="PRESET",
-    ),
-]
-
-
-SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
 
 
 @app.command(
@@ -747,7 +289,7 @@ def inspect(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    from scissor_cli.batch import sweep_from_flags
+    from scissor_cli.sweep import sweep_from_flags
 
     levels, singles = sweep_from_flags(retention, tokens, tau)  # a comma list sweeps its levels
     if levels is not None and no_compress:
@@ -874,8 +416,8 @@ def batch(
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
     from scissor_cli import batch as batch_mod
     from scissor_cli import jobs as jobs_mod
+    from scissor_cli.choices import PROMPT_PRESETS
     from scissor_cli.prefetch import default_decode_workers
-    from scissor_cli.scoring import PROMPT_PRESETS
 
     sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
     if sweep is not None and no_compress:
@@ -1194,25 +736,7 @@ def chat(
 def main() -> None:
     """The `scissor` console script: app() with Ctrl-C as one line and exit 130 at any moment (SIGTERM 143,
     SIGHUP 129)."""
-    _sigint["main"] = True
-    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _on_sigint):
-        _sigint["raise"] = True  # from here on a signal unwinds (closing progress bars, saving batch work)
-        _install_handlers()
-    was_devnull = _stdout_is_devnull()
-    try:
-        app()
-    except SystemExit as e:
-        if _sigint["seen"]:  # however the command ended (typer turns a stray KeyboardInterrupt into exit 130)
-            _report_interrupt()
-            raise SystemExit(_exit_code()) from None
-        # rich's and typer's own exit on EPIPE, e.g. `scissor ask --help | head -1`
-        if e.code == 1 and _stdout_reader_gone(was_devnull):
-            _quiet_stdout()
-            raise SystemExit(0) from None
-        raise
-    except KeyboardInterrupt:
-        _report_interrupt()
-        raise SystemExit(_exit_code()) from None
+    run(app)
 
 
 if __name__ == "__main__":

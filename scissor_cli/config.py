@@ -158,7 +158,7 @@ def environment_report() -> dict[str, Any]:
                 props = torch.cuda.get_device_properties(i)
                 gpus.append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 1024**3, 1)})
         report["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-        from scissor_cli.model import auto_dtype
+        from scissor_cli.devices import auto_dtype
 
         report["dtype_auto"] = auto_dtype()  # what --dtype auto picks here, and why
     except ImportError:

@@ -70,6 +70,11 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout went away (EPIPE): what was written stays written, the rest has nowhere to go.
+    Raised by render (and batch's ``-o -`` lines); the CLI ends quietly with exit 0, the way Unix tools do."""
+
+
 def shorten(text: str, limit: int = 200) -> str:
     """``text`` if it has at most ``limit`` characters, else its first ``limit`` and how long it was:
     ``"What is … (104857600 characters)"``. Keeps records and printed lines short whatever a user passed."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scissor_cli.choices import LETTERS, PROMPT_PRESETS, expected_letter, strip_letter_labels
 from scissor_cli.errors import ManifestError
-from scissor_cli.scoring import LETTERS, PROMPT_PRESETS, expected_letter, strip_letter_labels
 
 MANIFEST_FIELDS = ("id", "video", "question", "options", "answer", "prompt")
 MANIFEST_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
@@ -41,7 +41,7 @@ class Job:
     options: tuple[str, ...] | None = None  # multiple-choice candidates, lettered A, B, ...
     answer: str | None = None  # expected answer: a letter or an option's text, or free text for exact match
     extra: dict = field(default_factory=dict)  # other manifest fields (task, category, ...), copied to the record
-    prompt: str | None = None  # multiple-choice prompt preset (scoring.PROMPT_PRESETS); None: the run's
+    prompt: str | None = None  # multiple-choice prompt preset (choices.PROMPT_PRESETS); None: the run's
 
 
 def derive_id(video: str, question: str, options: Sequence[str] | None = None, prompt: str | None = None) -> str:

@@ -7,7 +7,7 @@ model (``doc_to_visual`` + ``doc_to_text`` requests), so the tasks' own prompts 
 What it runs is the library: ``load_model`` once, then per video ``encode_video`` -> ``compress_video`` -> the
 model's ``generate`` for every question about that video (one encoding, batches of ``batch_size`` questions).
 ``model_args`` are the CLI's flags under their lmms-eval names and go through the CLI's own flag -> profile
-mapping and validation (``cli.profile_from_flags``), so a bad value stops with the same one-line error (plus a
+mapping and validation (``settings.profile_from_flags``), so a bad value stops with the same one-line error (plus a
 hint) before any sample runs. Per-sample token statistics go to ``<output_path>/<model>/..._scissor_stats_rank<R>
 .jsonl`` beside lmms-eval's results, one file per process.
 """
@@ -39,7 +39,7 @@ MODEL_NAME = "scissor"
 # torch and lmms_eval are loaded by then; the model itself loads only when `--model scissor` builds the class).
 MANIFEST = ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.Scissor")
 
-# model_arg -> (the CLI flag's parameter name in cli.build_profile, its type). None: handled here.
+# model_arg -> (the CLI flag's parameter name in settings.build_profile, its type). None: handled here.
 MODEL_ARGS: dict[str, tuple[str | None, str]] = {
     "pretrained": ("model", "str"),
     "profile": (None, "str"),
@@ -130,7 +130,7 @@ class Settings:
 def parse_model_args(args: dict[str, Any]) -> Settings:
     """model_args (lmms-eval's parsed ``key=value`` pairs) -> the validated profile, or ``OptionError`` /
     ``ProfileError`` with the CLI's message. Unknown keys are errors, not ignored."""
-    from scissor_cli.cli import profile_from_flags
+    from scissor_cli.settings import profile_from_flags
 
     unknown = sorted(k for k in args if k not in MODEL_ARGS and k != "max_batch_size")
     if unknown:

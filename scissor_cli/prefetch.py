@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scissor_cli import video_limits
 from scissor_cli.errors import OptionError, ScissorError, VideoError
 
 if TYPE_CHECKING:
@@ -59,24 +60,6 @@ MAX_AUTO_WORKERS = 8  # beyond this, disk reads and memory bandwidth rather than
 _KILL_WAIT_S = 5.0  # how long close() waits for a killed worker to be reaped
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. a container's or a Slurm job's share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
-def process_cores() -> int:
-    """This process's share of the machine: its cores divided by the processes a launcher started on it
-    (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate)."""
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    return max(1, available_cores() // local)
-
-
 def default_decode_workers(cores: int | None = None) -> int:
     """One core for the main process (model, SCC, writing), the rest decode: ``clamp(cores - 1, 1, 8)``.
     decord and ffmpeg keep 1.2-1.7 cores busy per 1080p H.264 decode when cores are free, ~0.6 on a loaded machine
@@ -85,7 +68,7 @@ def default_decode_workers(cores: int | None = None) -> int:
     started on it (``LOCAL_WORLD_SIZE``, set by torchrun and accelerate), so 8 ranks on 16 cores decode with one
     worker each, not seven."""
     if cores is None:
-        cores = process_cores()
+        cores = video_limits.process_cores()
     return max(1, min(cores - 1, MAX_AUTO_WORKERS))
 
 
@@ -469,7 +452,8 @@ class CoreShare:
         self._torch = torch
         self.prefetcher = prefetcher
         self.base = torch.get_num_threads()
-        self.cores = available_cores()  # torch may use fewer threads than cores (physical cores, OMP_NUM_THREADS)
+        # torch may use fewer threads than cores (physical cores, OMP_NUM_THREADS)
+        self.cores = video_limits.available_cores()
         self.threads = self.base
 
     def __call__(self) -> None:

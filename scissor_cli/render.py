@@ -29,15 +29,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from scissor_cli.errors import ScissorError, Terminated, shorten
+from scissor_cli.errors import ScissorError, StdoutClosed, Terminated, shorten
 
 if TYPE_CHECKING:
     from scissor_cli.pipeline import Answer, Inspection
     from scissor_cli.profiles import ProfileEntry
-
-
-class StdoutClosed(Exception):
-    """The reader of stdout went away (EPIPE): what was written stays written, the rest has nowhere to go."""
 
 
 class _Stdout:
@@ -299,7 +295,7 @@ def inspection(insp: Inspection, timings: dict[str, float] | None = None, show_p
             table.add_row("spatial per frame", " ".join(str(n) for n in c.spatial_per_frame))
     _print_table(table)
     if insp.sweep and c is not None:
-        from scissor_cli.scoring import level_text
+        from scissor_cli.sweep import level_text
 
         levels = insp.sweep_levels
         title = "tokens by budget (one encoding)" if levels else "retention by tau (one encoding)"
@@ -410,7 +406,7 @@ class BatchProgress:
         ok = record.get("status") == "ok"
         video = escape(str(record.get("video")))
         if isinstance(record.get("level"), dict):  # a sweep: which level of the video this record is
-            from scissor_cli.scoring import level_text
+            from scissor_cli.sweep import level_text
 
             video += f" @ {escape(level_text(record['level']))}"
         if self._task is None:  # off a terminal: a plain line per job
@@ -481,7 +477,7 @@ def _num(x: float | None, fmt: str = "{:.3g}") -> str:
 def level_table(rows: Sequence[dict[str, Any]], title: str, label: str = "level") -> Table:
     """One row per level (or profile) of ``scoring.level_rows``; the accuracy columns only when answers are known,
     one extra column per task/category."""
-    from scissor_cli.scoring import level_text
+    from scissor_cli.sweep import level_text
 
     scored = any(r.get("accuracy") for r in rows)
     groups = sorted(

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from scissor_cli.errors import ManifestError, OptionError
-from scissor_cli.scoring import level_from_key, level_key, level_order, level_rows, level_text, record_level
+from scissor_cli.scoring import level_rows
+from scissor_cli.sweep import level_from_key, level_key, level_order, level_text, record_level
 
 GROUP_BY = ("level", "profile")
 FORMATS = ("table", "markdown", "csv", "json")
@@ -85,7 +86,7 @@ def _profile_label(records: Sequence[dict], digest: Any) -> str:
 
 
 def build_report(records: Sequence[dict], by: str = "level", files: Sequence[str] = ()) -> Report:
-    """Group ``records`` by sweep level (``scoring.record_level``: the record's ``level``, or its run's budget /
+    """Group ``records`` by sweep level (``sweep.record_level``: the record's ``level``, or its run's budget /
     threshold) or by profile (one row per configuration, and per level within a sweep), one summary row each."""
     if by not in GROUP_BY:
         raise OptionError(f"--by {by}: cannot group by that", hint=f"use one of: {', '.join(GROUP_BY)}")

@@ -1,8 +1,7 @@
 """Video input: any path -> ``probe`` -> ``plan_frames`` -> ``sample_frames`` -> uint8 RGB frames, or one VideoError.
 
-Besides files: an ``http(s)://`` URL is read by ffprobe/ffmpeg directly (they stream it; decord cannot), and ``-``
-is a video on stdin, which ``opened`` spools to a temporary file that lives for one ``with`` block (ffprobe and
-the decoders need to seek, and stdin can be read only once).
+Probing (files, URLs, stdin) is ``video_probe``; the memory estimate and budget, and the cores a decode may use,
+are ``video_limits``. This module re-exports their public names (``video.probe``, ``video.estimate_memory``, ...).
 
 Backends, and why each is used when:
 
@@ -36,68 +35,49 @@ decord and ffmpeg are imported inside functions: ``scissor --help`` imports this
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import math
 import os
-import re
-import shutil
-import signal
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
 
 import numpy as np
 
 from scissor_cli.errors import OptionError, VideoError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-# Lower-case suffixes a folder scan (batch mode) picks up; still images count as one-frame videos.
-VIDEO_EXTENSIONS = frozenset(
-    {
-        ".mp4",
-        ".m4v",
-        ".mov",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".wmv",
-        ".flv",
-        ".mpg",
-        ".mpeg",
-        ".ts",
-        ".mts",
-        ".m2ts",
-        ".3gp",
-        ".3g2",
-        ".ogv",
-        ".gif",
-    }  # fmt: skip
-    | IMAGE_EXTENSIONS
+from scissor_cli.video_limits import (  # noqa: F401 - re-exported: video.estimate_memory, ...
+    MemoryEstimate,
+    ModelInput,
+    available_memory,
+    check_memory,
+    decode_size,
+    estimate_memory,
+    out_of_memory,
+    process_cores,
+    resolve_memory_budget,
+)
+from scissor_cli.video_probe import (  # noqa: F401 - re-exported: video.probe, video.VideoInfo, ...
+    _URL_RW_TIMEOUT_US,
+    IMAGE_EXTENSIONS,
+    STDIN,
+    STDIN_NAME,
+    VIDEO_EXTENSIONS,
+    VideoInfo,
+    _binary,
+    _first_error,
+    _kill_group,
+    _popen,
+    is_url,
+    opened,
+    probe,
 )
 
-PROBE_TIMEOUT_S = 30.0  # ffprobe reads headers (and counts packets when the container has no frame count)
 # ffmpeg decode: killed when it neither reads its input nor sends a frame for this long (what it received, never
 # the duration a header declares, bounds it); where its reads cannot be seen (URLs: sockets), frames only count
 STALL_TIMEOUT_S = 30.0
 FRAME_GAP_TIMEOUT_S = 120.0
 _WATCH_EVERY_S = 0.25
-# decoded frames above either limit are decoded smaller, by the decoder (see decode_size); below, at the video's
-# own size: 32 frames of 4K (760 MiB, 25 MiB a frame) stay as they are, a 16000 x 16000 picture does not
-FULL_SIZE_LIMIT_BYTES = 1 << 30
-FRAME_LIMIT_BYTES = 64 << 20
-DEFAULT_MEMORY_FRACTION = 0.5  # default memory budget: this fraction of the available memory
-INSTALL_HINT = (
-    "install ffmpeg (Debian/Ubuntu: sudo apt install ffmpeg; macOS: brew install ffmpeg; "
-    "conda: conda install -c conda-forge ffmpeg) so that ffmpeg and ffprobe are on PATH"
-)
 _DECORD_CHUNK = 1  # frames per decord get_batch call; measured: 1 gives the lowest peak RSS and is no slower
 # Split decoding (measured: docs/performance.md). Each chunk opens its own reader and seeks from the keyframe before
 # its first frame, decoding again up to a keyframe interval that the serial loop decoded once; short or small decodes
@@ -105,25 +85,6 @@ _DECORD_CHUNK = 1  # frames per decord get_batch call; measured: 1 gives the low
 _SPLIT_MIN_PIXELS = 8 * 1280 * 720  # sampled frames' pixels below which decoding stays serial
 _SPLIT_SPAN_PER_WORKER = 300  # video frames between the first and last sampled one, per thread (x264's GOP: 250)
 _SPLIT_MIN_FRAMES = 2  # sampled frames per chunk
-_HEAD_BYTES = 4096  # read to check the file is readable and to recognise text files
-STDIN = "-"  # the video argument that means "read the video from stdin"
-STDIN_NAME = "stdin"  # how messages name it
-URL_SCHEMES = ("http://", "https://")
-_URL_RW_TIMEOUT_US = 20_000_000  # ffmpeg gives up on a server silent this long (its own, clearer, error)
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    path: str  # absolute path, or the URL as given
-    duration: float  # seconds; 0.0 for a still image
-    fps: float  # average frame rate; 0.0 for a still image
-    n_frames: int  # frames the decoders can address (1 for a still image)
-    width: int  # displayed (upright) width, after rotation
-    height: int  # displayed (upright) height
-    rotation: int  # 0/90/180/270: counter-clockwise degrees applied for display (ffprobe displaymatrix)
-    codec: str  # e.g. "h264", "vp9", "gif", "png"
-    backend: str  # planned decoder: "decord" | "ffmpeg" | "image" (sample_frames may still fall back to ffmpeg)
-    is_image: bool  # a still image, used as a one-frame video
 
 
 @dataclass(frozen=True)
@@ -144,382 +105,6 @@ class Clip:
     info: VideoInfo
     note: str | None  # the plan's note, plus any frames that could not be decoded
     workers: int = 1  # threads the decode was split across (split_workers; 1: serial)
-
-
-@dataclass(frozen=True)
-class ModelInput:
-    """What the model's vision step takes per frame: the decoder's target size and the memory estimate use it."""
-
-    size: tuple[int, int]  # (height, width) frames are resized to (LLaVA-OV: 384 x 384)
-    tokens_per_frame: int  # T: visual tokens per frame after pooling (196)
-    hidden_size: int  # D: width of those tokens (the LLM's hidden size)
-
-    @classmethod
-    def of(cls, vlm: Any) -> ModelInput | None:
-        """From a ``VisionLanguageModel`` (None for anything without these attributes)."""
-        try:
-            h, w = vlm.image_size
-            return cls((int(h), int(w)), int(vlm.tokens_per_frame), int(vlm.hidden_size))
-        except (AttributeError, TypeError, ValueError):
-            return None
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes one video's decoding and vision step take, estimated before decoding (``estimate_memory``)."""
-
-    n_frames: int  # F, frames planned
-    size: tuple[int, int]  # (width, height) the decoder delivers: the video's own, or smaller (decode_size)
-    frames: int  # F * h * w * 3: the uint8 RGB frames
-    decoder: int  # 8 * H * W: the decoder's own full-size pictures (two, up to 4 bytes a pixel)
-    model: int  # F * (3 * S * S * 4 + T * D * 4): float pixels and float features (0 without a model)
-
-    @property
-    def total(self) -> int:
-        return self.frames + self.decoder + self.model
-
-
-# ---------------------------------------------------------------------------------------------------- probe
-
-
-def is_url(path: str | os.PathLike) -> bool:
-    """An http(s) address (read through ffmpeg), not a file path."""
-    return isinstance(path, str) and path[:8].lower().startswith(URL_SCHEMES)
-
-
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Read a file's or URL's video properties with ffprobe; raise VideoError naming what is wrong with a bad file.
-
-    ``-`` (stdin) is read through ``opened``, which keeps the spooled copy for the block that uses it."""
-    if str(path) == STDIN:
-        raise VideoError(
-            "- (a video on stdin) must be opened with scissor_cli.video.opened()",
-            hint="use `with opened('-') as info:`; it spools stdin to a temporary file for the block",
-        )
-    return _probe(path, str(path))
-
-
-@contextlib.contextmanager
-def opened(video: str | os.PathLike, stdin: BinaryIO | None = None) -> Iterator[VideoInfo]:
-    """``probe(video)`` for a file or URL; for ``-``, the video on ``stdin`` (default ``sys.stdin``) is first copied
-    to a temporary file, removed when the block ends (also on an error or Ctrl-C). Use ``info.path`` to decode."""
-    if str(video) != STDIN:
-        yield probe(video)
-        return
-    path = _spool(stdin if stdin is not None else sys.stdin.buffer)
-    try:
-        yield _probe(path, STDIN_NAME)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _spool(stream: BinaryIO) -> str:
-    """Copy ``stream`` to a new temporary file and return its path; the file is gone if this fails."""
-    if stream.isatty():
-        raise VideoError(
-            "- means a video on stdin, but stdin is a terminal",
-            hint='pipe a video in, e.g. cat clip.mp4 | scissor ask - "What is happening?"',
-        )
-    fd, path = tempfile.mkstemp(prefix="scissor-stdin-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            shutil.copyfileobj(stream, f, 1 << 20)
-            n_bytes = f.tell()
-        if n_bytes == 0:
-            raise VideoError(
-                "stdin is empty: no video was piped in",
-                hint='pipe a video in, e.g. cat clip.mp4 | scissor ask - "What is happening?"',
-            )
-    except BaseException:  # also Ctrl-C while copying: no temporary file is left behind
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    return path
-
-
-def _probe(path: str | os.PathLike, shown: str) -> VideoInfo:
-    url = is_url(path)
-    if url:
-        abs_path, head = str(path), b""
-    else:
-        abs_path, head = _check_file(path, shown)
-    data = _ffprobe(abs_path, shown, head)
-    fmt = data.get("format") or {}
-    streams = data.get("streams") or []
-    format_name = str(fmt.get("format_name", ""))
-    if format_name == "tty" or (not streams and _looks_like_text(head)):
-        raise _text_file_error(shown, url)
-    videos = [
-        s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
-    ]
-    if not videos:
-        kinds = sorted({str(s.get("codec_type", "unknown")) for s in streams})
-        if "audio" in kinds:
-            raise VideoError(
-                f"{shown} has audio but no video stream",
-                hint="scissor answers questions about what is seen: give a video file or an image",
-            )
-        raise VideoError(
-            f"{shown} has no video stream (streams found: {', '.join(kinds) or 'none'})",
-            hint="give a video file or an image; check what the file holds with: ffprobe " + _quote(shown),
-        )
-    stream = videos[0]
-    codec = str(stream.get("codec_name", "unknown"))
-    stored_w, stored_h = int(stream.get("width") or 0), int(stream.get("height") or 0)
-    if stored_w <= 0 or stored_h <= 0:
-        raise VideoError(
-            f"{shown}: the video stream has no frame size (codec {codec})",
-            hint="the file is probably corrupt; re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4",
-        )
-    rotation = _rotation(stream)
-    width, height = (stored_h, stored_w) if rotation in (90, 270) else (stored_w, stored_h)
-
-    is_image = format_name == "image2" or format_name.endswith("_pipe")
-    if is_image:
-        return VideoInfo(abs_path, 0.0, 0.0, 1, width, height, rotation, codec, "image", True)
-
-    fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
-    duration = _float(stream.get("duration")) or _float(fmt.get("duration"))
-    n_frames = _int(stream.get("nb_frames"))
-    if n_frames <= 0 and url and duration > 0 and fps > 0:
-        n_frames = int(round(duration * fps))  # counting packets would download the whole video
-    if n_frames <= 0:
-        n_frames = _count_packets(abs_path, shown)
-    if n_frames <= 0 and duration > 0 and fps > 0:
-        n_frames = int(round(duration * fps))
-    if n_frames <= 0:
-        raise VideoError(
-            f"{shown}: the video stream holds no frames",
-            hint="the file is probably truncated or corrupt; check it with: ffprobe " + _quote(shown),
-        )
-    if fps <= 0:
-        fps = n_frames / duration if duration > 0 else 25.0  # no rate anywhere: assume 25, only timestamps use it
-    if duration <= 0:
-        duration = n_frames / fps
-
-    # decord 0.6 rotates by itself; its output shape only tells us so for non-square 90/270 (see module docstring).
-    ambiguous_rotation = rotation == 180 or (rotation in (90, 270) and width == height)
-    backend = "ffmpeg" if url or format_name == "gif" or ambiguous_rotation else "decord"
-    return VideoInfo(
-        abs_path, float(duration), float(fps), int(n_frames), width, height, rotation, codec, backend, False
-    )
-
-
-def _check_file(path: str | os.PathLike, shown: str) -> tuple[str, bytes]:
-    """The cheap checks ffprobe would report badly: missing, symlink loop, directory, not a regular file (a FIFO
-    would block ``open`` forever), unreadable, empty. Returns the head bytes."""
-    if not str(path):
-        raise VideoError("no video path given", hint="give the path of a video file")
-    abs_path = os.path.abspath(os.path.expanduser(str(path)))
-    try:
-        st = os.stat(abs_path)  # before any open: opening a FIFO blocks until a writer comes
-    except FileNotFoundError as e:
-        raise VideoError(
-            f"{shown}: no such file",
-            hint="check the path for typos; quote it if it contains spaces",
-        ) from e
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise VideoError(
-                f"{shown} is a symlink loop (the link points back to itself)",
-                hint="fix or remove the link (see where it points: ls -l " + _quote(shown) + ")",
-            ) from e
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise VideoError(
-                f"{shown} cannot be read: permission denied",
-                hint="check the permissions of the file and its folders",
-            ) from e
-        raise VideoError(f"{shown} cannot be read: {e.strerror or e}", hint="check the path and the disk") from e
-    if stat.S_ISDIR(st.st_mode):
-        raise VideoError(
-            f"{shown} is a directory, not a video file",
-            hint="give one video file; to answer for every video in a folder use `scissor batch`",
-        )
-    _check_regular(st.st_mode, shown)
-    try:
-        # O_NONBLOCK: a FIFO swapped in after the stat must not block; fstat checks what was really opened
-        with open(abs_path, "rb", opener=_open_nonblocking) as f:
-            _check_regular(os.fstat(f.fileno()).st_mode, shown)
-            head = f.read(_HEAD_BYTES)
-    except PermissionError as e:
-        raise VideoError(
-            f"{shown} cannot be read: permission denied",
-            hint="check the file's permissions (e.g. chmod u+r " + _quote(shown) + ")",
-        ) from e
-    except OSError as e:
-        raise VideoError(f"{shown} cannot be read: {e.strerror or e}", hint="check the file and the disk") from e
-    if not head:
-        raise VideoError(
-            f"{shown} is empty (0 bytes)",
-            hint="the file may still be downloading or copying, or the copy failed; check the source",
-        )
-    return abs_path, head
-
-
-def _open_nonblocking(path: str, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-
-
-def _check_regular(mode: int, shown: str) -> None:
-    """A FIFO, device or socket is refused: ffprobe and the decoders would block on it or read it only once."""
-    if stat.S_ISREG(mode):
-        return
-    kinds = (
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
-    raise VideoError(
-        f"{shown} is {kind}, not a regular file",
-        hint='give a video file; to read a stream, pipe it to stdin: cat SOURCE | scissor ask - "..."',
-    )
-
-
-def _ffprobe(abs_path: str, shown: str, head: bytes) -> dict:
-    args = [_binary("ffprobe"), "-v", "error", "-show_format", "-show_streams", "-of", "json", *_input(abs_path)]
-    proc = _run(args, shown, PROBE_TIMEOUT_S, what="ffprobe")
-    stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if is_url(abs_path):
-            raise _classify_url_failure(shown, stderr)
-        raise _classify_probe_failure(shown, head, stderr)
-    try:
-        return json.loads(proc.stdout.decode("utf-8", "replace") or "{}")
-    except json.JSONDecodeError as e:
-        raise VideoError(f"{shown}: ffprobe gave unreadable output", hint=_last_line(stderr) or None) from e
-
-
-def _classify_probe_failure(shown: str, head: bytes, stderr: str) -> VideoError:
-    low = stderr.lower()
-    if _looks_like_text(head):
-        return _text_file_error(shown)
-    container = _container_magic(head)
-    if container == "mp4" and "moov atom not found" in low:
-        return VideoError(
-            f"{shown} is truncated or incomplete: its mp4 index (moov atom) is missing",
-            hint="the recording or download was probably interrupted; download or copy it again "
-            "(recovery tools such as untrunc can sometimes rebuild it)",
-        )
-    if container is not None:
-        return VideoError(
-            f"{shown} starts like {container} video but is truncated or corrupt ({_first_error(stderr)})",
-            hint="the file was probably cut short while downloading or copying; get it again",
-        )
-    if "invalid data found" in low or "moov atom not found" in low:
-        return VideoError(
-            f"{shown} is not a video or image file that ffmpeg recognises",
-            hint="supported: common video containers (mp4, mov, mkv, webm, avi, gif, ...) and still images; "
-            "check what the file is with: file " + _quote(shown),
-        )
-    if "permission denied" in low:
-        return VideoError(f"{shown} cannot be read: permission denied", hint="check the file's permissions")
-    return VideoError(
-        f"{shown} cannot be read as a video: {_last_line(stderr) or 'ffprobe failed'}",
-        hint="check the file with: ffprobe " + _quote(shown),
-    )
-
-
-def _classify_url_failure(shown: str, stderr: str) -> VideoError:
-    """One line for what went wrong fetching a URL: unreachable, an HTTP error, not a video, no TLS."""
-    low = stderr.lower()
-    fetch_hint = "or download the video (e.g. curl -LO URL) and give the file"
-    reachable = {
-        "failed to resolve hostname": "its host name was not found",
-        "connection refused": "the connection was refused",
-        "timed out": "the connection timed out",
-        "network is unreachable": "the network is unreachable",
-        "no route to host": "there is no route to the host",
-    }
-    for needle, why in reachable.items():
-        if needle in low:
-            hint = f"check the address and the network, {fetch_hint}"
-            return VideoError(f"{shown} cannot be reached: {why}", hint=hint)
-    status = re.search(r"server returned (\d{3}[^\n]*)", stderr, re.IGNORECASE)
-    if status:
-        code = status.group(1).strip()
-        if code.startswith(("401", "403")):
-            hint = f"the server refused access: {fetch_hint} yourself"
-        elif code.startswith("404"):
-            hint = "check the address: it must point at the video file itself"
-        else:
-            hint = f"try again later, {fetch_hint}"
-        return VideoError(f"{shown}: the server answered {code}", hint=hint)
-    if "protocol not found" in low:
-        return VideoError(
-            f"{shown}: this ffmpeg cannot open {shown.split(':', 1)[0]} addresses (built without that protocol)",
-            hint=f"install an ffmpeg built with TLS (your package manager's usually is), {fetch_hint}",
-        )
-    if "tls" in low or "ssl" in low:
-        return VideoError(f"{shown}: the secure (https) connection failed", hint=f"check the address, {fetch_hint}")
-    if "invalid data found" in low:
-        return VideoError(
-            f"{shown} is not a video or image that ffmpeg recognises",
-            hint="the address must point at the video file itself, not a web page that plays it",
-        )
-    detail = _last_line(stderr).removeprefix(shown + ": ") or "ffprobe failed"
-    return VideoError(f"{shown} cannot be read as a video: {detail}", hint=f"check the address, {fetch_hint}")
-
-
-def _text_file_error(shown: str, url: bool = False) -> VideoError:
-    if url:
-        return VideoError(
-            f"{shown} is a text or web page, not a video",
-            hint="the address must point at the video file itself, not a web page that plays it",
-        )
-    return VideoError(
-        f"{shown} is a text file, not a video",
-        hint="did you pass a manifest, subtitle or list file? give the video itself (manifests go to `scissor batch`)",
-    )
-
-
-def _container_magic(head: bytes) -> str | None:
-    """The container a file claims to be by its first bytes, for files ffprobe then fails on."""
-    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
-        return "mp4"  # ISO base media (mp4, mov, m4v, 3gp): a box size then a box type
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska"  # mkv, webm
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    return None
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if not head or b"\x00" in head:
-        return False
-    control = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
-    return control == 0
-
-
-def _rotation(stream: dict) -> int:
-    """Counter-clockwise degrees (0/90/180/270) that ffmpeg applies for display."""
-    for side in stream.get("side_data_list") or []:
-        if "rotation" in side:
-            return int(round(float(side["rotation"]) / 90.0)) * 90 % 360
-    tag = (stream.get("tags") or {}).get("rotate")
-    if tag is not None:  # ffprobe < 5: the legacy tag counts clockwise
-        try:
-            return int(round(-float(tag) / 90.0)) * 90 % 360
-        except ValueError:
-            return 0
-    return 0
-
-
-def _count_packets(abs_path: str, shown: str) -> int:
-    """Frame count for containers that do not store one (mkv, webm): demux the video packets, no decoding."""
-    args = [_binary("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets"]
-    args += ["-show_entries", "stream=nb_read_packets", "-of", "json", *_input(abs_path)]
-    proc = _run(args, shown, PROBE_TIMEOUT_S, what="ffprobe")
-    try:
-        streams = json.loads(proc.stdout.decode("utf-8", "replace") or "{}").get("streams") or [{}]
-        return _int(streams[0].get("nb_read_packets"))
-    except json.JSONDecodeError:
-        return 0
-
-
-# ------------------------------------------------------------------------------------------------------ plan
 
 
 def plan_frames(
@@ -617,9 +202,6 @@ def _check_plan_args(n_frames: int, fps: float | None, start: float | None, end:
         raise OptionError(f"end ({end:g} s) must be after start ({start:g} s)", hint="e.g. --start 10 --end 20")
 
 
-# ---------------------------------------------------------------------------------------------------- sample
-
-
 def sample_frames(
     path: str | os.PathLike,
     n_frames: int = 32,
@@ -677,133 +259,6 @@ def sample_frames(
     return Clip(frames, indices, timestamps, info.fps, backend, info, note, n_workers)
 
 
-# ---------------------------------------------------------------------------------------------------- memory
-
-
-def decode_size(info: VideoInfo, n_frames: int, model: ModelInput | None) -> tuple[int, int]:
-    """(width, height) to decode at. The video's own size unless its ``n_frames`` frames would take more than
-    ``FULL_SIZE_LIMIT_BYTES`` (or one frame more than ``FRAME_LIMIT_BYTES``) and a model says what size it needs:
-    then each side is capped at twice the model's input (at once if that is still too much), never below it, so the
-    model's antialiased resize still runs and ordinary videos keep exactly the frames they had."""
-    w, h = info.width, info.height
-    if model is None or (n_frames * w * h * 3 <= FULL_SIZE_LIMIT_BYTES and w * h * 3 <= FRAME_LIMIT_BYTES):
-        return w, h
-    sh, sw = model.size
-    for factor in (2, 1):
-        tw, th = min(w, factor * sw), min(h, factor * sh)
-        if n_frames * tw * th * 3 <= FULL_SIZE_LIMIT_BYTES:
-            break
-    return tw, th
-
-
-def estimate_memory(info: VideoInfo, n_frames: int, model: ModelInput | None = None) -> MemoryEstimate:
-    """What decoding ``n_frames`` frames of ``info`` and (with ``model``) its vision step will take; see
-    ``MemoryEstimate`` for the formula. The vision tower runs a few frames at a time, so the float pixels term is
-    an upper bound that also covers its activations."""
-    w, h = decode_size(info, n_frames, model)
-    model_bytes = 0
-    if model is not None:
-        sh, sw = model.size
-        model_bytes = n_frames * (3 * sh * sw * 4 + model.tokens_per_frame * model.hidden_size * 4)
-    return MemoryEstimate(n_frames, (w, h), n_frames * w * h * 3, 8 * info.width * info.height, model_bytes)
-
-
-def available_memory() -> int | None:
-    """Bytes this process can still take: the least of the system's MemAvailable, the cgroup's limit minus its
-    use, and the address-space limit (ulimit -v) minus what is mapped. None where none of them can be read."""
-    found = []
-    meminfo = _read_kib("/proc/meminfo", "MemAvailable:")
-    if meminfo is not None:
-        found.append(meminfo)
-    else:
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    with contextlib.suppress(OSError, ValueError):
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit != "max":
-            with open("/sys/fs/cgroup/memory.current") as f:
-                found.append(max(int(limit) - int(f.read().strip()), 0))
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        mapped = _read_kib("/proc/self/status", "VmSize:")
-        if soft != resource.RLIM_INFINITY and mapped is not None:
-            found.append(max(soft - mapped, 0))
-    except (ImportError, OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
-def _read_kib(path: str, key: str) -> int | None:
-    """A "Key:   123 kB" line of a /proc file, in bytes."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def resolve_memory_budget(setting: str | None) -> int | None:
-    """The budget in bytes for ``sampling.memory_budget`` (``8G``, ``0.5``, None: ``DEFAULT_MEMORY_FRACTION``
-    of ``available_memory()``); None (no limit) where the available memory cannot be read."""
-    from scissor_cli.options import MEMORY_BUDGET_ALLOWED, parse_memory_budget
-
-    fraction = DEFAULT_MEMORY_FRACTION
-    if setting is not None:
-        try:
-            n_bytes, given = parse_memory_budget(setting)
-        except ValueError as e:
-            raise OptionError(
-                f"--memory-budget {setting!r} is not a memory size", hint=f"give {MEMORY_BUDGET_ALLOWED}"
-            ) from e
-        if n_bytes is not None:
-            return n_bytes
-        fraction = given if given is not None else fraction
-    available = available_memory()
-    return None if available is None else int(available * fraction)
-
-
-def check_memory(shown: str, estimate: MemoryEstimate, budget: int | None) -> None:
-    """Refuse, before anything is allocated, a video whose estimate is over the budget (None: no budget)."""
-    if budget is None or estimate.total <= budget:
-        return
-    w, h = estimate.size
-    parts = f"frames {_size(estimate.frames)}, decoder {_size(estimate.decoder)}"
-    if estimate.model:
-        parts += f", model step {_size(estimate.model)}"
-    raise VideoError(
-        f"{shown}: {estimate.n_frames} frames at {w}x{h} need about {_size(estimate.total)} ({parts}), "
-        f"more than the memory budget of {_size(budget)}",
-        hint="sample fewer frames (--frames N), give a smaller video, or raise the budget (e.g. --memory-budget 16G) "
-        "if the machine has the memory",
-    )
-
-
-def out_of_memory(shown: str, estimate: MemoryEstimate | None = None) -> VideoError:
-    """The error for an allocation that failed while decoding (never an "internal error")."""
-    need = ""
-    if estimate is not None:
-        w, h = estimate.size
-        need = f" ({estimate.n_frames} frames at {w}x{h}, about {_size(estimate.total)})"
-    return VideoError(
-        f"{shown}: out of memory while decoding{need}",
-        hint="sample fewer frames (--frames N), give a smaller video, or lower --memory-budget so that such videos "
-        "are refused before decoding",
-    )
-
-
-def _size(n_bytes: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes / 1024:.1f} KiB"
-
-
 def _decode_decord(
     info: VideoInfo, indices: tuple[int, ...], threads: int = 0, out: np.ndarray | None = None
 ) -> np.ndarray | None:
@@ -857,8 +312,6 @@ def split_workers(info: VideoInfo, indices: tuple[int, ...], workers: int | None
     if workers is None:
         workers = _workers_setting
     if workers is None:
-        from scissor_cli.prefetch import process_cores
-
         workers = process_cores()
     if not indices or len(indices) * info.width * info.height < _SPLIT_MIN_PIXELS:
         return 1
@@ -1061,104 +514,3 @@ def _chars_read(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def _popen(args: list[str], **kwargs: object) -> subprocess.Popen:
-    """ffmpeg/ffprobe in a process group of its own (a terminal's Ctrl-C reaches only us; we end the group), with
-    stdin closed."""
-    try:
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)  # type: ignore[call-overload]
-    except OSError as e:
-        raise VideoError(f"{os.path.basename(args[0])} could not be started: {e}", hint=INSTALL_HINT) from e
-
-
-def _kill_group(proc: subprocess.Popen, wait: bool = True) -> None:
-    """SIGKILL ``proc``'s process group (it leads one: ``_popen``), then reap it: no orphan, no zombie."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    if wait:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        with contextlib.suppress(ChildProcessError):
-            proc.wait()
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-
-
-def _binary(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise VideoError(
-            f"{name} was not found on PATH (scissor needs ffmpeg and ffprobe to read videos)", INSTALL_HINT
-        )
-    return found
-
-
-def _input(path: str) -> list[str]:
-    """ffprobe's input arguments: a URL gets a read timeout, so a silent server is an error, not a hang."""
-    return ["-rw_timeout", str(_URL_RW_TIMEOUT_US), path] if is_url(path) else [path]
-
-
-def _run(args: list[str], shown: str, timeout: float, what: str) -> subprocess.CompletedProcess:
-    proc = _popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        _kill_group(proc)
-        where = (
-            "the server may be slow or stalled; download the video and give the file"
-            if is_url(shown)
-            else "the file may be on a slow or stalled disk or network mount; copy it locally and retry"
-        )
-        raise VideoError(f"{shown}: {what} did not answer within {timeout:.0f} s", hint=where) from e
-    except BaseException:  # Ctrl-C, SIGTERM raised as an interruption: the group dies before we wait on it
-        _kill_group(proc)
-        raise
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
-
-
-def _first_error(stderr: str) -> str:
-    """ffmpeg's first message without its "[h264 @ 0x...]" prefix: the cause; later lines are consequences."""
-    for line in stderr.splitlines():
-        line = re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", line.strip())
-        if line:
-            return line[:200].rstrip(".")
-    return ""
-
-
-def _last_line(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def _quote(path: str) -> str:
-    return "'" + path.replace("'", "'\\''") + "'" if any(c in path for c in " '\"$`\\") else path
-
-
-def _rate(value: object) -> float:
-    """ffprobe rates are "num/den"; "0/0" means unknown."""
-    try:
-        num, _, den = str(value).partition("/")
-        rate = float(num) / float(den or 1)
-    except (ValueError, ZeroDivisionError):
-        return 0.0
-    return rate if math.isfinite(rate) and rate > 0 else 0.0
-
-
-def _float(value: object) -> float:
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
-    return x if math.isfinite(x) and x > 0 else 0.0
-
-
-def _int(value: object) -> int:
-    try:
-        return max(int(value), 0)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0

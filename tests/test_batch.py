@@ -19,11 +19,7 @@ from pathlib import Path
 import pytest
 
 from scissor_cli.batch import config_hash, part_path, run_batch, run_config, summary_path_for
-from scissor_cli.errors import ManifestError, OptionError, VideoError
-from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
-from scissor_cli.model import dtype_name
-from scissor_cli.options import ModelOptions, Profile, SamplingOptions
-from scissor_cli.scoring import (
+from scissor_cli.choices import (
     MC_INSTRUCTION,
     build_prompt,
     expected_letter,
@@ -31,6 +27,10 @@ from scissor_cli.scoring import (
     parse_choice,
     strip_letter_labels,
 )
+from scissor_cli.devices import dtype_name
+from scissor_cli.errors import ManifestError, OptionError, VideoError
+from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
+from scissor_cli.options import ModelOptions, Profile, SamplingOptions
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -750,15 +750,15 @@ def test_resume_with_other_settings_stops_before_loading(folder, tmp_path):
 
 
 def test_resume_with_another_resolved_dtype_is_refused(folder, tmp_path, monkeypatch):
-    from scissor_cli import model
+    from scissor_cli import devices
 
     jobs = jobs_from_paths([str(folder / "a.mp4"), str(folder / "b.mp4")], "Q?")
     out = tmp_path / "r.jsonl"
     cpu = fake_profile().override(model={"device": "cpu"})  # dtype auto
-    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (False, "emulated"))
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (False, "emulated"))
     run_batch(FakeVLM, jobs[:1], str(out), cpu)
     assert read_jsonl(out)[0]["config"]["model"]["dtype"] == "float32"
-    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (True, "native"))  # the same flags on a bf16 CPU
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (True, "native"))  # the same flags on a bf16 CPU
     with pytest.raises(OptionError) as e:
         run_batch(FakeVLM, jobs, str(out), cpu)
     assert 'model.dtype: "float32" in the output, "bfloat16" now' in e.value.message, e.value.message
@@ -963,13 +963,14 @@ def test_records_on_stdout_stay_on_stdout_under_a_live_bar(monkeypatch, capsys):
 
     from rich.console import Console
 
-    from scissor_cli import batch, render
+    from scissor_cli import render
+    from scissor_cli.batch import runner
 
     buffer = io.StringIO()
     monkeypatch.setattr(render, "err", Console(file=buffer, force_terminal=True, width=120, highlight=False))
     with render.BatchProgress() as view:
         view.start(2, 0)
-        batch._write_stdout({"id": "x", "status": "ok"})
+        runner._write_stdout({"id": "x", "status": "ok"})
         view.job_done({"status": "ok", "video": "a.mp4"})
     assert json.loads(capsys.readouterr().out) == {"id": "x", "status": "ok"}
     assert '"id"' not in buffer.getvalue()

@@ -449,12 +449,12 @@ def test_ctrl_c_with_debug_shows_the_traceback(tiny_hf_dir, clip, tmp_path):
 
 def test_interrupted_from_a_command_prints_its_message(monkeypatch, clip):
     """batch raises Interrupted with what it saved; the seam prints that as the one line, exit 130."""
-    from scissor_cli import errors, video
+    from scissor_cli import errors, video_probe
 
     def stop(*args, **kwargs):
         raise errors.Interrupted("3 of 10 jobs saved in out.jsonl; run the same command again to continue")
 
-    monkeypatch.setattr(video, "probe", stop)
+    monkeypatch.setattr(video_probe, "probe", stop)
     result = run("ask", clip, "Q?")
     assert result.exit_code == 130
     assert result.stderr == "interrupted: 3 of 10 jobs saved in out.jsonl; run the same command again to continue\n"
@@ -524,10 +524,10 @@ def test_errors_name_the_flag(clip, tmp_path):
 
 def _bf16_cpu(monkeypatch, native: bool) -> None:
     """Pretend this CPU has (or lacks) native bf16 kernels: both branches of the detection are tested anywhere."""
-    from scissor_cli import model
+    from scissor_cli import devices
 
     why = "pretend native" if native else "pretend emulated"
-    monkeypatch.setattr(model, "cpu_bf16_support", lambda: (native, why))
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda: (native, why))
 
 
 def test_emulated_half_precision_on_a_cpu_warns_once(tiny_hf_dir, clip, monkeypatch):
@@ -638,7 +638,7 @@ def test_json_video_as_typed_with_device_and_dtype(tiny_hf_dir, clip, monkeypatc
     answer = json_lines(run("ask", "clip.mp4", "Q?", *args, "--max-new-tokens", "1").stdout)[0]
     insp = json_lines(run("inspect", "clip.mp4", *args).stdout)[0]
     assert answer["video"] == insp["video"] == "clip.mp4"
-    from scissor_cli.model import dtype_name
+    from scissor_cli.devices import dtype_name
 
     expected = ("cpu", dtype_name("auto", "auto"))  # auto: bfloat16 on a CPU with native kernels, else float32
     assert (insp["device"], insp["dtype"]) == (answer["device"], answer["dtype"]) == expected
@@ -745,9 +745,9 @@ def test_main_reports_an_interrupt_that_escapes_the_commands(monkeypatch, capsys
     import signal
     import time
 
-    from scissor_cli import cli
+    from scissor_cli import cli, cli_process
 
-    monkeypatch.setattr(cli, "_sigint", {"seen": False, "reported": False, "raise": False, "main": False})
+    monkeypatch.setattr(cli_process, "_sigint", {"seen": False, "reported": False, "raise": False, "main": False})
 
     def typer_like_app():
         try:

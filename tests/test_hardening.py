@@ -20,8 +20,7 @@ import pytest
 import test_batch
 from test_batch import TESTS_DIR, FakeVLM, fake_profile, read_jsonl, stamped, wait_for_records, write_driver
 
-from scissor_cli import batch
-from scissor_cli.batch import journal_path, part_path, run_batch, summary_path_for
+from scissor_cli.batch import journal_path, part_path, records, run_batch, safety, summary_path_for
 from scissor_cli.errors import ManifestError, OptionError
 from scissor_cli.jobs import Job, jobs_from_paths
 
@@ -70,7 +69,7 @@ def test_second_run_on_the_same_output_is_refused_naming_the_pid(folder, tmp_pat
 def test_each_rank_locks_its_own_part_file(folder, tmp_path):
     """Rank r of a torchrun job writes <output>.part-r-of-N: a second job's rank r is refused before it reads."""
     out = str(tmp_path / "r.jsonl")
-    held = batch._lock(part_path(out, 1, 2), out)  # rank 1 of a running 2-process job
+    held = safety._lock(part_path(out, 1, 2), out)  # rank 1 of a running 2-process job
     try:
         loads = []
         with pytest.raises(ManifestError, match=rf"PID {os.getpid()}"):
@@ -78,14 +77,14 @@ def test_each_rank_locks_its_own_part_file(folder, tmp_path):
                       rank=1, world_size=2)  # fmt: skip
         assert loads == [] and not os.path.exists(part_path(out, 1, 2))
     finally:
-        batch._unlock(held)
+        safety._unlock(held)
     assert stray_files(tmp_path) == []
 
 
 def test_a_lock_file_removed_between_open_and_flock_is_not_trusted(tmp_path, monkeypatch):
     """The unlink race: a run ending removes the lock file after another opened it; the other must lock anew."""
     out = str(tmp_path / "r.jsonl")
-    lock_path = out + batch.LOCK_SUFFIX
+    lock_path = out + safety.LOCK_SUFFIX
     real_open, opened = os.open, []
 
     def open_then_vanish(path, *args, **kwargs):
@@ -96,13 +95,13 @@ def test_a_lock_file_removed_between_open_and_flock_is_not_trusted(tmp_path, mon
         return fd
 
     monkeypatch.setattr(os, "open", open_then_vanish)
-    lock = batch._lock(out, out)
+    lock = safety._lock(out, out)
     monkeypatch.undo()
     try:
         assert os.fstat(lock[0]).st_ino == os.stat(lock_path).st_ino, "locked the file the path names"
         assert Path(lock_path).read_text() == f"{os.getpid()}\n"
     finally:
-        batch._unlock(lock)
+        safety._unlock(lock)
 
 
 # ---------------------------------------------------------------------------------- 2. a job that kills the run
@@ -169,17 +168,17 @@ def test_a_job_that_killed_two_runs_gets_an_error_record_not_a_third_try(folder,
 
 def test_runs_that_end_without_dying_blame_no_job(tmp_path):
     path = str(tmp_path / "j.journal")
-    died = batch._Journal(path, 0)
+    died = safety._Journal(path, 0)
     died.started(["a", "b"])
     died.started(["c"])  # the step it died in
     os.close(died.fd)  # no end line: as after kill -9
-    stopped = batch._Journal(path, 0)
+    stopped = safety._Journal(path, 0)
     stopped.started(["c"])
     stopped.ended()  # Ctrl-C, an error, the end of the run
     with open(path, "ab") as f:
         f.write(b'{"run": "torn')  # a kill inside a write
-    assert batch._crash_counts(path) == {"c": 1}
-    batch._compact_journal(path, finished={"c"})
+    assert safety._crash_counts(path) == {"c": 1}
+    safety._compact_journal(path, finished={"c"})
     assert not os.path.exists(path), "nothing left to blame: the journal goes"
 
 
@@ -246,7 +245,7 @@ def test_batch_on_sigterm_and_sighup_saves_summarises_and_cleans_up(folder, tmp_
     summary = json.loads(Path(summary_path_for(str(out))).read_text())
     assert summary["n_ok"] == n_ok and summary["n_records"] == len(read_jsonl(out)), "the summary is written"
     assert stray_files(tmp_path) == [], "no temporary or lock file is left"
-    assert batch._crash_counts(journal_path(str(out))) == {}, "a run stopped by a signal did not die"
+    assert safety._crash_counts(journal_path(str(out))) == {}, "a run stopped by a signal did not die"
     deadline = time.monotonic() + 10
     while marked_processes(mark.split("=", 1)[1]) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -292,9 +291,10 @@ def test_an_ignored_sighup_stays_ignored():
         "import signal, sys\n"
         "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
         "sys.argv = ['scissor']\n"
-        "import scissor_cli.cli as cli\n"
-        "cli._install_handlers()\n"
-        "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is cli._on_sigint)\n"
+        "import scissor_cli.cli\n"
+        "import scissor_cli.cli_process as p\n"
+        "p._install_handlers()\n"
+        "print(signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is p._on_sigint)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["True", "True"], out.stderr
@@ -303,7 +303,7 @@ def test_an_ignored_sighup_stays_ignored():
 # ------------------------------------------------------------------------------------------- 4. full disk
 def failing_writes(monkeypatch, should_fail, code=errno.ENOSPC):
     """batch's writes to files for which ``should_fail(path, n_writes_so_far)`` is true write half, then fail."""
-    real = batch._write_all
+    real = records._write_all
     calls: dict[str, int] = {}
 
     def write_all(fd, data):
@@ -314,23 +314,25 @@ def failing_writes(monkeypatch, should_fail, code=errno.ENOSPC):
             raise OSError(code, os.strerror(code))
         real(fd, data)
 
-    monkeypatch.setattr(batch, "_write_all", write_all)
+    for module in (records, safety):  # records: output lines, summaries, rewrites; safety: the journal
+        monkeypatch.setattr(module, "_write_all", write_all)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="tells files apart through /proc/self/fd")
 def test_full_disk_mid_run_is_one_line_keeps_whole_records_and_resumes(folder, tmp_path, monkeypatch, fake_cli):
     out = tmp_path / "r.jsonl"
     jobs = jobs_from_paths([str(folder)], "Q?")
-    real_write_all = batch._write_all
+    real_write_all = records._write_all
     failing_writes(monkeypatch, lambda path, n: path == str(out) and n == 3)
     with pytest.raises(ManifestError) as e:
         run_batch(FakeVLM, jobs, str(out), fake_profile(), batch_size=1)
-    assert e.value.message.startswith(f"no space left on {batch._mount_point(str(out))} (")
+    assert e.value.message.startswith(f"no space left on {safety._mount_point(str(out))} (")
     assert f"2 of 5 jobs are saved in {out}" in e.value.message and "rerun" in e.value.hint, e.value.message
     assert out.read_bytes().endswith(b"\n") and len(read_jsonl(out)) == 2, "the half-written record is cut away"
     assert stray_files(tmp_path) == [] and not Path(summary_path_for(str(out))).exists()
-    assert batch._crash_counts(journal_path(str(out))) == {}, "a full disk is not a death"
-    monkeypatch.setattr(batch, "_write_all", real_write_all)
+    assert safety._crash_counts(journal_path(str(out))) == {}, "a full disk is not a death"
+    for module in (records, safety):
+        monkeypatch.setattr(module, "_write_all", real_write_all)
     again = run_batch(FakeVLM, jobs, str(out), fake_profile())
     assert again.n_skipped == 2 and sorted(r["id"] for r in read_jsonl(out)) == sorted(j.id for j in jobs)
 

@@ -13,8 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tiny_checkpoint import QWEN2_CHAT_TEMPLATE, build_tiny_checkpoint
 
+from scissor_cli.checkpoint import detect_layout
 from scissor_cli.errors import ModelError, OptionError
-from scissor_cli.model import GenerationOutput, detect_layout, load_model, preprocess_frames
+from scissor_cli.model import GenerationOutput, load_model, preprocess_frames
 from scissor_cli.options import GenerationOptions, ModelOptions
 
 GREEDY = GenerationOptions(max_new_tokens=10)

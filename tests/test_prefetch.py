@@ -214,9 +214,9 @@ def two_threads(monkeypatch):
     """torch on 2 threads, and 2 cores for this process (whatever the machine has)."""
     import torch
 
-    from scissor_cli import prefetch
+    from scissor_cli import video_limits
 
-    monkeypatch.setattr(prefetch, "available_cores", lambda: 2)
+    monkeypatch.setattr(video_limits, "available_cores", lambda: 2)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield torch
@@ -253,10 +253,10 @@ def test_core_share_gives_busy_decoders_their_cores_and_takes_them_back(two_thre
 def test_core_share_counts_cores_not_threads(two_threads, monkeypatch):
     """torch often runs fewer threads than the cores (physical cores only, OMP_NUM_THREADS): a busy decoder on a
     core torch does not use takes nothing from it."""
-    from scissor_cli import prefetch
+    from scissor_cli import video_limits
 
     torch = two_threads
-    monkeypatch.setattr(prefetch, "available_cores", lambda: 4)
+    monkeypatch.setattr(video_limits, "available_cores", lambda: 4)
     share, seen = CoreShare(_Busy(1, 2, 3, 4)), []
     for _ in range(4):
         share()

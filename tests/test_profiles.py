@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from scissor_cli.cli import build_profile
 from scissor_cli.errors import OptionError, ProfileError
 from scissor_cli.options import Profile, validate
 from scissor_cli.pipeline import llm_tflops
 from scissor_cli.profiles import find_profile, list_profiles, load_profile, profile_yaml
+from scissor_cli.settings import build_profile
 
 BUILTIN = ("default", "r50", "r35", "r10", "r5", "fast", "off")
 

@@ -36,8 +36,8 @@ def _slow_asked(request):
 def _folder_or_skip(model_id: str) -> Path:
     """The checkpoint's local folder (fetched into the Hugging Face cache when online). When unavailable: a failure
     under ``-m slow``, a skip otherwise."""
+    from scissor_cli.checkpoint import resolve_model_dir
     from scissor_cli.errors import ModelError
-    from scissor_cli.model import resolve_model_dir
 
     try:
         return resolve_model_dir(model_id)

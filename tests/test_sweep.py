@@ -17,9 +17,9 @@ import test_batch
 from test_batch import TESTS_DIR, FakeVLM, fake_profile, read_jsonl, wait_for_records
 
 from scissor_cli.batch import Sweep, config_hash, run_batch, run_config, sweep_from_flags
+from scissor_cli.choices import MC_INSTRUCTION, PROMPT_PRESETS, build_prompt, prompt_template
 from scissor_cli.errors import ManifestError, OptionError
 from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
-from scissor_cli.scoring import MC_INSTRUCTION, PROMPT_PRESETS, build_prompt, prompt_template
 
 # test_batch's fixtures, shared: the clips (made once per module), a fresh copy of them, the cache/env isolation and
 # the in-process CLI with the fake model
@@ -390,7 +390,7 @@ def test_resume_checks_each_records_level(folder, tmp_path):
 
 def test_ctrl_c_right_after_a_write_counts_that_record(folder, tmp_path, monkeypatch):
     """Ctrl-C landing after a record's line was written (during its fsync) still counts it as saved."""
-    import scissor_cli.batch as batch_mod
+    import scissor_cli.batch.runner as batch_mod
     from scissor_cli.errors import Interrupted
 
     real = batch_mod._append_line

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from media import HEIGHT, N_INDEX_FRAMES, WIDTH, index_frame, make_media, marker_corner, read_index
 
-from scissor_cli import video
+from scissor_cli import video, video_probe
 from scissor_cli.errors import OptionError, VideoError
 
 pytestmark = pytest.mark.skipif(
@@ -437,7 +437,7 @@ def test_unreadable_file(media, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(video, "open", denied, raising=False)  # tests run as root, where chmod 000 still reads
+    monkeypatch.setattr(video_probe, "open", denied, raising=False)  # tests run as root, where chmod 000 still reads
     with pytest.raises(VideoError) as e:
         video.probe(media.index_mp4)
     assert "permission denied" in e.value.message and "chmod" in e.value.hint
@@ -465,7 +465,7 @@ def test_missing_binaries_give_an_install_hint(media, monkeypatch, tmp_path):
 
 def test_subprocesses_are_bounded_by_timeouts(media, monkeypatch):
     # the decode's stall timeout: tests/test_video_limits.py (a server that stops sending)
-    monkeypatch.setattr(video, "PROBE_TIMEOUT_S", 0.001)
+    monkeypatch.setattr(video_probe, "PROBE_TIMEOUT_S", 0.001)
     with pytest.raises(VideoError, match="did not answer"):
         video.probe(media.index_mp4)
 

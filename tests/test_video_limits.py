@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from scissor_cli import video
+from scissor_cli import video, video_limits
 from scissor_cli.cli import app
 from scissor_cli.errors import OptionError, ProfileError, VideoError
 from scissor_cli.options import parse_memory_budget
@@ -95,11 +95,11 @@ def test_memory_budget_values():
 
 
 def test_budget_default_is_half_the_available_memory(monkeypatch):
-    monkeypatch.setattr(video, "available_memory", lambda: 4 * GIB)
+    monkeypatch.setattr(video_limits, "available_memory", lambda: 4 * GIB)
     assert video.resolve_memory_budget(None) == 2 * GIB
     assert video.resolve_memory_budget("0.25") == GIB
     assert video.resolve_memory_budget("3G") == 3 * GIB
-    monkeypatch.setattr(video, "available_memory", lambda: None)
+    monkeypatch.setattr(video_limits, "available_memory", lambda: None)
     assert video.resolve_memory_budget(None) is None, "unknown available memory: no limit"
 
 
@@ -169,7 +169,7 @@ def test_ordinary_frames_are_unchanged_by_the_model_size(media):
 
 
 def test_frames_past_the_limit_are_decoded_smaller_by_ffmpeg(media, monkeypatch):
-    monkeypatch.setattr(video, "FRAME_LIMIT_BYTES", 1000)  # the 96x64 index clip counts as huge
+    monkeypatch.setattr(video_limits, "FRAME_LIMIT_BYTES", 1000)  # the 96x64 index clip counts as huge
     small = video.ModelInput((24, 24), 4, 8)
     clip = video.sample_frames(media.index_mp4, n_frames=8, model=small)
     assert clip.frames.shape == (8, 48, 48, 3) and clip.backend == "ffmpeg"

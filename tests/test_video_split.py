@@ -107,9 +107,9 @@ def test_sample_frames_splits_a_long_clip_and_gives_the_serial_frames(long_clip)
 
 
 def test_split_workers_rules(monkeypatch):
-    import scissor_cli.prefetch as prefetch
+    import scissor_cli.video_limits as video_limits
 
-    monkeypatch.setattr(prefetch, "available_cores", lambda: 16)
+    monkeypatch.setattr(video_limits, "available_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     long = _info()  # 5 minutes of 1080p at 30 fps
     assert video.split_workers(long, _plan(long)) == 16  # default: the process's cores

@@ -1,0 +1,232 @@
+"""The flags the ``scissor`` commands share, declared once (Typer ``Annotated`` types): ask, inspect, batch and chat
+take them by name. Value-less flags get an empty metavar (no "<bool>" in --help); options whose default comes from
+the profile say the built-in default in their help."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from scissor_cli.options import GenerationOptions, ModelOptions, SamplingOptions
+
+# ---------------------------------------------------------------------------------------------------- shared flags
+# Declared once, used by ask, inspect and batch. Value-less flags get an empty metavar (no "<bool>" in --help);
+# options whose default comes from the profile say the built-in default in their help.
+_C, _S, _G, _M = "Compression", "Frames", "Generation", "Model"
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="ID|DIR",
+        help=f"Hub id or local directory (default {ModelOptions.model}, or SCISSOR_MODEL / the user config's model).",
+        rich_help_panel=_M,
+    ),
+]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", metavar="REF", help="Hub branch, tag or commit.", rich_help_panel=_M)
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        metavar="NAME|FILE",
+        help="Profile name (see `scissor profiles list`) or a path to a YAML file (with a / or ending .yaml).",
+        rich_help_panel=_C,
+    ),
+]
+TauOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--tau",
+        metavar="T",
+        help="Similarity threshold (default: the checkpoint's, else the paper's 0.9; lower merges more). "
+        "Not with a budget: a budget searches tau itself.",
+        rich_help_panel=_C,
+    ),
+]
+TauTemporalOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--tau-temporal",
+        metavar="T",
+        help="Separate threshold for the temporal step (default: tau).",
+        rich_help_panel=_C,
+    ),
+]
+EpsilonOpt = Annotated[
+    float | None,
+    typer.Option("--epsilon", metavar="E", help="Sampling tolerance (default: the paper's 0.05).", rich_help_panel=_C),
+]
+RetentionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--retention",
+        metavar="R",
+        help="Budget: keep at most this fraction of the visual tokens, e.g. 0.1 (tau searched per video).",
+        rich_help_panel=_C,
+    ),
+]
+TokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tokens", metavar="N", help="Budget: keep at most this many visual tokens (tau searched).", rich_help_panel=_C
+    ),
+]
+NoCompressOpt = Annotated[
+    bool, typer.Option("--no-compress", help="Send every visual token to the LLM.", rich_help_panel=_C)
+]
+FramesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--frames",
+        "-f",
+        metavar="N",
+        help=f"Frames to sample uniformly, default {SamplingOptions.n_frames} (1 to 4096).",
+        rich_help_panel=_S,
+    ),
+]
+FpsOpt = Annotated[
+    float | None,
+    typer.Option("--fps", metavar="R", help="Sample at this rate instead (capped by --frames).", rich_help_panel=_S),
+]
+StartOpt = Annotated[
+    float | None, typer.Option("--start", metavar="S", help="Window start, seconds (default 0).", rich_help_panel=_S)
+]
+EndOpt = Annotated[
+    float | None,
+    typer.Option("--end", metavar="S", help="Window end, seconds (default: the end).", rich_help_panel=_S),
+]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="Most memory one video's decoding and vision step may take: 8G, 512M, or a fraction of the available "
+        "memory such as 0.5 (default: 0.5). Larger videos are refused (exit 4).",
+        rich_help_panel=_S,
+    ),
+]
+DecodeWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--decode-workers",
+        metavar="N",
+        help="Threads splitting a long video's decode (decord); 0 or 1 decodes serially. Default: the cores this "
+        "process may use (short or small decodes stay serial).",
+        min=0,
+        rich_help_panel=_S,
+    ),
+]
+MaxNewOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens",
+        metavar="N",
+        help=f"Answer length cap (default {GenerationOptions.max_new_tokens}).",
+        rich_help_panel=_G,
+    ),
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature",
+        metavar="T",
+        help=f"Sampling temperature, 0 = greedy (default {GenerationOptions.temperature:g}).",
+        rich_help_panel=_G,
+    ),
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", metavar="N", help="Seeds sampling and SCC's sampled regime.", rich_help_panel=_G),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        metavar="DEV",
+        help=f"auto | cpu | cuda | cuda:N | mps (default {ModelOptions.device}).",
+        rich_help_panel=_M,
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        metavar="TYPE",
+        help=f"auto | float32 | bfloat16 | float16, or fp32 | bf16 | fp16 (default {ModelOptions.dtype}: "
+        "bf16/fp16 on a GPU; on a CPU bf16 where it has AVX-512 BF16 or AMX, else fp32).",
+        rich_help_panel=_M,
+    ),
+]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option("--offline", help="Never touch the network (like HF_HUB_OFFLINE=1).", rich_help_panel=_M),
+]
+NoCacheOpt = Annotated[
+    bool,
+    typer.Option("--no-cache", help="Do not read or write the video-feature cache.", rich_help_panel=_M),
+]
+NewlineOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--newline/--no-newline",
+        help="Append the image_newline token after the video (default: llava-hf yes, original checkpoints no).",
+        rich_help_panel=_M,
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout, no markup.")]
+VideoArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="VIDEO",
+        help="Video file or still image; an http(s):// URL (streamed by ffmpeg); or - to read the video from stdin "
+        "(kept in a temporary file while it runs).",
+        show_default=False,
+    ),
+]
+
+
+SweepRetentionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--retention",
+        help="Budget: keep at most this fraction of the visual tokens; a comma list sweeps it (1 = uncompressed), "
+        "e.g. 1,0.5,0.35,0.1,0.05.",
+        rich_help_panel=_C,
+        metavar="R[,R...]",
+    ),
+]
+SweepTokensOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokens",
+        help="Budget: keep at most this many visual tokens; a comma list sweeps it.",
+        rich_help_panel=_C,
+        metavar="N[,N...]",
+    ),
+]
+SweepTauOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tau",
+        help="Similarity threshold (paper 0.9); a comma list sweeps it.",
+        rich_help_panel=_C,
+        metavar="T[,T...]",
+    ),
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt",
+        help="Multiple-choice prompt preset: default | videomme | mvbench | egoschema | nextqa | plain "
+        "(lmms-eval's templates; a manifest row's prompt field wins).",
+        metavar="PRESET",
+    ),
+]
+
+
+SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
