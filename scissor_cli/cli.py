@@ -1118,6 +1118,101 @@ def chat(
         raise typer.Exit(exit_code)
 
 
+@app.command(
+    cls=_Command,
+    epilog="""[bold]Examples[/]
+
+  scissor serve --allow-files ~/videos
+
+  scissor serve --profile r10 --frames 16 --max-batch 16
+
+  SCISSOR_API_KEY=secret scissor serve --host 0.0.0.0 --port 8000""",
+)
+@handle_errors
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; beyond loopback only with an API key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="SCISSOR_API_KEY",
+            show_envvar=True,
+            metavar="KEY",
+            help="Every endpoint but /health then needs Authorization: Bearer KEY.",
+        ),
+    ] = None,
+    allow_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-files",
+            metavar="DIR",
+            help="Local videos (file:// or absolute paths) may be read from this directory (repeatable); "
+            "without it none are.",
+        ),
+    ] = None,
+    no_urls: Annotated[bool, typer.Option("--no-urls", help="Refuse http(s) video URLs (never fetch).")] = False,
+    url_timeout: Annotated[
+        float, typer.Option("--url-timeout", metavar="S", help="Time limit of one video download, seconds.")
+    ] = 30.0,
+    max_video_mb: Annotated[
+        float,
+        typer.Option("--max-video-mb", metavar="MB", help="Size limit of a downloaded or data: URL video."),
+    ] = 512.0,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", metavar="N", help="Waiting requests answered by one generate call.")
+    ] = 8,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", metavar="N", help="Requests in flight; more get 503 at once.")
+    ] = 64,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option("--served-model-name", metavar="NAME", help="The model id clients send (default: --model)."),
+    ] = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    tau: TauOpt = None,
+    tau_temporal: TauTemporalOpt = None,
+    epsilon: EpsilonOpt = None,
+    retention: RetentionOpt = None,
+    tokens: TokensOpt = None,
+    no_compress: NoCompressOpt = False,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offline: OfflineOpt = False,
+    no_cache: NoCacheOpt = False,
+    newline: NewlineOpt = None,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1/chat/completions with video_url parts), the model loaded once.
+
+    The compression and frame flags are the defaults of every request; a request's own fields (retention,
+    tokens, tau, frames, ...) override them. Ctrl-C or SIGTERM stops it."""
+    params = dict(locals())
+    p = profile_from_flags(params)
+    from scissor_cli import serve as serve_mod
+    from scissor_cli.config import load_config
+
+    options = serve_mod.ServeOptions(
+        host=host, port=port, api_key=api_key, allow_files=tuple(allow_files or ()), allow_urls=not no_urls,
+        url_timeout_s=url_timeout, max_video_mb=max_video_mb, max_batch=max_batch, max_queue=max_queue,
+        served_model_name=served_model_name,
+    )  # fmt: skip
+    serve_mod.validate_serve(options)  # before the model loads
+    flags = {k: v for k, v in params.items() if k in SHARED_FLAGS}
+    build = functools.partial(build_profile, config=load_config())
+    raise typer.Exit(serve_mod.run(p, options, build, profile_name=profile, flags=flags))
+
+
 def main() -> None:
     """The `scissor` console script: app() with Ctrl-C as one line and exit 130 at any moment."""
     _sigint["main"] = True
