@@ -368,10 +368,14 @@ def merge_flags(server: dict[str, Any], request: dict[str, Any], request_profile
 
 
 def _named_for_requests(e: OptionError) -> OptionError:
+    """The flags' error with the request's field names; ``param``: the field named first."""
     message, hint = e.message, e.hint or ""
+    named = sorted((message.find(flag), name) for flag, name in _FIELD_NAMES.items() if flag in message)
     for flag, name in _FIELD_NAMES.items():
         message, hint = message.replace(flag, name), hint.replace(flag, name)
-    return _bad(message, hint or None)
+    if not named and "top_p" in message:
+        named = [(0, "top_p")]
+    return _bad(message, hint or None, param=named[0][1] if named else None)
 
 
 # ---------------------------------------------------------------------------------------------------- videos
