@@ -163,7 +163,7 @@ class ServeOptions:
     max_batch: int = 8  # rows of one batched generate
     max_queue: int = 64  # requests in flight; one more gets 503
     served_model_name: str | None = None  # the id clients name; default: the profile's model
-    decode_workers: int = 2  # threads fetching, probing and decoding videos
+    decode_workers: int = 4  # threads fetching, probing and decoding videos (mostly waiting on ffmpeg or sockets)
     shutdown_s: float = 5.0  # in-flight requests get this long after SIGINT/SIGTERM
 
     @property
@@ -591,7 +591,10 @@ class ModelWorker:
                 self._cond.wait()
             if self._closed:
                 return None
-            head = self._items.popleft()
+            # a prepare whose features are cached is quick: it goes first, so its generate joins the next batch
+            # instead of the batch running without it
+            head = next((i for i in self._items if isinstance(i, _Prepare) and i.decoded is None), self._items[0])
+            self._items.remove(head)
             if isinstance(head, _Prepare) or head.batch_key() is None:
                 return [head]
             rows, streamed = [head], head.on_text is not None
@@ -668,6 +671,29 @@ class ModelWorker:
 
 
 # ---------------------------------------------------------------------------------------------------- the engine
+def _cache_with_memo() -> Any:
+    """The feature cache, its keys remembered per file version: a key hashes the whole file, which every request
+    about the same video would otherwise do again (twice: here and in ``encode_video``)."""
+    from scissor_cli.cache import FeatureCache
+
+    class Cache(FeatureCache):
+        _keys: dict[tuple, str] = {}
+
+        def key(self, path, indices, model_name, revision, dtype) -> str:  # noqa: ANN001 - FeatureCache.key's
+            try:
+                st = os.stat(path)
+            except OSError:
+                return FeatureCache.key(path, indices, model_name, revision, dtype)
+            memo = (str(path), st.st_size, st.st_mtime_ns, tuple(indices), str(model_name), revision, str(dtype))
+            if memo not in self._keys:
+                if len(self._keys) >= 1024:
+                    self._keys.clear()
+                self._keys[memo] = FeatureCache.key(path, indices, model_name, revision, dtype)
+            return self._keys[memo]
+
+    return Cache()
+
+
 @dataclass
 class Result:
     answer: Any  # pipeline.Answer
@@ -698,12 +724,11 @@ class Engine:
         self._fingerprint = model_fingerprint(vlm)
         self.worker: ModelWorker | None = None
         self.in_flight = 0
+        self._probed: dict[tuple, Any] = {}
 
     def start(self, cache_on: bool) -> None:
         if cache_on:
-            from scissor_cli.cache import FeatureCache
-
-            self.cache = FeatureCache()
+            self.cache = _cache_with_memo()
         self.worker = ModelWorker(self.vlm, self.options.max_batch, self.cache)
 
     def close(self, timeout: float) -> None:
@@ -733,7 +758,7 @@ class Engine:
 
         path, temporary = fetch_video(url, self.options)
         try:
-            info = video_io.probe(path)
+            info = self._probe(path, temporary)
             s = profile.sampling
             plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
             vlm = self.vlm
@@ -748,6 +773,22 @@ class Engine:
             if temporary:
                 os.unlink(path)
             raise
+
+    def _probe(self, path: str, temporary: bool) -> Any:
+        """ffprobe once per file version: the same video asked again is not probed again (nor hashed: _Cache)."""
+        from scissor_cli import video as video_io
+
+        if temporary:
+            return video_io.probe(path)
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+        info = self._probed.get(key)
+        if info is None:
+            info = video_io.probe(path)
+            if len(self._probed) >= 256:
+                self._probed.clear()
+            self._probed[key] = info
+        return info
 
     async def prepare(self, url: str, req: ChatRequest, profile: Profile) -> tuple[EncodedVideo, CompressedVideo]:
         """Fetch, probe and (unless cached) decode in the pool; vision tower + SCC on the model thread."""
@@ -1047,10 +1088,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], profile_name: str | None = None,
-        flags: dict[str, Any] | None = None) -> int:  # fmt: skip
+        flags: dict[str, Any] | None = None, load: Callable[[], VisionLanguageModel] | None = None,
+        stop: threading.Event | None = None) -> int:  # fmt: skip
     """Serve until SIGINT (Interrupted, exit 130) or SIGTERM (returns 0). The model loads while the server already
     answers /health (503 until loaded); one line on stderr when it is ready. ``build(profile_name, **flags)`` is
-    the CLI's ``build_profile``: each request's profile is built from ``flags`` (the server's) and its fields."""
+    the CLI's ``build_profile``: each request's profile is built from ``flags`` (the server's) and its fields.
+
+    ``load``: the model (default: ``load_model(profile.model)``); ``stop``: set it to stop the server (a server in
+    a thread, as the benchmark runs it, gets no signals)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -1094,17 +1139,25 @@ def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], 
 
     async def main() -> None:
         serving = asyncio.create_task(server.serve(sockets=[sock]))
+        if stop is not None:
+
+            def watch() -> None:
+                stop.wait()
+                server.should_exit = True
+
+            threading.Thread(target=watch, daemon=True).start()
         loaded: concurrent.futures.Future = concurrent.futures.Future()
 
-        def load() -> None:
+        def load_in_thread() -> None:
             try:
                 from scissor_cli.model import load_model
 
-                loaded.set_result(load_model(profile.model))
+                loaded.set_result(load() if load is not None else load_model(profile.model))
             except BaseException as e:  # noqa: BLE001 - reported below, the server stops
                 loaded.set_exception(e)
 
-        threading.Thread(target=load, name="scissor-load", daemon=True).start()  # a signal must not wait on it
+        # daemon: a signal must not wait for the load to end
+        threading.Thread(target=load_in_thread, name="scissor-load", daemon=True).start()
         waiting = asyncio.wrap_future(loaded)
         await asyncio.wait([serving, waiting], return_when=asyncio.FIRST_COMPLETED)
         if waiting.done() and not serving.done():
