@@ -382,23 +382,55 @@ def test_parse_request_takes_history_and_refuses_what_it_cannot_do():
             parse_request(body, "m")
 
 
+class Looping:
+    """A model whose generate runs 500 steps unless its stop hook ends it."""
+
+    max_positions = None
+
+    def __init__(self):
+        self.steps = 0
+
+    def generate(self, requests, gen, *, history=(), on_text=None, should_stop=None):
+        from scissor_cli.model import GenerationOutput
+
+        while self.steps < 500 and not should_stop():
+            self.steps += 1
+            time.sleep(0.01)
+        n = len(requests)
+        return GenerationOutput(["x"] * n, [1] * n, 0.0, 0.0, [self.steps] * n, [[0]] * n)
+
+
+def test_a_stream_closed_by_its_client_stops_its_generation():
+    import asyncio
+    from types import SimpleNamespace
+
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import Engine, ModelWorker, _stream
+
+    vlm = Looping()
+    engine = Engine.__new__(Engine)  # the parts _stream uses: the model thread and the in-flight count
+    engine.worker, engine.in_flight = ModelWorker(vlm, max_batch=4, cache=None), 0
+    req = parse_request({"messages": video_message("/v.mp4", "Q?"), "stream": True}, "m")
+    chunks = _stream(engine, req, Profile(), None, SimpleNamespace(tokens=None), "id", 0, "m", 0.0)
+
+    async def client_goes_away():
+        first = await chunks.__anext__()
+        assert b'"role": "assistant"' in first
+        await asyncio.sleep(0.1)
+        await chunks.aclose()  # what starlette does to the body iterator when the client disconnects
+
+    asyncio.run(client_goes_away())
+    deadline = time.monotonic() + 10
+    while engine.worker.batches == [] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.worker.batches == [1] and vlm.steps < 100, "the disconnected stream's generation must stop"
+    assert engine.in_flight == 0
+    engine.worker.close(5)
+
+
 def test_a_cancelled_lone_row_stops_its_generation():
-    from scissor_cli.model import GenerationOutput
     from scissor_cli.options import Profile
     from scissor_cli.serve import ModelWorker, _Generate
-
-    class Looping:
-        max_positions = None
-
-        def __init__(self):
-            self.steps = 0
-
-        def generate(self, requests, gen, *, history=(), on_text=None, should_stop=None):
-            while self.steps < 500 and not should_stop():  # a generate that only its stop hook ends early
-                self.steps += 1
-                time.sleep(0.01)
-            n = len(requests)
-            return GenerationOutput(["x"] * n, [1] * n, 0.0, 0.0, [self.steps] * n, [[0]] * n)
 
     vlm = Looping()
     worker = ModelWorker(vlm, max_batch=4, cache=None)
@@ -409,3 +441,37 @@ def test_a_cancelled_lone_row_stops_its_generation():
     item.future.result(timeout=10)
     assert vlm.steps < 100, "the cancelled row's generation must stop"
     worker.close(5)
+
+
+def _asgi(application, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+    """One request straight into the ASGI app (no server, no model)."""
+    import asyncio
+
+    async def main():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80)}  # fmt: skip
+        await application(scope, receive, send)
+        return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    return asyncio.run(main())
+
+
+def test_while_the_model_loads_health_and_requests_answer_503():
+    from scissor_cli.serve import ServeOptions, ServerState, create_app
+
+    state = ServerState(ServeOptions(), "m")
+    application = create_app(state)
+    assert _asgi(application, "GET", "/health") == (503, {"status": "loading"})
+    status, answer = _asgi(application, "POST", "/v1/chat/completions", json.dumps({"messages": []}).encode())
+    assert status == 503 and "still loading" in answer["error"]["message"]
+    assert _asgi(application, "GET", "/v1/models")[0] == 200, "the model list needs no loaded model"
