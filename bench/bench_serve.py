@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -108,7 +109,7 @@ def main() -> None:
     from scissor_cli.config import load_config
 
     work = Path(tempfile.mkdtemp(prefix="scissor-bench-serve-"))
-    os.environ.setdefault("SCISSOR_CACHE_DIR", str(work / "cache"))
+    os.environ.setdefault("SCISSOR_CACHE_DIR", str(work / "cache"))  # a cold cache: the warm-up fills it
     if args.arch == "tiny":
         from tiny_checkpoint import build_tiny_checkpoint
 
@@ -158,6 +159,7 @@ def main() -> None:
     levels = [run_level(url, video, int(c), max(args.requests, int(c)), 0) for c in args.clients.split(",")]
     stop.set()
     server.join(30)
+    shutil.rmtree(work, ignore_errors=True)  # the tiny checkpoint and the feature cache (unless SCISSOR_CACHE_DIR)
 
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     lines = [

@@ -667,7 +667,10 @@ class ModelWorker:
             return
         self.batches.append(len(ready))
         for i, r in enumerate(ready):
-            r.future.set_result((_row(out, i), len(ready)))
+            if self._closed:  # stopped mid-answer: not an answer
+                r.future.set_exception(Unavailable("the server is shutting down", hint="retry later"))
+            else:
+                r.future.set_result((_row(out, i), len(ready)))
 
 
 # ---------------------------------------------------------------------------------------------------- the engine
@@ -1031,7 +1034,8 @@ async def _stream(engine: Engine, req: ChatRequest, profile: Profile, encoded: E
     pieces: asyncio.Queue[str | None] = asyncio.Queue()
 
     def on_text(piece: str) -> None:  # the model thread
-        loop.call_soon_threadsafe(pieces.put_nowait, piece)
+        with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): the other rows must not fail
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
     engine.in_flight += 1  # the admitted() block ended when the response object was returned
     item: _Generate | None = None
