@@ -1131,9 +1131,10 @@ def chat(
 @handle_errors
 def serve(
     host: Annotated[
-        str, typer.Option("--host", help="Address to listen on; beyond loopback only with an API key.")
+        str,
+        typer.Option("--host", metavar="HOST", help="Address to listen on; beyond loopback only with an API key."),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8000,
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on (0: any free port).")] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(

@@ -475,3 +475,19 @@ def test_while_the_model_loads_health_and_requests_answer_503():
     status, answer = _asgi(application, "POST", "/v1/chat/completions", json.dumps({"messages": []}).encode())
     assert status == 503 and "still loading" in answer["error"]["message"]
     assert _asgi(application, "GET", "/v1/models")[0] == 200, "the model list needs no loaded model"
+
+
+def test_serve_help_shows_examples_and_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from scissor_cli.cli import app\n"
+        "try:\n"
+        "    app(['serve', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Examples" in out.stdout and "scissor serve --allow-files" in out.stdout and "SCISSOR_API_KEY" in out.stdout
+    assert "HEAVY []" in out.stdout, out.stdout.splitlines()[-1]
