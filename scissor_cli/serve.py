@@ -772,6 +772,12 @@ class Engine:
             t0 = time.perf_counter()
             clip = video_io.sample_frames(path, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
             return info, (clip, time.perf_counter() - t0, None), path if temporary else None
+        except VideoError as e:
+            if not temporary:
+                raise
+            os.unlink(path)
+            shown = "the data: URL's video" if url[:5].lower() == "data:" else url  # not our temporary copy
+            raise VideoError(e.message.replace(path, shown), hint=(e.hint or "").replace(path, shown) or None) from e
         except BaseException:
             if temporary:
                 os.unlink(path)

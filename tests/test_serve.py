@@ -240,6 +240,9 @@ def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media,
         assert words in error["message"], error
         assert "Traceback" not in error["message"]
         assert http("GET", server.base + "/health") == (200, {"status": "ok"}), f"the server died after {words}"
+    garbage = "data:video/mp4;base64," + base64.b64encode(b"not a video at all" * 10).decode()
+    status, answer = http("POST", url, {"messages": video_message(garbage, "Q?")})
+    assert status == 400 and "data: URL's video" in answer["error"]["message"], "named as sent, not as spooled"
     assert http("POST", url, raw=b"{not json")[0] == 400
     assert http("GET", server.base + "/nowhere")[0] == 404
     ok, answer = http("POST", url, {"messages": video_message(clip, "Q?"), "tokens": 10})
