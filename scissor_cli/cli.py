@@ -15,6 +15,7 @@ from scissor_cli.cli_process import _command_clock, handle_errors, run
 
 # isort: split
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -25,11 +26,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
 from scissor_cli import render
 from scissor_cli.cli_flags import (
     SWEEP_TAUS,
+    AllowFilesOpt,
+    ApiKeyOpt,
+    Command,
     DecodeWorkersOpt,
     DeviceOpt,
     DtypeOpt,
@@ -37,19 +40,27 @@ from scissor_cli.cli_flags import (
     EpsilonOpt,
     FpsOpt,
     FramesOpt,
+    Group,
+    HostOpt,
     JsonOpt,
+    MaxBatchOpt,
     MaxNewOpt,
+    MaxQueueOpt,
+    MaxVideoMbOpt,
     MemoryBudgetOpt,
     ModelOpt,
     NewlineOpt,
     NoCacheOpt,
     NoCompressOpt,
+    NoUrlsOpt,
     OfflineOpt,
+    PortOpt,
     ProfileOpt,
     PromptOpt,
     RetentionOpt,
     RevisionOpt,
     SeedOpt,
+    ServedModelNameOpt,
     StartOpt,
     SweepRetentionOpt,
     SweepTauOpt,
@@ -58,37 +69,14 @@ from scissor_cli.cli_flags import (
     TauTemporalOpt,
     TemperatureOpt,
     TokensOpt,
+    UrlTimeoutOpt,
     VideoArg,
 )
 from scissor_cli.errors import OptionError, ScissorError, Terminated
 from scissor_cli.options import (
     Profile,
 )
-from scissor_cli.settings import profile_from_flags
-
-
-def _no_flag_metavars(params: list[Any]) -> list[Any]:
-    """Flags take no value, so --help shows nothing after them (not "<bool>", which invites `--json true`)."""
-    for param in params:
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-    return params
-
-
-class _Command(TyperCommand):
-    """Usage lines as people write them (``scissor ask [OPTIONS] VIDEO QUESTION``, not ``{video} {question}``)
-    and no type noise after flags."""
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _no_flag_metavars(super().get_params(ctx))
-
-
-class _Group(TyperGroup):
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _no_flag_metavars(super().get_params(ctx))
+from scissor_cli.settings import SHARED_FLAGS, build_profile, profile_from_flags
 
 
 def _print_version(value: bool) -> None:
@@ -106,13 +94,13 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
-    cls=_Group,
+    cls=Group,
 )
 profiles_app = typer.Typer(
-    help="List and show the YAML profiles (tau/epsilon/budget presets).", no_args_is_help=True, cls=_Group
+    help="List and show the YAML profiles (tau/epsilon/budget presets).", no_args_is_help=True, cls=Group
 )
 app.add_typer(profiles_app, name="profiles")
-cache_app = typer.Typer(help="The on-disk cache of encoded video features.", no_args_is_help=True, cls=_Group)
+cache_app = typer.Typer(help="The on-disk cache of encoded video features.", no_args_is_help=True, cls=Group)
 app.add_typer(cache_app, name="cache")
 
 
@@ -161,7 +149,7 @@ def _timings(load_s: float) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------------- commands
 @app.command(
-    cls=_Command,
+    cls=Command,
     epilog="""[bold]Examples[/]
 
   scissor ask samples/bigbuckbunny.mp4 "What is happening?"
@@ -235,7 +223,7 @@ def ask(
 
 
 @app.command(
-    cls=_Command,
+    cls=Command,
     epilog="""[bold]Examples[/]
 
   scissor inspect clip.mp4 --video-only
@@ -333,7 +321,7 @@ def inspect(
 
 
 @app.command(
-    cls=_Command,
+    cls=Command,
     epilog="""[bold]Examples[/]
 
   scissor batch videos/ -q "What is happening?" -q "Who is there?" -o results.jsonl
@@ -472,7 +460,7 @@ def batch(
 
 
 @app.command(
-    cls=_Command,
+    cls=Command,
     epilog="""[bold]Examples[/]
 
   scissor report sweep.jsonl
@@ -522,7 +510,7 @@ def report(
         render.note(f"plot written to {plot}")
 
 
-@profiles_app.command("list", cls=_Command)
+@profiles_app.command("list", cls=Command)
 @handle_errors
 def profiles_list(json_out: JsonOpt = False) -> None:
     """List built-in and user profiles."""
@@ -533,7 +521,7 @@ def profiles_list(json_out: JsonOpt = False) -> None:
 
 @profiles_app.command(
     "show",
-    cls=_Command,
+    cls=Command,
     epilog="Examples:  scissor profiles show r10   |   scissor profiles show r10 > my.yaml   |   "
     "scissor profiles show ./my.yaml",
 )
@@ -559,7 +547,7 @@ def profiles_show(
     render.profile_detail(text)
 
 
-@cache_app.command("info", cls=_Command)
+@cache_app.command("info", cls=Command)
 @handle_errors
 def cache_info(json_out: JsonOpt = False) -> None:
     """Where the feature cache is, how full, and its size bound (SCISSOR_CACHE_DIR, SCISSOR_CACHE_MAX_GB)."""
@@ -571,7 +559,7 @@ def cache_info(json_out: JsonOpt = False) -> None:
     render.cache_info(str(cache.root), len(cache.entries()), cache.size_bytes(), cache.max_bytes, as_json=json_out)
 
 
-@cache_app.command("clear", cls=_Command)
+@cache_app.command("clear", cls=Command)
 @handle_errors
 def cache_clear() -> None:
     """Delete every cached video encoding."""
@@ -583,7 +571,7 @@ def cache_clear() -> None:
     render.cache_cleared(str(cache.root), cache.clear())
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 @handle_errors
 def version(json_out: JsonOpt = False) -> None:
     """Print scissor's version, Python's and its main dependencies' (without importing them)."""
@@ -592,7 +580,7 @@ def version(json_out: JsonOpt = False) -> None:
     render.version(versions(), as_json=json_out)
 
 
-@app.command(cls=_Command, epilog="Examples:  scissor doctor   |   scissor doctor --json")
+@app.command(cls=Command, epilog="Examples:  scissor doctor   |   scissor doctor --json")
 @handle_errors
 def doctor(json_out: JsonOpt = False) -> None:
     """Check the environment: versions, CUDA and GPU memory, ffmpeg, caches, offline mode, the user config."""
@@ -629,7 +617,7 @@ def _chat_history_file() -> str:
 
 
 @app.command(
-    cls=_Command,
+    cls=Command,
     epilog="""[bold]Examples[/]
 
   scissor chat samples/bigbuckbunny.mp4
@@ -731,6 +719,71 @@ def chat(
                 render.chat_help(reply.commands)
     if exit_code and not interactive:  # a script learns that a line failed (the others were answered)
         raise typer.Exit(exit_code)
+
+
+@app.command(
+    cls=Command,
+    epilog="""[bold]Examples[/]
+
+  scissor serve --allow-files ~/videos
+
+  scissor serve --profile r10 --frames 16 --max-batch 16
+
+  SCISSOR_API_KEY=secret scissor serve --host 0.0.0.0 --port 8000""",
+)
+@handle_errors
+def serve(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
+    allow_files: AllowFilesOpt = None,
+    no_urls: NoUrlsOpt = False,
+    url_timeout: UrlTimeoutOpt = 30.0,
+    max_video_mb: MaxVideoMbOpt = 512.0,
+    max_batch: MaxBatchOpt = 8,
+    max_queue: MaxQueueOpt = 64,
+    served_model_name: ServedModelNameOpt = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    revision: RevisionOpt = None,
+    tau: TauOpt = None,
+    tau_temporal: TauTemporalOpt = None,
+    epsilon: EpsilonOpt = None,
+    retention: RetentionOpt = None,
+    tokens: TokensOpt = None,
+    no_compress: NoCompressOpt = False,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
+    max_new_tokens: MaxNewOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offline: OfflineOpt = False,
+    no_cache: NoCacheOpt = False,
+    newline: NewlineOpt = None,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1/chat/completions with video_url parts), the model loaded once.
+
+    The compression and frame flags are the defaults of every request; a request's own fields (retention,
+    tokens, tau, frames, ...) override them. Ctrl-C or SIGTERM stops it."""
+    params = dict(locals())
+    p = profile_from_flags(params)
+    from scissor_cli import serve as serve_mod
+    from scissor_cli.config import load_config
+
+    options = serve_mod.ServeOptions(
+        host=host, port=port, api_key=api_key, allow_files=tuple(allow_files or ()), allow_urls=not no_urls,
+        url_timeout_s=url_timeout, max_video_mb=max_video_mb, max_batch=max_batch, max_queue=max_queue,
+        served_model_name=served_model_name,
+    )  # fmt: skip
+    serve_mod.validate_serve(options)  # before the model loads
+    flags = {k: v for k, v in params.items() if k in SHARED_FLAGS}
+    build = functools.partial(build_profile, config=load_config())  # a request's fields over the server's flags
+    raise typer.Exit(serve_mod.run(p, options, build, profile_name=profile, flags=flags))
 
 
 def main() -> None:

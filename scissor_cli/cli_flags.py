@@ -4,11 +4,37 @@ the profile say the built-in default in their help."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from scissor_cli.options import GenerationOptions, ModelOptions, SamplingOptions
+
+
+def _no_flag_metavars(params: list[Any]) -> list[Any]:
+    """Flags take no value, so --help shows nothing after them (not "<bool>", which invites `--json true`)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """Usage lines as people write them (``scissor ask [OPTIONS] VIDEO QUESTION``, not ``{video} {question}``)
+    and no type noise after flags."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_metavars(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_metavars(super().get_params(ctx))
+
 
 # ---------------------------------------------------------------------------------------------------- shared flags
 # Declared once, used by ask, inspect and batch. Value-less flags get an empty metavar (no "<bool>" in --help);
@@ -230,3 +256,45 @@ PromptOpt = Annotated[
 
 
 SWEEP_TAUS = (0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98)
+
+# `scissor serve` only
+HostOpt = Annotated[
+    str,
+    typer.Option("--host", metavar="HOST", help="Address to listen on; beyond loopback only with an API key."),
+]
+PortOpt = Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on (0: any free port).")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="SCISSOR_API_KEY",
+        show_envvar=True,
+        metavar="KEY",
+        help="Every endpoint but /health then needs Authorization: Bearer KEY.",
+    ),
+]
+AllowFilesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-files",
+        metavar="DIR",
+        help="Local videos (file:// or absolute paths) may be read from this directory (repeatable); "
+        "without it none are.",
+    ),
+]
+NoUrlsOpt = Annotated[bool, typer.Option("--no-urls", help="Refuse http(s) video URLs (never fetch).")]
+UrlTimeoutOpt = Annotated[
+    float, typer.Option("--url-timeout", metavar="S", help="Time limit of one video download, seconds.")
+]
+MaxVideoMbOpt = Annotated[
+    float,
+    typer.Option("--max-video-mb", metavar="MB", help="Size limit of a downloaded or data: URL video."),
+]
+MaxBatchOpt = Annotated[
+    int, typer.Option("--max-batch", metavar="N", help="Waiting requests answered by one generate call.")
+]
+MaxQueueOpt = Annotated[int, typer.Option("--max-queue", metavar="N", help="Requests in flight; more get 503 at once.")]
+ServedModelNameOpt = Annotated[
+    str | None,
+    typer.Option("--served-model-name", metavar="NAME", help="The model id clients send (default: --model)."),
+]

@@ -751,3 +751,13 @@ def chat_lines(interactive: bool, history_file: str | None = None) -> Iterator[s
             with contextlib.suppress(OSError):
                 os.makedirs(os.path.dirname(history_file), exist_ok=True)
                 readline.write_history_file(history_file)
+
+
+# ---------------------------------------------------------------------------------------------------- serve
+def serve_ready(url: str, model: str, notes: str) -> None:
+    """``scissor serve``'s one line once the model is loaded: where it listens and what it serves."""
+    err.print(f"serving {escape(model)} at {escape(url)} [dim]({escape(notes)})[/]")
+
+
+def serve_stopped(text: str) -> None:
+    err.print(f"[dim]{escape(text)}[/]")

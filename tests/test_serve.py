@@ -1,0 +1,496 @@
+"""``scissor serve``: the real server (a subprocess on 127.0.0.1, port 0) with the tiny checkpoint, talked to with the
+real ``openai`` client and plain HTTP: answers equal ``scissor ask --json`` (streamed or not), concurrent requests
+batch and still answer like sequential ones, a conversation equals ``scissor chat``, every error status, API keys,
+the in-flight bound, and SIGTERM / SIGINT. The request rules (merge, parsing) and the model thread's cancellation
+are also tested in-process."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.server as http_server
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scissor_cli.cli import app
+from scissor_cli.serve import merge_flags, parse_request
+
+pytest.importorskip("fastapi")
+openai = pytest.importorskip("openai")
+
+QUESTIONS = [
+    "What is happening?",
+    "Describe the video.",
+    "How many people appear?",
+    "What colour is the background?",
+    "Is it day or night?",
+    "What moves?",
+    "Where is this?",
+    "What comes next?",
+]
+COMMON = ["--frames", "4", "--max-new-tokens", "12"]  # the server's defaults and ask's flags alike
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """allowed/clip.mp4 (2 s test pattern), allowed/notes.txt, outside/secret.mp4 and a symlink to it inside."""
+    root = tmp_path_factory.mktemp("serve")
+    allowed, outside = root / "allowed", root / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    clip = allowed / "clip.mp4"
+    args = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "2"]
+    subprocess.run([*args, "-pix_fmt", "yuv420p", str(clip)], check=True, timeout=60)
+    shutil.copy(clip, outside / "secret.mp4")
+    (allowed / "link.mp4").symlink_to(outside / "secret.mp4")
+    (allowed / "notes.txt").write_text("not a video\n")
+    return root
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(SCISSOR_CACHE_DIR=str(root / "cache"), HF_HUB_OFFLINE="1", XDG_CONFIG_HOME=str(root / "xdg"),
+               SCISSOR_PROFILES_DIR=str(root / "profiles"))  # fmt: skip
+    for var in ("SCISSOR_API_KEY", "SCISSOR_DEBUG", "SCISSOR_CONFIG", "SCISSOR_MODEL"):
+        env.pop(var, None)
+    return env
+
+
+class Server:
+    """``scissor serve`` in its own session (so no child can outlive the test unseen); ``url`` from its line."""
+
+    def __init__(self, root: Path, *args: str):
+        self.log = root / f"serve-{time.monotonic_ns()}.err"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scissor_cli", "serve", "--port", "0", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+            env=_env(root),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"at (http://\S+)/v1", self.stderr())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the server did not start: {self.stderr()}")
+            time.sleep(0.2)
+        self.base = found.group(1)
+        self.url = self.base + "/v1"
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+    def signal(self, signum: int) -> int:
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def session_gone(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def http(method: str, url: str, body: object = None, key: str | None = None, raw: bytes | None = None):
+    """(status, parsed JSON) of one plain HTTP request."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def video_message(url: str, question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]  # fmt: skip
+
+
+def client(server: Server, key: str = "none"):
+    return openai.OpenAI(base_url=server.url, api_key=key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def server(media, tiny_hf_dir):
+    s = Server(media, "--model", str(tiny_hf_dir), *COMMON, "--allow-files", str(media / "allowed"), "--no-urls",
+               "--max-video-mb", "0.05")  # fmt: skip
+    yield s
+    s.stop()
+
+
+def ask_json(video: str, question: str, *flags: str, tiny: Path) -> dict:
+    result = CliRunner().invoke(app, ["ask", video, question, "--model", str(tiny), *COMMON, *flags, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.splitlines()[0])
+
+
+# ---------------------------------------------------------------------------------------------------- answers
+def test_answers_streamed_or_not_equal_ask_and_the_cache_is_shared(server, media, tiny_hf_dir):
+    clip = str(media / "allowed" / "clip.mp4")
+    c = client(server)
+    first = c.chat.completions.create(
+        model=str(tiny_hf_dir), messages=video_message(f"file://{clip}", QUESTIONS[0]), extra_body={"retention": 0.5}
+    )
+    expected = ask_json(clip, QUESTIONS[0], "--retention", "0.5", tiny=tiny_hf_dir)
+    stats = first.model_extra["scissor"]
+    assert first.object == "chat.completion" and first.choices[0].finish_reason in ("stop", "length")
+    assert first.choices[0].message.content == expected["answer"]
+    for key in ("tokens", "retention", "tau", "budget", "frames", "timestamps"):
+        assert stats[key] == expected[key], key
+    assert stats["tokens"]["final"] < stats["tokens"]["original"], "retention 0.5 must compress"
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens > 0
+
+    stream = c.chat.completions.create(
+        model=str(tiny_hf_dir), messages=video_message(clip, QUESTIONS[0]), stream=True,
+        stream_options={"include_usage": True}, extra_body={"retention": 0.5},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == expected["answer"], "the streamed text must add up to the non-streamed answer"
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == first.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == first.usage.completion_tokens
+    assert len([ch for ch in chunks if ch.choices and ch.choices[0].delta.content]) > 1, "streamed in pieces"
+
+    again = c.chat.completions.create(model=str(tiny_hf_dir), messages=video_message(clip, QUESTIONS[1]))
+    assert again.model_extra["scissor"]["cache_hit"] is True, "the same video again comes from the feature cache"
+    assert again.model_extra["scissor"]["timings_s"]["vision"] == 0.0
+
+
+def test_concurrent_requests_batch_and_each_equals_its_sequential_answer(server, media, tiny_hf_dir):
+    clip = str(media / "allowed" / "clip.mp4")
+    c = client(server)
+
+    def one(q: str):
+        r = c.chat.completions.create(model=str(tiny_hf_dir), messages=video_message(clip, q))
+        return r.choices[0].message.content, r.model_extra["scissor"]["batch_rows"]
+
+    sequential = [one(q)[0] for q in QUESTIONS]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, QUESTIONS))
+    assert [a for a, _ in together] == sequential, "batching must not change greedy answers"
+    assert max(rows for _, rows in together) > 1, "concurrent requests must share a generate call"
+    assert len(set(sequential)) > 1, "the questions must lead to different answers, or the test proves nothing"
+
+
+def test_a_conversation_equals_chat(server, media, tiny_hf_dir):
+    clip = str(media / "allowed" / "clip.mp4")
+    lines = "What is happening?\nAnd then?\n"
+    result = CliRunner().invoke(app, ["chat", clip, "--model", str(tiny_hf_dir), *COMMON, "--json"], input=lines)
+    assert result.exit_code == 0, result.output
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    messages = [
+        *video_message(clip, "What is happening?"),
+        {"role": "assistant", "content": first["answer"]},
+        {"role": "user", "content": "And then?"},
+    ]
+    r = client(server).chat.completions.create(model=str(tiny_hf_dir), messages=messages)
+    assert r.choices[0].message.content == second["answer"]
+    alone = client(server).chat.completions.create(model=str(tiny_hf_dir), messages=video_message(clip, "And then?"))
+    assert alone.usage.prompt_tokens < r.usage.prompt_tokens, "the earlier turns are in the prompt"
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media, tiny_hf_dir):
+    allowed, outside = media / "allowed", media / "outside"
+    clip = str(allowed / "clip.mp4")
+    url = server.url + "/chat/completions"
+    big = "data:video/mp4;base64," + base64.b64encode(os.urandom(80_000)).decode()
+    cases = [
+        (400, "retention", {"messages": video_message(clip, "Q?"), "retention": 2}),
+        (400, "both given", {"messages": video_message(clip, "Q?"), "retention": 0.5, "tau": 0.8}),
+        (400, "max_tokens", {"messages": video_message(clip, "Q?"), "max_tokens": 0}),
+        (400, "no-such-profile", {"messages": video_message(clip, "Q?"), "profile": "no-such-profile"}),
+        (400, "exactly one", {"messages": [{"role": "user", "content": "Q?"}]}),
+        (400, "notes.txt", {"messages": video_message(str(allowed / "notes.txt"), "Q?")}),
+        (400, "alternate", {"messages": [{"role": "assistant", "content": "hi"}]}),
+        (403, "outside", {"messages": video_message(str(outside / "secret.mp4"), "Q?")}),
+        (403, "outside", {"messages": video_message(f"{allowed}/../outside/secret.mp4", "Q?")}),
+        (403, "outside", {"messages": video_message(str(allowed / "link.mp4"), "Q?")}),
+        (403, "--no-urls", {"messages": video_message("http://127.0.0.1:9/clip.mp4", "Q?")}),
+        (404, "not served", {"model": "gpt-4o", "messages": video_message(clip, "Q?")}),
+        (413, "larger", {"messages": video_message(big, "Q?")}),
+    ]
+    for status, words, body in cases:
+        got, answer = http("POST", url, body)
+        assert got == status, (words, answer)
+        error = answer["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        assert words in error["message"], error
+        assert "Traceback" not in error["message"]
+        assert http("GET", server.base + "/health") == (200, {"status": "ok"}), f"the server died after {words}"
+    garbage = "data:video/mp4;base64," + base64.b64encode(b"not a video at all" * 10).decode()
+    status, answer = http("POST", url, {"messages": video_message(garbage, "Q?")})
+    assert status == 400 and "data: URL's video" in answer["error"]["message"], "named as sent, not as spooled"
+    assert http("POST", url, raw=b"{not json")[0] == 400
+    assert http("GET", server.base + "/nowhere")[0] == 404
+    ok, answer = http("POST", url, {"messages": video_message(clip, "Q?"), "tokens": 10})
+    assert ok == 200 and answer["scissor"]["tokens"]["final"] <= 10, "a good request still answers"
+    assert "retention" in http("POST", url, cases[0][2])[1]["error"]["param"], "param names the field"
+
+
+def test_sigterm_stops_cleanly_with_no_child_left(server):
+    assert server.signal(signal.SIGTERM) == 0, server.stderr()
+    assert server.stderr().rstrip().splitlines()[-1] == "stopped (SIGTERM)"
+    assert "Traceback" not in server.stderr()
+    time.sleep(0.2)
+    assert server.session_gone(), "a process of the server's session outlived it"
+
+
+# ---------------------------------------------------------------------------------------------------- keys, URLs, queue
+class _Videos(http_server.BaseHTTPRequestHandler):
+    """/clip.mp4 at once, /big.mp4 announced too large, /slow.mp4 held until ``release`` is set."""
+
+    clip: bytes = b""
+    release = threading.Event()
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        if self.path == "/big.mp4":
+            self.send_response(200)
+            self.send_header("Content-Length", str(10_000_000))
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.clip)))
+        self.end_headers()
+        if self.path == "/slow.mp4":
+            self.release.wait(30)
+        self.wfile.write(self.clip)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def videos_site(media):
+    _Videos.clip = (media / "allowed" / "clip.mp4").read_bytes()
+    site = http_server.ThreadingHTTPServer(("127.0.0.1", 0), _Videos)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{site.server_address[1]}"
+    _Videos.release.set()
+    site.shutdown()
+
+
+@pytest.fixture(scope="module")
+def keyed(media, tiny_hf_dir):
+    s = Server(media, "--model", str(tiny_hf_dir), *COMMON, "--api-key", "sesame", "--max-queue", "1",
+               "--max-video-mb", "1", "--served-model-name", "tiny")  # fmt: skip
+    yield s
+    s.stop()
+
+
+def test_api_key_urls_and_files_without_allow_files(keyed, videos_site, media):
+    assert http("GET", keyed.base + "/health") == (200, {"status": "ok"}), "/health needs no key"
+    assert http("GET", keyed.url + "/models")[0] == 401
+    assert http("GET", keyed.url + "/models", key="wrong")[0] == 401
+    status, models = http("GET", keyed.url + "/models", key="sesame")
+    assert status == 200 and [m["id"] for m in models["data"]] == ["tiny"]
+    body = {"model": "tiny", "messages": video_message(videos_site + "/clip.mp4", "Q?")}
+    assert http("POST", keyed.url + "/chat/completions", body)[0] == 401
+    with pytest.raises(openai.AuthenticationError):
+        client(keyed, "wrong").chat.completions.create(**body)
+    r = client(keyed, "sesame").chat.completions.create(**body)
+    assert r.choices[0].message.content and r.model_extra["scissor"]["frames"] == 4, "a URL is fetched"
+    big = {"model": "tiny", "messages": video_message(videos_site + "/big.mp4", "Q?")}
+    assert http("POST", keyed.url + "/chat/completions", big, key="sesame")[0] == 413
+    local = {"model": "tiny", "messages": video_message(str(media / "allowed" / "clip.mp4"), "Q?")}
+    status, answer = http("POST", keyed.url + "/chat/completions", local, key="sesame")
+    assert status == 403 and "--allow-files" in answer["error"]["message"], "no --allow-files: no local files"
+
+
+def test_a_full_queue_answers_503_at_once(keyed, videos_site):
+    _Videos.release.clear()
+    slow = {"model": "tiny", "messages": video_message(videos_site + "/slow.mp4", "Q?")}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(http, "POST", keyed.url + "/chat/completions", slow, "sesame")
+        time.sleep(1.0)  # the first request is in flight, its video download held open
+        t0 = time.monotonic()
+        status, answer = http("POST", keyed.url + "/chat/completions", slow, key="sesame")
+        assert status == 503 and "busy" in answer["error"]["message"], answer
+        assert time.monotonic() - t0 < 5, "503 at once, not after waiting"
+        _Videos.release.set()
+        assert held.result(timeout=60)[0] == 200
+    assert http("POST", keyed.url + "/chat/completions", slow, key="sesame")[0] == 200, "the slot is free again"
+
+
+def test_sigint_stops_with_130(keyed):
+    assert keyed.signal(signal.SIGINT) == 130, keyed.stderr()
+    assert keyed.stderr().rstrip().splitlines()[-1].startswith("interrupted")
+    time.sleep(0.2)
+    assert keyed.session_gone()
+
+
+# ---------------------------------------------------------------------------------------------------- no server
+def test_a_public_address_needs_an_api_key(tiny_hf_dir):
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--model", str(tiny_hf_dir)])
+    assert result.exit_code == 2
+    assert "--api-key" in result.stderr and "reachable from other machines" in result.stderr
+
+
+def test_without_fastapi_one_line_says_what_to_install(tmp_path):
+    code = "import sys; sys.modules['fastapi'] = None; from scissor_cli.cli import main; main()"
+    out = subprocess.run([sys.executable, "-c", code, "serve", "--model", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env=_env(tmp_path))  # fmt: skip
+    assert out.returncode == 1 and "pip install 'scissor-cli[serve]'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_request_fields_replace_the_server_flags_by_the_flags_rule():
+    server = {"retention": 0.1, "tau": None, "frames": 8, "model": "m", "no_compress": False, "tau_temporal": 0.8}
+    expected = {**server, "retention": None, "tokens": None, "tau": 0.7, "tau_temporal": None, "epsilon": None}
+    assert merge_flags(server, {"tau": 0.7}, None) == expected
+    assert merge_flags(server, {"frames": 4}, None)["retention"] == 0.1, "a frame field keeps the server's budget"
+    assert merge_flags(server, {"no_compress": True}, None)["retention"] is None
+    assert merge_flags(server, {"frames": 4}, "r10") == {"model": "m", "frames": 4}, "a profile replaces the flags"
+
+
+def test_parse_request_takes_history_and_refuses_what_it_cannot_do():
+    messages = [
+        {"role": "system", "content": "be brief"},
+        *video_message("/v.mp4", "First?"),
+        {"role": "assistant", "content": [{"type": "text", "text": "An answer."}]},
+        {"role": "user", "content": "Second?"},
+    ]
+    req = parse_request({"messages": messages, "max_completion_tokens": 5, "stream": True}, "m")
+    assert (req.video, req.question, req.history) == ("/v.mp4", "Second?", (("First?", "An answer."),))
+    assert req.flags["max_new_tokens"] == 5 and req.stream
+    for body, words in [
+        ({"messages": messages, "n": 2}, "n must be 1"),
+        ({"messages": messages, "tools": [{"type": "function"}]}, "tools"),
+        ({"messages": messages, "tokens": 1.5}, "tokens must be an integer"),
+        ({"messages": messages * 2}, "alternate"),
+    ]:
+        with pytest.raises(Exception, match=words):
+            parse_request(body, "m")
+
+
+class Looping:
+    """A model whose generate runs 500 steps unless its stop hook ends it."""
+
+    max_positions = None
+
+    def __init__(self):
+        self.steps = 0
+
+    def generate(self, requests, gen, *, history=(), on_text=None, should_stop=None):
+        from scissor_cli.model import GenerationOutput
+
+        while self.steps < 500 and not should_stop():
+            self.steps += 1
+            time.sleep(0.01)
+        n = len(requests)
+        return GenerationOutput(["x"] * n, [1] * n, 0.0, 0.0, [self.steps] * n, [[0]] * n)
+
+
+def test_a_stream_closed_by_its_client_stops_its_generation():
+    import asyncio
+    from types import SimpleNamespace
+
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import Engine, ModelWorker, _stream
+
+    vlm = Looping()
+    engine = Engine.__new__(Engine)  # the parts _stream uses: the model thread and the in-flight count
+    engine.worker, engine.in_flight = ModelWorker(vlm, max_batch=4, cache=None), 0
+    req = parse_request({"messages": video_message("/v.mp4", "Q?"), "stream": True}, "m")
+    chunks = _stream(engine, req, Profile(), None, SimpleNamespace(tokens=None), "id", 0, "m", 0.0)
+
+    async def client_goes_away():
+        first = await chunks.__anext__()
+        assert b'"role": "assistant"' in first
+        await asyncio.sleep(0.1)
+        await chunks.aclose()  # what starlette does to the body iterator when the client disconnects
+
+    asyncio.run(client_goes_away())
+    deadline = time.monotonic() + 10
+    while engine.worker.batches == [] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.worker.batches == [1] and vlm.steps < 100, "the disconnected stream's generation must stop"
+    assert engine.in_flight == 0
+    engine.worker.close(5)
+
+
+def test_a_cancelled_lone_row_stops_its_generation():
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import ModelWorker, _Generate
+
+    vlm = Looping()
+    worker = ModelWorker(vlm, max_batch=4, cache=None)
+    item = _Generate(tokens=None, question="q", history=(), profile=Profile(), on_text=lambda _: None)
+    worker.submit(item)
+    time.sleep(0.1)
+    item.cancelled.set()
+    item.future.result(timeout=10)
+    assert vlm.steps < 100, "the cancelled row's generation must stop"
+    worker.close(5)
+
+
+def _asgi(application, method: str, path: str, body: bytes = b"") -> tuple[int, dict]:
+    """One request straight into the ASGI app (no server, no model)."""
+    import asyncio
+
+    async def main():
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
+                 "server": ("127.0.0.1", 80)}  # fmt: skip
+        await application(scope, receive, send)
+        return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+    return asyncio.run(main())
+
+
+def test_while_the_model_loads_health_and_requests_answer_503():
+    from scissor_cli.serve import ServeOptions, ServerState, create_app
+
+    state = ServerState(ServeOptions(), "m")
+    application = create_app(state)
+    assert _asgi(application, "GET", "/health") == (503, {"status": "loading"})
+    status, answer = _asgi(application, "POST", "/v1/chat/completions", json.dumps({"messages": []}).encode())
+    assert status == 503 and "still loading" in answer["error"]["message"]
+    assert _asgi(application, "GET", "/v1/models")[0] == 200, "the model list needs no loaded model"
+
+
+def test_serve_help_shows_examples_and_imports_nothing_heavy():
+    code = (
+        "import sys\n"
+        "from scissor_cli.cli import app\n"
+        "try:\n"
+        "    app(['serve', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('HEAVY', [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Examples" in out.stdout and "scissor serve --allow-files" in out.stdout and "SCISSOR_API_KEY" in out.stdout
+    assert "HEAVY []" in out.stdout, out.stdout.splitlines()[-1]
