@@ -157,7 +157,7 @@ def test_answers_streamed_or_not_equal_ask_and_the_cache_is_shared(server, media
     stats = first.model_extra["scissor"]
     assert first.object == "chat.completion" and first.choices[0].finish_reason in ("stop", "length")
     assert first.choices[0].message.content == expected["answer"]
-    for key in ("tokens", "retention", "tau", "budget", "frames", "timestamps"):
+    for key in ("tokens", "retention", "tau", "budget", "frames", "timestamps", "prefill_tokens"):
         assert stats[key] == expected[key], key
     assert stats["tokens"]["final"] < stats["tokens"]["original"], "retention 0.5 must compress"
     assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens > 0

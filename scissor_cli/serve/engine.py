@@ -1,0 +1,418 @@
+"""The model side of the server: one model thread (torch is not re-entrant) that runs a video's vision tower + SCC
+and batched ``generate`` calls, and the ``Engine`` that prepares requests in a thread pool and batches them."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from scissor_cli.errors import (
+    OptionError,
+    ProfileError,
+    VideoError,
+)
+
+if TYPE_CHECKING:
+    from scissor_cli.model import GenerationOutput, VisionLanguageModel
+    from scissor_cli.options import Profile
+    from scissor_cli.pipeline import CompressedVideo, EncodedVideo
+from scissor_cli.serve.protocol import (
+    ChatRequest,
+    ServeOptions,
+    Unavailable,
+    _bad,
+    _named_for_requests,
+    _with_param,
+    merge_flags,
+)
+from scissor_cli.serve.videos import fetch_video
+
+
+# ---------------------------------------------------------------------------------------------------- the model thread
+@dataclass(eq=False)
+class _Prepare:
+    video: str
+    profile: Profile
+    question: str
+    history: tuple[tuple[str, str], ...]
+    info: Any
+    decoded: Any
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass(eq=False)
+class _Generate:
+    tokens: Any  # [M, D]
+    question: str
+    history: tuple[tuple[str, str], ...]
+    profile: Profile
+    on_text: Callable[[str], None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+    def batch_key(self) -> Any:
+        g = self.profile.generation
+        return None if g.temperature > 0 else (g, self.history)  # sampling runs alone: its seed is per call
+
+
+def _row(out: GenerationOutput, i: int) -> GenerationOutput:
+    """Row ``i`` of a batched output as a one-row output (per-row lists sliced, batch-wide values kept)."""
+    values = {}
+    for f in fields(out):
+        v = getattr(out, f.name)
+        values[f.name] = v[i : i + 1] if isinstance(v, list) and len(v) == len(out.texts) else v
+    return type(out)(**values)
+
+
+class ModelWorker:
+    """The one thread that touches the model: vision tower + SCC jobs and batched generates, in arrival order."""
+
+    def __init__(self, vlm: VisionLanguageModel, max_batch: int, cache: Any):
+        self.vlm, self.max_batch, self.cache = vlm, max_batch, cache
+        self._items: deque[_Prepare | _Generate] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches: list[int] = []  # rows of each generate, for the stats line and the tests
+        self._thread = threading.Thread(target=self._run, name="scissor-model", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: _Prepare | _Generate) -> concurrent.futures.Future:
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the server is shutting down", hint="retry against a running server")
+            self._items.append(item)
+            self._cond.notify()
+        return item.future
+
+    def close(self, timeout: float) -> None:
+        """Stop the generation in progress, fail what waits, and wait up to ``timeout`` s for the thread."""
+        with self._cond:
+            self._closed = True
+            left, self._items = list(self._items), deque()
+            self._cond.notify_all()
+        for item in left:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(Unavailable("the server is shutting down", hint="retry later"))
+        self._thread.join(timeout)
+
+    def _take(self) -> list[_Prepare | _Generate] | None:
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            # a prepare whose features are cached is quick: it goes first, so its generate joins the next batch
+            # instead of the batch running without it
+            head = next((i for i in self._items if isinstance(i, _Prepare) and i.decoded is None), self._items[0])
+            self._items.remove(head)
+            if isinstance(head, _Prepare) or head.batch_key() is None:
+                return [head]
+            rows, streamed = [head], head.on_text is not None
+            for item in list(self._items):
+                if len(rows) >= self.max_batch:
+                    break
+                if isinstance(item, _Generate) and item.batch_key() == head.batch_key():
+                    if item.on_text is not None:
+                        if streamed:
+                            continue
+                        streamed = True
+                    self._items.remove(item)
+                    rows.append(item)
+            rows.sort(key=lambda r: r.on_text is None)  # the streamed row first: generate streams row 0
+            return rows
+
+    def _run(self) -> None:
+        while (work := self._take()) is not None:
+            work = [w for w in work if w.future.set_running_or_notify_cancel()]
+            if work and isinstance(work[0], _Prepare):
+                self._prepare(work[0])
+            elif work:
+                self._generate(work)  # type: ignore[arg-type]
+
+    def _prepare(self, job: _Prepare) -> None:
+        from scissor_cli.pipeline import compress_video, encode_video
+
+        try:
+            encoded = encode_video(self.vlm, job.video, job.profile, cache=self.cache, info=job.info,
+                                   decoded=job.decoded)  # fmt: skip
+            compressed = compress_video(encoded, job.profile)
+            self._check_context(compressed.n_final, job)
+            job.future.set_result((encoded, compressed))
+        except BaseException as e:  # noqa: BLE001 - handed to the request that asked
+            job.future.set_exception(e)
+
+    def _check_context(self, n_video: int, job: _Prepare) -> None:
+        """Here, not on the event loop: the tokenizer is the model thread's too."""
+        limit = self.vlm.max_positions
+        n_prompt = self.vlm.prompt_length(n_video, job.question, job.history)
+        n_answer = job.profile.generation.max_new_tokens
+        if limit is not None and n_prompt + n_answer > limit:
+            raise _bad(
+                f"this request would not fit in the model's context: {n_prompt:,} prompt tokens + up to "
+                f"{n_answer:,} for the answer > {limit:,}",
+                hint="fewer visual tokens (retention, tokens or frames), a smaller max_tokens, or fewer turns",
+            )
+
+    def _generate(self, rows: list[_Generate]) -> None:
+        vlm = self.vlm
+        ready = []
+        for r in rows:
+            if r.cancelled.is_set():  # its client went away while it waited
+                r.future.set_exception(Unavailable("the client went away"))
+            else:
+                ready.append(r)
+        if not ready:
+            return
+        head = ready[0]
+
+        def should_stop() -> bool:
+            return self._closed or all(r.cancelled.is_set() for r in ready)
+
+        try:
+            out = vlm.generate([(r.tokens, r.question) for r in ready], head.profile.generation,
+                               history=head.history, on_text=head.on_text, should_stop=should_stop)  # fmt: skip
+        except BaseException as e:  # noqa: BLE001
+            for r in ready:
+                r.future.set_exception(e)
+            return
+        self.batches.append(len(ready))
+        for i, r in enumerate(ready):
+            if self._closed:  # stopped mid-answer: not an answer
+                r.future.set_exception(Unavailable("the server is shutting down", hint="retry later"))
+            else:
+                r.future.set_result((_row(out, i), len(ready)))
+
+
+# ---------------------------------------------------------------------------------------------------- the engine
+def _cache_with_memo() -> Any:
+    """The feature cache, its keys remembered per file version: a key hashes the whole file, which every request
+    about the same video would otherwise do again (twice: here and in ``encode_video``)."""
+    from scissor_cli.cache import FeatureCache
+
+    class Cache(FeatureCache):
+        _keys: dict[tuple, str] = {}
+
+        def key(self, path, indices, model_name, revision, dtype) -> str:  # noqa: ANN001 - FeatureCache.key's
+            try:
+                st = os.stat(path)
+            except OSError:
+                return FeatureCache.key(path, indices, model_name, revision, dtype)
+            memo = (str(path), st.st_size, st.st_mtime_ns, tuple(indices), str(model_name), revision, str(dtype))
+            if memo not in self._keys:
+                if len(self._keys) >= 1024:
+                    self._keys.clear()
+                self._keys[memo] = FeatureCache.key(path, indices, model_name, revision, dtype)
+            return self._keys[memo]
+
+    return Cache()
+
+
+@dataclass
+class Result:
+    answer: Any  # pipeline.Answer
+    n_prompt: int
+    n_new: int
+    finish_reason: str
+    batch_rows: int
+
+
+class Engine:
+    """Requests -> answers, off the event loop: the decode pool, the model thread, the in-flight bound."""
+
+    def __init__(
+        self,
+        vlm: VisionLanguageModel,
+        options: ServeOptions,
+        base: Profile,
+        build: Callable[..., Profile],
+        profile_name: str | None = None,
+        flags: dict[str, Any] | None = None,
+    ):
+        from scissor_cli.pipeline import model_fingerprint
+
+        self.vlm, self.options = vlm, options
+        self.base, self.build, self.profile_name, self.flags = base, build, profile_name, dict(flags or {})
+        self.pool = concurrent.futures.ThreadPoolExecutor(options.decode_workers, thread_name_prefix="scissor-decode")
+        self.cache = None
+        self._fingerprint = model_fingerprint(vlm)
+        self.worker: ModelWorker | None = None
+        self.in_flight = 0
+        self._probed: dict[tuple, Any] = {}
+
+    def start(self, cache_on: bool) -> None:
+        if cache_on:
+            self.cache = _cache_with_memo()
+        self.worker = ModelWorker(self.vlm, self.options.max_batch, self.cache)
+
+    def close(self, timeout: float) -> None:
+        if self.worker is not None:
+            self.worker.close(timeout)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def admitted(self):
+        """One request in flight; Unavailable (503) at once beyond ``max_queue``. Event-loop thread only."""
+        if self.in_flight >= self.options.max_queue:
+            raise _with_param(
+                Unavailable(f"the server is busy: {self.in_flight} requests in flight (--max-queue)",
+                            hint="retry in a moment"),
+                None,
+                "queue_full",
+            )  # fmt: skip
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def _open(self, url: str, profile: Profile) -> tuple[Any, Any, str | None]:
+        """In the pool: (info, decoded frames or None when cached, a temporary file to remove or None)."""
+        from scissor_cli import video as video_io
+
+        path, temporary = fetch_video(url, self.options)
+        try:
+            info = self._probe(path, temporary)
+            s = profile.sampling
+            plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
+            vlm = self.vlm
+            if self.cache is not None and profile.model.cache:
+                key = self.cache.key(info.path, plan.indices, self._fingerprint, vlm.revision, str(vlm.dtype))
+                if self.cache.has(key):
+                    return info, None, path if temporary else None
+            t0 = time.perf_counter()
+            clip = video_io.sample_frames(path, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
+            return info, (clip, time.perf_counter() - t0, None), path if temporary else None
+        except VideoError as e:
+            if not temporary:
+                raise
+            os.unlink(path)
+            shown = "the data: URL's video" if url[:5].lower() == "data:" else url  # not our temporary copy
+            raise VideoError(e.message.replace(path, shown), hint=(e.hint or "").replace(path, shown) or None) from e
+        except BaseException:
+            if temporary:
+                os.unlink(path)
+            raise
+
+    def _probe(self, path: str, temporary: bool) -> Any:
+        """ffprobe once per file version: the same video asked again is not probed again (nor hashed: _Cache)."""
+        from scissor_cli import video as video_io
+
+        if temporary:
+            return video_io.probe(path)
+        st = os.stat(path)
+        key = (path, st.st_size, st.st_mtime_ns)
+        info = self._probed.get(key)
+        if info is None:
+            info = video_io.probe(path)
+            if len(self._probed) >= 256:
+                self._probed.clear()
+            self._probed[key] = info
+        return info
+
+    async def prepare(self, url: str, req: ChatRequest, profile: Profile) -> tuple[EncodedVideo, CompressedVideo]:
+        """Fetch, probe and (unless cached) decode in the pool; vision tower + SCC on the model thread."""
+        loop = asyncio.get_running_loop()
+        info, decoded, temporary = await loop.run_in_executor(self.pool, self._open, url, profile)
+        try:
+            assert self.worker is not None
+            shown = url.split(",", 1)[0] + ",..." if url[:5].lower() == "data:" else url  # not megabytes of base64
+            return await asyncio.wrap_future(
+                self.worker.submit(_Prepare(shown, profile, req.question, req.history, info, decoded))
+            )
+        finally:
+            if temporary:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+
+    # ------------------------------------------------------------------ one request
+    def request_profile(self, req: ChatRequest) -> Profile:
+        """The server's flags with the request's fields on top, checked like the flags (the same messages, naming
+        the request's fields), on the server's model; then resolved as ``ask`` resolves it."""
+        from scissor_cli.options import validate
+        from scissor_cli.pipeline import resolve_profile
+
+        flags = merge_flags(self.flags, req.flags, req.profile)
+        try:
+            p = self.build(req.profile if req.profile is not None else self.profile_name, **flags)
+            if req.top_p is not None:
+                p = validate(replace(p, generation=replace(p.generation, top_p=req.top_p)))
+        except OptionError as e:
+            raise _named_for_requests(e) from e
+        except ProfileError as e:
+            raise _with_param(e, "profile") from e
+        return resolve_profile(self.vlm, replace(p, model=self.base.model))
+
+    def submit_generate(self, compressed: CompressedVideo, req: ChatRequest, profile: Profile,
+                        on_text: Callable[[str], None] | None = None) -> _Generate:  # fmt: skip
+        assert self.worker is not None
+        item = _Generate(compressed.tokens, req.question, req.history, profile, on_text=on_text)
+        self.worker.submit(item)
+        return item
+
+    def result(self, encoded: EncodedVideo, compressed: CompressedVideo, req: ChatRequest, profile: Profile,
+               row: GenerationOutput, n_rows: int, t0: float) -> Result:  # fmt: skip
+        from scissor_cli.pipeline import make_answers
+
+        [answer] = make_answers(self.vlm, encoded, compressed, [req.question], row, profile)
+        answer = replace(answer, timings_s={**answer.timings_s, "total": round(time.perf_counter() - t0, 4)})
+        n_new = row.n_new_tokens[0] if row.n_new_tokens else 0
+        finish = "length" if n_new >= profile.generation.max_new_tokens else "stop"
+        return Result(answer, row.n_prompt_tokens[0], n_new, finish, n_rows)
+
+
+def scissor_stats(result: Result) -> dict[str, Any]:
+    """What ``ask --json`` reports about the answer (its fields but the video, question and answer), plus the rows
+    of the batched generate that produced it."""
+    stats = result.answer.to_dict()
+    for key in ("video", "question", "answer"):
+        stats.pop(key)
+    stats["batch_rows"] = result.batch_rows
+    return stats
+
+
+def completion_body(result: Result, cid: str, created: int, model: str) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.answer.answer},
+                "finish_reason": result.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(result),
+        "scissor": scissor_stats(result),
+    }
+
+
+def _usage(result: Result) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.n_prompt,
+        "completion_tokens": result.n_new,
+        "total_tokens": result.n_prompt + result.n_new,
+    }
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict, finish: str | None = None, **extra: Any) -> bytes:
+    body = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        **extra,
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
