@@ -231,6 +231,8 @@ def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media,
         (403, "--no-urls", {"messages": video_message("http://127.0.0.1:9/clip.mp4", "Q?")}),
         (404, "not served", {"model": "gpt-4o", "messages": video_message(clip, "Q?")}),
         (413, "larger", {"messages": video_message(big, "Q?")}),
+        # refused by its length before the video is even looked at (else: 403 for the path)
+        (400, "context", {"messages": video_message(str(outside / "secret.mp4"), "Why? " * 40_000)}),
     ]
     for status, words, body in cases:
         got, answer = http("POST", url, body)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -50,6 +51,15 @@ class _Prepare:
 
 
 @dataclass(eq=False)
+class _Call:
+    """Quick work that must run on the model thread (it uses the tokenizer, which is not shared across threads),
+    taken before anything else that waits."""
+
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass(eq=False)
 class _Generate:
     tokens: Any  # [M, D]
     question: str
@@ -78,14 +88,14 @@ class ModelWorker:
 
     def __init__(self, vlm: VisionLanguageModel, max_batch: int, cache: Any):
         self.vlm, self.max_batch, self.cache = vlm, max_batch, cache
-        self._items: deque[_Prepare | _Generate] = deque()
+        self._items: deque[_Call | _Prepare | _Generate] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self.batches: list[int] = []  # rows of each generate, for the stats line and the tests
         self._thread = threading.Thread(target=self._run, name="scissor-model", daemon=True)
         self._thread.start()
 
-    def submit(self, item: _Prepare | _Generate) -> concurrent.futures.Future:
+    def submit(self, item: _Call | _Prepare | _Generate) -> concurrent.futures.Future:
         with self._cond:
             if self._closed:
                 raise Unavailable("the server is shutting down", hint="retry against a running server")
@@ -104,7 +114,7 @@ class ModelWorker:
                 item.future.set_exception(Unavailable("the server is shutting down", hint="retry later"))
         self._thread.join(timeout)
 
-    def _take(self) -> list[_Prepare | _Generate] | None:
+    def _take(self) -> list[_Call | _Prepare | _Generate] | None:
         with self._cond:
             while not self._items and not self._closed:
                 self._cond.wait()
@@ -112,9 +122,10 @@ class ModelWorker:
                 return None
             # a prepare whose features are cached is quick: it goes first, so its generate joins the next batch
             # instead of the batch running without it
-            head = next((i for i in self._items if isinstance(i, _Prepare) and i.decoded is None), self._items[0])
+            quick = (i for i in self._items if isinstance(i, _Call) or (isinstance(i, _Prepare) and i.decoded is None))
+            head = next(quick, self._items[0])
             self._items.remove(head)
-            if isinstance(head, _Prepare) or head.batch_key() is None:
+            if isinstance(head, (_Call, _Prepare)) or head.batch_key() is None:
                 return [head]
             rows, streamed = [head], head.on_text is not None
             for item in list(self._items):
@@ -133,7 +144,12 @@ class ModelWorker:
     def _run(self) -> None:
         while (work := self._take()) is not None:
             work = [w for w in work if w.future.set_running_or_notify_cancel()]
-            if work and isinstance(work[0], _Prepare):
+            if work and isinstance(work[0], _Call):
+                try:
+                    work[0].future.set_result(work[0].fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the request that asked
+                    work[0].future.set_exception(e)
+            elif work and isinstance(work[0], _Prepare):
                 self._prepare(work[0])
             elif work:
                 self._generate(work)  # type: ignore[arg-type]
@@ -289,7 +305,8 @@ class Engine:
                 if self.cache.has(key):
                     return info, None, path if temporary else None
             t0 = time.perf_counter()
-            clip = video_io.sample_frames(path, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info)
+            clip = video_io.sample_frames(path, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info,
+                                          model=video_io.ModelInput.of(vlm), memory_budget=s.memory_budget)  # fmt: skip
             return info, (clip, time.perf_counter() - t0, None), path if temporary else None
         except VideoError as e:
             if not temporary:
@@ -319,7 +336,12 @@ class Engine:
         return info
 
     async def prepare(self, url: str, req: ChatRequest, profile: Profile) -> tuple[EncodedVideo, CompressedVideo]:
-        """Fetch, probe and (unless cached) decode in the pool; vision tower + SCC on the model thread."""
+        """Fetch, probe and (unless cached) decode in the pool; vision tower + SCC on the model thread. A question
+        the context cannot hold is refused first, before anything is fetched or decoded."""
+        assert self.worker is not None
+        check = functools.partial(self.vlm.check_question, req.question, reserve=profile.generation.max_new_tokens,
+                                  history=req.history)  # fmt: skip
+        await asyncio.wrap_future(self.worker.submit(_Call(check)))
         loop = asyncio.get_running_loop()
         info, decoded, temporary = await loop.run_in_executor(self.pool, self._open, url, profile)
         try:
