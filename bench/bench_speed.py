@@ -137,7 +137,8 @@ def main() -> None:
     features = encoded[auto] if auto in encoded else vlm.encode(frames)
     if "chat" in args.parts:
         lines += [
-            f"**chat, turn 5's prefill** ({auto}, {args.frames} frames; earlier answers a fixed 15-word sentence)",
+            f"**chat, turn 5's prefill** ({auto}, {args.frames} frames; earlier answers a fixed 15-word sentence; "
+            f"best of {args.repeats}, interleaved)",
             "",
             "| video tokens | prompt tokens | prefilled with the cache | with the cache | without | speed-up |",
             "|---|---|---|---|---|---|",
@@ -146,12 +147,16 @@ def main() -> None:
         scc = compress(features, tau=0.9, epsilon=0.05, budget=0.1, generator=torch.Generator().manual_seed(0))
         scc = scc.tokens
         for label, tokens in (("10 %", scc), ("uncompressed", uncompressed)):
-            cache, history = PromptCache(), []
-            for turn in range(4):
-                vlm.generate([(tokens, QUESTIONS[turn])], gen, history=history, cache=cache)
-                history.append((QUESTIONS[turn], ANSWER))
-            cached = vlm.generate([(tokens, QUESTIONS[4])], gen, history=history, cache=cache)
-            full = vlm.generate([(tokens, QUESTIONS[4])], gen, history=history)
+            cached = full = None
+            for _ in range(args.repeats):  # interleaved; the fastest of each (the first pass at a shape warms oneDNN)
+                cache, history = PromptCache(), []
+                for turn in range(4):
+                    vlm.generate([(tokens, QUESTIONS[turn])], gen, history=history, cache=cache)
+                    history.append((QUESTIONS[turn], ANSWER))
+                c = vlm.generate([(tokens, QUESTIONS[4])], gen, history=history, cache=cache)
+                f = vlm.generate([(tokens, QUESTIONS[4])], gen, history=history)
+                cached = c if cached is None or c.prefill_s < cached.prefill_s else cached
+                full = f if full is None or f.prefill_s < full.prefill_s else full
             speedup = full.prefill_s / cached.prefill_s
             log(f"chat {label}: {cached.prefill_s:.3f} s vs {full.prefill_s:.3f} s ({load()})")
             lines.append(
