@@ -393,7 +393,7 @@ class VisionLanguageModel:
         *,
         history: Sequence[tuple[str, str]] = (),
         on_text: Callable[[str], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool | Sequence[bool]] | None = None,
         cache: PromptCache | None = None,
         share_prefix: bool = True,
     ) -> GenerationOutput:
@@ -405,7 +405,8 @@ class VisionLanguageModel:
         ``history``: earlier (question, answer) turns, the same for every request (a conversation, see
         ``prompt_ids``). ``on_text(piece)``: the first request's answer as it is generated (the pieces add up to
         the answer, leading whitespace dropped). ``should_stop()``: checked after each token; True ends generation
-        there, and the answer is what was generated so far (how a chat's Ctrl-C stops one answer). ``cache``
+        there, and the answer is what was generated so far (how a chat's Ctrl-C stops one answer); a list of one
+        flag per request ends just the rows flagged (a server's client that went away), the others go on. ``cache``
         (one request only): a conversation's KV cache, reused where this prompt starts like the cached one and
         left holding this prompt and its answer."""
         import torch
@@ -501,14 +502,24 @@ class VisionLanguageModel:
 
             on_step = self.on_step
 
+            stopped_at: dict[int, int] = {}  # row -> tokens it had when should_stop flagged it
+
             class _Stop(StoppingCriteria):
-                """After each step: ``on_step``, then ``should_stop`` (either may be None)."""
+                """After each step: ``on_step``, then ``should_stop`` (either may be None; it may flag rows)."""
+
+                n_steps = 0
 
                 def __call__(self, input_ids, scores, **kwargs):
                     if on_step is not None:
                         on_step()
-                    stop = should_stop is not None and bool(should_stop())
-                    return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+                    self.n_steps += 1
+                    n_rows = input_ids.shape[0]
+                    stop = should_stop() if should_stop is not None else False
+                    flags = [bool(f) for f in stop] if isinstance(stop, (list, tuple)) else [bool(stop)] * n_rows
+                    for i, flag in enumerate(flags):
+                        if flag:
+                            stopped_at.setdefault(i, self.n_steps)
+                    return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
             hooked = should_stop is not None or on_step is not None
             stopping = StoppingCriteriaList([_Stop()]) if hooked else None
@@ -536,8 +547,9 @@ class VisionLanguageModel:
             cache.tail = tuple(after + out[0].tolist())[:n_tail]
         t_first = streamer.t_first or t_end
         texts, n_new, token_ids = [], [], []
-        for row in out.tolist():
+        for r, row in enumerate(out.tolist()):
             cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            cut = min(cut, stopped_at.get(r, cut))  # a row stopped alone: padding follows what it had
             n_new.append(cut)
             token_ids.append(row[:cut])
             texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())

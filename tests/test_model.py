@@ -702,3 +702,14 @@ def test_prompt_cache_continues_a_conversation(hf_vlm, frames):
     assert third.n_prefill_tokens[0] == third.n_prompt_tokens[0] - before
     with pytest.raises(ValueError, match="one request"):
         hf_vlm.generate([(video, "a"), (video, "b")], gen, cache=cache)
+
+
+def test_should_stop_can_end_one_row_and_the_others_go_on(hf_vlm, frames):
+    """A server's client that went away stops its own row; the batch's other answers are what they are alone."""
+    video = hf_vlm.encode(frames).flatten(0, 1)
+    gen = GenerationOptions(max_new_tokens=12)
+    questions = [QUESTION, "Describe the video."]
+    alone = [hf_vlm.generate([(video, q)], gen, share_prefix=False) for q in questions]
+    both = hf_vlm.generate([(video, q) for q in questions], gen, should_stop=lambda: [False, True])
+    assert both.texts[0] == alone[0].texts[0] and both.token_ids[0] == alone[0].token_ids[0], "the other row goes on"
+    assert both.n_new_tokens[1] == 1 and both.token_ids[1] == alone[1].token_ids[0][:1], "the flagged row ended"

@@ -398,11 +398,16 @@ class Looping:
     def generate(self, requests, gen, *, history=(), on_text=None, should_stop=None):
         from scissor_cli.model import GenerationOutput
 
-        while self.steps < 500 and not should_stop():
+        while self.steps < 500 and not _all(should_stop()):
             self.steps += 1
             time.sleep(0.01)
         n = len(requests)
         return GenerationOutput(["x"] * n, [1] * n, 0.0, 0.0, [self.steps] * n, [[0]] * n)
+
+
+def _all(stop) -> bool:
+    """What ends transformers' generate: every row stopped (``should_stop`` may flag rows one by one)."""
+    return all(stop) if isinstance(stop, list) else bool(stop)
 
 
 def test_a_stream_closed_by_its_client_stops_its_generation():
@@ -496,3 +501,33 @@ def test_serve_help_shows_examples_and_imports_nothing_heavy():
     assert out.returncode == 0, out.stderr
     assert "Examples" in out.stdout and "scissor serve --allow-files" in out.stdout and "SCISSOR_API_KEY" in out.stdout
     assert "HEAVY []" in out.stdout, out.stdout.splitlines()[-1]
+
+
+def test_a_cancelled_row_of_a_batch_stops_alone():
+    """The model is told which row's client went away; the batch goes on for the others."""
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import ModelWorker, _Generate
+
+    flags = []
+
+    class Watching(Looping):
+        def generate(self, requests, gen, *, history=(), on_text=None, should_stop=None):
+            while self.steps < 60:
+                self.steps += 1
+                flags.append(should_stop())
+                time.sleep(0.01)
+            return super().generate(requests, gen, history=history, on_text=on_text, should_stop=lambda: True)
+
+    worker = ModelWorker(Watching(), max_batch=4, cache=None)
+    worker._cond.acquire()  # both rows wait together, so they share one generate
+    rows = [_Generate(tokens=None, question=q, history=(), profile=Profile()) for q in ("a", "b")]
+    for row in rows:
+        worker._items.append(row)
+    worker._cond.notify()
+    worker._cond.release()
+    time.sleep(0.2)
+    rows[1].cancelled.set()
+    for row in rows:
+        row.future.result(timeout=10)
+    assert worker.batches == [2] and flags[0] == [False, False] and flags[-1] == [False, True], flags[-1]
+    worker.close(5)

@@ -434,6 +434,15 @@ def test_a_stalled_server_is_stopped_by_the_stall_timeout(stalling, monkeypatch)
     assert e.value.message == f"{url}: ffmpeg received nothing to decode for 1 s and was stopped"
 
 
+def _clean_up(proc: subprocess.Popen, token: str) -> None:
+    """Whatever a failed assertion left running: the driver and any ffmpeg it started."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in _processes_with(token):
+        os.kill(pid, signal.SIGKILL)
+
+
 def _processes_with(token: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -490,11 +499,7 @@ def test_a_signal_ends_the_decode_and_leaves_no_ffmpeg(stalling, sig):
         time.sleep(0.2)
         assert _processes_with(token) == [], "no ffmpeg is left behind"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in _processes_with(token):
-            os.kill(pid, signal.SIGKILL)
+        _clean_up(proc, token)
 
 
 # ------------------------------------------------------------------------------------------ decode-ahead workers
@@ -552,8 +557,4 @@ def test_the_cli_ends_a_stalled_decode_on_sigterm_and_sighup(stalling, tiny_hf_d
         time.sleep(0.2)
         assert _processes_with(token) == [], "no ffmpeg is left behind"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in _processes_with(token):
-            os.kill(pid, signal.SIGKILL)
+        _clean_up(proc, token)

@@ -17,7 +17,7 @@ Where the work runs:
 
 Backpressure: at most ``max_queue`` requests are in flight (being prepared, waiting or generating); one more gets
 503 at once. A streamed request whose client goes away is cancelled: dropped while it waits, and its generation
-stopped when it is the only row left (a batched ``generate`` cannot drop one row; the others finish normally).
+stopped at the next token (``should_stop`` flags its row alone; the batch's other rows go on).
 
 fastapi and uvicorn are imported in ``run`` only (the ``serve`` extra).
 """

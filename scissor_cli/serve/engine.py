@@ -190,8 +190,10 @@ class ModelWorker:
             return
         head = ready[0]
 
-        def should_stop() -> bool:
-            return self._closed or all(r.cancelled.is_set() for r in ready)
+        def should_stop() -> bool | list[bool]:
+            """A closed server stops every row; a client that went away stops its own row (the others go on, and
+            generate ends once every row has stopped)."""
+            return True if self._closed else [r.cancelled.is_set() for r in ready]
 
         try:
             out = vlm.generate([(r.tokens, r.question) for r in ready], head.profile.generation,
