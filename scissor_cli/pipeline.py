@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from scissor_cli.model import GenerationOutput, VisionLanguageModel
-    from scissor_cli.video import Clip, VideoInfo
+    from scissor_cli.video import Decoded, VideoInfo
 
 Status = Callable[[str], None]
 
@@ -186,13 +186,13 @@ def encode_video(
     on_status: Status | None = None,
     cache: Any = None,
     info: VideoInfo | None = None,
-    decoded: tuple[Clip, float, Any] | None = None,
+    decoded: Decoded | None = None,
 ) -> EncodedVideo:
     """Probe, plan frames, then features from the cache or from decoding + the vision tower.
 
     ``cache``: a ``FeatureCache``; None uses the default one unless ``profile.model.cache`` is off. URLs are never
     cached. ``info``: the video's ``probe()`` (or ``opened()``) when the caller already has it; ``video`` then only
-    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded. ``decoded``: (clip, seconds, resized)
+    names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded. ``decoded``: a ``video.Decoded`` clip
     decoded with ``profile.sampling`` by batch's decode-ahead workers; used on a cache miss instead of decoding.
     ``resized``: None, or the frames already resized to the model's input (uint8 [F, 3, S, S]; the clip then
     carries no frames)
@@ -201,7 +201,7 @@ def encode_video(
 
     s = profile.sampling
     if info is None:
-        info = decoded[0].info if decoded is not None else video_io.probe(video)
+        info = decoded.clip.info if decoded is not None else video_io.probe(video)
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if video_io.is_url(info.path):
         cache = None  # a URL's content can change, and hashing it would mean downloading it all
@@ -225,7 +225,8 @@ def encode_video(
                     "(the file ends early or is corrupt)"
                 )
                 note = f"{note}; {short}" if note else short
-            return EncodedVideo(str(video), info, indices, timestamps, note, features, 0.0, 0.0, True, "cache")
+            return EncodedVideo(path=str(video), info=info, indices=indices, timestamps=timestamps, note=note,
+                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True, backend="cache")  # fmt: skip
 
     if decoded is not None:
         clip, decode_s, resized = decoded  # decode_s: the worker's decode (+ resize) time, off the critical path
@@ -259,16 +260,16 @@ def encode_video(
     if cache is not None and key is not None:
         cache.put(key, features)
     return EncodedVideo(
-        str(video),
-        clip.info,
-        tuple(clip.indices),
-        tuple(clip.timestamps),
-        clip.note,
-        features,
-        decode_s,
-        vision_s,
-        False,
-        clip.backend,
+        path=str(video),
+        info=clip.info,
+        indices=tuple(clip.indices),
+        timestamps=tuple(clip.timestamps),
+        note=clip.note,
+        features=features,
+        decode_s=decode_s,
+        vision_s=vision_s,
+        cache_hit=False,
+        backend=clip.backend,
     )
 
 

@@ -2,7 +2,7 @@
 
     with Prefetcher(videos, profile.sampling, n_workers=2, skip=is_cached) as ahead:
         for video in videos:
-            decoded = ahead.take(video)     # (Clip, decode seconds), or None: decode inline / use the cache
+            decoded = ahead.take(video)     # video.Decoded, or None: decode inline / use the cache
 
 Why processes: decord and ffmpeg hold the GIL for parts of a decode and the model's own threads want the cores,
 so threads would not overlap them; a process per worker does, and a decoder that crashes (a segfault on a
@@ -54,7 +54,7 @@ from scissor_cli.errors import OptionError, ScissorError, VideoError
 
 if TYPE_CHECKING:
     from scissor_cli.options import SamplingOptions
-    from scissor_cli.video import Clip
+    from scissor_cli.video import Decoded
 
 MAX_AUTO_WORKERS = 8  # beyond this, disk reads and memory bandwidth rather than cores limit decoding
 _KILL_WAIT_S = 5.0  # how long close() waits for a killed worker to be reaped
@@ -83,7 +83,7 @@ def check_decode_workers(n: object) -> int:
 
 # ------------------------------------------------------------------------------------------------------- worker
 @dataclass(frozen=True)
-class _Task:
+class _DecodeRequest:
     video: str
     n_frames: int
     fps: float | None
@@ -214,6 +214,8 @@ def _receive(conn: Connection) -> tuple[bool, Any]:
     """One reply: (False, packed error), or (True, (clip, decode_s, resized)) with the frames read straight into
     their array: the clip's uint8 [F, H, W, 3] frames, or (``resize_to``) ``resized`` uint8 [F, 3, S, S] and a
     clip without frames."""
+    from scissor_cli.video import Decoded
+
     ok, payload = conn.recv()
     if not ok:
         return ok, payload
@@ -222,8 +224,8 @@ def _receive(conn: Connection) -> tuple[bool, Any]:
     if frames.nbytes:
         conn.recv_bytes_into(memoryview(frames).cast("B"))
     if is_resized:
-        return True, (clip, decode_s, frames)
-    return True, (replace(clip, frames=frames), decode_s, None)
+        return True, Decoded(clip, decode_s, frames)
+    return True, Decoded(replace(clip, frames=frames), decode_s, None)
 
 
 def _reap(process: subprocess.Popen) -> None:
@@ -360,7 +362,9 @@ class Prefetcher:
             s = self.sampling
             try:
                 idle.conn.send(
-                    _Task(video, s.n_frames, s.fps, s.start, s.end, self.resize_to, self.model, s.memory_budget)
+                    _DecodeRequest(
+                        video, s.n_frames, s.fps, s.start, s.end, self.resize_to, self.model, s.memory_budget
+                    )
                 )
             except (BrokenPipeError, OSError):  # the worker died while idle: replace it, retry this video
                 self._replace(idle)
@@ -407,10 +411,10 @@ class Prefetcher:
             w.task = None
             self._replace(w)
 
-    def take(self, video: str) -> tuple[Clip, float] | None:
-        """The next video's frames and how long decoding them took, or None when ``skip`` said so (the caller
-        reads the cache, or decodes inline should the entry have gone since). Raises that video's decode error.
-        Videos must be taken in the order given."""
+    def take(self, video: str) -> Decoded | None:
+        """The next video's frames and how long decoding them took (``Decoded``), or None when ``skip`` said so
+        (the caller reads the cache, or decodes inline should the entry have gone since). Raises that video's
+        decode error. Videos must be taken in the order given."""
         if self._closed:
             raise RuntimeError("the prefetcher is closed")
         i = self._next_take

@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -105,6 +106,15 @@ class Clip:
     info: VideoInfo
     note: str | None  # the plan's note, plus any frames that could not be decoded
     workers: int = 1  # threads the decode was split across (split_workers; 1: serial)
+
+
+class Decoded(NamedTuple):
+    """A clip decoded off the model's critical path (batch's decode-ahead workers, the server's pool), handed to
+    ``pipeline.encode_video``."""
+
+    clip: Clip  # with its frames, or without them when ``resized`` holds them
+    decode_s: float  # seconds the decode (and resize) took where it ran
+    resized: Any = None  # uint8 [F, 3, S, S] already at the model's input (a worker's resize), or None
 
 
 def plan_frames(

@@ -434,7 +434,7 @@ def test_merge_finds_a_rival_just_inside_twice_the_angle(monkeypatch, path):
 
 def test_isolated_kept_bound_holds():
     x = video_like_tokens(8, 196, 64, seed=6)
-    video = graph.Video(x, 0.05, keep_sims=False)
+    video = graph.Tokens(x, 0.05, keep_sims=False)
     g = torch.Generator().manual_seed(0)
     comp1, rep1 = graph.spatial_components(video, 0.9, g)
     spatial = graph.means(video.x, comp1, rep1.numel())
@@ -562,7 +562,7 @@ def test_budget_out_of_reach_with_a_fixed_temporal_tau():
 def test_count_one_per_frame_is_the_count_below_minus_one(epsilon):
     x = video_like_tokens(6, 100, 32, seed=8)
     for tau_temporal in (0.9, 0.99, 1.0):
-        video = graph.Video(x, epsilon, keep_sims=True)
+        video = graph.Tokens(x, epsilon, keep_sims=True)
         counter = search.Counter(video, torch.Generator().manual_seed(3), tau_temporal)
         assert counter.count_one_per_frame() == counter.count(-1.5)
 

@@ -145,7 +145,7 @@ def _record_key(record: dict) -> str:
 
 
 @dataclass(frozen=True)
-class _Task:
+class RecordTask:
     """One record to produce: a job, at one level of a sweep (``value`` None: not a sweep)."""
 
     job: Job
@@ -154,15 +154,17 @@ class _Task:
     level: dict | None = None
 
 
-def _tasks(jobs: Sequence[Job], sweep: Sweep | None) -> list[_Task]:
+def _tasks(jobs: Sequence[Job], sweep: Sweep | None) -> list[RecordTask]:
     if sweep is None:
-        return [_Task(job, job.id) for job in jobs]
+        return [RecordTask(job, job.id) for job in jobs]
     return [
-        _Task(job, f"{job.id}@{level_text(sweep.level(v))}", v, sweep.level(v)) for job in jobs for v in sweep.values
+        RecordTask(job, f"{job.id}@{level_text(sweep.level(v))}", v, sweep.level(v))
+        for job in jobs
+        for v in sweep.values
     ]
 
 
-def _job_keys(task: _Task) -> tuple[str, str]:
+def _job_keys(task: RecordTask) -> tuple[str, str]:
     vq = f"vq:{task.job.video}\n{task.job.question}"
     return "id:" + task.id, vq if task.level is None else f"{vq}\n@{level_text(task.level)}"
 

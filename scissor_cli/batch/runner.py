@@ -19,6 +19,7 @@ from scissor_cli.batch.ranks import BARRIER_TIMEOUT_S, _Group, dist_env
 from scissor_cli.batch.records import (
     DEBUG_HINT,
     STDOUT,
+    RecordTask,
     _append_line,
     _check_levels,
     _check_resume,
@@ -26,7 +27,6 @@ from scissor_cli.batch.records import (
     _job_keys,
     _read_records,
     _Record,
-    _Task,
     _tasks,
     _write_atomic,
     config_hash,
@@ -119,7 +119,7 @@ def _notify(view: Any, method: str, *args: Any) -> None:
 # ---------------------------------------------------------------------------------------------------------- run
 @dataclass
 class _Row:
-    task: _Task
+    task: RecordTask
     encoded: EncodedVideo
     compressed: CompressedVideo
     profile: Profile  # the level's (resolved) profile
@@ -155,7 +155,7 @@ def _capped(record: dict[str, Any], limit: int) -> dict[str, Any]:
     return record
 
 
-def _base_record(task: _Task) -> dict[str, Any]:
+def _base_record(task: RecordTask) -> dict[str, Any]:
     job = task.job
     record: dict[str, Any] = {"id": task.id, "status": "ok"}
     if task.level is not None:
@@ -168,7 +168,7 @@ def _base_record(task: _Task) -> dict[str, Any]:
     return record
 
 
-def _error_record(task: _Task, e: Exception) -> dict[str, Any]:
+def _error_record(task: RecordTask, e: Exception) -> dict[str, Any]:
     job = task.job
     record = _base_record(task)
     record["status"] = "error"
@@ -187,7 +187,7 @@ def _error_record(task: _Task, e: Exception) -> dict[str, Any]:
     return record
 
 
-def _killed_record(task: _Task, n_deaths: int, journal: str) -> dict[str, Any]:
+def _killed_record(task: RecordTask, n_deaths: int, journal: str) -> dict[str, Any]:
     """A job two runs died on (``_Journal``) is not started a third time: this error record stands for it."""
     record = _error_record(
         task,
@@ -203,7 +203,7 @@ def _killed_record(task: _Task, n_deaths: int, journal: str) -> dict[str, Any]:
     return record
 
 
-def _ok_record(task: _Task, answer: Any, prompt: str, n_rows: int) -> dict[str, Any]:
+def _ok_record(task: RecordTask, answer: Any, prompt: str, n_rows: int) -> dict[str, Any]:
     job = task.job
     record = _base_record(task)
     record.update(answer.to_dict())
@@ -247,7 +247,7 @@ class _Runner:
         self.queue: list[_Row] = []
         self.prefetch: Any = None  # a prefetch.Prefetcher decoding the next videos in worker processes, or None
 
-    def refuse_long_prompts(self, videos: list[str], by_video: dict[str, list[_Task]]) -> list[str]:
+    def refuse_long_prompts(self, videos: list[str], by_video: dict[str, list[RecordTask]]) -> list[str]:
         """A prompt longer than the model's context allows is its job's error record, before anything is
         decoded; returns the videos that still have jobs (``by_video`` keeps only those jobs)."""
         reserve = self.profile.generation.max_new_tokens
@@ -266,7 +266,7 @@ class _Runner:
             by_video[video] = kept
         return [v for v in videos if by_video[v]]
 
-    def add_video(self, video: str, tasks: list[_Task], on_status: Callable[[str], None]) -> None:
+    def add_video(self, video: str, tasks: list[RecordTask], on_status: Callable[[str], None]) -> None:
         """One decode + vision tower pass for every task of ``video``, then SCC once per level; the rows are
         queued level by level (a level's rows share one ``CompressedVideo``), so a video's levels go through
         ``generate`` together when ``batch_size`` allows."""
@@ -281,7 +281,7 @@ class _Runner:
             for task in tasks:
                 self.emit(_error_record(task, e))
             return
-        rows: list[tuple[_Task, CompressedVideo, Profile]] = []
+        rows: list[tuple[RecordTask, CompressedVideo, Profile]] = []
         if getattr(self.vlm, "on_step", None) is not None:
             self.vlm.on_step()  # SCC's matmuls take the threads the decoders leave now, not at the last vision chunk
         for value, profile in self.level_profiles.items():
@@ -450,7 +450,9 @@ def _interrupted(output: str, n_total: int, n_saved: int, n_this_run: int) -> In
     )
 
 
-def _saved_counts(target: str, my_jobs: Sequence[_Task], my_records: list[dict], to_stdout: bool) -> tuple[int, int]:
+def _saved_counts(
+    target: str, my_jobs: Sequence[RecordTask], my_records: list[dict], to_stdout: bool
+) -> tuple[int, int]:
     """(this rank's jobs saved ok, records written) after a stop: a signal can land after a record's line was
     written but before it was counted (during its fsync), so count what the file holds, as the next run will."""
     n_ok = sum(1 for r in my_records if r["status"] == "ok")
@@ -465,7 +467,7 @@ def _saved_counts(target: str, my_jobs: Sequence[_Task], my_records: list[dict],
 
 def _run(
     load_model: Callable[[], VisionLanguageModel],
-    jobs: list[_Task],
+    jobs: list[RecordTask],
     output: str,
     profile: Profile,
     overwrite: bool,
@@ -521,7 +523,7 @@ def _run(
     killed = [t for t in pending if crashes[t.id] >= MAX_CRASHES]
     killed_ids = {t.id for t in killed}
 
-    by_video: dict[str, list[_Task]] = {}
+    by_video: dict[str, list[RecordTask]] = {}
     for task in pending:
         if task.id not in killed_ids:
             by_video.setdefault(task.job.video, []).append(task)
@@ -594,7 +596,7 @@ def _run(
 def _answer(
     load_model: Callable[[], VisionLanguageModel],
     videos: list[str],
-    by_video: dict[str, list[_Task]],
+    by_video: dict[str, list[RecordTask]],
     target: str,
     profile: Profile,
     config: dict,
@@ -605,7 +607,7 @@ def _answer(
     sweep: Sweep | None = None,
     prompt: str | None = None,
     decode_workers: int = 0,
-    killed: Sequence[_Task] = (),
+    killed: Sequence[RecordTask] = (),
     crashes: Counter[str] | None = None,
     journal: _Journal | None = None,
 ) -> float | None:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from scissor_cli.scc.budget import Counter, fit_budget
+from scissor_cli.scc.budget import OutputCounter, fit_budget
 from scissor_cli.scc.checks import (
     check_epsilon,
     check_generator,
@@ -28,7 +28,7 @@ from scissor_cli.scc.checks import (
     check_tokens,
     resolve_budget,
 )
-from scissor_cli.scc.graph import Video, means, spatial_components, temporal_components
+from scissor_cli.scc.graph import Tokens, means, spatial_components, temporal_components
 from scissor_cli.scc.kernels import serial_bookkeeping
 from scissor_cli.scc.merge import assign, merge_into
 from scissor_cli.scc.sampling import clone, draw_sample, sample_size
@@ -65,7 +65,7 @@ class _Steps(NamedTuple):
         return self.tokens.shape[0]
 
 
-def _three_steps(video: Video, tau: float, tau_temporal: float, generator: torch.Generator) -> _Steps:
+def _three_steps(video: Tokens, tau: float, tau_temporal: float, generator: torch.Generator) -> _Steps:
     """The paper's algorithm at fixed thresholds."""
     # spatial step: SCC inside each frame, [F*T, D] -> [M1, D]
     comp1, rep1 = spatial_components(video, tau, generator)
@@ -118,7 +118,7 @@ def compress(
         return _three_steps(video, tau, tau if tau_t is None else tau_t, g)
 
     with torch.no_grad(), serial_bookkeeping(tokens.device):
-        video = Video(tokens, epsilon, keep_sims=n_budget is not None)
+        video = Tokens(tokens, epsilon, keep_sims=n_budget is not None)
         if n_budget is None:
             steps = at(tau, generator)
         else:
@@ -155,7 +155,7 @@ def retention_sweep(
     generator = clone(check_generator(generator))
     out: dict[float, tuple[int, int]] = {}
     with torch.no_grad(), serial_bookkeeping(tokens.device):
-        counter = Counter(Video(tokens, epsilon, keep_sims=True), generator, tau_temporal, exact=True)
+        counter = OutputCounter(Tokens(tokens, epsilon, keep_sims=True), generator, tau_temporal, exact=True)
         for tau in sorted(set(taus), reverse=True):
             out[tau] = counter.count(tau)
     return [(tau, *out[tau]) for tau in taus]

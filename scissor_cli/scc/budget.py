@@ -1,6 +1,6 @@
 """The token budget: find the highest tau whose compression keeps at most B tokens, aiming at [0.9 B, B].
 
-* ``Counter``: the output count M(tau) without a full compression. The per-frame similarities are kept (no
+* ``OutputCounter``: the output count M(tau) without a full compression. The per-frame similarities are kept (no
   matmul per spatial count); where spatial components nest (exact spatial regime, M1 <= DENSE_LIMIT), the Gram
   matrix of the spatial component sums is computed once (O(M1^2 D)) and every lower tau's temporal cosines are that
   matrix summed over the coarser components (O(M1^2), no D). Otherwise each count is a blockwise temporal pass.
@@ -23,7 +23,7 @@ import torch
 from scissor_cli.errors import OptionError
 from scissor_cli.scc import kernels
 from scissor_cli.scc.graph import (
-    Video,
+    Tokens,
     means,
     n_roots,
     rows_graph,
@@ -45,11 +45,11 @@ PROXY_TOL = 0.005  # ... stopping once M1 is within 0.5 % of the wanted count (M
 LOWEST = -1.5  # a spatial tau below -1: every pair in a frame is adjacent, one token per frame
 
 
-class Counter:
+class OutputCounter:
     """Counts (M1, M) at any spatial tau; the temporal tau is the fixed one, else the same tau. ``exact``: every
     count is a blockwise temporal pass, the final run's own arithmetic (no Gram aggregation)."""
 
-    def __init__(self, video: Video, generator: torch.Generator, tau_temporal: float | None, exact: bool = False):
+    def __init__(self, video: Tokens, generator: torch.Generator, tau_temporal: float | None, exact: bool = False):
         self.video = video
         self.state = generator  # never consumed: every count draws from a clone
         self.tau_temporal = tau_temporal
@@ -184,7 +184,7 @@ def gram_edges(gram: torch.Tensor, tau: float, in_sample: torch.Tensor | None, b
 
 
 def fit_budget(
-    video: Video,
+    video: Tokens,
     budget: int,
     tau0: float,
     tau_temporal: float | None,
@@ -194,7 +194,7 @@ def fit_budget(
     """-> (tau, compress_at(tau, generator)) with the highest tau found whose compression keeps at most ``budget``
     tokens. ``compress_at(tau, g)`` runs the three steps and returns a tuple whose first entry is the kept tokens;
     the caller's generator ends as one such run leaves it."""
-    counter = Counter(video, generator, tau_temporal)
+    counter = OutputCounter(video, generator, tau_temporal)
     search = _Search(counter, budget)
     search.run(min(max(tau0, -1.0), 0.999))
     while True:
@@ -215,7 +215,7 @@ def fit_budget(
 class _Search:
     """The bracket [lo, hi] over tau, each end (tau, M, M1): M(lo) <= budget < M(hi), M1 None where not counted."""
 
-    def __init__(self, counter: Counter, budget: int):
+    def __init__(self, counter: OutputCounter, budget: int):
         self.counter = counter
         self.budget = budget
         self.floor = math.ceil(0.9 * budget)

@@ -1,6 +1,6 @@
 """Similarity graphs (cos > tau, strict, diagonal included) and their connected components, exact or sampled.
 
-* ``Video``: one video's float32 tokens [N, D], their inverse norms and (when kept) the per-frame similarities.
+* ``Tokens``: one video's float32 tokens [N, D], their inverse norms and (when kept) the per-frame similarities.
 * ``spatial_components``: every frame's graph from one batched matmul (O(F T^2 D)), all frames' edges unioned in
   one forest over the F*T global ids.
 * ``temporal_components``: one graph over the spatial tokens [M1, D], built in upper-triangle row blocks
@@ -24,7 +24,7 @@ from scissor_cli.scc.kernels import Blocks
 from scissor_cli.scc.sampling import sample_mask, sample_size
 
 
-class Video:
+class Tokens:
     """One video's tokens as float32 [N, D] rows (N = F*T), inverse norms [N], optional per-frame similarities."""
 
     def __init__(self, tokens: torch.Tensor, epsilon: float, keep_sims: bool):
@@ -60,7 +60,7 @@ class Video:
             yield f0, kernels.mm(c, c.transpose(1, 2), out=out).mul_(s[:, :, None]).mul_(s[:, None, :])
 
 
-def spatial_components(video: Video, tau: float, generator: torch.Generator):
+def spatial_components(video: Tokens, tau: float, generator: torch.Generator):
     """SCC's components inside each frame -> (comp [N] component of each token, in output order; rep [M1]).
     Draws the per-frame samples first when T is in the sampled regime."""
     in_sample = sample_mask(video.t, video.epsilon, generator, video.f, video.device)
@@ -79,7 +79,7 @@ def spatial_components(video: Video, tau: float, generator: torch.Generator):
     return order(labels, torch.cat(degrees))
 
 
-def temporal_components(video: Video, spatial: torch.Tensor, tau: float, generator: torch.Generator):
+def temporal_components(video: Tokens, spatial: torch.Tensor, tau: float, generator: torch.Generator):
     """SCC's components over the whole video's spatial tokens [M1, D] -> (comp [M1] in output order, rep [M],
     degree [M1] in the temporal graph). Draws the temporal sample when M1 is in the sampled regime."""
     in_sample = sample_mask(spatial.shape[0], video.epsilon, generator, 1, video.device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from scissor_cli.scc import kernels
-from scissor_cli.scc.graph import Video, sum_rows
+from scissor_cli.scc.graph import Tokens, sum_rows
 
 ARGMAX_CHUNK = 64
 CANDIDATE_MIN_KEPT = 64  # the merge is certified on CPU from this many kept tokens on
@@ -30,7 +30,7 @@ GATHER_COST = 140  # gathering a row of D floats costs about as much as 140 D mu
 
 
 def assign(
-    video: Video,
+    video: Tokens,
     spatial: torch.Tensor,
     kept: torch.Tensor,
     comp1: torch.Tensor,
@@ -81,7 +81,7 @@ def argmax_rows(sim: torch.Tensor) -> torch.Tensor:
     return cols.gather(1, first).squeeze(1)
 
 
-def assign_dense(video: Video, unit: torch.Tensor, m: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+def assign_dense(video: Tokens, unit: torch.Tensor, m: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """Argmax over all M kept tokens (unit [M + 7, D]) for every original, or for those in ``rows``, in row blocks
     of CACHE_BLOCK_ELEMENTS scores (a block of ``rows`` is gathered at a time)."""
     unit_t = unit[: kernels.aligned(m)].T  # [D, M_pad]
@@ -111,7 +111,7 @@ def isolated_kept(spatial: torch.Tensor, comp: torch.Tensor, degree: torch.Tenso
 
 
 def assign_certified(
-    video: Video, unit: torch.Tensor, m: int, anchor: torch.Tensor, isolated: torch.Tensor, rival_bound: float
+    video: Tokens, unit: torch.Tensor, m: int, anchor: torch.Tensor, isolated: torch.Tensor, rival_bound: float
 ) -> torch.Tensor:
     """The merge's argmax without scoring every original against every kept token; same answer, same ties.
 
@@ -173,7 +173,7 @@ def assign_certified(
     return assignment.index_copy_(0, rows, torch.cat(best))
 
 
-def _rivals(video: Video, unit: torch.Tensor, m: int, limit: torch.Tensor, asking: torch.Tensor):
+def _rivals(video: Tokens, unit: torch.Tensor, m: int, limit: torch.Tensor, asking: torch.Tensor):
     """Triples (owner, rival, cosine) of kept tokens with cos(owner, rival) > limit[owner], owner != rival, for the
     owners in ``asking`` (others may show up too: more candidates never change the answer). Few askers: their Gram
     rows; else the whole Gram matrix in upper-triangle row blocks, each pair checked against both ends."""

@@ -309,7 +309,7 @@ class Engine:
             t0 = time.perf_counter()
             clip = video_io.sample_frames(path, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info,
                                           model=video_io.ModelInput.of(vlm), memory_budget=s.memory_budget)  # fmt: skip
-            return info, (clip, time.perf_counter() - t0, None), path if temporary else None
+            return info, video_io.Decoded(clip, time.perf_counter() - t0), path if temporary else None
         except VideoError as e:
             if not temporary:
                 raise
