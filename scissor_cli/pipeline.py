@@ -226,7 +226,8 @@ def encode_video(
                 )
                 note = f"{note}; {short}" if note else short
             return EncodedVideo(path=str(video), info=info, indices=indices, timestamps=timestamps, note=note,
-                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True, backend="cache")  # fmt: skip
+                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True,
+                                backend="cache")  # fmt: skip
 
     if decoded is not None:
         clip, decode_s, resized = decoded  # decode_s: the worker's decode (+ resize) time, off the critical path
