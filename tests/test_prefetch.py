@@ -186,10 +186,11 @@ def test_workers_resize_and_the_features_are_bit_identical(videos, tiny_hf_dir, 
         real_resize = model_module.resize_frames
         monkeypatch.setattr(model_module, "resize_frames", lambda *a: resizes.append(1) or real_resize(*a))
         for video in order:
-            clip, decode_s, resized = ahead.take(video)
+            decoded = ahead.take(video)
+            clip, decode_s, resized = decoded
             assert clip.frames is None and resized.dtype == np.uint8
             assert resized.shape == (len(clip.indices), 3, *vlm.image_size), resized.shape
-            got = encode_video(vlm, video, profile, cache=None, decoded=(clip, decode_s, resized))
+            got = encode_video(vlm, video, profile, cache=None, decoded=decoded)
             assert not resizes, "the main process resized frames the workers had resized"
             want = encode_video(vlm, video, profile, cache=None)
             assert torch.equal(got.features, want.features), f"{video}: features differ"

@@ -532,14 +532,14 @@ def test_budget_search_with_direct_counts(monkeypatch):
     # past DENSE_LIMIT spatial tokens every candidate is a full temporal pass: few of them, window still met
     monkeypatch.setattr(search, "DENSE_LIMIT", 0)
     direct = []
-    real = search.Counter.count
+    real = search.OutputCounter.count
 
     def counting(self, tau):
         out = real(self, tau)
         direct.append(self.n_direct)
         return out
 
-    monkeypatch.setattr(search.Counter, "count", counting)
+    monkeypatch.setattr(search.OutputCounter, "count", counting)
     for frames, dim, budget in ((8, 64, 0.1), (16, 64, 0.1), (12, 32, 100)):
         x = video_like_tokens(frames, 196, dim, seed=4)
         direct.clear()
@@ -563,7 +563,7 @@ def test_count_one_per_frame_is_the_count_below_minus_one(epsilon):
     x = video_like_tokens(6, 100, 32, seed=8)
     for tau_temporal in (0.9, 0.99, 1.0):
         video = graph.Tokens(x, epsilon, keep_sims=True)
-        counter = search.Counter(video, torch.Generator().manual_seed(3), tau_temporal)
+        counter = search.OutputCounter(video, torch.Generator().manual_seed(3), tau_temporal)
         assert counter.count_one_per_frame() == counter.count(-1.5)
 
 
