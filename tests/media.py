@@ -203,3 +203,10 @@ def huge_png(path: Path, side: int = 24000) -> Path:
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
     return path
+
+
+def pattern_clip(path: Path, seconds: float = 1.0) -> str:
+    """A small moving test pattern (96x64, 10 fps, H.264) for the tiny-model tests; returns its path."""
+    args = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", f"{seconds:g}"]
+    subprocess.run([*args, "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
+    return str(path)

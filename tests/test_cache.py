@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from media import pattern_clip
 
 from scissor_cli.cache import FeatureCache, default_root
 from scissor_cli.errors import ScissorWarning
@@ -207,12 +208,7 @@ def test_non_finite_features_are_not_stored(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    import subprocess
-
-    path = tmp_path_factory.mktemp("media") / "clip.mp4"
-    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "1"]
-    subprocess.run([*cmd, "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
-    return str(path)
+    return pattern_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=1)
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from media import pattern_clip
 from typer.testing import CliRunner
 
 from scissor_cli.cli import app
@@ -32,10 +33,7 @@ ASK_FIELDS = {
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A 2 s, 10 fps test pattern with motion."""
-    path = tmp_path_factory.mktemp("media") / "clip.mp4"
-    args = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "2"]
-    subprocess.run([*args, "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
-    return str(path)
+    return pattern_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=2)
 
 
 @pytest.fixture(autouse=True)

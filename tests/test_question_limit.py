@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from media import pattern_clip
 from typer.testing import CliRunner
 
 from scissor_cli import video as video_io
@@ -29,10 +30,7 @@ def vlm(tiny_hf_dir):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("media") / "clip.mp4"
-    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10", "-t", "1"]
-    subprocess.run([*cmd, "-pix_fmt", "yuv420p", str(path)], check=True, timeout=60)
-    return str(path)
+    return pattern_clip(tmp_path_factory.mktemp("media") / "clip.mp4", seconds=1)
 
 
 class SpyTokenizer:
