@@ -10,7 +10,7 @@ EVAL_PY := $(EVAL_VENV)/bin/python
 # The torchvision of $(TORCH) (change both together): lmms-eval requires one, and any other would replace torch.
 TORCHVISION ?= torchvision==0.28.0
 
-.PHONY: install test test-all test-eval gpu-check lint format bench bench-video bench-model demo clean
+.PHONY: install test test-fast test-all test-eval gpu-check lint format bench bench-video bench-model demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q
+
+# The inner loop (about 15 s): the algorithm, options/settings/profiles, the import graph and report; no model, no
+# video, no subprocess. Jobs and scoring are still tested inside test_batch/test_sweep (the default run).
+FAST_TESTS := tests/test_scc.py tests/test_profiles.py tests/test_architecture.py tests/test_report.py
+test-fast: install
+	$(PY) -m pytest -q $(FAST_TESTS)
 
 # lmms-eval's `--model scissor` end to end on the scissor_smoke task (tests/test_lmms_eval.py), offline.
 # PyPI's torchvision wheels are CUDA builds: beside a CPU torch it cannot load and breaks transformers' imports, so it
