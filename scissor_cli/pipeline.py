@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from scissor_cli.options import PAPER_EPSILON, PAPER_TAU, CompressionOptions, Profile
+from scissor_cli.options import PAPER_EPSILON, PAPER_TAU, CompressionOptions, Profile, SamplingOptions
 
 if TYPE_CHECKING:
     import torch
 
     from scissor_cli.model import GenerationOutput, VisionLanguageModel
-    from scissor_cli.video import Decoded, VideoInfo
+    from scissor_cli.video import Clip, Decoded, VideoInfo
 
 Status = Callable[[str], None]
 
@@ -179,6 +179,15 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def decode_clip(vlm: VisionLanguageModel, video: str, s: SamplingOptions, info: VideoInfo) -> Clip:
+    """The frames ``s`` picks, decoded for ``vlm``: frames too large are decoded near its input size, and a video
+    whose estimate is over ``s.memory_budget`` is refused before decoding (``video.sample_frames``)."""
+    from scissor_cli import video as video_io
+
+    return video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info,
+                                  model=video_io.ModelInput.of(vlm), memory_budget=s.memory_budget)  # fmt: skip
+
+
 def encode_video(
     vlm: VisionLanguageModel,
     video: str,
@@ -235,16 +244,7 @@ def encode_video(
         if on_status:
             on_status(f"decoding {len(plan.indices)} frames")
         t0 = time.perf_counter()
-        clip = video_io.sample_frames(
-            video,
-            n_frames=s.n_frames,
-            fps=s.fps,
-            start=s.start,
-            end=s.end,
-            info=info,
-            model=video_io.ModelInput.of(vlm),
-            memory_budget=s.memory_budget,
-        )
+        clip = decode_clip(vlm, video, s, info)
         decode_s = time.perf_counter() - t0
         resized = None
 

@@ -295,6 +295,7 @@ class Engine:
     def _open(self, url: str, profile: Profile) -> tuple[Any, Any, str | None]:
         """In the pool: (info, decoded frames or None when cached, a temporary file to remove or None)."""
         from scissor_cli import video as video_io
+        from scissor_cli.pipeline import decode_clip
 
         path, temporary = fetch_video(url, self.options)
         try:
@@ -307,8 +308,7 @@ class Engine:
                 if self.cache.has(key):
                     return info, None, path if temporary else None
             t0 = time.perf_counter()
-            clip = video_io.sample_frames(path, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info,
-                                          model=video_io.ModelInput.of(vlm), memory_budget=s.memory_budget)  # fmt: skip
+            clip = decode_clip(vlm, path, s, info)
             return info, video_io.Decoded(clip, time.perf_counter() - t0), path if temporary else None
         except VideoError as e:
             if not temporary:
