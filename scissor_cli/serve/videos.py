@@ -120,23 +120,26 @@ def local_path(url: str, o: ServeOptions) -> str:
     else:
         path = url
     if not o.allow_files:
-        raise _with_param(  # type: ignore[misc]
-            Forbidden("this server reads no local files",
-                      hint="send the video as a data: or http(s) URL, or start the server with --allow-files DIR"),
-            "messages",
+        raise _forbidden(
+            "this server reads no local files",
+            "send the video as a data: or http(s) URL, or start the server with --allow-files DIR",
             "file_not_allowed",
-        )  # fmt: skip
+        )
     real = os.path.realpath(path)
     for folder in o.allow_files:
         root = os.path.realpath(folder)
         if os.path.commonpath([real, root]) == root:
             return real
-    raise _with_param(  # type: ignore[misc]
-        Forbidden(f"{path} is outside the directories this server may read",
-                  hint="put the video under an --allow-files directory, or send it as a data: URL"),
-        "messages",
+    raise _forbidden(
+        f"{path} is outside the directories this server may read",
+        "put the video under an --allow-files directory, or send it as a data: URL",
         "file_not_allowed",
-    )  # fmt: skip
+    )
+
+
+def _forbidden(message: str, hint: str, code: str) -> Forbidden:
+    """A 403 about the request's video (``messages``), with OpenAI's error ``code``."""
+    return _with_param(Forbidden(message, hint=hint), "messages", code)  # type: ignore[return-value]
 
 
 def fetch_video(url: str, o: ServeOptions) -> tuple[str, bool]:
@@ -146,12 +149,11 @@ def fetch_video(url: str, o: ServeOptions) -> tuple[str, bool]:
         return _from_data_url(url, o), True
     if lower.startswith(("http://", "https://")):
         if not o.allow_urls:
-            raise _with_param(  # type: ignore[misc]
-                Forbidden("this server fetches no URLs (--no-urls)",
-                          hint="send the video as a data: URL, or a file under an --allow-files directory"),
-                "messages",
+            raise _forbidden(
+                "this server fetches no URLs (--no-urls)",
+                "send the video as a data: URL, or a file under an --allow-files directory",
                 "url_not_allowed",
-            )  # fmt: skip
+            )
         return _download(url, o), True
     if lower.startswith("file:") or os.path.isabs(url):
         return local_path(url, o), False
