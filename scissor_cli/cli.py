@@ -43,9 +43,6 @@ from scissor_cli.cli_flags import (
     PortOpt,
     PromptOpt,
     ServedModelNameOpt,
-    SweepRetentionOpt,
-    SweepTauOpt,
-    SweepTokensOpt,
     UrlTimeoutOpt,
     VideoArg,
     with_overrides,
@@ -55,6 +52,7 @@ from scissor_cli.options import (
     Profile,
 )
 from scissor_cli.settings import Overrides, resolve, resolver, spelled
+from scissor_cli.sweep import Sweep
 
 
 def _print_version(value: bool) -> None:
@@ -186,9 +184,6 @@ def ask(
         render.answers(results, show_timestamps=timestamps)
 
 
-# inspect and batch take comma lists for these three (a sweep); ask keeps the plain number flags
-
-
 @app.command(
     cls=Command,
     epilog="""[bold]Examples[/]
@@ -200,7 +195,7 @@ def ask(
   scissor inspect clip.mp4 --profile r10 --viz tokens.png --json""",
 )
 @handle_errors
-@with_overrides(skip=("max_new_tokens", "temperature", "top_p", "newline"))
+@with_overrides(skip=("max_new_tokens", "temperature", "top_p", "newline"), sweep=True)
 def inspect(
     video: VideoArg,
     video_only: Annotated[
@@ -223,20 +218,13 @@ def inspect(
         ),
     ] = None,
     json_out: JsonOpt = False,
-    tau: SweepTauOpt = None,
-    retention: SweepRetentionOpt = None,
-    tokens: SweepTokensOpt = None,
     decode_workers: DecodeWorkersOpt = None,
     *,
     overrides: Overrides,
+    levels: Sweep | None,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    from scissor_cli.sweep import sweep_from_flags
-
-    levels, singles = sweep_from_flags(retention, tokens, tau)  # a comma list sweeps its levels
-    if levels is not None and overrides.no_compress:
-        raise OptionError(f"--no-compress contradicts the --{levels.axis} sweep", hint="drop one of them")
-    p = _resolve(replace(overrides, **singles))
+    p = _resolve(overrides)
     sweep = sweep or levels is not None
     if video_only and (sweep or viz):
         raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
@@ -287,7 +275,7 @@ def inspect(
   torchrun --nproc_per_node 4 -m scissor_cli batch --manifest jobs.csv -o results.jsonl""",
 )
 @handle_errors
-@with_overrides()
+@with_overrides(sweep=True)
 def batch(
     paths: Annotated[
         list[str] | None, typer.Argument(metavar="PATH", help="Video files and folders (searched recursively).")
@@ -333,11 +321,9 @@ def batch(
         bool, typer.Option("--json", help="The final summary as JSON on stdout (the summary file's fields + this_run).")
     ] = False,
     prompt: PromptOpt = None,
-    tau: SweepTauOpt = None,
-    retention: SweepRetentionOpt = None,
-    tokens: SweepTokensOpt = None,
     *,
     overrides: Overrides,
+    levels: Sweep | None,
 ) -> None:
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
     from scissor_cli import batch as batch_mod
@@ -345,10 +331,7 @@ def batch(
     from scissor_cli.choices import PROMPT_PRESETS
     from scissor_cli.prefetch import default_decode_workers
 
-    sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
-    if sweep is not None and overrides.no_compress:
-        raise OptionError(f"--no-compress contradicts the --{sweep.axis} sweep", hint="drop one of them")
-    p = _resolve(replace(overrides, **singles))
+    p = _resolve(overrides)
     if prompt is not None and prompt not in PROMPT_PRESETS:
         raise OptionError(f"--prompt {prompt}: no such preset", hint=f"use one of: {', '.join(PROMPT_PRESETS)}")
 
@@ -385,7 +368,7 @@ def batch(
     with render.BatchProgress(quiet=quiet) as view:
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
-            inputs=[manifest] if manifest else [], sweep=sweep, prompt=prompt,
+            inputs=[manifest] if manifest else [], sweep=levels, prompt=prompt,
             decode_workers=default_decode_workers() if decode_ahead is None else decode_ahead,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs

@@ -54,6 +54,10 @@ def test_help_lists_every_shared_flag_the_command_takes(name):
         assert field in params, f"{name}: with_overrides took {field} but the command has no such option"
         flags = [f for f in params[field] if f.startswith("--")]
         assert flags and set(flags) <= shown, f"{name} --help lacks {flags}"
+    if name in ("inspect", "batch"):  # with_overrides(sweep=True): the comma-list kind of the three
+        command = typer.main.get_command(app).commands[name]
+        metavars = {p.name: p.metavar for p in command.params if p.name in ("tau", "retention", "tokens")}
+        assert all(m.endswith("...]") for m in metavars.values()), metavars
     shared_shown = shown & set(_ALL)
     assert shared_shown == FROZEN[name], (
         f"{name}: missing {sorted(FROZEN[name] - shared_shown)}, new {sorted(shared_shown - FROZEN[name])}"

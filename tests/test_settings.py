@@ -4,6 +4,7 @@ own way (``--frames``, ``/frames``, ``frames``) by formatting, not by rewriting 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -99,3 +100,17 @@ def test_profile_file_errors_keep_the_dotted_keys():
     with pytest.raises(OptionError) as e:
         validate(bad)
     assert e.value.message == "sampling.n_frames = 0 is out of range"
+
+
+def test_the_cache_folder_comes_from_the_user_config_not_through_the_environment(tmp_path, monkeypatch):
+    from scissor_cli.cache import FeatureCache
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"cache_dir: {tmp_path / 'mine'}\n")
+    monkeypatch.setenv("SCISSOR_CONFIG", str(config))
+    monkeypatch.delenv("SCISSOR_CACHE_DIR")
+    resolve(Overrides())
+    assert "SCISSOR_CACHE_DIR" not in os.environ, "resolving settings leaves the environment alone"
+    assert FeatureCache().root == tmp_path / "mine", "the config's cache_dir is the cache's folder"
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "env"))
+    assert FeatureCache().root == tmp_path / "env", "SCISSOR_CACHE_DIR beats the config file"
