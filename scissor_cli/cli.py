@@ -52,7 +52,7 @@ from scissor_cli.options import (
     Profile,
 )
 from scissor_cli.settings import Overrides, resolve, resolver, spelled
-from scissor_cli.sweep import Sweep
+from scissor_cli.sweep import Sweep  # typer evaluates the commands' annotations: a runtime import
 
 
 def _print_version(value: bool) -> None:
