@@ -100,3 +100,13 @@ def test_top_p_reaches_generation(tiny_hf_dir, tmp_path, monkeypatch):
     assert seen == [0.35], f"generate sampled with top_p {seen}"
     bad = CliRunner().invoke(app, [*args, "--top-p", "1.5"])
     assert bad.exit_code == 2 and "--top-p 1.5 is out of range" in bad.stderr, bad.output
+
+
+@pytest.mark.parametrize("name", ["ask", "chat"])
+def test_a_bad_flag_value_is_named_as_the_flag(name):
+    """README's example, word for word: the CLI spells the setting as the flag the user typed."""
+    args = [name, "clip.mp4", *(["Q?"] if name == "ask" else []), "--frames", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[:2] == ["error: --frames 0 is out of range", "hint: --frames must be an integer from 1 to 4096"]
