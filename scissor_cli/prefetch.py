@@ -74,11 +74,14 @@ def default_decode_workers(cores: int | None = None) -> int:
 
 def check_decode_workers(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise OptionError(
+        from scissor_cli.settings import spelled
+
+        e = OptionError(
             f"{{0:=}} {literal(n)} is out of range",
             hint=f"give 0 (decode inline) or a number of worker processes, e.g. {default_decode_workers()}",
             keys=("decode_workers",),
         )
+        raise spelled(e, "cli")  # not a profile setting: the flag's words unless a front end words it its own way
     return n
 
 
