@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import ManifestError, OptionError
-from scissor_cli.options import Profile, validate
+from scissor_cli.options import Profile
 from scissor_cli.pipeline import (
     Answer,
     CompressedVideo,
@@ -34,6 +34,7 @@ from scissor_cli.pipeline import (
     make_answers,
     resolve_profile,
 )
+from scissor_cli.settings import Overrides, apply, spelled
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
@@ -55,13 +56,6 @@ COMMANDS = (
     ("/help", "this list"),
     ("/quit", "end the session (also /exit, or Ctrl-D)"),
 )
-# the option each command sets, so a bad value's error names the command the user typed
-_COMMAND_KEYS = {
-    "compression.retention": "/retention",
-    "compression.tokens": "/tokens",
-    "compression.tau": "/tau",
-    "sampling.n_frames": "/frames",
-}
 
 
 @dataclass(frozen=True)
@@ -241,20 +235,14 @@ class ChatSession:
             max_context=vlm.max_positions,
         )
 
-    def _resolve(self, flags: Profile, command: str) -> Profile:
-        """Validate a changed profile (errors name ``command``), then fill tau/epsilon "auto" as ``ask`` does."""
+    def _apply(self, command: str, change: Overrides, video: str | None = None, on_status: Status | None = None):
+        """``change`` over the session's settings by the flags' rules (``settings.apply``; errors name the
+        /command), then tau/epsilon "auto" filled as ``ask`` fills them."""
         try:
-            validate(flags)
+            flags = apply(self._flags, change)
         except OptionError as e:
-            message, hint = e.message, e.hint or ""
-            for key in sorted(_COMMAND_KEYS, key=len, reverse=True):
-                message = message.replace(f"{key} = ", f"{_COMMAND_KEYS[key]} ").replace(key, _COMMAND_KEYS[key])
-                hint = hint.replace(key, _COMMAND_KEYS[key])
-            raise OptionError(message, hint=hint or None) from e
-        return resolve_profile(self.vlm, flags)
-
-    def _apply(self, command: str, flags: Profile, video: str | None = None, on_status: Status | None = None):
-        profile = self._resolve(flags, command)
+            raise spelled(e, "chat") from e
+        profile = resolve_profile(self.vlm, flags)
         before = self.stats()
         old = self.prepared
         if video is not None or flags.sampling != self._flags.sampling:
@@ -273,23 +261,15 @@ class ChatSession:
         return Change(command, before, self.stats(), reencoded, n_forgotten)
 
     def set_compression(self, command: str, **changes: Any) -> Change:
-        """``/retention``, ``/tokens``, ``/tau``, ``/off``: the same rule as the flags (a budget searches tau; a
-        threshold replaces the budget; any of them turns compression back on)."""
-        c = self._flags.compression
-        if "retention" in changes or "tokens" in changes:
-            c = replace(c, tau=None, retention=changes.get("retention"), tokens=changes.get("tokens"), enabled=True)
-        elif "tau" in changes:
-            c = replace(c, tau=changes["tau"], retention=None, tokens=None, enabled=True)
-        else:
-            c = replace(c, enabled=False)
-        return self._apply(command, replace(self._flags, compression=c))
+        """``/retention``, ``/tokens``, ``/tau`` (``changes``: one of them), ``/off`` (none): the flags' rule (a
+        budget searches tau; a threshold replaces the budget; any of them turns compression back on)."""
+        return self._apply(command, Overrides(**changes) if changes else Overrides(no_compress=True))
 
     def set_frames(self, n_frames: int, on_status: Status | None = None) -> Change:
-        flags = replace(self._flags, sampling=replace(self._flags.sampling, n_frames=n_frames))
-        return self._apply(f"/frames {n_frames}", flags, on_status=on_status)
+        return self._apply(f"/frames {n_frames}", Overrides(frames=n_frames), on_status=on_status)
 
     def set_video(self, video: str, on_status: Status | None = None) -> Change:
-        return self._apply(f"/video {video}", self._flags, video=video, on_status=on_status)
+        return self._apply(f"/video {video}", Overrides(), video=video, on_status=on_status)
 
     # ------------------------------------------------------------------ the conversation
     def reset(self) -> Reset:

@@ -6,17 +6,16 @@ model (``doc_to_visual`` + ``doc_to_text`` requests), so the tasks' own prompts 
 
 What it runs is the library: ``load_model`` once, then per video ``encode_video`` -> ``compress_video`` -> the
 model's ``generate`` for every question about that video (one encoding, batches of ``batch_size`` questions).
-``model_args`` are the CLI's flags under their lmms-eval names and go through the CLI's own flag -> profile
-mapping and validation (``settings.profile_from_flags``), so a bad value stops with the same one-line error (plus a
-hint) before any sample runs. Per-sample token statistics go to ``<output_path>/<model>/..._scissor_stats_rank<R>
-.jsonl`` beside lmms-eval's results, one file per process.
+``model_args`` are the CLI's flags under their lmms-eval names and go through the same settings -> profile
+mapping and validation as the flags (``settings.resolve``), so a bad value stops with the CLI's one-line error (plus
+a hint, naming the model_arg) before any sample runs. Per-sample token statistics go to
+``<output_path>/<model>/..._scissor_stats_rank<R>.jsonl`` beside lmms-eval's results, one file per process.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -39,10 +38,10 @@ MODEL_NAME = "scissor"
 # torch and lmms_eval are loaded by then; the model itself loads only when `--model scissor` builds the class).
 MANIFEST = ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.Scissor")
 
-# model_arg -> (the CLI flag's parameter name in settings.build_profile, its type). None: handled here.
+# model_arg -> (the settings.Overrides field it sets, its type). None: handled here.
 MODEL_ARGS: dict[str, tuple[str | None, str]] = {
     "pretrained": ("model", "str"),
-    "profile": (None, "str"),
+    "profile": ("profile", "str"),
     "tau": ("tau", "float"),
     "tau_temporal": ("tau_temporal", "float"),
     "epsilon": ("epsilon", "float"),
@@ -78,11 +77,6 @@ def _fail(e: ScissorError) -> NoReturn:
         raise e
     render.error(e)
     raise SystemExit(e.exit_code)
-
-
-def _flag_names(text: str | None) -> str | None:
-    """The CLI's messages name flags (--tau-temporal); here the user typed model_args (tau_temporal)."""
-    return None if text is None else re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
 
 
 def _coerce(key: str, value: Any, kind: str) -> Any:
@@ -130,7 +124,7 @@ class Settings:
 def parse_model_args(args: dict[str, Any]) -> Settings:
     """model_args (lmms-eval's parsed ``key=value`` pairs) -> the validated profile, or ``OptionError`` /
     ``ProfileError`` with the CLI's message. Unknown keys are errors, not ignored."""
-    from scissor_cli.settings import profile_from_flags
+    from scissor_cli.settings import Overrides, resolve, spelled
 
     unknown = sorted(k for k in args if k not in MODEL_ARGS and k != "max_batch_size")
     if unknown:
@@ -150,19 +144,12 @@ def parse_model_args(args: dict[str, Any]) -> Settings:
     from scissor_cli.prefetch import check_decode_workers, default_decode_workers
 
     decode_workers = values.get("decode_workers", default_decode_workers())
+    overrides = {MODEL_ARGS[key][0]: value for key, value in values.items() if MODEL_ARGS[key][0] is not None}
     try:
         check_decode_workers(decode_workers)
+        profile = resolve(Overrides(**overrides))
     except OptionError as e:
-        raise OptionError(_flag_names(e.message) or e.message, hint=_flag_names(e.hint)) from e
-    flags: dict[str, Any] = {"profile": values.get("profile"), "no_compress": False, "offline": False}
-    for key, value in values.items():
-        name = MODEL_ARGS[key][0]
-        if name is not None:
-            flags[name] = value
-    try:
-        profile = profile_from_flags(flags)
-    except OptionError as e:
-        raise OptionError(_flag_names(e.message) or e.message, hint=_flag_names(e.hint)) from e
+        raise spelled(e, "lmms") from e
     return Settings(profile=profile, batch_size=batch_size, pretrained=values.get("pretrained"),
                     decode_workers=decode_workers)  # fmt: skip
 

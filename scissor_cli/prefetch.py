@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scissor_cli import video_limits
-from scissor_cli.errors import OptionError, ScissorError, VideoError
+from scissor_cli.errors import OptionError, ScissorError, VideoError, literal
 
 if TYPE_CHECKING:
     from scissor_cli.options import SamplingOptions
@@ -74,10 +74,14 @@ def default_decode_workers(cores: int | None = None) -> int:
 
 def check_decode_workers(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise OptionError(
-            f"--decode-workers {n!r} is out of range",
+        from scissor_cli.settings import spelled
+
+        e = OptionError(
+            f"{{0:=}} {literal(n)} is out of range",
             hint=f"give 0 (decode inline) or a number of worker processes, e.g. {default_decode_workers()}",
+            keys=("decode_workers",),
         )
+        raise spelled(e, "cli")  # not a profile setting: the flag's words unless a front end words it its own way
     return n
 
 

@@ -221,6 +221,7 @@ def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media,
         (400, "retention", {"messages": video_message(clip, "Q?"), "retention": 2}),
         (400, "both given", {"messages": video_message(clip, "Q?"), "retention": 0.5, "tau": 0.8}),
         (400, "max_tokens", {"messages": video_message(clip, "Q?"), "max_tokens": 0}),
+        (400, "top_p 1.5 is out of range", {"messages": video_message(clip, "Q?"), "top_p": 1.5}),
         (400, "no-such-profile", {"messages": video_message(clip, "Q?"), "profile": "no-such-profile"}),
         (400, "exactly one", {"messages": [{"role": "user", "content": "Q?"}]}),
         (400, "notes.txt", {"messages": video_message(str(allowed / "notes.txt"), "Q?")}),
@@ -250,6 +251,8 @@ def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media,
     ok, answer = http("POST", url, {"messages": video_message(clip, "Q?"), "tokens": 10})
     assert ok == 200 and answer["scissor"]["tokens"]["final"] <= 10, "a good request still answers"
     assert "retention" in http("POST", url, cases[0][2])[1]["error"]["param"], "param names the field"
+    assert http("POST", url, cases[3][2])[1]["error"]["param"] == "top_p"
+    assert http("POST", url, cases[1][2])[1]["error"]["param"] == "tau", "the field the message names first"
 
 
 def test_sigterm_stops_cleanly_with_no_child_left(server):
@@ -377,6 +380,7 @@ def test_parse_request_takes_history_and_refuses_what_it_cannot_do():
     req = parse_request({"messages": messages, "max_completion_tokens": 5, "stream": True}, "m")
     assert (req.video, req.question, req.history) == ("/v.mp4", "Second?", (("First?", "An answer."),))
     assert req.flags["max_new_tokens"] == 5 and req.stream
+    assert parse_request({"messages": messages, "top_p": 0.5}, "m").flags["top_p"] == 0.5, "an Overrides field"
     for body, words in [
         ({"messages": messages, "n": 2}, "n must be 1"),
         ({"messages": messages, "tools": [{"type": "function"}]}, "tools"),

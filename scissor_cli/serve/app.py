@@ -247,7 +247,7 @@ def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], 
         stop: threading.Event | None = None) -> int:  # fmt: skip
     """Serve until SIGINT (Interrupted, exit 130) or SIGTERM (returns 0). The model loads while the server already
     answers /health (503 until loaded); one line on stderr when it is ready. ``build(profile_name, **flags)`` is
-    the CLI's ``build_profile``: each request's profile is built from ``flags`` (the server's) and its fields.
+    ``settings.resolver()``: each request's profile is resolved from ``flags`` (the server's) and its fields.
 
     ``load``: the model (default: ``load_model(profile.model)``); ``stop``: set it to stop the server (a server in
     a thread, as the benchmark runs it, gets no signals)."""

@@ -361,14 +361,11 @@ class Engine:
     def request_profile(self, req: ChatRequest) -> Profile:
         """The server's flags with the request's fields on top, checked like the flags (the same messages, naming
         the request's fields), on the server's model; then resolved as ``ask`` resolves it."""
-        from scissor_cli.options import validate
         from scissor_cli.pipeline import resolve_profile
 
         flags = merge_flags(self.flags, req.flags, req.profile)
         try:
             p = self.build(req.profile if req.profile is not None else self.profile_name, **flags)
-            if req.top_p is not None:
-                p = validate(replace(p, generation=replace(p.generation, top_p=req.top_p)))
         except OptionError as e:
             raise _named_for_requests(e) from e
         except ProfileError as e:
