@@ -619,24 +619,25 @@ def inspect_video(
     on_status: Status | None = None,
     info: VideoInfo | None = None,
     sweep_budgets: Sequence[float | int] | None = None,
+    decode_workers: int | None = None,
 ) -> Inspection:
     """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional sweep over tau
     values (``sweep_taus``) or budgets (``sweep_budgets``: retention fractions as floats, 1.0 = uncompressed, or
-    token counts as ints; the searched tau is reported), all from the one encoding."""
+    token counts as ints; the searched tau is reported), all from the one encoding. ``decode_workers``: threads
+    splitting the decode (None: the cores)."""
     from scissor_cli import video as video_io
 
     if info is None:
         with video_io.opened(video) as info:
-            return inspect_video(
-                vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info, sweep_budgets=sweep_budgets
-            )
+            return inspect_video(vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info,
+                                 sweep_budgets=sweep_budgets, decode_workers=decode_workers)  # fmt: skip
     profile = resolve_profile(vlm, profile)
     s = profile.sampling
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
         return Inspection(video=str(video), info=info, indices=tuple(plan.indices), timestamps=tuple(plan.timestamps),
                           note=plan.note, profile=profile.to_dict())  # fmt: skip
-    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
+    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers)
     compressed = compress_video(encoded, profile)
     sweep, sweep_levels = None, None
     if sweep_budgets:
