@@ -22,13 +22,21 @@ from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import ManifestError, OptionError
 from scissor_cli.options import Profile, validate
-from scissor_cli.pipeline import Answer, CompressedVideo, VideoRun, _budget, check_context, resolve_profile, tflops
+from scissor_cli.pipeline import (
+    Answer,
+    CompressedVideo,
+    Status,
+    VideoRun,
+    budget_record,
+    check_context,
+    resolve_profile,
+    tflops,
+)
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.video import VideoInfo
 
-Status = Callable[[str], None]
 
 # (usage, what it does): /help lists these, and the README's table says the same
 COMMANDS = (
@@ -214,7 +222,7 @@ class ChatSession:
             tau=c.tau,
             tau_temporal=c.tau_temporal,
             epsilon=c.epsilon,
-            budget=_budget(c, self.profile),
+            budget=budget_record(c, self.profile),
             tflops=tflops(vlm, c),
             timings_s={
                 "load": round(self.load_s, 4),

@@ -341,7 +341,7 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
     return CompressedVideo(result=out, compression_s=time.perf_counter() - t0)
 
 
-def _budget(compressed: CompressedVideo, profile: Profile) -> dict[str, Any] | None:
+def budget_record(compressed: CompressedVideo, profile: Profile) -> dict[str, Any] | None:
     """The budget asked for (a ratio, or None for a count) and its token count, or None without a budget."""
     if compressed.budget is None:
         return None
@@ -366,7 +366,7 @@ def make_answers(
         "generation": round(generated.generation_s, 4),
     }
     settings = profile.to_dict()
-    budget = _budget(compressed, profile)
+    budget = budget_record(compressed, profile)
     prefill = getattr(generated, "n_prefill_tokens", None) or generated.n_prompt_tokens
     return [
         Answer(
@@ -438,23 +438,11 @@ class VideoRun:
         self._compressed: dict[CompressionOptions, CompressedVideo] = {}
 
     @classmethod
-    def open(
-        cls,
-        vlm: VisionLanguageModel,
-        video: str,
-        profile: Profile,
-        *,
-        on_status: Status | None = None,
-        cache: Any = None,
-        info: VideoInfo | None = None,
-        decoded: Decoded | None = None,
-        decode_workers: int | None = None,
-    ) -> VideoRun:
-        """Resolve ``profile``, then encode ``video`` with it (``encode_video``'s arguments)."""
+    def open(cls, vlm: VisionLanguageModel, video: str, profile: Profile, **encode: Any) -> VideoRun:
+        """Resolve ``profile``, then encode ``video`` with it; ``encode``: ``encode_video``'s keyword arguments
+        (``on_status``, ``cache``, ``info``, ``decoded``, ``decode_workers``)."""
         profile = resolve_profile(vlm, profile)
-        encoded = encode_video(vlm, video, profile, on_status=on_status, cache=cache, info=info, decoded=decoded,
-                               decode_workers=decode_workers)  # fmt: skip
-        return cls(vlm, encoded, profile)
+        return cls(vlm, encode_video(vlm, video, profile, **encode), profile)
 
     def resolved(self, profile: Profile | None = None) -> Profile:
         """``profile`` (None: the run's) resolved for this run: tau/epsilon as ``resolve_profile`` fills them, and
@@ -693,5 +681,5 @@ def inspect_video(
         model=vlm.name,
         device=str(vlm.device),
         dtype=str(vlm.dtype).replace("torch.", ""),
-        budget=_budget(compressed, profile),
+        budget=budget_record(compressed, profile),
     )

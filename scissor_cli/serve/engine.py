@@ -75,6 +75,15 @@ class _Generate:
         return None if g.temperature > 0 else (g, self.history)  # sampling runs alone: its seed is per call
 
 
+def _settle(future: concurrent.futures.Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Set ``future`` unless it is set already (a single-flight's request and the model thread may both try)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
 class ModelWorker:
     """The one thread that touches the model: vision tower + SCC jobs and batched generates, in arrival order."""
 
@@ -159,11 +168,11 @@ class ModelWorker:
                                     decoded=job.decoded)  # fmt: skip
         except BaseException as e:  # noqa: BLE001 - handed to the request that asked (and those waiting on it)
             if job.flight is not None:
-                job.flight.set_exception(e)
+                _settle(job.flight, error=e)
             job.future.set_exception(e)
             return
         if job.flight is not None:
-            job.flight.set_result(run.encoded)
+            _settle(job.flight, result=run.encoded)
         try:
             compressed = run.compressed()
             check_context(self.vlm, compressed.n_final, job.question, job.history,
@@ -369,10 +378,9 @@ class Engine:
                     with contextlib.suppress(OSError):
                         os.unlink(temporary)
         except BaseException as e:
-            if not flight.done():  # failed before the model thread encoded: the waiting requests fail alike
-                cause = e if isinstance(e, Exception) else Unavailable("the request encoding this video went away",
-                                                                       hint="retry")  # fmt: skip
-                flight.set_exception(cause)
+            # failed before the model thread encoded (a no-op after): the waiting requests fail alike
+            gone = Unavailable("the request encoding this video went away", hint="retry")
+            _settle(flight, error=e if isinstance(e, Exception) else gone)
             raise
         finally:
             with self._flights_lock:
