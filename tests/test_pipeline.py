@@ -264,6 +264,11 @@ def test_a_video_run_compresses_once_per_setting_and_answers_in_batches(vlm, cli
     batched = run.answer(questions, half, batch_size=2)
     assert [len(requests) for requests, _ in calls] == [2, 1], "batch_size rows per generate call"
     assert [a.question for a in batched] == questions and {a.tokens["final"] for a in batched} == {first.n_final}
+    (at_tenth,) = run.answer(["What?"], tenth)
+    scc = run.compressed(tenth).result  # the records' names for SCC's own counts
+    assert at_tenth.tokens == {"original": scc.n_input, "spatial": scc.n_spatial, "final": scc.n_output}
+    assert (at_tenth.retention, at_tenth.tau, at_tenth.epsilon) == (scc.retention, scc.tau, scc.epsilon)
+    assert scc.n_input > scc.n_spatial > scc.n_output, "counts this test cannot tell apart"
     assert [a.answer for a in batched] == [a.answer for a in run.answer(questions, half)], "batching changed one"
     assert len(compressions) == 3 and run.encoded.decode_s > 0, "one encoding, compressions reused"
 
