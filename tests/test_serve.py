@@ -616,3 +616,29 @@ def test_a_failed_first_decode_is_both_requests_error(tiny_vlm, media, monkeypat
     assert isinstance(first, VideoError) and isinstance(second, VideoError), (first, second)
     assert second.message == first.message and "clip.mp4" in first.message
     assert len(decodes) == 1, "the waiting request gets the failure, not a second decode"
+
+
+def test_a_cached_video_is_not_decoded_again(tiny_vlm, media, monkeypatch, tmp_path):
+    """The pool's cache lookup builds encode_video's own key: a video in the feature cache skips the decode."""
+    import asyncio
+
+    import scissor_cli.pipeline as pipeline
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import Engine, ServeOptions
+
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
+    decodes = []
+    real = pipeline.decode_clip
+    monkeypatch.setattr(pipeline, "decode_clip", lambda *a, **k: decodes.append(a[1]) or real(*a, **k))
+    engine = Engine(tiny_vlm, ServeOptions(allow_files=(str(media / "allowed"),)), Profile(), build=None)
+    engine.start(cache_on=True)
+    url = str(media / "allowed" / "clip.mp4")
+    profile = pipeline.resolve_profile(tiny_vlm, Profile().override(sampling={"n_frames": 4}))
+    req = parse_request({"messages": video_message(url, "Q?")}, "m")
+    try:
+        first, _ = asyncio.run(engine.prepare(url, req, profile))
+        again, _ = asyncio.run(engine.prepare(url, req, profile))
+    finally:
+        engine.close(5)
+    assert not first.encoded.cache_hit and again.encoded.cache_hit
+    assert len(decodes) == 1, "the cached video was decoded again (the pool's key is not encode_video's)"
