@@ -25,14 +25,12 @@ from scissor_cli.options import Profile
 from scissor_cli.pipeline import (
     Answer,
     CompressedVideo,
-    EncodedVideo,
-    _budget,
-    _sig,
-    compress_video,
-    encode_video,
-    llm_tflops,
-    make_answers,
+    Status,
+    VideoRun,
+    budget_record,
+    check_context,
     resolve_profile,
+    tflops,
 )
 from scissor_cli.settings import Overrides, apply, spelled
 
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.video import VideoInfo
 
-Status = Callable[[str], None]
 
 # (usage, what it does): /help lists these, and the README's table says the same
 COMMANDS = (
@@ -135,9 +132,9 @@ Reply = Turn | Change | Stats | Reset | Saved | Help | Quit
 
 @dataclass
 class _Prepared:
-    """The current video: its features (kept for re-compression) and their compression."""
+    """The current video: its run (features kept for re-compression) and the compression in use."""
 
-    encoded: EncodedVideo
+    run: VideoRun
     compressed: CompressedVideo
     unreported: dict[str, float] = field(default_factory=dict)  # preparation costs not yet shown on a turn
 
@@ -156,6 +153,7 @@ class ChatSession:
         history: bool = True,
         load_s: float = 0.0,
         kv_cache: bool = True,
+        decode_workers: int | None = None,
     ):
         from scissor_cli.model import PromptCache
 
@@ -172,6 +170,7 @@ class ChatSession:
         self.profile = resolved
         self.keep_history = history
         self.load_s = load_s
+        self.decode_workers = decode_workers  # threads splitting a decode (open, /frames, /video); None: the cores
         self.history: list[tuple[str, str]] = []  # (question, answer) pairs in the prompt
         self.turns: list[Turn] = []  # the transcript: every turn, also those /reset dropped from the prompt
         self._video: _Prepared | None = None
@@ -191,10 +190,12 @@ class ChatSession:
     ) -> _Prepared:
         if info is None:
             info = probe_video(video)
-        encoded = encode_video(self.vlm, video, profile, on_status=on_status, info=info)
-        compressed = compress_video(encoded, profile)
-        costs = {"decode": encoded.decode_s, "vision": encoded.vision_s, "compression": compressed.compression_s}
-        return _Prepared(encoded, compressed, costs)
+        run = VideoRun.open(self.vlm, video, profile, on_status=on_status, info=info,
+                            decode_workers=self.decode_workers)  # fmt: skip
+        compressed = run.compressed()
+        e = run.encoded
+        costs = {"decode": e.decode_s, "vision": e.vision_s, "compression": compressed.compression_s}
+        return _Prepared(run, compressed, costs)
 
     @property
     def prepared(self) -> _Prepared:
@@ -204,7 +205,7 @@ class ChatSession:
 
     def stats(self) -> Stats:
         v = self.prepared
-        e, c, vlm = v.encoded, v.compressed, self.vlm
+        e, c, vlm = v.run.encoded, v.compressed, self.vlm
         history = self.history if self.keep_history else []
         return Stats(
             video=e.path,
@@ -215,11 +216,8 @@ class ChatSession:
             tau=c.tau,
             tau_temporal=c.tau_temporal,
             epsilon=c.epsilon,
-            budget=_budget(c, self.profile),
-            tflops={
-                "before": _sig(llm_tflops(vlm.n_layers, c.n_original, vlm.hidden_size, vlm.ffn_size)),
-                "after": _sig(llm_tflops(vlm.n_layers, c.n_final, vlm.hidden_size, vlm.ffn_size)),
-            },
+            budget=budget_record(c, self.profile),
+            tflops=tflops(vlm, c),
             timings_s={
                 "load": round(self.load_s, 4),
                 "decode": round(e.decode_s, 4),
@@ -246,11 +244,11 @@ class ChatSession:
         before = self.stats()
         old = self.prepared
         if video is not None or flags.sampling != self._flags.sampling:
-            prepared = self._prepare(video or old.encoded.path, profile, on_status)
+            prepared = self._prepare(video or old.run.encoded.path, profile, on_status)
             reencoded = True
-        else:  # the features in memory, compressed again: no decoding, no vision tower
-            compressed = compress_video(old.encoded, profile)
-            prepared = _Prepared(old.encoded, compressed, {**old.unreported, "compression": compressed.compression_s})
+        else:  # the features in memory, compressed again (once per setting): no decoding, no vision tower
+            compressed = old.run.compressed(profile)
+            prepared = _Prepared(old.run, compressed, {**old.unreported, "compression": compressed.compression_s})
             reencoded = False
         # state changes only once everything above succeeded: a bad value or file leaves the session as it was
         self._flags, self.profile, self._video = flags, profile, prepared
@@ -296,16 +294,14 @@ class ChatSession:
         history = list(self.history) if self.keep_history else []
         # the question alone first (cheap for huge text); then, with the earlier turns, the overflow check below
         vlm.check_question(question, reserve=gen.max_new_tokens)
-        n_prompt = vlm.prompt_length(v.compressed.n_final, question, history)
-        limit = vlm.max_positions
-        if limit is not None and n_prompt + gen.max_new_tokens > limit:
-            raise self._overflow(n_prompt, gen.max_new_tokens, limit, len(history))
+        check_context(vlm, v.compressed.n_final, question, history, gen.max_new_tokens, what="this turn",
+                      hint=self._overflow_hint(len(history)))  # fmt: skip
         self._stop.clear()
         self.generating = True
         try:
-            generated = vlm.generate(
-                [(v.compressed.tokens, question)],
-                gen,
+            [answer], generated = v.run.generate(
+                [question],
+                self.profile,
                 history=history,
                 on_text=on_text,
                 should_stop=self._stop.is_set,
@@ -315,7 +311,6 @@ class ChatSession:
             self.generating = False
         stopped = self._stop.is_set()
         self._stop.clear()
-        [answer] = make_answers(vlm, v.encoded, v.compressed, [question], generated, self.profile)
         timings = {
             "decode": round(v.unreported.get("decode", 0.0), 4),
             "vision": round(v.unreported.get("vision", 0.0), 4),
@@ -331,7 +326,7 @@ class ChatSession:
             answer=replace(answer, timings_s=timings),
             n_prompt_tokens=generated.n_prompt_tokens[0],
             n_new_tokens=generated.n_new_tokens[0],
-            max_context=limit,
+            max_context=vlm.max_positions,
             stopped=stopped,
         )
         self.turns.append(turn)
@@ -339,15 +334,12 @@ class ChatSession:
             self.history.append((question, answer.answer))
         return turn
 
-    def _overflow(self, n_prompt: int, n_answer: int, limit: int, n_history: int) -> OptionError:
+    @staticmethod
+    def _overflow_hint(n_history: int) -> str:
         ways = ["fewer visual tokens (/retention 0.1, /tokens N or /frames N)", "a smaller --max-new-tokens"]
         if n_history:
             ways.insert(0, f"/reset to forget the {n_history} earlier turn{'s' if n_history != 1 else ''}")
-        return OptionError(
-            f"this turn would not fit in the model's context: {n_prompt:,} prompt tokens + up to {n_answer:,} for "
-            f"the answer > {limit:,}",
-            hint="; or ".join(ways),
-        )
+        return "; or ".join(ways)
 
     def save(self, path: str) -> Saved:
         """Every turn so far (``ask --json``'s fields plus ``turn``) as JSONL, replacing ``path`` in one step."""

@@ -168,13 +168,13 @@ def ask(
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
     from scissor_cli import video as video_io
 
-    video_io.set_decode_workers(decode_workers)
+    decode_workers = video_io.check_decode_threads(decode_workers)
     # a bad path or URL fails here, before minutes of model loading; stdin (-) is spooled for the block
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
         from scissor_cli.pipeline import answer
 
-        results = answer(vlm, video, questions, p, on_status=on_status, info=info)
+        results = answer(vlm, video, questions, p, on_status=on_status, info=info, decode_workers=decode_workers)
     timings = _timings(load_s)
     results = [replace(a, timings_s={**a.timings_s, **timings}) for a in results]
     if json_out:
@@ -237,12 +237,13 @@ def inspect(
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 
-    video_io.set_decode_workers(decode_workers)
+    decode_workers = video_io.check_decode_threads(decode_workers)
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = (None, 0.0) if video_only else _load(p, on_status)
         taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
         budgets = levels.values if levels and levels.axis != "tau" else None
-        result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets)
+        result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets,
+                               decode_workers=decode_workers)  # fmt: skip
         if viz is not None and result.compressed is not None:
             from scissor_cli.viz import token_map
 
@@ -574,12 +575,12 @@ def chat(
     from scissor_cli import chat as chat_mod
     from scissor_cli import video as video_io
 
-    video_io.set_decode_workers(decode_workers)  # /frames and /video decode with it too
+    decode_workers = video_io.check_decode_threads(decode_workers)  # /frames and /video decode with it too
     info = chat_mod.probe_video(video)  # a bad path or URL fails here, before the model loads
     interactive = sys.stdin.isatty()
     with render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
-        session = chat_mod.ChatSession(vlm, p, history=not no_history, load_s=load_s)
+        session = chat_mod.ChatSession(vlm, p, history=not no_history, load_s=load_s, decode_workers=decode_workers)
         stats = session.open(video, on_status=on_status, info=info)
     render.chat_stats(stats)
     on_text = None if json_out else render.chat_text

@@ -4,8 +4,8 @@ The only module that imports lmms_eval (installed with ``pip install "scissor-cl
 it through the ``lmms_eval.models`` entry-point group (pyproject.toml), which points at ``MANIFEST``: a "simple"
 model (``doc_to_visual`` + ``doc_to_text`` requests), so the tasks' own prompts are used unchanged.
 
-What it runs is the library: ``load_model`` once, then per video ``encode_video`` -> ``compress_video`` -> the
-model's ``generate`` for every question about that video (one encoding, batches of ``batch_size`` questions).
+What it runs is the library: ``load_model`` once, then per video a ``pipeline.VideoRun`` answering every question
+about that video (one encoding, batches of ``batch_size`` questions).
 ``model_args`` are the CLI's flags under their lmms-eval names and go through the same settings -> profile
 mapping and validation as the flags (``settings.resolve``), so a bad value stops with the CLI's one-line error (plus
 a hint, naming the model_arg) before any sample runs. Per-sample token statistics go to
@@ -409,34 +409,25 @@ class Scissor(lmms):
         """Every question about one video from one encoding, ``batch_size`` questions per ``generate`` call.
         Yields (request, answer, rows in its generate call, whether the encoding was made for an earlier one).
         ``ahead``: the decode-ahead ``Prefetcher`` holding this video's frames (None: decode here)."""
-        from scissor_cli.pipeline import compress_video, encode_video, make_answers
+        from scissor_cli.pipeline import VideoRun
 
-        # A task that samples without a seed: one seed drawn for this video, used where seed= would be (SCC's
-        # sampled regime and generation, as the CLI's resolve_profile does), so the recorded seed reproduces it.
-        base = self.profile
-        drawn = next(
-            (r.gen.with_drawn_seed().seed for r in group if r.gen.temperature > 0 and r.gen.seed is None), None
-        )
-        if drawn is not None:
-            base = replace(base, compression=replace(base.compression, seed=drawn))
+        # A task that samples without a seed: the run's profile carries its generation settings, so the one seed
+        # rule (resolve_profile) draws a seed for this video, used where seed= would be (SCC's sampled regime and
+        # every sampled row of the video), and the recorded seed reproduces it.
+        sampled = next((r.gen for r in group if r.gen.temperature > 0 and r.gen.seed is None), None)
+        base = self.profile if sampled is None else replace(self.profile, generation=sampled)
         try:
             decoded = ahead.take(video) if ahead is not None else None  # raises this video's decode error
-            encoded = encode_video(self.vlm, video, base, cache=cache, decoded=decoded)
+            run = VideoRun.open(self.vlm, video, base, cache=cache, decoded=decoded)
             if self.vlm.on_step is not None:
                 self.vlm.on_step()  # SCC takes the threads the decoders leave now
-            compressed = compress_video(encoded, base)
+            run.compressed()
         except ScissorError as e:  # name the docs: lmms-eval's task data holds the bad video
             docs = ", ".join(f"doc {r.doc_id}" for r in group[:3]) + (", ..." if len(group) > 3 else "")
             raise type(e)(f"task {group[0].task} ({docs}): {e.message}", hint=e.hint) from e
         first = True
         for chunk in _chunks(group, self.batch_size_per_gpu):
-            gen = chunk[0].gen
-            if drawn is not None and gen.temperature > 0 and gen.seed is None:
-                gen = replace(gen, seed=drawn)
-            generated = self.vlm.generate([(compressed.tokens, r.context) for r in chunk], gen)
-            profile = replace(base, generation=gen)
-            questions = [r.context for r in chunk]
-            answers = make_answers(self.vlm, encoded, compressed, questions, generated, profile)
+            answers = run.answer([r.context for r in chunk], replace(run.profile, generation=chunk[0].gen))
             for r, a in zip(chunk, answers, strict=True):
                 yield r, a, len(chunk), not first
                 first = False

@@ -160,7 +160,6 @@ def _worker_main(fd: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     from scissor_cli import video as video_io
 
-    video_io.set_decode_workers(1)  # the workers already take a core each: splitting a video would oversubscribe
     resize = None  # model.resize_frames, imported (with torch) on the first task that asks for it
     while True:
         try:
@@ -172,9 +171,10 @@ def _worker_main(fd: int) -> None:
         t0 = time.perf_counter()
         frames = clip = None
         try:
+            # workers=1: the workers already take a core each, so splitting a video would oversubscribe
             clip = video_io.sample_frames(task.video, n_frames=task.n_frames, fps=task.fps, start=task.start,
-                                          end=task.end, model=task.model,
-                                          memory_budget=task.memory_budget)  # fmt: skip
+                                          end=task.end, model=task.model, memory_budget=task.memory_budget,
+                                          workers=1)  # fmt: skip
             if task.resize_to is not None:
                 if resize is None:
                     import torch
