@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -1070,3 +1070,29 @@ def test_manifest_that_is_a_folder_says_so(fake_cli, folder):
     assert "scissor batch FOLDER" in e.value.hint
     result = fake_cli("--manifest", folder, "-o", "r.jsonl")
     assert result.exit_code == ManifestError.exit_code and "is a folder" in result.stderr, result.output
+
+
+# ------------------------------------------------------------------------------------ the feature cache's folder
+def test_run_batch_writes_features_to_the_folder_it_is_given(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "env"))
+    profile = replace(fake_profile(), model=ModelOptions(model="fake", cache=True))
+    jobs = [Job("a", str(folder / "a.mp4"), "Q?")]
+    run_batch(FakeVLM, jobs, str(tmp_path / "r.jsonl"), profile, cache_dir=tmp_path / "given")
+    assert len(list((tmp_path / "given").glob("*.safetensors"))) == 1, "the features go to the folder given"
+    assert not (tmp_path / "env").exists(), "not to a folder found again from the environment"
+
+
+def test_cli_batch_caches_in_the_configs_cache_dir(tiny_hf_dir, folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"cache_dir: {tmp_path / 'mine'}\n")
+    monkeypatch.setenv("SCISSOR_CONFIG", str(config))
+    monkeypatch.delenv("SCISSOR_CACHE_DIR")
+    args = [folder / "a.mp4", "-q", "Q?", "-o", tmp_path / "r.jsonl", "--model", tiny_hf_dir, "--frames", "2",
+            "--max-new-tokens", "2", "--decode-workers", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, ["batch", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 1, "the config's cache_dir holds the features"

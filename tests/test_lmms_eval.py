@@ -426,6 +426,7 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
     assert parse_model_args({"retention": 0.25}).profile.compression.retention == 0.25
     assert parse_model_args({"no_compress": True}).profile.compression.enabled is False
     assert parse_model_args({"profile": "r10"}).profile.compression.retention == pytest.approx(0.1)
+    assert parse_model_args({}).cache_dir == os.environ["SCISSOR_CACHE_DIR"], "the folder, resolved once, handed on"
     for args, message in [
         ({"no_compress": True, "tau": 0.5}, "no_compress contradicts tau"),
         ({"retention": 0.1, "tokens": 5}, "retention and tokens are both given"),
