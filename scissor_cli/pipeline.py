@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import OptionError
@@ -121,28 +121,17 @@ class Answer:
     prefill_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "video": self.video,
-            "question": self.question,
-            "answer": self.answer,
-            "tokens": dict(self.tokens),
-            "retention": self.retention,
-            "tau": self.tau,
-            "tau_temporal": self.tau_temporal,
-            "epsilon": self.epsilon,
-            "budget": self.budget,
-            "frames": self.frames,
-            "timestamps": list(self.timestamps),
-            "timings_s": dict(self.timings_s),
-            "tflops": dict(self.tflops),
-            "prefill_tokens": self.prefill_tokens,
-            "model": self.model,
-            "device": self.device,
-            "dtype": self.dtype,
-            "cache_hit": self.cache_hit,
-            "note": self.note,
-            "profile": self.profile,
-        }
+        """Every field (copies of its dicts and lists), in the order ``ask --json`` and the records have always
+        printed; a field added later comes last rather than missing."""
+        values = asdict(self)
+        values["timestamps"] = list(values["timestamps"])
+        return {**{k: values.pop(k) for k in _ANSWER_ORDER}, **values}
+
+
+# the JSON key order of an Answer: the budget beside the compression settings, prefill_tokens beside the timings
+_ANSWER_ORDER = ("video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon", "budget",
+                 "frames", "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype",
+                 "cache_hit", "note", "profile")  # fmt: skip
 
 
 def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
