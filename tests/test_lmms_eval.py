@@ -477,6 +477,7 @@ def test_a_context_the_model_cannot_hold_stops_before_any_decoding(model, clips,
 @needs_lmms_eval
 def test_a_bad_cache_entry_is_one_warning_line_and_the_same_answer(model, clips, capsys, tmp_path):
     docs = [{"visual": [clips[0]], "question": "What?"}]
+    model.cache_dir = str(tmp_path / "cache")  # the folder is resolved once per model: this test's own, empty
     fresh = model.generate_until(requests(model, docs, GREEDY))
     (entry,) = (tmp_path / "cache").glob("*.safetensors")
     data = bytearray(entry.read_bytes())
