@@ -794,3 +794,51 @@ def test_a_configs_cache_dir_is_the_servers_feature_cache(tiny_vlm, media, tmp_p
     finally:
         engine.close(5)
     assert list((tmp_path / "mine").glob("*.safetensors")), "the features must be written to the config's cache_dir"
+
+
+class Instant:
+    """A model whose generate answers at once (one word per row)."""
+
+    max_positions = None
+
+    def generate(self, requests, gen, *, history=(), on_text=None, should_stop=None):
+        from scissor_cli.model import GenerationOutput
+
+        n = len(requests)
+        return GenerationOutput(["x"] * n, [1] * n, 0.0, 0.0, [1] * n, [[0]] * n)
+
+
+def test_a_ready_generate_waits_for_requests_still_being_prepared():
+    """16 clients arriving together: the first request's generate must not run alone while the others are still
+    checked, fetched and compressed; it waits (bounded) for them, and a lone request does not wait at all."""
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import ModelWorker, _Generate
+
+    upcoming = [3]
+    worker = ModelWorker(Instant(), max_batch=8, cache=None, upcoming=lambda: upcoming[0], batch_wait=10.0)
+    first = _Generate(tokens=None, question="q0", history=(), profile=Profile())
+    worker.submit(first)
+    time.sleep(0.3)
+    assert worker.batches == [], "the generate ran alone while three requests were being prepared"
+    others = [_Generate(tokens=None, question=f"q{i}", history=(), profile=Profile()) for i in (1, 2, 3)]
+    for item in others:
+        worker.submit(item)
+    upcoming[0] = 0
+    worker.nudge()
+    for item in [first, *others]:
+        item.future.result(timeout=10)
+    assert worker.batches == [4]
+
+    t0 = time.monotonic()  # nobody upcoming: no wait, although batch_wait is long
+    lone = _Generate(tokens=None, question="q", history=(), profile=Profile())
+    worker.submit(lone)
+    lone.future.result(timeout=10)
+    assert time.monotonic() - t0 < 5 and worker.batches == [4, 1]
+
+    upcoming[0] = 2  # requests that never ask (they failed without telling): the wait ends at batch_wait
+    worker.batch_wait = 0.2
+    late = _Generate(tokens=None, question="q", history=(), profile=Profile())
+    worker.submit(late)
+    late.future.result(timeout=10)
+    assert worker.batches == [4, 1, 1]
+    worker.close(5)

@@ -152,15 +152,16 @@ def create_app(state: ServerState) -> Any:
             profile = engine.request_profile(req)
             with engine.admitted():
                 t0 = time.perf_counter()
-                run, compressed = await engine.prepare(req.video, req, profile)
-                cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-                if req.stream:
-                    return StreamingResponse(
-                        _stream(engine, req, profile, run, compressed, cid, created, state.model_id, t0),
-                        media_type="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                    )
-                item = engine.submit_generate(compressed, req, profile)
+                with engine.preparing():  # until its generate is queued: a batch about to run may wait for it
+                    run, compressed = await engine.prepare(req.video, req, profile)
+                    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+                    if req.stream:
+                        return StreamingResponse(
+                            _stream(engine, req, profile, run, compressed, cid, created, state.model_id, t0),
+                            media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                        )
+                    item = engine.submit_generate(compressed, req, profile)
                 try:
                     row, n_rows = await asyncio.wrap_future(item.future)
                 finally:

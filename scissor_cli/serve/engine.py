@@ -93,6 +93,7 @@ def _settle(future: concurrent.futures.Future, result: Any = None, error: BaseEx
 
 RUNS_KEPT = 8  # videos whose runs the model thread keeps
 RUNS_MAX_BYTES = 1 << 30  # and at most this much of their features and compressions (on the model's device)
+BATCH_WAIT_S = 0.5  # the longest a ready generate waits for upcoming requests to join its batch
 
 
 class RunCache:
@@ -138,9 +139,13 @@ class RunCache:
 class ModelWorker:
     """The one thread that touches the model: vision tower + SCC jobs and batched generates, in arrival order."""
 
-    def __init__(self, vlm: VisionLanguageModel, max_batch: int, cache: Any, runs: RunCache | None = None):
+    def __init__(self, vlm: VisionLanguageModel, max_batch: int, cache: Any, runs: RunCache | None = None,
+                 upcoming: Callable[[], int] = lambda: 0, batch_wait: float = BATCH_WAIT_S):  # fmt: skip
         self.vlm, self.max_batch, self.cache = vlm, max_batch, cache
         self.runs = runs if runs is not None else RunCache()
+        # requests admitted that have not asked for their generate yet (their check, fetch, decode or SCC is under
+        # way): a generate that could take them waits for them, up to ``batch_wait`` seconds
+        self.upcoming, self.batch_wait = upcoming, batch_wait
         self._items: deque[_Call | _Prepare | _Generate] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -173,10 +178,18 @@ class ModelWorker:
                 self._cond.wait()
             if self._closed:
                 return None
-            # a prepare whose features are cached is quick: it goes first, so its generate joins the next batch
-            # instead of the batch running without it
-            quick = (i for i in self._items if isinstance(i, _Call) or (isinstance(i, _Prepare) and i.decoded is None))
-            head = next(quick, self._items[0])
+            deadline = time.monotonic() + self.batch_wait
+            while True:
+                # a prepare whose features are cached is quick: it goes first, so its generate joins the next batch
+                # instead of the batch running without it
+                quick = (i for i in self._items
+                         if isinstance(i, _Call) or (isinstance(i, _Prepare) and i.decoded is None))  # fmt: skip
+                head = next(quick, self._items[0])
+                if not self._should_wait(head, deadline):
+                    break
+                self._cond.wait(max(0.0, deadline - time.monotonic()))  # an item or the last upcoming request
+                if self._closed:
+                    return None
             self._items.remove(head)
             if isinstance(head, (_Call, _Prepare)) or head.batch_key() is None:
                 return [head]
@@ -193,6 +206,21 @@ class ModelWorker:
                     rows.append(item)
             rows.sort(key=lambda r: r.on_text is None)  # the streamed row first: generate streams row 0
             return rows
+
+    def _should_wait(self, head: _Call | _Prepare | _Generate, deadline: float) -> bool:
+        """Hold back a batchable generate while requests that may join it are still being prepared and the batch
+        has room, until ``deadline``: 16 clients arriving together then share one generate instead of the first
+        running alone while the others check, fetch and compress. Nothing waits when no request is upcoming (one
+        client at a time), so a lone request's latency is unchanged."""
+        if not isinstance(head, _Generate) or head.batch_key() is None or time.monotonic() >= deadline:
+            return False
+        queued = sum(isinstance(i, _Generate) and i.batch_key() == head.batch_key() for i in self._items)
+        return queued < self.max_batch and self.upcoming() > 0
+
+    def nudge(self) -> None:
+        """Wake the model thread: an upcoming request asked for its generate or failed (it may stop waiting)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _run(self) -> None:
         while (work := self._take()) is not None:
@@ -344,12 +372,14 @@ class Engine:
         self._fingerprint = model_fingerprint(vlm)
         self.worker: ModelWorker | None = None
         self.in_flight = 0
+        self.upcoming = 0  # admitted requests between admission and their generate (the model thread reads it)
         self._probed: dict[tuple, Any] = {}
 
     def start(self, cache_on: bool) -> None:
         if cache_on:
             self.cache = self.keys
-        self.worker = ModelWorker(self.vlm, self.options.max_batch, self.cache, self.runs)
+        upcoming = lambda: self.upcoming  # noqa: E731 - read on the model thread
+        self.worker = ModelWorker(self.vlm, self.options.max_batch, self.cache, self.runs, upcoming=upcoming)
 
     def close(self, timeout: float) -> None:
         if self.worker is not None:
@@ -371,6 +401,18 @@ class Engine:
             yield
         finally:
             self.in_flight -= 1
+
+    @contextlib.contextmanager
+    def preparing(self):
+        """One request between admission and asking for its generate: a ready batch may wait for it
+        (``ModelWorker._should_wait``). Event-loop thread only."""
+        self.upcoming += 1
+        try:
+            yield
+        finally:
+            self.upcoming -= 1
+            if self.worker is not None:
+                self.worker.nudge()
 
     def _open(self, url: str, profile: Profile) -> tuple[Any, Any, str | None, tuple]:
         """In the pool: (info, decoded frames or None when cached or its run is kept, a temporary file to remove or
