@@ -842,3 +842,28 @@ def test_a_ready_generate_waits_for_requests_still_being_prepared():
     late.future.result(timeout=10)
     assert worker.batches == [4, 1, 1]
     worker.close(5)
+
+
+def test_the_decode_pool_splits_each_decode_over_its_share_of_the_cores(tiny_vlm, media, monkeypatch):
+    """Four pool threads decoding at once must not each split over every core (4x the cores' threads)."""
+    import asyncio
+
+    import scissor_cli.pipeline as pipeline
+    import scissor_cli.serve.engine as serve_engine
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import ServeOptions
+    from scissor_cli.serve.engine import RunCache
+
+    monkeypatch.setattr(serve_engine, "process_cores", lambda: 8)
+    splits = []
+    real = pipeline.decode_clip
+    monkeypatch.setattr(pipeline, "decode_clip", lambda *a, **k: splits.append(k.get("workers")) or real(*a, **k))
+    engine = _engine(tiny_vlm, media / "allowed", runs=RunCache(max_runs=0))
+    assert engine.split == 8 // ServeOptions().decode_workers
+    url = str(media / "allowed" / "clip.mp4")
+    profile = pipeline.resolve_profile(tiny_vlm, Profile().override(sampling={"n_frames": 4}))
+    try:
+        asyncio.run(engine.prepare(url, parse_request({"messages": video_message(url, "Q?")}, "m"), profile))
+    finally:
+        engine.close(5)
+    assert splits == [2], "the pool's decode must be split over its share of the cores"

@@ -41,6 +41,7 @@ from scissor_cli.serve.protocol import (
     merge_flags,
 )
 from scissor_cli.serve.videos import fetch_video
+from scissor_cli.video_limits import process_cores
 
 
 # ---------------------------------------------------------------------------------------------------- the model thread
@@ -366,6 +367,9 @@ class Engine:
         self.base, self.overrides = base, overrides
         self.config = config if config is not None else load_config()
         self.pool = concurrent.futures.ThreadPoolExecutor(options.decode_workers, thread_name_prefix="scissor-decode")
+        # the pool's threads decode at once: each splits its decode over its share of the cores, never all of them
+        # (4 threads each splitting over every core would run 4x the cores' threads)
+        self.split = max(1, process_cores() // options.decode_workers)
         self.keys = _cache_with_memo(default_root(self.config))
         self.cache = None
         self.runs = runs if runs is not None else RunCache()
@@ -431,7 +435,7 @@ class Engine:
             if run_key in self.runs or (self.cache is not None and profile.model.cache and self.cache.has(key)):
                 return info, None, path if temporary else None, run_key
             t0 = time.perf_counter()
-            clip = decode_clip(vlm, path, s, info)
+            clip = decode_clip(vlm, path, s, info, workers=self.split)
             return info, video_io.Decoded(clip, time.perf_counter() - t0), path if temporary else None, run_key
         except VideoError as e:
             if not temporary:
