@@ -16,7 +16,6 @@ torch and transformers are imported inside functions: the CLI's light paths impo
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -24,32 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scissor_cli.checkpoint import (
-    NEXT_KEY_MAPPING,
-    SIGLIP_MEAN_STD,
-    _check_config_shapes,
-    _check_loading_info,
-    _fetch_pickles,
-    _next_config,
-    _processor_chat_template,
-    _processor_settings,
-    _read_json,
-    _tensor_shapes,
-    _weight_files,
-    _zip_setting,
-    detect_layout,
-    download_hint,
-    resolve_model_dir,
-)
-from scissor_cli.devices import resolve_device, resolve_dtype
+from scissor_cli.checkpoint import SIGLIP_MEAN_STD, _read_json, resolve_model_dir
 from scissor_cli.errors import ModelError, OptionError
+from scissor_cli.families.llava_ov import FRAMES_PER_CHUNK  # noqa: F401 - re-exported (tests, bench)
 from scissor_cli.options import GenerationOptions, ModelOptions
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-FRAMES_PER_CHUNK = 8  # vision tower batch: bounds activation memory (27x27 patches x 1152 x 26 layers per frame)
 # A placeholder no tokenizer will split or produce from user text; the prompt is cut around it.
 VIDEO_MARK = "\u2063<scissor-video>\u2063"
 # Stands for the i-th user text while the template renders (``_prompt_pieces``); cut out again afterwards.
@@ -142,7 +124,10 @@ class VisionLanguageModel:
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
                  default_tau: float | None = None, default_epsilon: float | None = None,
-                 model_dir: Path | None = None):  # fmt: skip
+                 model_dir: Path | None = None, family: Any = None):  # fmt: skip
+        from scissor_cli.families import LLAVA_OV
+
+        self.family = family if family is not None else LLAVA_OV  # what differs per model family (families/)
 
         self.hf_model = hf_model  # LlavaOnevisionForConditionalGeneration, eval mode
         self.tokenizer = tokenizer
@@ -153,14 +138,13 @@ class VisionLanguageModel:
         self.default_tau = default_tau  # the checkpoint's mm_zip_tau (LLaVA-Scissor baselines), else None
         self.default_epsilon = default_epsilon
         self.model_dir = model_dir  # the resolved folder (a Hub snapshot is named by its commit)
-        self.image_size = image_size  # (height, width) frames are resized to
+        self.image_size = image_size  # (height, width) frames are resized to; None: per video (Qwen)
         self.mean, self.std = mean, std
         embeddings = hf_model.get_input_embeddings()
         self.device: torch.device = embeddings.weight.device  # first device under device_map="auto"
         self.dtype: torch.dtype = embeddings.weight.dtype
         cfg = hf_model.config
-        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        self.tokens_per_frame = math.ceil(side / 2) ** 2  # 2x2 bilinear pooling: 27x27 -> 14x14 = 196
+        self.tokens_per_frame: int | None = self.family.tokens_per_frame(cfg)  # None: depends on the video
         self.hidden_size = cfg.text_config.hidden_size
         self.n_layers = cfg.text_config.num_hidden_layers
         self.ffn_size = cfg.text_config.intermediate_size
@@ -188,41 +172,21 @@ class VisionLanguageModel:
         *,
         resized: np.ndarray | None = None,
     ) -> torch.Tensor:
-        """uint8 [F, H, W, 3] -> video tokens [F, T, D] on ``self.device`` in ``self.dtype`` (T = tokens_per_frame).
+        """uint8 [F, H, W, 3] -> the video's features on ``self.device`` in ``self.dtype``: [F, T, D] for
+        LLaVA-OV (T = tokens_per_frame), the family's own layout otherwise (``families``).
 
-        What ``get_video_features`` computes without its trailing image_newline, FRAMES_PER_CHUNK frames at a time.
         ``on_progress(n_done, n_frames)`` after each chunk. ``resized`` (instead of ``frames``): the frames already
         through ``resize_frames`` at ``self.image_size``, uint8 [F, 3, S, S] (decode-ahead workers resize)."""
-        import torch
-
         if resized is not None:
+            if self.image_size is None:
+                raise ValueError(f"{self.family.name} resizes each video to its own size: pass frames")
             if resized.ndim != 4 or tuple(resized.shape[1:]) != (3, *self.image_size) or resized.shape[0] < 1:
                 raise ValueError(f"resized frames must be uint8 [F, 3, {self.image_size[0]}, {self.image_size[1]}] "
                                  f"with F >= 1, got shape {tuple(resized.shape)}")  # fmt: skip
-            n_frames = resized.shape[0]
         elif frames is None or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
             shape = None if frames is None else tuple(frames.shape)
             raise ValueError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got shape {shape}")
-        else:
-            n_frames = frames.shape[0]
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, n_frames, FRAMES_PER_CHUNK):
-                if self.on_step is not None:
-                    self.on_step()
-                if resized is not None:
-                    part = torch.from_numpy(resized[start : start + FRAMES_PER_CHUNK])
-                    pixels = normalize_frames(part, self.mean, self.std)
-                else:
-                    pixels = preprocess_frames(
-                        frames[start : start + FRAMES_PER_CHUNK], self.image_size, self.mean, self.std
-                    )
-                pixels = pixels.to(self.device, self.dtype)[None]  # [1, f, 3, S, S]
-                pooled = self.hf_model.model.get_video_features(pixels).pooler_output  # [1, f*T + 1, D]
-                chunks.append(pooled[0, :-1].reshape(pixels.shape[1], -1, pooled.shape[-1]))  # [f, T, D]
-                if on_progress is not None:
-                    on_progress(min(start + FRAMES_PER_CHUNK, n_frames), n_frames)
-        return torch.cat(chunks, 0).to(self.device)
+        return self.family.encode(self, frames, on_progress, resized)
 
     # ------------------------------------------------------------------ prompt
     def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
@@ -262,7 +226,7 @@ class VisionLanguageModel:
     def prompt_length(self, n_video: int, question: str, history: Sequence[tuple[str, str]] = ()) -> int:
         """Tokens the LLM reads for this prompt with ``n_video`` visual tokens (image_newline included)."""
         before, after = self.prompt_ids(question, history)
-        return len(before) + n_video + int(self.newline) + len(after)
+        return self.family.prompt_length(self, n_video, before, after)
 
     def check_question(
         self, question: str, *, reserve: int = 0, history: Sequence[tuple[str, str]] = (), what: str = "the question"
@@ -339,7 +303,7 @@ class VisionLanguageModel:
 
         if self.layout == "llava-next":
             return cut("".join(_qwen_conversation(questions, answers, VIDEO_MARK)), VIDEO_MARK)  # type: ignore[return-value]
-        video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
+        video_token = self.family.template_video(tok)
         if tok.chat_template:
             if video_token:
                 # llava-hf templates render a structured user turn; the video becomes "<video>\n" before the text.
@@ -419,37 +383,17 @@ class VisionLanguageModel:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
         if cache is not None and len(requests) != 1:
             raise ValueError("a PromptCache serves one request per generate call")
+        if cache is not None and self.family.positions:
+            cache.clear()  # M-RoPE families prefill the whole prompt every turn (no KV reuse across turns yet)
+            cache = None
         t0 = time.perf_counter()
         with torch.inference_mode():
-            rows = [self.embed_request(video, question, history) for video, question in requests]
-            lengths = [r.shape[0] for r in rows]
-            n_prefill = list(lengths)
-            n_max = max(lengths)
-            pad = self.hf_model.get_input_embeddings()(torch.tensor([pad_id], device=self.device))[0]
             kv = None
-            n_video = [video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline) for video, _ in requests]
-            ids = [self.prompt_ids(question, history) for _, question in requests]
-            if cache is not None:
-                (before, after), video = ids[0], requests[0][0]
-                n_reuse = min(cache.reusable(before, video, n_video[0], after), lengths[0] - 1)
-                kv, n_held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
-                n_reuse = min(n_reuse, n_held)
-                cache.clear()  # generate extends the cache in place: it is valid again only once generate returned
-                if kv is not None and n_reuse > 0:
-                    if n_held > n_reuse:
-                        kv.crop(n_reuse - n_held)  # a negative count removes that many positions
-                    n_prefill = [lengths[0] - n_reuse]
-                else:
-                    kv = None
-                embeds = rows[0][None]  # [1, L, D]: generate skips the positions the cache holds
-                mask = torch.ones(1, lengths[0], dtype=torch.long, device=self.device)
-            elif share_prefix and (shared := self._shared_prefixes(requests, ids, n_video)) is not None:
-                embeds, mask, kv, n_prefill = self._prefix_batch(rows, shared, pad)
+            if self.family.positions:  # token ids + M-RoPE positions + the vision outputs (families/qwen.py)
+                inputs, lengths = self.family.generate_inputs(self, requests, history, pad_id)
+                n_prefill = list(lengths)
             else:
-                embeds = torch.stack([torch.cat([pad.expand(n_max - r.shape[0], -1), r], 0) for r in rows])
-                mask = torch.zeros(len(rows), n_max, dtype=torch.long, device=self.device)  # embeds: [B, L, D]
-                for i, n in enumerate(lengths):
-                    mask[i, n_max - n :] = 1
+                inputs, lengths, n_prefill, kv = self._embed_inputs(requests, history, pad_id, cache, share_prefix)
 
             sample = gen.temperature > 0
             config = GenerationConfig(
@@ -531,8 +475,7 @@ class VisionLanguageModel:
                 if sample:  # a caller that wants to reproduce the answer passes a seed (pipeline records it)
                     torch.manual_seed(gen.with_drawn_seed().seed)
                 result = self.hf_model.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=mask,
+                    **inputs,
                     generation_config=config,
                     streamer=streamer,
                     stopping_criteria=stopping,
@@ -540,10 +483,13 @@ class VisionLanguageModel:
                 )
                 t_end = time.perf_counter()
         out = result.sequences if cache is not None else result  # [B, n_new]: only the new tokens (inputs_embeds)
+        if "input_ids" in inputs:  # generate returned the prompt's ids first
+            out = out[:, inputs["input_ids"].shape[1] :]
         if cache is not None:
-            held = result.cache
-            n_tail = held.get_seq_length() - len(before) - n_video[0]  # the last generated token was never fed
-            cache.kv, cache.before, cache.video, cache.n_video = held, tuple(before), video, n_video[0]
+            held, ((before, after), video) = result.cache, (self.prompt_ids(requests[0][1], history), requests[0][0])
+            n_video = video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline)
+            n_tail = held.get_seq_length() - len(before) - n_video  # the last generated token was never fed
+            cache.kv, cache.before, cache.video, cache.n_video = held, tuple(before), video, n_video
             cache.tail = tuple(after + out[0].tolist())[:n_tail]
         t_first = streamer.t_first or t_end
         texts, n_new, token_ids = [], [], []
@@ -562,6 +508,44 @@ class VisionLanguageModel:
             token_ids=token_ids,
             n_prefill_tokens=n_prefill,
         )
+
+    def _embed_inputs(self, requests, history, pad_id, cache, share_prefix):
+        """LLaVA-OV's ``generate`` inputs: each prompt's embeddings with the kept tokens spliced in, left-padded
+        (or laid out around shared prefixes, or after what ``cache`` holds). Returns (generate's keyword arguments,
+        prompt lengths, tokens to prefill per request, the KV cache to start from or None)."""
+        import torch
+
+        rows = [self.embed_request(video, question, history) for video, question in requests]
+        lengths = [r.shape[0] for r in rows]
+        n_prefill = list(lengths)
+        n_max = max(lengths)
+        pad = self.hf_model.get_input_embeddings()(torch.tensor([pad_id], device=self.device))[0]
+        kv = None
+        n_video = [video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline) for video, _ in requests]
+        ids = [self.prompt_ids(question, history) for _, question in requests]
+        if cache is not None:
+            (before, after), video = ids[0], requests[0][0]
+            n_reuse = min(cache.reusable(before, video, n_video[0], after), lengths[0] - 1)
+            kv, n_held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
+            n_reuse = min(n_reuse, n_held)
+            cache.clear()  # generate extends the cache in place: it is valid again only once generate returned
+            if kv is not None and n_reuse > 0:
+                if n_held > n_reuse:
+                    kv.crop(n_reuse - n_held)  # a negative count removes that many positions
+                n_prefill = [lengths[0] - n_reuse]
+            else:
+                kv = None
+            embeds = rows[0][None]  # [1, L, D]: generate skips the positions the cache holds
+            mask = torch.ones(1, lengths[0], dtype=torch.long, device=self.device)
+        elif share_prefix and (shared := self._shared_prefixes(requests, ids, n_video)) is not None:
+            embeds, mask, kv, n_prefill = self._prefix_batch(rows, shared, pad)
+        else:
+            embeds = torch.stack([torch.cat([pad.expand(n_max - r.shape[0], -1), r], 0) for r in rows])
+            mask = torch.zeros(len(rows), n_max, dtype=torch.long, device=self.device)  # embeds: [B, L, D]
+            for i, n in enumerate(lengths):
+                mask[i, n_max - n :] = 1
+
+        return {"inputs_embeds": embeds, "attention_mask": mask}, lengths, n_prefill, kv
 
     def _shared_prefixes(self, requests, ids, n_video) -> list[tuple[int, int]] | None:
         """Per request (its group's first request, its prefix length) where two or more requests share one video
@@ -685,106 +669,10 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
     status(f"resolving {name}" + (f"@{revision}" if revision else ""))
     model_dir = resolve_model_dir(name, revision, opts.offline)
     raw = _read_json(model_dir / "config.json") or {}
-    layout = detect_layout(raw)
-    try:
-        files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
-    except ModelError:
-        if not (opts.allow_pickle and model_dir != Path(name).expanduser()):
-            raise
-        model_dir = _fetch_pickles(name, revision, opts.offline)
-        files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
+    from scissor_cli.families import family_of
 
-    import pickle
-
-    import torch
-    from safetensors import SafetensorError
-    from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-
-    device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
-    shapes = _tensor_shapes(files, is_safetensors, name)
-    if layout == "llava-hf":
-        try:
-            with _quiet_transformers():
-                config = LlavaOnevisionConfig.from_pretrained(str(model_dir))
-        except (OSError, ValueError, TypeError, KeyError) as e:  # a field of the wrong type or value
-            raise ModelError(
-                f"model {name}: its config.json is not a LLaVA-OneVision config: {type(e).__name__}: {e}",
-                hint="re-download the checkpoint or fix config.json",
-            ) from e
-        key_mapping = None
-        newline_default = True
-    else:
-        with _quiet_transformers():  # Qwen2Config's rope_scaling=None deprecation warning
-            config = _next_config(raw, shapes, name)
-        key_mapping = NEXT_KEY_MAPPING
-        newline_default = False  # LLaVA-NeXT video ("flat", as the LLaVA-Scissor baselines were trained)
-    _check_config_shapes(config, shapes, name, layout)
-    newline = newline_default if opts.newline is None else opts.newline
-
-    try:
-        with _quiet_transformers():  # e.g. "a model of type llava_qwen ..." when it peeks at config.json
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - narrowed below
-        # missing files (OSError), unreadable JSON (ValueError), a wrong structure (KeyError), and the tokenizers
-        # library's plain Exception for a tokenizer.json it cannot parse; anything else is a bug, not the checkpoint
-        if not isinstance(e, (OSError, ValueError, KeyError)) and type(e) is not Exception:
-            raise
-        raise ModelError(f"model {name}: cannot load its tokenizer: {e}", hint=download_hint(name, revision)) from e
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = _processor_chat_template(model_dir)
-    if layout == "llava-next":
-        vocab = tokenizer.get_vocab()
-        for attr, token in (("image_token_index", "<image>"), ("video_token_index", "<video>")):
-            if token in vocab:
-                setattr(config, attr, vocab[token])
-
-    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    # Spread over several GPUs only when asked for "any GPU" (needs the accelerate package); else one device.
-    device_map = "auto" if (opts.device in ("auto", "cuda") and n_gpus > 1) else None
-    status(f"loading {name} ({layout} layout) on {device} as {str(dtype).removeprefix('torch.')}")
-    try:
-        with _quiet_transformers():  # its LOAD REPORT would duplicate the ModelError below
-            hf_model, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                str(model_dir),
-                config=config,
-                dtype=dtype,
-                attn_implementation="sdpa",
-                device_map=device_map,
-                key_mapping=key_mapping,
-                use_safetensors=is_safetensors,
-                trust_remote_code=False,
-                output_loading_info=True,
-            )
-    except ImportError as e:
-        raise ModelError(
-            f"model {name}: {e}", hint="pip install accelerate (needed to spread a model over GPUs)"
-        ) from e
-    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as e:
-        # truncated files, shape mismatches, OOM; a pickle that weights_only unpickling refuses, or a cut-off one
-        raise ModelError(
-            f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
-            hint="re-download it, or check that it is a LLaVA-OneVision checkpoint",
-        ) from e
-    _check_loading_info(info, config, name, layout)
-    if device_map is None:
-        hf_model.to(device)
-    hf_model.eval()
-
-    hw, mean, std = _processor_settings(model_dir, config.vision_config.image_size)
-    vlm = VisionLanguageModel(
-        hf_model,
-        tokenizer,
-        name=name,
-        revision=revision,
-        layout=layout,
-        newline=newline,
-        image_size=hw,
-        mean=mean,
-        std=std,
-        default_tau=_zip_setting(raw, "mm_zip_tau", name),
-        default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
-        model_dir=model_dir,
-    )
+    family = family_of(raw, name)  # an unknown model_type: one line naming it and the families known
+    family.check_transformers(name)
+    vlm = family.load(opts, model_dir, raw, status)
     vlm.prompt_ids("")  # a chat template that cannot render fails here, before any video is decoded
     return vlm

@@ -58,11 +58,13 @@ class EncodedVideo:
     vision_s: float
     cache_hit: bool
     backend: str  # the decoder that produced the frames ("decord", "torchcodec", "ffmpeg"), or "cache"
+    # the model family's layout of ``features`` (families/qwen.py: the token grid, timing); None: [F, T, D]
+    layout: Any = None
 
 
 @dataclass(frozen=True)
 class CompressedVideo:
-    tokens: torch.Tensor  # [M, D]
+    tokens: Any  # what ``generate`` takes: [M, D] (LLaVA-OV), or the family's kept tokens (families.qwen.QwenTokens)
     n_original: int  # F*T
     n_spatial: int
     n_final: int  # M
@@ -70,7 +72,7 @@ class CompressedVideo:
     tau: float | None  # threshold used (None: compression off)
     tau_temporal: float | None
     epsilon: float | None
-    spatial_per_frame: list[int]
+    spatial_per_frame: list[int]  # per SCC frame (Qwen: per temporal patch of two frames)
     assignment: torch.Tensor | None  # [F*T] kept-token index of each original token
     compression_s: float
     budget: int | None = None  # the budget as a token count (None without one); tau was searched to meet it
@@ -221,11 +223,16 @@ def encode_video(
     key = None
     if cache is not None:  # info.path: the file itself (for stdin, its spooled copy: same bytes, same key)
         key = cache.key(info.path, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
-        expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
+        family = getattr(vlm, "family", None)
+        if family is not None:  # None: a stand-in model (tests)
+            expected = family.feature_shape(vlm, len(plan.indices))
+        else:
+            expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
         cached = cache.get(key, shape=expected, dtype=vlm.dtype)  # a bad entry: deleted, warned, a miss
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
-            n = features.shape[0]  # a file that ended early cached fewer frames than planned
+            # a file that ended early cached fewer frames than planned
+            n = min(family.frames_covered(features.shape[0]) if family else features.shape[0], len(plan.indices))
             indices, timestamps = tuple(plan.indices[:n]), tuple(plan.timestamps[:n])
             note = plan.note
             if n < len(plan.indices):  # the same words sample_frames used when it decoded the file
@@ -235,8 +242,8 @@ def encode_video(
                 )
                 note = f"{note}; {short}" if note else short
             return EncodedVideo(path=str(video), info=info, indices=indices, timestamps=timestamps, note=note,
-                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True,
-                                backend="cache")  # fmt: skip
+                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True, backend="cache",
+                                layout=_layout(vlm, features, indices, info))  # fmt: skip
 
     if decoded is not None:
         clip, decode_s, resized = decoded  # decode_s: the worker's decode (+ resize) time, off the critical path
@@ -271,19 +278,35 @@ def encode_video(
         vision_s=vision_s,
         cache_hit=False,
         backend=clip.backend,
+        layout=_layout(vlm, features, clip.indices, clip.info),
     )
+
+
+def _layout(vlm: VisionLanguageModel, features: torch.Tensor, indices, info) -> Any:
+    """The family's layout of an encoded video (None for LLaVA-OV and stand-in models)."""
+    family = getattr(vlm, "family", None)
+    return None if family is None else family.video_layout(vlm, features, indices, info)
+
+
+def scc_features(encoded: EncodedVideo) -> torch.Tensor:
+    """The [F, T, D] tokens SCC compares (Qwen: per temporal patch, without the DeepStack features)."""
+    layout = getattr(encoded, "layout", None)
+    return encoded.features if layout is None else layout.scc_input(encoded.features)[0]
 
 
 def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
     """SCC on the video's tokens with the profile's (resolved) settings; identity when compression is off."""
     import torch
 
-    features = encoded.features
-    n_frames, n_per_frame = features.shape[0], features.shape[1]
+    layout = getattr(encoded, "layout", None)
+    features, carry = (encoded.features, None) if layout is None else layout.scc_input(encoded.features)
+    n_frames, n_per_frame = features.shape[0], features.shape[1]  # Qwen: temporal patches, tokens in each
     n_original = n_frames * n_per_frame
     c = profile.compression
     if not c.enabled:
         tokens = features.reshape(n_original, features.shape[-1])
+        if layout is not None:
+            tokens = layout.kept(None, encoded.features)
         return CompressedVideo(
             tokens, n_original, n_original, n_original, 1.0, None, None, None, [n_per_frame] * n_frames, None, 0.0
         )
@@ -299,11 +322,12 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
         tau_temporal=c.tau_temporal,
         budget=c.budget,
         generator=generator,
+        carry=carry,
     )
     _sync(features.device)
     compression_s = time.perf_counter() - t0
     return CompressedVideo(
-        out.tokens,
+        out.tokens if layout is None else layout.kept(out, encoded.features),
         out.n_input,
         out.n_spatial,
         out.n_output,
@@ -525,7 +549,7 @@ def inspect_video(
                 sweep.append((None, n_original, n_original))  # every token: what batch's retention 1 sends
                 continue
             generator = torch.Generator(device=encoded.features.device).manual_seed(c.seed)
-            out = compress(encoded.features, tau=search_start(c), epsilon=c.epsilon, tau_temporal=c.tau_temporal,
+            out = compress(scc_features(encoded), tau=search_start(c), epsilon=c.epsilon, tau_temporal=c.tau_temporal,
                            budget=budget, generator=generator)  # fmt: skip
             sweep.append((float(out.tau), int(out.n_spatial), int(out.n_output)))
     elif sweep_taus:
@@ -539,7 +563,7 @@ def inspect_video(
         sweep = [
             (float(t), int(a), int(b))
             for t, a, b in retention_sweep(
-                encoded.features,
+                scc_features(encoded),
                 list(sweep_taus),
                 epsilon=profile.compression.epsilon,
                 generator=generator,
