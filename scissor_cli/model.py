@@ -15,7 +15,6 @@ torch and transformers are imported inside functions: the CLI's light paths impo
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scissor_cli.checkpoint import SIGLIP_MEAN_STD, _read_json, resolve_model_dir
+from scissor_cli.checkpoint import _read_json, resolve_model_dir
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.families.llava_ov import FRAMES_PER_CHUNK  # noqa: F401 - re-exported (tests, bench)
+from scissor_cli.families.loading import _quiet_transformers  # noqa: F401 - re-exported
+from scissor_cli.families.pixels import normalize_frames, preprocess_frames, resize_frames  # noqa: F401 - re-exported
 from scissor_cli.options import GenerationOptions, ModelOptions
 
 if TYPE_CHECKING:
@@ -90,44 +91,17 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def preprocess_frames(frames: np.ndarray, size, mean=SIGLIP_MEAN_STD, std=SIGLIP_MEAN_STD) -> torch.Tensor:
-    """uint8 [F, H, W, 3] RGB -> float32 [F, 3, S, S] (``size`` an int or (height, width)).
-
-    Bit-identical to transformers' LlavaOnevisionVideoProcessor (torchvision backend): a uint8 bicubic antialiased
-    resize straight to the target size (no aspect keep, no crop), then (x - 255*mean) / (255*std)."""
-    return normalize_frames(resize_frames(frames, size), mean, std)
-
-
-def resize_frames(frames: np.ndarray, size) -> torch.Tensor:
-    """The resize half of ``preprocess_frames``: uint8 [F, H, W, 3] -> uint8 [F, 3, S, S]. Batch's decode-ahead
-    workers run it, so the main process receives 384 px frames (14 MiB for 32, not 190 MiB of 1080p)."""
-    import numpy as np
-    import torch
-
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()  # uint8 [F, 3, H, W]
-    return torch.nn.functional.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True)
-
-
-def normalize_frames(x: torch.Tensor, mean=SIGLIP_MEAN_STD, std=SIGLIP_MEAN_STD) -> torch.Tensor:
-    """The other half: uint8 [F, 3, S, S] -> float32 (x - 255*mean) / (255*std)."""
-    import torch
-
-    m = torch.tensor(mean, dtype=torch.float32) * 255.0
-    s = torch.tensor(std, dtype=torch.float32) * 255.0
-    return (x.to(torch.float32) - m[:, None, None]) / s[:, None, None]
-
-
 class VisionLanguageModel:
     """A loaded LLaVA-OneVision checkpoint: ``encode`` frames into video tokens, ``generate`` answers."""
 
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
                  default_tau: float | None = None, default_epsilon: float | None = None,
-                 model_dir: Path | None = None, family: Any = None):  # fmt: skip
+                 model_dir: Path | None = None, family: Any = None, family_settings: Any = None):  # fmt: skip
         from scissor_cli.families import LLAVA_OV
 
         self.family = family if family is not None else LLAVA_OV  # what differs per model family (families/)
+        self.family_settings = family_settings  # the family's own (Qwen: families.qwen.QwenSettings)
 
         self.hf_model = hf_model  # LlavaOnevisionForConditionalGeneration, eval mode
         self.tokenizer = tokenizer
@@ -639,25 +613,6 @@ def _conversation(first: Any, questions: list[str], answers: list[str], content:
     return conv
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' own warnings, reports and progress bars off for a block (library code never prints)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = None) -> VisionLanguageModel:
     """Load ``opts.model`` (hub id or directory, either layout) for inference. Raises ModelError.
 
@@ -673,6 +628,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
 
     family = family_of(raw, name)  # an unknown model_type: one line naming it and the families known
     family.check_transformers(name)
-    vlm = family.load(opts, model_dir, raw, status)
+    hf_model, tokenizer, kwargs = family.load(opts, model_dir, raw, status)
+    vlm = VisionLanguageModel(hf_model, tokenizer, family=family, **kwargs)
     vlm.prompt_ids("")  # a chat template that cannot render fails here, before any video is decoded
     return vlm

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from scissor_cli.model import VisionLanguageModel
     from scissor_cli.options import ModelOptions
+
+VisionLanguageModel = Any  # scissor_cli.model's; not imported here (model imports the families)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -55,7 +56,8 @@ class Family:
             )
 
     # ---- what a family implements
-    def load(self, opts: ModelOptions, model_dir, raw: dict, status: Callable[[str], None]) -> VisionLanguageModel:
+    def load(self, opts: ModelOptions, model_dir, raw: dict, status: Callable[[str], None]) -> tuple[Any, Any, dict]:
+        """(transformers model in eval mode on its device, tokenizer, ``VisionLanguageModel``'s keyword arguments)."""
         raise NotImplementedError
 
     def encode(

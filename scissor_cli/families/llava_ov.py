@@ -19,7 +19,8 @@ class LlavaOneVision(Family):
         return math.ceil(side / 2) ** 2  # 2x2 bilinear pooling: 27x27 -> 14x14 = 196
 
     def load(self, opts, model_dir, raw, status):
-        """The checkpoint in ``model_dir`` (either layout) as a ``VisionLanguageModel``. Raises ModelError."""
+        """The checkpoint in ``model_dir`` (either layout): (hf_model, tokenizer, ``VisionLanguageModel``'s keyword
+        arguments). Raises ModelError."""
         from scissor_cli.checkpoint import (
             NEXT_KEY_MAPPING,
             _check_config_shapes,
@@ -34,8 +35,7 @@ class LlavaOneVision(Family):
         )
         from scissor_cli.devices import resolve_device, resolve_dtype
         from scissor_cli.errors import ModelError
-        from scissor_cli.families.loading import device_map_for, from_pretrained, load_tokenizer
-        from scissor_cli.model import VisionLanguageModel, _quiet_transformers
+        from scissor_cli.families.loading import _quiet_transformers, device_map_for, from_pretrained, load_tokenizer
 
         name, revision = opts.model, opts.revision
         layout = detect_layout(raw)
@@ -91,20 +91,21 @@ class LlavaOneVision(Family):
         hf_model.eval()
 
         hw, mean, std = _processor_settings(model_dir, config.vision_config.image_size)
-        return VisionLanguageModel(
+        return (
             hf_model,
             tokenizer,
-            name=name,
-            revision=revision,
-            layout=layout,
-            newline=newline,
-            image_size=hw,
-            mean=mean,
-            std=std,
-            default_tau=_zip_setting(raw, "mm_zip_tau", name),
-            default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
-            model_dir=model_dir,
-            family=self,
+            dict(
+                name=name,
+                revision=revision,
+                layout=layout,
+                newline=newline,
+                image_size=hw,
+                mean=mean,
+                std=std,
+                default_tau=_zip_setting(raw, "mm_zip_tau", name),
+                default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
+                model_dir=model_dir,
+            ),
         )
 
     def encode(self, vlm, frames, on_progress, resized):
@@ -112,7 +113,7 @@ class LlavaOneVision(Family):
         time: [F, T, D] on ``vlm.device`` in ``vlm.dtype``."""
         import torch
 
-        from scissor_cli import model
+        from scissor_cli.families import pixels
 
         n_frames = resized.shape[0] if resized is not None else frames.shape[0]
         chunks = []
@@ -122,9 +123,9 @@ class LlavaOneVision(Family):
                     vlm.on_step()
                 if resized is not None:
                     part = torch.from_numpy(resized[start : start + FRAMES_PER_CHUNK])
-                    pixels = model.normalize_frames(part, vlm.mean, vlm.std)
+                    pixels = pixels.normalize_frames(part, vlm.mean, vlm.std)
                 else:
-                    pixels = model.preprocess_frames(
+                    pixels = pixels.preprocess_frames(
                         frames[start : start + FRAMES_PER_CHUNK], vlm.image_size, vlm.mean, vlm.std
                     )
                 pixels = pixels.to(vlm.device, vlm.dtype)[None]  # [1, f, 3, S, S]

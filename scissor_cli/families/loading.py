@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from scissor_cli.errors import ModelError
@@ -13,7 +14,6 @@ def load_tokenizer(model_dir, name: str, revision: str | None):
     from transformers import AutoTokenizer
 
     from scissor_cli.checkpoint import _processor_chat_template, download_hint
-    from scissor_cli.model import _quiet_transformers
 
     try:
         with _quiet_transformers():  # e.g. "a model of type llava_qwen ..." when it peeks at config.json
@@ -43,8 +43,6 @@ def from_pretrained(cls, model_dir, name: str, layout: str, what: str, **kwargs)
 
     from safetensors import SafetensorError
 
-    from scissor_cli.model import _quiet_transformers
-
     try:
         with _quiet_transformers():  # its LOAD REPORT would duplicate the ModelError below
             return cls.from_pretrained(
@@ -60,3 +58,22 @@ def from_pretrained(cls, model_dir, name: str, layout: str, what: str, **kwargs)
             f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
             hint=f"re-download it, or check that it is a {what} checkpoint",
         ) from e
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' own warnings, reports and progress bars off for a block (library code never prints)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

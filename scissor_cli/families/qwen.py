@@ -115,8 +115,7 @@ class QwenFamily(Family):
 
         from scissor_cli.checkpoint import _check_loading_info, _weight_files
         from scissor_cli.devices import resolve_device, resolve_dtype
-        from scissor_cli.families.loading import device_map_for, from_pretrained, load_tokenizer
-        from scissor_cli.model import VisionLanguageModel, _quiet_transformers
+        from scissor_cli.families.loading import _quiet_transformers, device_map_for, from_pretrained, load_tokenizer
 
         name, revision = opts.model, opts.revision
         _, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
@@ -147,11 +146,10 @@ class QwenFamily(Family):
             hf_model.to(device)
         hf_model.eval()
         settings = self.settings(model_dir, config)
-        vlm = VisionLanguageModel(hf_model, tokenizer, name=name, revision=revision, layout="hf", newline=False,
-                                  image_size=None, mean=settings.mean, std=settings.std, model_dir=model_dir,
-                                  family=self)  # fmt: skip
-        vlm.family_settings = settings
-        return vlm
+        return hf_model, tokenizer, dict(
+            name=name, revision=revision, layout="hf", newline=False, image_size=None, mean=settings.mean,
+            std=settings.std, model_dir=model_dir, family_settings=settings,
+        )  # fmt: skip
 
     def settings(self, model_dir, config) -> QwenSettings:
         """The video processor's settings, found where transformers looks: processor_config.json's

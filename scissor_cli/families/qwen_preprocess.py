@@ -84,6 +84,6 @@ def preprocess(
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """uint8 [F, H, W, 3] -> (pixel_values_videos [t*h*w, C*temporal*patch^2] float32, video_grid_thw (t, h, w)),
     frames resized to ``size`` (height, width), a multiple of patch*merge."""
-    from scissor_cli.model import preprocess_frames
+    from scissor_cli.families.pixels import preprocess_frames
 
     return patchify(preprocess_frames(frames, size, mean, std), patch, merge, temporal)
