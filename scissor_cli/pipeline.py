@@ -159,19 +159,22 @@ def search_start(c: CompressionOptions) -> float:
 
 def model_fingerprint(vlm: VisionLanguageModel) -> str:
     """The model part of a feature-cache key: its name plus the resolved folder and the size and mtime of its
-    weights and configs, so re-training into the same folder (or a new Hub commit) is a cache miss."""
+    weights and configs, so re-training into the same folder (or a new Hub commit) is a cache miss; plus what the
+    family's preprocessing depends on (Qwen: pixel bounds, patch sizes, mean and std), so changing those is one."""
     import hashlib
     from pathlib import Path
 
+    family = getattr(vlm, "family", None)
+    tag = family.cache_tag(vlm) if family is not None else ""
     folder = getattr(vlm, "model_dir", None)
     if folder is None:
-        return vlm.name
+        return vlm.name + tag
     parts = [str(Path(folder).resolve())]
     for f in sorted(Path(folder).iterdir()):
         if f.suffix in (".safetensors", ".bin", ".json"):
             st = f.stat()
             parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return f"{vlm.name}|{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}"
+    return f"{vlm.name}|{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}{tag}"
 
 
 def _sync(device: Any) -> None:

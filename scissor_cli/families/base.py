@@ -99,3 +99,8 @@ class Family:
         """What the chat template renders for a user turn's video (the prompt is cut around it), or None."""
         video_token = getattr(tokenizer, "video_token", None)
         return video_token or ("<video>" if "<video>" in tokenizer.get_vocab() else None)
+
+    def cache_tag(self, vlm: VisionLanguageModel) -> str:
+        """What a feature-cache key adds for this family's preprocessing ("" for LLaVA-OV: its keys stay as they
+        were)."""
+        return ""

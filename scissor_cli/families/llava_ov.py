@@ -113,7 +113,7 @@ class LlavaOneVision(Family):
         time: [F, T, D] on ``vlm.device`` in ``vlm.dtype``."""
         import torch
 
-        from scissor_cli.families import pixels
+        from scissor_cli.families import pixels as px
 
         n_frames = resized.shape[0] if resized is not None else frames.shape[0]
         chunks = []
@@ -123,9 +123,9 @@ class LlavaOneVision(Family):
                     vlm.on_step()
                 if resized is not None:
                     part = torch.from_numpy(resized[start : start + FRAMES_PER_CHUNK])
-                    pixels = pixels.normalize_frames(part, vlm.mean, vlm.std)
+                    pixels = px.normalize_frames(part, vlm.mean, vlm.std)
                 else:
-                    pixels = pixels.preprocess_frames(
+                    pixels = px.preprocess_frames(
                         frames[start : start + FRAMES_PER_CHUNK], vlm.image_size, vlm.mean, vlm.std
                     )
                 pixels = pixels.to(vlm.device, vlm.dtype)[None]  # [1, f, 3, S, S]

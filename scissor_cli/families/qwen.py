@@ -211,6 +211,11 @@ class QwenFamily(Family):
             on_progress(n_frames, n_frames)
         return features.to(vlm.device)
 
+    def cache_tag(self, vlm) -> str:
+        s: QwenSettings = vlm.family_settings
+        return (f"|{self.name}:{s.min_pixels}-{s.max_pixels}px:p{s.patch}m{s.merge}t{s.temporal}:"
+                f"{','.join(map(str, s.mean))}/{','.join(map(str, s.std))}")  # fmt: skip
+
     def feature_shape(self, vlm, n_frames: int):
         s: QwenSettings = vlm.family_settings
         return (-(-n_frames // s.temporal), None, None, s.dim * (1 + s.n_deep))
