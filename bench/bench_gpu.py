@@ -113,8 +113,16 @@ def bench_qwen_arch(arch: str, args) -> list[str]:
 
     head, rows = bench_qwen(arch, synthetic_frames(args.frames), [b for b in BUDGETS if b[1] != 0.05], args.device,
                             getattr(torch, args.dtype), args.new_tokens)  # fmt: skip
-    # no TFLOPs column: the Qwen prompt's positions are not the paper's formula's concern, its token count is
-    return [head, *(f"| {arch} | {r[0]} | {r[1]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | | {r[7]} |" for r in rows)]
+    from scissor_cli.pipeline import llm_tflops
+
+    t = QWEN_TEXT[arch]
+    dims = (t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"])
+
+    def tflops(kept: str) -> str:  # "k (x%)" -> the paper's prefill estimate for k visual tokens
+        return f"{llm_tflops(dims[0], int(kept.split()[0]), dims[1], dims[2]):.2f}"
+
+    return [head, *(f"| {arch} | {r[0]} | {r[1]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | {tflops(r[1])} | {r[7]} |"
+                    for r in rows)]  # fmt: skip
 
 
 def bench(arch: str, args) -> list[str]:
