@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
     ap.add_argument("--qwen", nargs="+", default=None, help="Qwen architectures to bench instead (bench/qwen_archs.py)")
     ap.add_argument("--max-pixels", type=int, default=None, help="--qwen: the video processor's max_pixels")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="--qwen: the weights' dtype")
     args = ap.parse_args()
     if args.qwen:
         return main_qwen(args)
@@ -251,7 +252,7 @@ def main_qwen(args) -> None:
         "# Model bench: real Qwen2.5-VL / Qwen3-VL architectures, random weights, CPU",
         "",
         f"Command: `python {os.path.relpath(__file__, ROOT)} {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, fp32, torch "
+        f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {args.dtype}, torch "
         f"{torch.__version__}. Measured {time.strftime('%Y-%m-%d')}.  ",
         *([f"Note: {args.note}  "] if args.note else []),
         f"Video: `{os.path.relpath(args.video, ROOT)}`, {len(frames)} frames; {args.new_tokens} new tokens; prefill "
@@ -260,8 +261,8 @@ def main_qwen(args) -> None:
     ]
     for arch in args.qwen:
         print(f"{arch} ...", file=sys.stderr, flush=True)
-        head, rows = bench_qwen(arch, frames, BUDGETS, "cpu", torch.float32, args.new_tokens, args.max_pixels,
-                                args.repeats)  # fmt: skip
+        dtype = getattr(torch, args.dtype)
+        head, rows = bench_qwen(arch, frames, BUDGETS, "cpu", dtype, args.new_tokens, args.max_pixels, args.repeats)
         lines += [f"**{head}**", "",
                   "| budget | video tokens kept | prompt tokens | SCC | prefill | decode / token | question total "
                   "(vision + SCC + LLM) | peak RSS |", "|---|---|---|---|---|---|---|---|",
