@@ -143,3 +143,26 @@ def test_lmms_eval_plugin_on_qwen(tiny_qwen25_dir, clip, tmp_path):
     together = lm.generate_until(reqs)
     assert len(together) == 2 and all(isinstance(a, str) for a in together)
     assert together == [lm.generate_until([r])[0] for r in reqs]
+
+
+def test_serve_answers_a_qwen_request_as_ask_does(tiny_qwen25_dir, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("openai")
+    import shutil
+
+    from test_serve import COMMON, Server, ask_json, client, video_message
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    clip = str(allowed / "clip.mp4")
+    shutil.copy(pattern_clip(tmp_path / "src.mp4"), clip)
+    server = Server(tmp_path, "--model", str(tiny_qwen25_dir), *COMMON, "--allow-files", str(allowed), "--no-urls")
+    try:
+        c = client(server)
+        got = c.chat.completions.create(model=str(tiny_qwen25_dir), messages=video_message(clip, "What moves?"),
+                                        extra_body={"retention": 0.5})  # fmt: skip
+    finally:
+        server.stop()
+    expected = ask_json(clip, "What moves?", "--retention", "0.5", tiny=tiny_qwen25_dir)
+    assert got.choices[0].message.content == expected["answer"]
+    assert got.model_extra["scissor"]["tokens"] == expected["tokens"]
