@@ -166,3 +166,14 @@ def test_serve_answers_a_qwen_request_as_ask_does(tiny_qwen25_dir, tmp_path):
     expected = ask_json(clip, "What moves?", "--retention", "0.5", tiny=tiny_qwen25_dir)
     assert got.choices[0].message.content == expected["answer"]
     assert got.model_extra["scissor"]["tokens"] == expected["tokens"]
+
+
+def test_an_unknown_family_is_one_line_and_exit_5(tmp_path, clip):
+    folder = tmp_path / "internvl"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "internvl", "architectures": ["InternVLModel"]}))
+    result = run("ask", clip, "What?", "--model", folder)
+    assert result.exit_code == 5, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "internvl" in error[0] and "Qwen3-VL (qwen3_vl)" in error[0], result.stderr
+    assert "Traceback" not in result.output
