@@ -88,7 +88,6 @@ def build(arch: str, device, dtype, max_pixels: int | None = None):
         min_pixels=lo, max_pixels=max_pixels or hi, patch=v.patch_size, merge=2, temporal=2, mean=mean, std=std,
         clip_bounds=family.clip_bounds, dim=config.text_config.hidden_size,
         n_deep=len(getattr(v, "deepstack_visual_indexes", None) or ()), video_id=IDS["video_token_id"],
-        tokens_per_second=float(getattr(v, "tokens_per_second", 0) or 0),
     )  # fmt: skip
     tok = build_tokenizer(chat_template=QWEN_VL_CHAT_TEMPLATE, qwen_vl=True)
     vlm = VisionLanguageModel(hf, tok, name=f"random {arch}", revision=None, layout="hf", newline=False,

@@ -15,7 +15,6 @@ import torch
 from media import _encode, pattern_clip
 
 from scissor_cli.errors import ModelError
-from scissor_cli.families import qwen as qwen_family
 from scissor_cli.model import load_model
 from scissor_cli.options import CompressionOptions, GenerationOptions, ModelOptions, Profile, SamplingOptions
 from scissor_cli.pipeline import answer, compress_video, encode_video, resolve_profile
@@ -301,8 +300,3 @@ def test_older_transformers_is_refused_naming_the_version(qwen_dirs, family, mon
     assert e.value.exit_code == 5
     monkeypatch.setattr(transformers, "__version__", fam.min_transformers)
     assert load_model(ModelOptions(model=str(qwen_dirs[family]), device="cpu")).family is fam
-
-
-def test_qwen_module_names(qwen_vlms):
-    assert qwen_vlms["qwen2_5_vl"].family.name == "Qwen2.5-VL" and qwen_vlms["qwen3_vl"].family.name == "Qwen3-VL"
-    assert isinstance(qwen_family.WRAPPER, str)

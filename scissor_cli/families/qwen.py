@@ -43,7 +43,6 @@ class QwenSettings:
     dim: int  # D: the LLM's hidden size (the main features' width)
     n_deep: int  # DeepStack levels (Qwen3-VL), 0 for Qwen2.5-VL
     video_id: int
-    tokens_per_second: float  # Qwen2.5-VL: temporal positions per second
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,6 @@ class QwenFamily(Family):
             dim=int(config.text_config.hidden_size),
             n_deep=len(getattr(v, "deepstack_visual_indexes", None) or ()),
             video_id=int(config.video_token_id),
-            tokens_per_second=float(getattr(v, "tokens_per_second", 0) or 0),
         )
 
     # ---------------------------------------------------------------- encode
