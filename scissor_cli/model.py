@@ -1,5 +1,8 @@
-"""LLaVA-OneVision through transformers: load a checkpoint, encode frames into video tokens, generate with
-(compressed) video tokens spliced into the prompt. With ``checkpoint``, the only module that imports transformers.
+"""Vision-language models through transformers: load a checkpoint, encode frames into video tokens, generate with
+(compressed) video tokens in the prompt. With ``checkpoint`` and ``families``, the only modules that import
+transformers. What differs per model family (LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL: loading, the vision call, how
+kept tokens reach ``generate``) is in ``families/``, chosen once at load (docs/models.md, "Model families"); below,
+LLaVA-OV's seam.
 
 The seam is deliberately narrow (docs/models.md, "The transformers seam"): ``encode`` runs what transformers'
 ``get_video_features`` runs (SigLIP -> projector -> 2x2 bilinear pooling) and strips its trailing
@@ -92,7 +95,7 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class VisionLanguageModel:
-    """A loaded LLaVA-OneVision checkpoint: ``encode`` frames into video tokens, ``generate`` answers."""
+    """A loaded checkpoint of one of the ``families``: ``encode`` frames into video tokens, ``generate`` answers."""
 
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
