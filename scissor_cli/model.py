@@ -360,15 +360,15 @@ class VisionLanguageModel:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
         if cache is not None and len(requests) != 1:
             raise ValueError("a PromptCache serves one request per generate call")
-        if cache is not None and self.family.positions:
-            cache.clear()  # M-RoPE families prefill the whole prompt every turn (no KV reuse across turns yet)
-            cache = None
         t0 = time.perf_counter()
         with torch.inference_mode():
             kv = None
             if self.family.positions:  # token ids + M-RoPE positions + the vision outputs (families/qwen.py)
                 inputs, lengths = self.family.generate_inputs(self, requests, history, pad_id)
                 n_prefill = list(lengths)
+                if cache is not None:
+                    kv, n_reuse = self.family.reuse_cache(self, cache, inputs, requests[0][0])
+                    n_prefill = [lengths[0] - n_reuse]
             else:
                 inputs, lengths, n_prefill, kv = self._embed_inputs(requests, history, pad_id, cache, share_prefix)
 
@@ -462,7 +462,9 @@ class VisionLanguageModel:
         out = result.sequences if cache is not None else result  # [B, n_new]: only the new tokens (inputs_embeds)
         if "input_ids" in inputs:  # generate returned the prompt's ids first
             out = out[:, inputs["input_ids"].shape[1] :]
-        if cache is not None:
+        if cache is not None and self.family.positions:
+            self.family.keep_cache(cache, result.cache, inputs, out[0].tolist(), requests[0][0])
+        elif cache is not None:
             held, ((before, after), video) = result.cache, (self.prompt_ids(requests[0][1], history), requests[0][0])
             n_video = video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline)
             n_tail = held.get_seq_length() - len(before) - n_video  # the last generated token was never fed

@@ -177,3 +177,45 @@ def test_an_unknown_family_is_one_line_and_exit_5(tmp_path, clip):
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "internvl" in error[0] and "Qwen3-VL (qwen3_vl)" in error[0], result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("which", ["qwen2_5_vl", "qwen3_vl"])
+def test_chat_kv_cache_gives_the_same_answers_and_prefills_only_what_is_new(request, clip, which, tmp_path):
+    """As for LLaVA-OV (test_chat.py): a later turn reads the video and earlier turns from the cache, a new
+    compression reuses only the text before the video, and every greedy answer equals the uncached chat's; also
+    after /video to a clip of the same size, whose prompt ids are the same as the first one's."""
+    import subprocess
+
+    from scissor_cli.chat import ChatSession, handle
+
+    other = tmp_path / "other.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10", "-t", "1",
+                    "-pix_fmt", "yuv420p", str(other)], check=True, timeout=60)  # fmt: skip
+    from scissor_cli.model import load_model
+    from scissor_cli.options import ModelOptions, Profile
+
+    model = request.getfixturevalue("tiny_qwen25_dir" if which == "qwen2_5_vl" else "tiny_qwen3_dir")
+    vlm = load_model(ModelOptions(model=str(model), device="cpu", dtype="float32"))
+    profile = Profile().override(sampling={"n_frames": 8}, generation={"max_new_tokens": 6}, model={"cache": False})
+    cached, plain = ChatSession(vlm, profile), ChatSession(vlm, profile, kv_cache=False)
+    lines = ["What is happening?", "And then?", "/retention 0.5", "Why?", "/reset", "Who?", "Where?", "/off",
+             "What is happening?", f"/video {other}", "What is happening?"]  # fmt: skip
+    turns: dict[str, list] = {"cached": [], "plain": []}
+    for name, session in (("cached", cached), ("plain", plain)):
+        session.open(clip)
+        for line in lines:
+            reply = handle(session, line)
+            if not line.startswith("/"):
+                turns[name].append(reply)
+    answers = [[t.answer.answer for t in turns[name]] for name in ("cached", "plain")]
+    assert answers[0] == answers[1] and len(answers[0]) == 7, "the KV cache changed a greedy answer"
+    assert answers[0][5] != answers[0][6], "the two clips must give different answers, or the last turn proves nothing"
+    full = [t.n_prompt_tokens for t in turns["cached"]]
+    prefilled = [t.answer.prefill_tokens for t in turns["cached"]]
+    assert [t.answer.prefill_tokens for t in turns["plain"]] == full
+    assert prefilled[0] == full[0]
+    visual = [t.answer.tokens["final"] for t in turns["cached"]]
+    assert prefilled[1] < full[1] - visual[1], "turn 2 reads the video from the cache"
+    before = len(vlm.prompt_ids("Why?", cached.history[:2])[0])
+    assert visual[2] <= prefilled[2] <= full[2] - before, "/retention: only the text before the video is reused"
+    assert prefilled[3] < full[3] - visual[3] and prefilled[4] < full[4] - visual[4], "/reset keeps the video"

@@ -280,6 +280,41 @@ class QwenFamily(Family):
             "mm_encoder_outputs": {"video": self.encoder_outputs(vlm, [v for v, _ in requests])},
         }, lengths
 
+    def reuse_cache(self, vlm, cache, inputs, video) -> tuple[Any, int]:
+        """A chat's KV cache (``model.PromptCache``, its ``tail`` the ids it holds) for this one-row prompt: the
+        longest common prefix, never into the video unless the same kept tokens are cached whole (their vision
+        outputs are then left out of ``inputs``). Positions before a token do not depend on what follows it, so the
+        cached keys are the ones this prompt computes. Returns (the cache cropped to what is reused, or None; that
+        count)."""
+        ids = inputs["input_ids"][0].tolist()
+        kv, held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
+        cols = [i for i, t in enumerate(ids) if t == vlm.family_settings.video_id]
+        first, last = (cols[0], cols[-1] + 1) if cols else (len(ids), len(ids))
+        n = 0
+        for a, b in zip(ids, cache.tail, strict=False):
+            if a != b:
+                break
+            n += 1
+        if video is not cache.video:
+            n = min(n, first)  # other kept tokens: only the text before the video is the same
+        n = min(n, held, len(ids) - 1)
+        if first < n < last:
+            n = first  # a video is prefilled whole
+        cache.clear()  # generate extends the cache in place: valid again only once generate returned
+        if kv is None or n <= 0:
+            return None, 0
+        if held > n:
+            kv.crop(n - held)  # a negative count removes that many positions
+        if n >= last:
+            inputs.pop("mm_encoder_outputs")  # no placeholder left to fill
+        return kv, n
+
+    def keep_cache(self, cache, kv, inputs, new_ids: list[int], video) -> None:
+        """After generate: the cache holds the prompt and the answer but its last token (never fed back)."""
+        ids = inputs["input_ids"][0].tolist() + new_ids
+        cache.kv, cache.before, cache.video, cache.n_video = kv, (), video, 0
+        cache.tail = tuple(ids[: kv.get_seq_length()])
+
     def encoder_outputs(self, vlm, videos):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
