@@ -473,7 +473,9 @@ class VideoRun:
 
     def nbytes(self) -> int:
         """Bytes of the tensors this run holds: its features and every compression of them."""
-        held = [self.encoded.features, *(c.tokens for c in self._compressed.values())]
+        # result.tokens, not tokens: a family's kept tokens (Qwen) hold these tensors and its DeepStack ones
+        held = [self.encoded.features, *(c.result.tokens for c in self._compressed.values())]
+        held += [c.result.carried for c in self._compressed.values() if c.result.carried is not None]
         return sum(t.numel() * t.element_size() for t in held)
 
     def resolved(self, profile: Profile | None = None) -> Profile:
