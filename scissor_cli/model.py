@@ -41,7 +41,7 @@ from scissor_cli.checkpoint import (
     resolve_model_dir,
 )
 from scissor_cli.devices import resolve_device, resolve_dtype
-from scissor_cli.engines import Engine, GenerationOutput, Prompts
+from scissor_cli.engines import Engine, GenerationOutput, Prompts, refuse_position_ids, weights
 from scissor_cli.engines.hf import HFEngine, PromptCache
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.options import GenerationOptions, ModelOptions
@@ -88,6 +88,10 @@ def normalize_frames(x: torch.Tensor, mean=SIGLIP_MEAN_STD, std=SIGLIP_MEAN_STD)
 
 class VisionLanguageModel:
     """A loaded LLaVA-OneVision checkpoint: ``encode`` frames into video tokens, ``generate`` answers."""
+
+    # LLaVA-OneVision's LLM takes 1-D positions (its Qwen2 has plain RoPE): any engine can run it. A family whose
+    # LLM needs explicit position ids (M-RoPE) says True, and --engine vllm refuses it.
+    needs_position_ids = False
 
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
@@ -454,6 +458,11 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
     ``allow_pickle``; never ``trust_remote_code``."""
     status = on_status or (lambda _msg: None)
     name, revision = opts.model, opts.revision
+    refuse_position_ids(opts.engine, "LLaVA-OneVision", VisionLanguageModel.needs_position_ids)
+    if opts.engine == "vllm":
+        from scissor_cli.engines import vllm
+
+        vllm.check_installed()  # before the checkpoint is resolved or any video decoded
     status(f"resolving {name}" + (f"@{revision}" if revision else ""))
     model_dir = resolve_model_dir(name, revision, opts.offline)
     raw = _read_json(model_dir / "config.json") or {}
@@ -511,6 +520,11 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
             if token in vocab:
                 setattr(config, attr, vocab[token])
 
+    engine = None
+    if opts.engine == "vllm":  # first: on a GPU, vLLM sizes its KV cache from the memory still free
+        status(f"starting vLLM with {name}'s language model")
+        engine = vllm.start(model_dir, config.text_config.to_dict(), str(dtype).removeprefix("torch."), opts, name)
+        n_layers = weights.vision_only(config)  # scissor's half: vision tower, projector, embedding table
     n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     # Spread over several GPUs only when asked for "any GPU" (needs the accelerate package); else one device.
     device_map = "auto" if (opts.device in ("auto", "cuda") and n_gpus > 1) else None
@@ -538,6 +552,9 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
             f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
             hint="re-download it, or check that it is a LLaVA-OneVision checkpoint",
         ) from e
+    if engine is not None:
+        info = weights.drop_llm_keys(info)
+        config.text_config.num_hidden_layers = n_layers  # what the LLM has (the FLOPs estimate reads it)
     _check_loading_info(info, config, name, layout)
     if device_map is None:
         hf_model.to(device)
@@ -558,5 +575,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
         model_dir=model_dir,
     )
+    if engine is not None:
+        vlm.engine = engine.bind(vlm)
     vlm.prompt_ids("")  # a chat template that cannot render fails here, before any video is decoded
     return vlm
