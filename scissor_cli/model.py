@@ -554,7 +554,7 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
         ) from e
     if engine is not None:
         info = weights.drop_llm_keys(info)
-        config.text_config.num_hidden_layers = n_layers  # what the LLM has (the FLOPs estimate reads it)
+        hf_model.config.text_config.num_hidden_layers = n_layers  # what the LLM has (the FLOPs estimate reads it)
     _check_loading_info(info, config, name, layout)
     if device_map is None:
         hf_model.to(device)

@@ -102,6 +102,7 @@ class Answer:
     # prompt tokens this answer ran through the LLM; those a KV cache served (a chat's earlier turns, a video
     # prefix shared with the questions before it) not counted
     prefill_tokens: int | None = None
+    engine: str = "hf"  # what ran the LLM step (engines): "hf" or "vllm"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +123,7 @@ class Answer:
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
+            "engine": self.engine,
             "cache_hit": self.cache_hit,
             "note": self.note,
             "profile": self.profile,
@@ -349,6 +351,7 @@ def make_answers(
     settings = profile.to_dict()
     budget = _budget(compressed, profile)
     prefill = getattr(generated, "n_prefill_tokens", None) or generated.n_prompt_tokens
+    engine = getattr(getattr(vlm, "engine", None), "name", "hf")  # test doubles of the model carry none
     return [
         Answer(
             video=encoded.path,
@@ -371,6 +374,7 @@ def make_answers(
             profile=settings,
             budget=budget,
             prefill_tokens=n_prefill,
+            engine=engine,
         )
         for question, text, n_prefill in zip(questions, generated.texts, prefill, strict=True)
     ]

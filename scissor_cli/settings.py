@@ -37,6 +37,10 @@ def build_profile(
     offline: bool = False,
     no_cache: bool = False,
     newline: bool | None = None,
+    engine: str | None = None,
+    tensor_parallel_size: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    max_model_len: int | None = None,
     config: UserConfig | None = None,
 ) -> Profile:
     """Built-in defaults < user config < SCISSOR_MODEL < profile < flags (``config``: default ``load_config()``).
@@ -95,6 +99,10 @@ def build_profile(
                 "offline": True if offline else None,
                 "cache": False if no_cache else None,
                 "newline": newline,
+                "engine": engine.strip().lower() if isinstance(engine, str) else engine,
+                "tensor_parallel_size": tensor_parallel_size,
+                "gpu_memory_utilization": gpu_memory_utilization,
+                "max_model_len": max_model_len,
             },
         )
     except OptionError as e:  # the profile was valid on its own, so the value came from a flag: name the flag
@@ -104,7 +112,7 @@ def build_profile(
 SHARED_FLAGS = frozenset(
     ("model", "revision", "tau", "tau_temporal", "epsilon", "retention", "tokens", "no_compress", "frames", "fps",
      "start", "end", "memory_budget", "max_new_tokens", "temperature", "seed", "device", "dtype", "offline",
-     "no_cache", "newline")
+     "no_cache", "newline", "engine", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len")
 )  # fmt: skip
 
 
