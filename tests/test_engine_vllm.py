@@ -189,3 +189,48 @@ def test_ctrl_c_during_a_vllm_batch_leaves_no_process_behind(tiny, videos, tmp_p
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_serve_answers_as_hf(models, profile, videos):
+    """``scissor serve`` (in a thread, each engine's model passed in): the same answer, and its scissor stats say
+    which engine ran."""
+    import socket
+    import threading
+    import urllib.request
+
+    from scissor_cli.serve import ServeOptions
+    from scissor_cli.serve.app import run
+    from scissor_cli.settings import build_profile
+
+    flags = {"model": profile.model.model, "frames": 4, "max_new_tokens": 12, "dtype": "float32", "device": "cpu",
+             "offline": True}  # fmt: skip
+    content = [{"type": "video_url", "video_url": {"url": videos[0]}}, {"type": "text", "text": QUESTIONS[0]}]
+    body = json.dumps({"model": profile.model.model, "messages": [{"role": "user", "content": content}]}).encode()
+    replies = []
+    for vlm in models:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        options = ServeOptions(port=port, allow_files=(str(Path(videos[0]).parent),), allow_urls=False)
+        stop = threading.Event()
+        server = threading.Thread(target=run, args=(profile, options, build_profile), daemon=True,
+                                  kwargs={"flags": {**flags, "engine": vlm.engine.name}, "load": lambda v=vlm: v,
+                                          "stop": stop})  # fmt: skip
+        server.start()
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(240):
+                try:
+                    if urllib.request.urlopen(url + "/health", timeout=5).status == 200:
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            request = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            replies.append(json.loads(urllib.request.urlopen(request, timeout=120).read()))
+        finally:
+            stop.set()
+            server.join(timeout=60)
+    hf, vllm = replies
+    assert vllm["choices"][0]["message"]["content"] == hf["choices"][0]["message"]["content"] != ""
+    assert (hf["scissor"]["engine"], vllm["scissor"]["engine"]) == ("hf", "vllm")
