@@ -9,7 +9,9 @@ Steps (each one's time is printed; the run stops at the first failing step and e
    cosine 0.99 of float32, SCC in half precision), and the real-checkpoint GPU test when the weights are in the local
    Hugging Face cache (it skips, saying so, when they are not: nothing is downloaded);
 2. ``bench/bench_gpu.py`` at the real 0.5B architecture (random weights, 32 frames, bfloat16), and 7B when the GPU
-   has >= 40 GiB free, writing its table to ``--out``.
+   has >= 40 GiB free, writing its table to ``--out``;
+3. where vLLM is installed, ``bench/bench_engine.py`` at the 0.5B architecture: ``--engine hf`` against
+   ``--engine vllm`` on the same batch (``results_engine_gpu.md`` beside ``--out``).
 
 Without CUDA it stops before running anything: one line saying what torch sees, a hint, exit code 2.
 HF_HUB_OFFLINE=1 is set for every step. Which wheels an offline machine needs: docs/performance.md, "On a GPU".
@@ -18,6 +20,7 @@ HF_HUB_OFFLINE=1 is set for every step. Which wheels an offline machine needs: d
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -83,6 +86,12 @@ def main() -> None:
     table = step("bench_gpu", [sys.executable, "bench/bench_gpu.py", "--device", args.device, "--arch", *archs],
                  left, env)  # fmt: skip
     args.out.write_text(f"Measured with `make gpu-check` on {name}.\n\n{table}")
+    if importlib.util.find_spec("vllm") is not None:  # the engine rows: hf vs vllm on the same batch
+        engine_out = args.out.with_name("results_engine_gpu.md")
+        step("bench_engine", [sys.executable, "bench/bench_engine.py", "--arch", "0.5b", "--device", args.device,
+                              "--rounds", "1", "--out", str(engine_out)], max(120.0, BUDGET_S), env)  # fmt: skip
+    else:
+        print("bench_engine skipped: vLLM is not installed here (pip install 'scissor-cli[vllm]')")
     total_s = time.perf_counter() - t0
     print(f"gpu-check passed in {total_s:.0f} s; bench_gpu's table is in {args.out}")
     if total_s > BUDGET_S:
