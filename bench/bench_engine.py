@@ -93,7 +93,7 @@ def child(args: argparse.Namespace) -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     profile = build_profile(None, model=args.model, frames=args.frames, max_new_tokens=args.new_tokens,
-                            dtype=args.dtype, device="cpu", offline=True, engine=args.engine)  # fmt: skip
+                            dtype=args.dtype, device=args.device, offline=True, engine=args.engine)  # fmt: skip
     t = time.perf_counter()
     vlm = load_model(profile.model)
     load_s = time.perf_counter() - t
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2, help="hf, vllm pairs per architecture")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (bench/gpu_check.py)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_engine.md"))
     ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
     # the child's own arguments (internal)
@@ -152,10 +153,11 @@ def main() -> None:
     rows = []
     for arch in args.arch:
         model = build_checkpoint(arch, scratch)
-        dtype = "float32" if arch == "tiny" else "bfloat16"
+        dtype = "float32" if arch == "tiny" and args.device == "cpu" else "bfloat16"
         base = [sys.executable, __file__, "--model", str(model), "--videos-dir", str(videos), "--scratch",
                 str(scratch), "--dtype", dtype, "--frames", str(args.frames), "--new-tokens", str(args.new_tokens),
-                "--questions", str(args.questions), "--batch-size", str(args.batch_size)]  # fmt: skip
+                "--questions", str(args.questions), "--batch-size", str(args.batch_size), "--device",
+                args.device]  # fmt: skip
         if arch != "tiny":  # fill the feature cache: the vision tower is the same for both engines
             subprocess.run([*base, "--engine", "hf", "--new-tokens", "1"], env=env, check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
