@@ -82,7 +82,7 @@ def child(args: argparse.Namespace) -> None:
     from scissor_cli.batch import run_batch
     from scissor_cli.jobs import jobs_from_paths
     from scissor_cli.model import load_model
-    from scissor_cli.settings import build_profile
+    from scissor_cli.settings import Overrides, resolve
 
     peak = [0]
     done = threading.Event()
@@ -92,8 +92,8 @@ def child(args: argparse.Namespace) -> None:
             peak[0] = max(peak[0], tree_rss_bytes(os.getpid()))
 
     threading.Thread(target=sample, daemon=True).start()
-    profile = build_profile(None, model=args.model, frames=args.frames, max_new_tokens=args.new_tokens,
-                            dtype=args.dtype, device=args.device, offline=True, engine=args.engine)  # fmt: skip
+    profile = resolve(Overrides(model=args.model, frames=args.frames, max_new_tokens=args.new_tokens,
+                                dtype=args.dtype, device=args.device, offline=True, engine=args.engine))  # fmt: skip
     t = time.perf_counter()
     vlm = load_model(profile.model)
     load_s = time.perf_counter() - t

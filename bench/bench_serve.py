@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
 import json
 import os
 import platform
@@ -105,8 +104,7 @@ def main() -> None:
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
     from scissor_cli import serve
-    from scissor_cli.cli import build_profile
-    from scissor_cli.config import load_config
+    from scissor_cli.settings import resolver
 
     work = Path(tempfile.mkdtemp(prefix="scissor-bench-serve-"))
     os.environ.setdefault("SCISSOR_CACHE_DIR", str(work / "cache"))  # a cold cache: the warm-up fills it
@@ -128,7 +126,7 @@ def main() -> None:
 
         model = "random-0.5b"
     flags = {"model": model, "frames": args.frames, "max_new_tokens": args.new_tokens, "retention": args.retention}
-    build = functools.partial(build_profile, config=load_config())
+    build = resolver()
     profile = build(None, **flags)
     port = free_port()
     options = serve.ServeOptions(port=port, allow_files=(str(Path(args.video).resolve().parent),),

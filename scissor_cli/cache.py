@@ -29,6 +29,8 @@ from scissor_cli.errors import ScissorWarning
 if TYPE_CHECKING:
     import torch
 
+    from scissor_cli.config import UserConfig
+
 DEFAULT_MAX_BYTES = 2 * 1024**3  # 2 GiB: ~270 clips of 8 frames x 196 x 896 fp32 (5.6 MB each)
 SUFFIX = ".safetensors"
 _TENSOR = "features"
@@ -38,10 +40,17 @@ _HASH_CHUNK = 1 << 20
 _file_hashes: dict[tuple[str, int, int], str] = {}
 
 
-def default_root() -> Path:
-    """$SCISSOR_CACHE_DIR, else $XDG_CACHE_HOME/scissor/features, else ~/.cache/scissor/features."""
+def default_root(config: UserConfig | None = None) -> Path:
+    """$SCISSOR_CACHE_DIR, else the user config's ``cache_dir`` (``config``, default ``load_config()``), else
+    $XDG_CACHE_HOME/scissor/features, else ~/.cache/scissor/features."""
     if os.environ.get("SCISSOR_CACHE_DIR"):
         return Path(os.environ["SCISSOR_CACHE_DIR"]).expanduser()
+    if config is None:
+        from scissor_cli.config import load_config
+
+        config = load_config()
+    if config.cache_dir:
+        return Path(config.cache_dir).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "scissor" / "features"
 

@@ -21,25 +21,23 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import ManifestError, OptionError
-from scissor_cli.options import Profile, validate
+from scissor_cli.options import Profile
 from scissor_cli.pipeline import (
     Answer,
     CompressedVideo,
-    EncodedVideo,
-    _budget,
-    _sig,
-    compress_video,
-    encode_video,
-    llm_tflops,
-    make_answers,
+    Status,
+    VideoRun,
+    budget_record,
+    check_context,
     resolve_profile,
+    tflops,
 )
+from scissor_cli.settings import Overrides, apply, spelled
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.video import VideoInfo
 
-Status = Callable[[str], None]
 
 # (usage, what it does): /help lists these, and the README's table says the same
 COMMANDS = (
@@ -55,13 +53,6 @@ COMMANDS = (
     ("/help", "this list"),
     ("/quit", "end the session (also /exit, or Ctrl-D)"),
 )
-# the option each command sets, so a bad value's error names the command the user typed
-_COMMAND_KEYS = {
-    "compression.retention": "/retention",
-    "compression.tokens": "/tokens",
-    "compression.tau": "/tau",
-    "sampling.n_frames": "/frames",
-}
 
 
 @dataclass(frozen=True)
@@ -141,9 +132,9 @@ Reply = Turn | Change | Stats | Reset | Saved | Help | Quit
 
 @dataclass
 class _Prepared:
-    """The current video: its features (kept for re-compression) and their compression."""
+    """The current video: its run (features kept for re-compression) and the compression in use."""
 
-    encoded: EncodedVideo
+    run: VideoRun
     compressed: CompressedVideo
     unreported: dict[str, float] = field(default_factory=dict)  # preparation costs not yet shown on a turn
 
@@ -162,6 +153,7 @@ class ChatSession:
         history: bool = True,
         load_s: float = 0.0,
         kv_cache: bool = True,
+        decode_workers: int | None = None,
     ):
         from scissor_cli.model import PromptCache
 
@@ -178,6 +170,7 @@ class ChatSession:
         self.profile = resolved
         self.keep_history = history
         self.load_s = load_s
+        self.decode_workers = decode_workers  # threads splitting a decode (open, /frames, /video); None: the cores
         self.history: list[tuple[str, str]] = []  # (question, answer) pairs in the prompt
         self.turns: list[Turn] = []  # the transcript: every turn, also those /reset dropped from the prompt
         self._video: _Prepared | None = None
@@ -197,10 +190,12 @@ class ChatSession:
     ) -> _Prepared:
         if info is None:
             info = probe_video(video)
-        encoded = encode_video(self.vlm, video, profile, on_status=on_status, info=info)
-        compressed = compress_video(encoded, profile)
-        costs = {"decode": encoded.decode_s, "vision": encoded.vision_s, "compression": compressed.compression_s}
-        return _Prepared(encoded, compressed, costs)
+        run = VideoRun.open(self.vlm, video, profile, on_status=on_status, info=info,
+                            decode_workers=self.decode_workers)  # fmt: skip
+        compressed = run.compressed()
+        e = run.encoded
+        costs = {"decode": e.decode_s, "vision": e.vision_s, "compression": compressed.compression_s}
+        return _Prepared(run, compressed, costs)
 
     @property
     def prepared(self) -> _Prepared:
@@ -210,7 +205,7 @@ class ChatSession:
 
     def stats(self) -> Stats:
         v = self.prepared
-        e, c, vlm = v.encoded, v.compressed, self.vlm
+        e, c, vlm = v.run.encoded, v.compressed, self.vlm
         history = self.history if self.keep_history else []
         return Stats(
             video=e.path,
@@ -221,11 +216,8 @@ class ChatSession:
             tau=c.tau,
             tau_temporal=c.tau_temporal,
             epsilon=c.epsilon,
-            budget=_budget(c, self.profile),
-            tflops={
-                "before": _sig(llm_tflops(vlm.n_layers, c.n_original, vlm.hidden_size, vlm.ffn_size)),
-                "after": _sig(llm_tflops(vlm.n_layers, c.n_final, vlm.hidden_size, vlm.ffn_size)),
-            },
+            budget=budget_record(c, self.profile),
+            tflops=tflops(vlm, c),
             timings_s={
                 "load": round(self.load_s, 4),
                 "decode": round(e.decode_s, 4),
@@ -241,28 +233,22 @@ class ChatSession:
             max_context=vlm.max_positions,
         )
 
-    def _resolve(self, flags: Profile, command: str) -> Profile:
-        """Validate a changed profile (errors name ``command``), then fill tau/epsilon "auto" as ``ask`` does."""
+    def _apply(self, command: str, change: Overrides, video: str | None = None, on_status: Status | None = None):
+        """``change`` over the session's settings by the flags' rules (``settings.apply``; errors name the
+        /command), then tau/epsilon "auto" filled as ``ask`` fills them."""
         try:
-            validate(flags)
+            flags = apply(self._flags, change)
         except OptionError as e:
-            message, hint = e.message, e.hint or ""
-            for key in sorted(_COMMAND_KEYS, key=len, reverse=True):
-                message = message.replace(f"{key} = ", f"{_COMMAND_KEYS[key]} ").replace(key, _COMMAND_KEYS[key])
-                hint = hint.replace(key, _COMMAND_KEYS[key])
-            raise OptionError(message, hint=hint or None) from e
-        return resolve_profile(self.vlm, flags)
-
-    def _apply(self, command: str, flags: Profile, video: str | None = None, on_status: Status | None = None):
-        profile = self._resolve(flags, command)
+            raise spelled(e, "chat") from e
+        profile = resolve_profile(self.vlm, flags)
         before = self.stats()
         old = self.prepared
         if video is not None or flags.sampling != self._flags.sampling:
-            prepared = self._prepare(video or old.encoded.path, profile, on_status)
+            prepared = self._prepare(video or old.run.encoded.path, profile, on_status)
             reencoded = True
-        else:  # the features in memory, compressed again: no decoding, no vision tower
-            compressed = compress_video(old.encoded, profile)
-            prepared = _Prepared(old.encoded, compressed, {**old.unreported, "compression": compressed.compression_s})
+        else:  # the features in memory, compressed again (once per setting): no decoding, no vision tower
+            compressed = old.run.compressed(profile)
+            prepared = _Prepared(old.run, compressed, {**old.unreported, "compression": compressed.compression_s})
             reencoded = False
         # state changes only once everything above succeeded: a bad value or file leaves the session as it was
         self._flags, self.profile, self._video = flags, profile, prepared
@@ -273,23 +259,15 @@ class ChatSession:
         return Change(command, before, self.stats(), reencoded, n_forgotten)
 
     def set_compression(self, command: str, **changes: Any) -> Change:
-        """``/retention``, ``/tokens``, ``/tau``, ``/off``: the same rule as the flags (a budget searches tau; a
-        threshold replaces the budget; any of them turns compression back on)."""
-        c = self._flags.compression
-        if "retention" in changes or "tokens" in changes:
-            c = replace(c, tau=None, retention=changes.get("retention"), tokens=changes.get("tokens"), enabled=True)
-        elif "tau" in changes:
-            c = replace(c, tau=changes["tau"], retention=None, tokens=None, enabled=True)
-        else:
-            c = replace(c, enabled=False)
-        return self._apply(command, replace(self._flags, compression=c))
+        """``/retention``, ``/tokens``, ``/tau`` (``changes``: one of them), ``/off`` (none): the flags' rule (a
+        budget searches tau; a threshold replaces the budget; any of them turns compression back on)."""
+        return self._apply(command, Overrides(**changes) if changes else Overrides(no_compress=True))
 
     def set_frames(self, n_frames: int, on_status: Status | None = None) -> Change:
-        flags = replace(self._flags, sampling=replace(self._flags.sampling, n_frames=n_frames))
-        return self._apply(f"/frames {n_frames}", flags, on_status=on_status)
+        return self._apply(f"/frames {n_frames}", Overrides(frames=n_frames), on_status=on_status)
 
     def set_video(self, video: str, on_status: Status | None = None) -> Change:
-        return self._apply(f"/video {video}", self._flags, video=video, on_status=on_status)
+        return self._apply(f"/video {video}", Overrides(), video=video, on_status=on_status)
 
     # ------------------------------------------------------------------ the conversation
     def reset(self) -> Reset:
@@ -316,16 +294,14 @@ class ChatSession:
         history = list(self.history) if self.keep_history else []
         # the question alone first (cheap for huge text); then, with the earlier turns, the overflow check below
         vlm.check_question(question, reserve=gen.max_new_tokens)
-        n_prompt = vlm.prompt_length(v.compressed.n_final, question, history)
-        limit = vlm.max_positions
-        if limit is not None and n_prompt + gen.max_new_tokens > limit:
-            raise self._overflow(n_prompt, gen.max_new_tokens, limit, len(history))
+        check_context(vlm, v.compressed.n_final, question, history, gen.max_new_tokens, what="this turn",
+                      hint=self._overflow_hint(len(history)))  # fmt: skip
         self._stop.clear()
         self.generating = True
         try:
-            generated = vlm.generate(
-                [(v.compressed.tokens, question)],
-                gen,
+            [answer], generated = v.run.generate(
+                [question],
+                self.profile,
                 history=history,
                 on_text=on_text,
                 should_stop=self._stop.is_set,
@@ -335,7 +311,6 @@ class ChatSession:
             self.generating = False
         stopped = self._stop.is_set()
         self._stop.clear()
-        [answer] = make_answers(vlm, v.encoded, v.compressed, [question], generated, self.profile)
         timings = {
             "decode": round(v.unreported.get("decode", 0.0), 4),
             "vision": round(v.unreported.get("vision", 0.0), 4),
@@ -351,7 +326,7 @@ class ChatSession:
             answer=replace(answer, timings_s=timings),
             n_prompt_tokens=generated.n_prompt_tokens[0],
             n_new_tokens=generated.n_new_tokens[0],
-            max_context=limit,
+            max_context=vlm.max_positions,
             stopped=stopped,
         )
         self.turns.append(turn)
@@ -359,15 +334,12 @@ class ChatSession:
             self.history.append((question, answer.answer))
         return turn
 
-    def _overflow(self, n_prompt: int, n_answer: int, limit: int, n_history: int) -> OptionError:
+    @staticmethod
+    def _overflow_hint(n_history: int) -> str:
         ways = ["fewer visual tokens (/retention 0.1, /tokens N or /frames N)", "a smaller --max-new-tokens"]
         if n_history:
             ways.insert(0, f"/reset to forget the {n_history} earlier turn{'s' if n_history != 1 else ''}")
-        return OptionError(
-            f"this turn would not fit in the model's context: {n_prompt:,} prompt tokens + up to {n_answer:,} for "
-            f"the answer > {limit:,}",
-            hint="; or ".join(ways),
-        )
+        return "; or ".join(ways)
 
     def save(self, path: str) -> Saved:
         """Every turn so far (``ask --json``'s fields plus ``turn``) as JSONL, replacing ``path`` in one step."""

@@ -15,13 +15,12 @@ from scissor_cli.cli_process import _command_clock, handle_errors, run
 
 # isort: split
 import contextlib
-import functools
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,59 +28,37 @@ import typer
 
 from scissor_cli import render
 from scissor_cli.cli_flags import (
+    ENGINE_FLAGS,
     SWEEP_TAUS,
     AllowFilesOpt,
     ApiKeyOpt,
     Command,
     DecodeWorkersOpt,
-    DeviceOpt,
-    DtypeOpt,
-    EndOpt,
-    EpsilonOpt,
-    FpsOpt,
-    FramesOpt,
     Group,
     HostOpt,
     JsonOpt,
     MaxBatchOpt,
-    MaxNewOpt,
     MaxQueueOpt,
     MaxVideoMbOpt,
-    MemoryBudgetOpt,
-    ModelOpt,
-    NewlineOpt,
-    NoCacheOpt,
-    NoCompressOpt,
     NoUrlsOpt,
-    OfflineOpt,
     PortOpt,
-    ProfileOpt,
     PromptOpt,
-    RetentionOpt,
-    RevisionOpt,
-    SeedOpt,
     ServedModelNameOpt,
-    StartOpt,
-    SweepRetentionOpt,
-    SweepTauOpt,
-    SweepTokensOpt,
-    TauOpt,
-    TauTemporalOpt,
-    TemperatureOpt,
-    TokensOpt,
     UrlTimeoutOpt,
     VideoArg,
+    with_overrides,
 )
 from scissor_cli.errors import OptionError, ScissorError, Terminated
 from scissor_cli.options import (
     Profile,
 )
-from scissor_cli.settings import SHARED_FLAGS, build_profile, profile_from_flags
+from scissor_cli.settings import Overrides, resolve, resolver, spelled
+from scissor_cli.sweep import Sweep  # typer evaluates the commands' annotations: a runtime import
 
 
 def _print_version(value: bool) -> None:
     if value:
-        from scissor_cli.config import versions
+        from scissor_cli.doctor import versions
 
         render.version(versions())
         raise typer.Exit()
@@ -142,6 +119,14 @@ def _load(profile: Profile, on_status: Callable[[str], None]) -> tuple[Any, floa
     return vlm, load_s
 
 
+def _resolve(overrides: Overrides) -> Profile:
+    """The profile the flags ask for; a bad value's error names the flag (``--frames``, not ``sampling.n_frames``)."""
+    try:
+        return resolve(overrides)
+    except OptionError as e:
+        raise spelled(e, "cli") from e
+
+
 def _timings(load_s: float) -> dict[str, float]:
     """load and total seconds for the time line and timings_s (total: since the command started)."""
     return {"load": round(load_s, 4), "total": round(time.perf_counter() - _command_clock["start"], 4)}
@@ -159,6 +144,7 @@ def _timings(load_s: float) -> dict[str, float]:
   scissor ask clip.mp4 "Describe the video." --retention 0.35 --frames 16 --json""",
 )
 @handle_errors
+@with_overrides()
 def ask(
     video: VideoArg,
     question: Annotated[
@@ -172,44 +158,24 @@ def ask(
     ] = None,
     timestamps: Annotated[bool, typer.Option("--timestamps", help="Show the sampled frames' timestamps.")] = False,
     json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    tau: TauOpt = None,
-    tau_temporal: TauTemporalOpt = None,
-    epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
-    no_compress: NoCompressOpt = False,
-    frames: FramesOpt = None,
-    fps: FpsOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    memory_budget: MemoryBudgetOpt = None,
     decode_workers: DecodeWorkersOpt = None,
-    max_new_tokens: MaxNewOpt = None,
-    temperature: TemperatureOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    offline: OfflineOpt = False,
-    no_cache: NoCacheOpt = False,
-    newline: NewlineOpt = None,
+    *,
+    overrides: Overrides,
 ) -> None:
     """Answer questions about a video, and show what the compression did."""
-    p = profile_from_flags(locals())
+    p = _resolve(overrides)
     questions = [question, *(more or [])]
     if any(not q.strip() for q in questions):
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
     from scissor_cli import video as video_io
 
-    video_io.set_decode_workers(decode_workers)
+    decode_workers = video_io.check_decode_threads(decode_workers)
     # a bad path or URL fails here, before minutes of model loading; stdin (-) is spooled for the block
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
         from scissor_cli.pipeline import answer
 
-        results = answer(vlm, video, questions, p, on_status=on_status, info=info)
+        results = answer(vlm, video, questions, p, on_status=on_status, info=info, decode_workers=decode_workers)
     timings = _timings(load_s)
     results = [replace(a, timings_s={**a.timings_s, **timings}) for a in results]
     if json_out:
@@ -217,9 +183,6 @@ def ask(
             render.write_json(a.to_dict())
     else:
         render.answers(results, show_timestamps=timestamps)
-
-
-# inspect and batch take comma lists for these three (a sweep); ask keeps the plain number flags
 
 
 @app.command(
@@ -233,6 +196,7 @@ def ask(
   scissor inspect clip.mp4 --profile r10 --viz tokens.png --json""",
 )
 @handle_errors
+@with_overrides(skip=("max_new_tokens", "temperature", "top_p", "newline", *ENGINE_FLAGS), sweep=True)
 def inspect(
     video: VideoArg,
     video_only: Annotated[
@@ -255,34 +219,13 @@ def inspect(
         ),
     ] = None,
     json_out: JsonOpt = False,
-    profile: ProfileOpt = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    tau: SweepTauOpt = None,
-    tau_temporal: TauTemporalOpt = None,
-    epsilon: EpsilonOpt = None,
-    retention: SweepRetentionOpt = None,
-    tokens: SweepTokensOpt = None,
-    no_compress: NoCompressOpt = False,
-    frames: FramesOpt = None,
-    fps: FpsOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    memory_budget: MemoryBudgetOpt = None,
     decode_workers: DecodeWorkersOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    offline: OfflineOpt = False,
-    no_cache: NoCacheOpt = False,
+    *,
+    overrides: Overrides,
+    levels: Sweep | None,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    from scissor_cli.sweep import sweep_from_flags
-
-    levels, singles = sweep_from_flags(retention, tokens, tau)  # a comma list sweeps its levels
-    if levels is not None and no_compress:
-        raise OptionError(f"--no-compress contradicts the --{levels.axis} sweep", hint="drop one of them")
-    p = profile_from_flags({**locals(), **singles})
+    p = _resolve(overrides)
     sweep = sweep or levels is not None
     if video_only and (sweep or viz):
         raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
@@ -295,12 +238,13 @@ def inspect(
     from scissor_cli import video as video_io
     from scissor_cli.pipeline import inspect_video
 
-    video_io.set_decode_workers(decode_workers)
+    decode_workers = video_io.check_decode_threads(decode_workers)
     with video_io.opened(video) as info, render.stages() as on_status:
         vlm, load_s = (None, 0.0) if video_only else _load(p, on_status)
         taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
         budgets = levels.values if levels and levels.axis != "tau" else None
-        result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets)
+        result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets,
+                               decode_workers=decode_workers)  # fmt: skip
         if viz is not None and result.compressed is not None:
             from scissor_cli.viz import token_map
 
@@ -333,6 +277,7 @@ def inspect(
   torchrun --nproc_per_node 4 -m scissor_cli batch --manifest jobs.csv -o results.jsonl""",
 )
 @handle_errors
+@with_overrides(sweep=True)
 def batch(
     paths: Annotated[
         list[str] | None, typer.Argument(metavar="PATH", help="Video files and folders (searched recursively).")
@@ -362,7 +307,7 @@ def batch(
     glob: Annotated[str | None, typer.Option("--glob", help="Only files matching this pattern, e.g. '*.mp4'.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start fresh instead of resuming.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generate call.", min=1)] = 4,
-    decode_workers: Annotated[
+    decode_ahead: Annotated[
         int | None,
         typer.Option(
             "--decode-workers",
@@ -378,28 +323,9 @@ def batch(
         bool, typer.Option("--json", help="The final summary as JSON on stdout (the summary file's fields + this_run).")
     ] = False,
     prompt: PromptOpt = None,
-    profile: ProfileOpt = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    tau: SweepTauOpt = None,
-    tau_temporal: TauTemporalOpt = None,
-    epsilon: EpsilonOpt = None,
-    retention: SweepRetentionOpt = None,
-    tokens: SweepTokensOpt = None,
-    no_compress: NoCompressOpt = False,
-    frames: FramesOpt = None,
-    fps: FpsOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    memory_budget: MemoryBudgetOpt = None,
-    max_new_tokens: MaxNewOpt = None,
-    temperature: TemperatureOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    offline: OfflineOpt = False,
-    no_cache: NoCacheOpt = False,
-    newline: NewlineOpt = None,
+    *,
+    overrides: Overrides,
+    levels: Sweep | None,
 ) -> None:
     """Answer questions about many videos with the model loaded once; resumable JSONL output."""
     from scissor_cli import batch as batch_mod
@@ -407,10 +333,7 @@ def batch(
     from scissor_cli.choices import PROMPT_PRESETS
     from scissor_cli.prefetch import default_decode_workers
 
-    sweep, singles = batch_mod.sweep_from_flags(retention, tokens, tau)
-    if sweep is not None and no_compress:
-        raise OptionError(f"--no-compress contradicts the --{sweep.axis} sweep", hint="drop one of them")
-    p = profile_from_flags({**locals(), **singles})
+    p = _resolve(overrides)
     if prompt is not None and prompt not in PROMPT_PRESETS:
         raise OptionError(f"--prompt {prompt}: no such preset", hint=f"use one of: {', '.join(PROMPT_PRESETS)}")
 
@@ -447,8 +370,8 @@ def batch(
     with render.BatchProgress(quiet=quiet) as view:
         summary = batch_mod.run_batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
-            inputs=[manifest] if manifest else [], sweep=sweep, prompt=prompt,
-            decode_workers=default_decode_workers() if decode_workers is None else decode_workers,
+            inputs=[manifest] if manifest else [], sweep=levels, prompt=prompt,
+            decode_workers=default_decode_workers() if decode_ahead is None else decode_ahead,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         if json_out:
@@ -552,9 +475,7 @@ def profiles_show(
 def cache_info(json_out: JsonOpt = False) -> None:
     """Where the feature cache is, how full, and its size bound (SCISSOR_CACHE_DIR, SCISSOR_CACHE_MAX_GB)."""
     from scissor_cli.cache import FeatureCache
-    from scissor_cli.config import apply_cache_dir, load_config
 
-    apply_cache_dir(load_config())
     cache = FeatureCache()
     render.cache_info(str(cache.root), len(cache.entries()), cache.size_bytes(), cache.max_bytes, as_json=json_out)
 
@@ -564,9 +485,7 @@ def cache_info(json_out: JsonOpt = False) -> None:
 def cache_clear() -> None:
     """Delete every cached video encoding."""
     from scissor_cli.cache import FeatureCache
-    from scissor_cli.config import apply_cache_dir, load_config
 
-    apply_cache_dir(load_config())
     cache = FeatureCache()
     render.cache_cleared(str(cache.root), cache.clear())
 
@@ -575,7 +494,7 @@ def cache_clear() -> None:
 @handle_errors
 def version(json_out: JsonOpt = False) -> None:
     """Print scissor's version, Python's and its main dependencies' (without importing them)."""
-    from scissor_cli.config import versions
+    from scissor_cli.doctor import versions
 
     render.version(versions(), as_json=json_out)
 
@@ -584,7 +503,7 @@ def version(json_out: JsonOpt = False) -> None:
 @handle_errors
 def doctor(json_out: JsonOpt = False) -> None:
     """Check the environment: versions, CUDA and GPU memory, ffmpeg, caches, offline mode, the user config."""
-    from scissor_cli.config import environment_report
+    from scissor_cli.doctor import environment_report
 
     render.doctor(environment_report(), as_json=json_out)
 
@@ -627,6 +546,7 @@ def _chat_history_file() -> str:
   printf 'What happens?\\n/retention 0.1\\nAnd then?\\n' | scissor chat clip.mp4 --json""",
 )
 @handle_errors
+@with_overrides()
 def chat(
     video: Annotated[
         str,
@@ -643,45 +563,25 @@ def chat(
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per answered question: ask --json's fields plus turn.")
     ] = False,
-    profile: ProfileOpt = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    tau: TauOpt = None,
-    tau_temporal: TauTemporalOpt = None,
-    epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
-    no_compress: NoCompressOpt = False,
-    frames: FramesOpt = None,
-    fps: FpsOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    memory_budget: MemoryBudgetOpt = None,
     decode_workers: DecodeWorkersOpt = None,
-    max_new_tokens: MaxNewOpt = None,
-    temperature: TemperatureOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    offline: OfflineOpt = False,
-    no_cache: NoCacheOpt = False,
-    newline: NewlineOpt = None,
+    *,
+    overrides: Overrides,
 ) -> None:
     """Talk about one video: the model and the video's tokens are loaded once, then ask question after question.
 
     On a terminal: line editing and history, answers streamed, /help for the commands (/retention, /tokens, /tau,
     /off re-compress without the vision tower; /frames, /stats, /reset, /video, /save, /quit). With stdin a pipe:
     one question or command per line, each answer on stdout."""
-    p = profile_from_flags(locals())
+    p = _resolve(overrides)
     from scissor_cli import chat as chat_mod
     from scissor_cli import video as video_io
 
-    video_io.set_decode_workers(decode_workers)  # /frames and /video decode with it too
+    decode_workers = video_io.check_decode_threads(decode_workers)  # /frames and /video decode with it too
     info = chat_mod.probe_video(video)  # a bad path or URL fails here, before the model loads
     interactive = sys.stdin.isatty()
     with render.stages() as on_status:
         vlm, load_s = _load(p, on_status)
-        session = chat_mod.ChatSession(vlm, p, history=not no_history, load_s=load_s)
+        session = chat_mod.ChatSession(vlm, p, history=not no_history, load_s=load_s, decode_workers=decode_workers)
         stats = session.open(video, on_status=on_status, info=info)
     render.chat_stats(stats)
     on_text = None if json_out else render.chat_text
@@ -732,6 +632,7 @@ def chat(
   SCISSOR_API_KEY=secret scissor serve --host 0.0.0.0 --port 8000""",
 )
 @handle_errors
+@with_overrides()
 def serve(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
@@ -743,37 +644,15 @@ def serve(
     max_batch: MaxBatchOpt = 8,
     max_queue: MaxQueueOpt = 64,
     served_model_name: ServedModelNameOpt = None,
-    profile: ProfileOpt = None,
-    model: ModelOpt = None,
-    revision: RevisionOpt = None,
-    tau: TauOpt = None,
-    tau_temporal: TauTemporalOpt = None,
-    epsilon: EpsilonOpt = None,
-    retention: RetentionOpt = None,
-    tokens: TokensOpt = None,
-    no_compress: NoCompressOpt = False,
-    frames: FramesOpt = None,
-    fps: FpsOpt = None,
-    start: StartOpt = None,
-    end: EndOpt = None,
-    memory_budget: MemoryBudgetOpt = None,
-    max_new_tokens: MaxNewOpt = None,
-    temperature: TemperatureOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    offline: OfflineOpt = False,
-    no_cache: NoCacheOpt = False,
-    newline: NewlineOpt = None,
+    *,
+    overrides: Overrides,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions with video_url parts), the model loaded once.
 
     The compression and frame flags are the defaults of every request; a request's own fields (retention,
     tokens, tau, frames, ...) override them. Ctrl-C or SIGTERM stops it."""
-    params = dict(locals())
-    p = profile_from_flags(params)
+    p = _resolve(overrides)
     from scissor_cli import serve as serve_mod
-    from scissor_cli.config import load_config
 
     options = serve_mod.ServeOptions(
         host=host, port=port, api_key=api_key, allow_files=tuple(allow_files or ()), allow_urls=not no_urls,
@@ -781,9 +660,8 @@ def serve(
         served_model_name=served_model_name,
     )  # fmt: skip
     serve_mod.validate_serve(options)  # before the model loads
-    flags = {k: v for k, v in params.items() if k in SHARED_FLAGS}
-    build = functools.partial(build_profile, config=load_config())  # a request's fields over the server's flags
-    raise typer.Exit(serve_mod.run(p, options, build, profile_name=profile, flags=flags))
+    flags = {k: v for k, v in asdict(overrides).items() if k != "profile"}  # under each request's fields
+    raise typer.Exit(serve_mod.run(p, options, resolver(), profile_name=overrides.profile, flags=flags))
 
 
 def main() -> None:

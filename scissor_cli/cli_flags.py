@@ -1,15 +1,22 @@
-"""The flags the ``scissor`` commands share, declared once (Typer ``Annotated`` types): ask, inspect, batch and chat
-take them by name. Value-less flags get an empty metavar (no "<bool>" in --help); options whose default comes from
-the profile say the built-in default in their help."""
+"""The flags the ``scissor`` commands share, declared once (Typer ``Annotated`` types): ``SHARED`` holds one per
+``settings.Overrides`` field, and ``with_overrides`` gives them to ask, inspect, batch, chat and serve. Value-less
+flags get an empty metavar (no "<bool>" in --help); options whose default comes from the profile say the built-in
+default in their help."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import fields
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from scissor_cli.errors import OptionError
 from scissor_cli.options import GenerationOptions, ModelOptions, SamplingOptions
+from scissor_cli.settings import OVERRIDES, Overrides
 
 
 def _no_flag_metavars(params: list[Any]) -> list[Any]:
@@ -37,8 +44,8 @@ class Group(TyperGroup):
 
 
 # ---------------------------------------------------------------------------------------------------- shared flags
-# Declared once, used by ask, inspect and batch. Value-less flags get an empty metavar (no "<bool>" in --help);
-# options whose default comes from the profile say the built-in default in their help.
+# Declared once (SHARED below gives them to the commands). Value-less flags get an empty metavar (no "<bool>" in
+# --help); options whose default comes from the profile say the built-in default in their help.
 _C, _S, _G, _M = "Compression", "Frames", "Generation", "Model"
 ModelOpt = Annotated[
     str | None,
@@ -164,6 +171,16 @@ TemperatureOpt = Annotated[
         rich_help_panel=_G,
     ),
 ]
+TopPOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--top-p",
+        metavar="P",
+        help="Nucleus sampling: draw from the most likely tokens holding this much probability, in (0, 1] "
+        f"(default {GenerationOptions.top_p:g}; with --temperature > 0).",
+        rich_help_panel=_G,
+    ),
+]
 SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", metavar="N", help="Seeds sampling and SCC's sampled regime.", rich_help_panel=_G),
@@ -204,6 +221,43 @@ NewlineOpt = Annotated[
         show_default=False,
     ),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        metavar="NAME",
+        help="What runs the LLM step: hf (transformers, default) or vllm (needs vLLM; docs/engines.md).",
+        rich_help_panel=_M,
+    ),
+]
+TensorParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tensor-parallel-size",
+        metavar="N",
+        help="--engine vllm: GPUs the LLM is split over (default 1).",
+        rich_help_panel=_M,
+    ),  # fmt: skip
+]
+GpuMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpu-memory-utilization",
+        metavar="F",
+        help="--engine vllm: fraction of each GPU vLLM may take (default 0.9; leave room for the vision tower).",
+        rich_help_panel=_M,
+    ),
+]
+MaxModelLenOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-model-len",
+        metavar="N",
+        help="--engine vllm: the LLM's context (prompt + answer) in vLLM.",
+        rich_help_panel=_M,
+    ),  # fmt: skip
+]
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout, no markup.")]
 VideoArg = Annotated[
     str,
@@ -298,3 +352,87 @@ ServedModelNameOpt = Annotated[
     str | None,
     typer.Option("--served-model-name", metavar="NAME", help="The model id clients send (default: --model)."),
 ]
+
+# The flag of each settings.Overrides field; with_overrides gives them to a command, in this order.
+SHARED: dict[str, Any] = {
+    "profile": ProfileOpt,
+    "model": ModelOpt,
+    "revision": RevisionOpt,
+    "tau": TauOpt,
+    "tau_temporal": TauTemporalOpt,
+    "epsilon": EpsilonOpt,
+    "retention": RetentionOpt,
+    "tokens": TokensOpt,
+    "no_compress": NoCompressOpt,
+    "frames": FramesOpt,
+    "fps": FpsOpt,
+    "start": StartOpt,
+    "end": EndOpt,
+    "memory_budget": MemoryBudgetOpt,
+    "decode_workers": DecodeWorkersOpt,  # not an override (not a profile setting): placed here when a command has it
+    "max_new_tokens": MaxNewOpt,
+    "temperature": TemperatureOpt,
+    "top_p": TopPOpt,
+    "seed": SeedOpt,
+    "device": DeviceOpt,
+    "dtype": DtypeOpt,
+    "offline": OfflineOpt,
+    "no_cache": NoCacheOpt,
+    "newline": NewlineOpt,
+    "engine": EngineOpt,
+    "tensor_parallel_size": TensorParallelOpt,
+    "gpu_memory_utilization": GpuMemoryOpt,
+    "max_model_len": MaxModelLenOpt,
+}
+
+ENGINE_FLAGS = ("engine", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len")  # inspect runs no LLM
+
+# inspect and batch: these three also take a comma list, a sweep of its levels
+SWEEP: dict[str, Any] = {"tau": SweepTauOpt, "retention": SweepRetentionOpt, "tokens": SweepTokensOpt}
+
+
+def with_overrides(
+    *, skip: tuple[str, ...] = (), sweep: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command takes the shared flags (``SHARED``, all but ``skip``) without listing them: the decorated function
+    declares ``overrides: Overrides`` and gets them packed into it. Typer's own pattern: the wrapper's
+    ``__signature__`` is the command's parameters plus the shared flags (typer reads it, and the annotations, to
+    build the options). A parameter the command declares under a ``SHARED`` name is its own (the
+    ``--decode-workers`` it passes on) and stands at that name's place in --help.
+
+    ``sweep``: ``--tau``, ``--retention`` and ``--tokens`` take comma lists (``SWEEP``); the function also gets
+    ``levels``, the ``sweep.Sweep`` of the one list given (or None), and ``overrides`` the single values."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        kw = inspect.Parameter.KEYWORD_ONLY
+        given = ("overrides", "levels")  # what the wrapper passes: not flags
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name not in given]
+        placed = {p.name: p.replace(kind=kw) for p in own if p.name in SHARED}
+        taken = tuple(n for n in OVERRIDES if n not in skip and n not in placed)
+        defaults = {f.name: f.default for f in fields(Overrides)}
+        flags = {**SHARED, **SWEEP} if sweep else SHARED
+        shared = {n: inspect.Parameter(n, kw, default=defaults[n], annotation=flags[n]) for n in taken}
+        params = [p for p in own if p.name not in SHARED] + [
+            placed.get(n) or shared[n] for n in SHARED if n in placed or n in shared
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in taken}
+            if sweep:
+                from scissor_cli.sweep import sweep_from_flags
+
+                levels, singles = sweep_from_flags(values["retention"], values["tokens"], values["tau"])
+                if levels is not None and values["no_compress"]:
+                    raise OptionError(f"--no-compress contradicts the --{levels.axis} sweep", hint="drop one of them")
+                values.update(singles)
+                kwargs["levels"] = levels
+            return fn(*args, overrides=Overrides(**values), **kwargs)
+
+        del wrapper.__wrapped__  # typer reads the signature below, not fn's
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        wrapper.overrides = taken  # type: ignore[attr-defined]  # the shared flags it takes (the --help test's list)
+        return wrapper
+
+    return decorate

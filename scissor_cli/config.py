@@ -1,4 +1,4 @@
-"""The user's defaults (a small YAML file and ``SCISSOR_MODEL``) and the environment report behind ``scissor doctor``.
+"""The user's defaults: a small YAML file and ``SCISSOR_MODEL``.
 
 The config file is ``$SCISSOR_CONFIG`` when set, else ``$XDG_CONFIG_HOME/scissor/config.yaml``, else
 ``~/.config/scissor/config.yaml``. It may set four keys, loaded as strictly as a profile (unknown key or bad value:
@@ -11,8 +11,7 @@ an error naming the file and the key)::
 
 Precedence, lowest first: built-in defaults < config file < ``SCISSOR_MODEL`` < profile < flags. A profile that
 names a model beats the user's default model (the profile was written for it); a flag beats everything. An
-explicit ``SCISSOR_CACHE_DIR`` beats the file's ``cache_dir``. Standard library + PyYAML; torch is imported only by
-``environment_report``.
+explicit ``SCISSOR_CACHE_DIR`` beats the file's ``cache_dir`` (``cache.default_root``). Standard library + PyYAML.
 """
 
 from __future__ import annotations
@@ -89,104 +88,8 @@ def load_config() -> UserConfig:
     config = UserConfig(path, env_model=env_model, **values)
     try:
         validate(config.base_profile())
-    except OptionError as e:
+    except OptionError as e:  # the file's keys are the model section's, without "model."
         source = f"{path} or SCISSOR_MODEL" if env_model else str(path)
-        raise ProfileError(f"{source}: {e.message.replace('model.', '')}", hint=e.hint) from e
+        e = e.spelled({key: key.removeprefix("model.") for key in e.keys}, assign=" =")
+        raise ProfileError(f"{source}: {e.message}", hint=e.hint) from e
     return config
-
-
-def apply_cache_dir(config: UserConfig) -> None:
-    """The config's cache_dir becomes the feature cache's folder unless SCISSOR_CACHE_DIR says otherwise."""
-    if config.cache_dir and not os.environ.get("SCISSOR_CACHE_DIR"):
-        os.environ["SCISSOR_CACHE_DIR"] = str(Path(config.cache_dir).expanduser())
-
-
-# ---------------------------------------------------------------------------------------------------- doctor
-def _tool_version(tool: str) -> str | None:
-    """First line of ``tool -version`` (ffmpeg, ffprobe), e.g. 'ffmpeg version 6.1.1-3ubuntu5'; None if missing."""
-    import shutil
-    import subprocess
-
-    exe = shutil.which(tool)
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = (out.stdout or "").splitlines()[:1]
-    return first[0].split(" Copyright")[0].strip() if first else None
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    """scissor and its main dependencies' versions from package metadata (nothing heavy is imported)."""
-    import platform
-
-    from scissor_cli import __version__
-
-    out: dict[str, str | None] = {"scissor": __version__, "python": platform.python_version()}
-    for dist in ("torch", "transformers", "decord"):
-        out[dist] = _dist_version(dist)
-    return out
-
-
-def environment_report() -> dict[str, Any]:
-    """What ``scissor doctor`` shows: versions, the accelerator, ffmpeg, the caches, offline mode, the config."""
-    from scissor_cli.cache import FeatureCache
-
-    config = load_config()
-    apply_cache_dir(config)
-    report: dict[str, Any] = {"versions": versions()}
-    gpus: list[dict[str, Any]] = []
-    cuda: dict[str, Any] = {"available": False, "version": None, "gpus": gpus}
-    try:
-        import torch
-
-        cuda["version"] = torch.version.cuda
-        if torch.cuda.is_available():
-            cuda["available"] = True
-            for i in range(torch.cuda.device_count()):
-                props = torch.cuda.get_device_properties(i)
-                gpus.append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 1024**3, 1)})
-        report["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-        from scissor_cli.devices import auto_dtype
-
-        report["dtype_auto"] = auto_dtype()  # what --dtype auto picks here, and why
-    except ImportError:
-        report["mps"] = False
-    report["cuda"] = cuda
-    report["ffmpeg"] = _tool_version("ffmpeg")
-    report["ffprobe"] = _tool_version("ffprobe")
-    cache = FeatureCache()
-    report["feature_cache"] = {
-        "path": str(cache.root),
-        "entries": len(cache.entries()),
-        "bytes": cache.size_bytes(),
-        "max_bytes": cache.max_bytes,
-    }
-    hf_home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    report["hf_cache"] = os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub")
-    offline = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in
-                  ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # fmt: skip
-    report["offline"] = offline
-    report["config"] = {
-        "path": str(config.path) if config.path else None,
-        "model": config.model,
-        "device": config.device,
-        "dtype": config.dtype,
-        "cache_dir": config.cache_dir,
-        "SCISSOR_MODEL": config.env_model,
-    }
-    report["default_model"] = config.base_profile().model.model
-    return report

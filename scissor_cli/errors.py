@@ -3,6 +3,9 @@ with the class's code. Standard library only."""
 
 from __future__ import annotations
 
+import string
+from collections.abc import Mapping, Sequence
+
 
 class ScissorError(Exception):
     """Something the user can act on: ``message`` says what is wrong, ``hint`` what to do about it."""
@@ -19,9 +22,50 @@ class ScissorError(Exception):
 
 
 class OptionError(ScissorError):
-    """An option value out of range or contradictory (``--tau 2``, ``--retention`` with ``--tokens``)."""
+    """An option value out of range or contradictory (``--tau 2``, ``--retention`` with ``--tokens``).
+
+    ``keys``: the settings it is about (``"sampling.n_frames"``). Then ``message`` and ``hint`` are templates in
+    which ``{0}``, ``{1}``, ... stand for the keys and ``{0:=}`` for "the key set to" (``sampling.n_frames = 8`` in
+    a profile's words, ``--frames 8`` in a flag's); ``spelled`` formats them as a front end spells its settings.
+    Unspelled, the text names the dotted keys (what a profile file says). Values put into a template go through
+    ``literal``."""
 
     exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None, keys: Sequence[str] = ()):
+        self.keys = tuple(keys)
+        self.template = (message, hint)
+        if self.keys:
+            message, hint = _fill(self.template, self.keys, " =")
+        super().__init__(message, hint)
+
+    def spelled(self, names: Mapping[str, str], assign: str = "") -> OptionError:
+        """The same error naming each key by ``names[key]`` (a front end's spelling; a key not in ``names`` keeps
+        its dotted name), ``{0:=}`` as the name + ``assign`` (``--frames 8``; " =": ``frames = 8``)."""
+        if not self.keys:
+            return self
+        e = OptionError(*_fill(self.template, [names.get(k, k) for k in self.keys], assign))
+        e.keys, e.template = self.keys, self.template
+        return e
+
+
+class _Names(string.Formatter):
+    def __init__(self, assign: str):
+        self.assign = assign
+
+    def format_field(self, value: object, format_spec: str) -> str:
+        return f"{value}{self.assign}" if format_spec == "=" else format(value, format_spec)
+
+
+def _fill(template: tuple[str, str | None], names: Sequence[str], assign: str) -> tuple[str, str | None]:
+    message, hint = template
+    fmt = _Names(assign)
+    return fmt.format(message, *names), None if hint is None else fmt.format(hint, *names)
+
+
+def literal(value: object) -> str:
+    """``repr(value)`` for an ``OptionError`` template: its braces are text, not places for keys."""
+    return repr(value).replace("{", "{{").replace("}", "}}")
 
 
 class ProfileError(ScissorError):

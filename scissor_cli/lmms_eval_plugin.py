@@ -4,19 +4,18 @@ The only module that imports lmms_eval (installed with ``pip install "scissor-cl
 it through the ``lmms_eval.models`` entry-point group (pyproject.toml), which points at ``MANIFEST``: a "simple"
 model (``doc_to_visual`` + ``doc_to_text`` requests), so the tasks' own prompts are used unchanged.
 
-What it runs is the library: ``load_model`` once, then per video ``encode_video`` -> ``compress_video`` -> the
-model's ``generate`` for every question about that video (one encoding, batches of ``batch_size`` questions).
-``model_args`` are the CLI's flags under their lmms-eval names and go through the CLI's own flag -> profile
-mapping and validation (``settings.profile_from_flags``), so a bad value stops with the same one-line error (plus a
-hint) before any sample runs. Per-sample token statistics go to ``<output_path>/<model>/..._scissor_stats_rank<R>
-.jsonl`` beside lmms-eval's results, one file per process.
+What it runs is the library: ``load_model`` once, then per video a ``pipeline.VideoRun`` answering every question
+about that video (one encoding, batches of ``batch_size`` questions).
+``model_args`` are the CLI's flags under their lmms-eval names and go through the same settings -> profile
+mapping and validation as the flags (``settings.resolve``), so a bad value stops with the CLI's one-line error (plus
+a hint, naming the model_arg) before any sample runs. Per-sample token statistics go to
+``<output_path>/<model>/..._scissor_stats_rank<R>.jsonl`` beside lmms-eval's results, one file per process.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -39,10 +38,10 @@ MODEL_NAME = "scissor"
 # torch and lmms_eval are loaded by then; the model itself loads only when `--model scissor` builds the class).
 MANIFEST = ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.Scissor")
 
-# model_arg -> (the CLI flag's parameter name in settings.build_profile, its type). None: handled here.
+# model_arg -> (the settings.Overrides field it sets, its type). None: handled here.
 MODEL_ARGS: dict[str, tuple[str | None, str]] = {
     "pretrained": ("model", "str"),
-    "profile": (None, "str"),
+    "profile": ("profile", "str"),
     "tau": ("tau", "float"),
     "tau_temporal": ("tau_temporal", "float"),
     "epsilon": ("epsilon", "float"),
@@ -82,11 +81,6 @@ def _fail(e: ScissorError) -> NoReturn:
         raise e
     render.error(e)
     raise SystemExit(e.exit_code)
-
-
-def _flag_names(text: str | None) -> str | None:
-    """The CLI's messages name flags (--tau-temporal); here the user typed model_args (tau_temporal)."""
-    return None if text is None else re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), text)
 
 
 def _coerce(key: str, value: Any, kind: str) -> Any:
@@ -134,7 +128,7 @@ class Settings:
 def parse_model_args(args: dict[str, Any]) -> Settings:
     """model_args (lmms-eval's parsed ``key=value`` pairs) -> the validated profile, or ``OptionError`` /
     ``ProfileError`` with the CLI's message. Unknown keys are errors, not ignored."""
-    from scissor_cli.settings import profile_from_flags
+    from scissor_cli.settings import Overrides, resolve, spelled
 
     unknown = sorted(k for k in args if k not in MODEL_ARGS and k != "max_batch_size")
     if unknown:
@@ -154,19 +148,12 @@ def parse_model_args(args: dict[str, Any]) -> Settings:
     from scissor_cli.prefetch import check_decode_workers, default_decode_workers
 
     decode_workers = values.get("decode_workers", default_decode_workers())
+    overrides = {MODEL_ARGS[key][0]: value for key, value in values.items() if MODEL_ARGS[key][0] is not None}
     try:
         check_decode_workers(decode_workers)
+        profile = resolve(Overrides(**overrides))
     except OptionError as e:
-        raise OptionError(_flag_names(e.message) or e.message, hint=_flag_names(e.hint)) from e
-    flags: dict[str, Any] = {"profile": values.get("profile"), "no_compress": False, "offline": False}
-    for key, value in values.items():
-        name = MODEL_ARGS[key][0]
-        if name is not None:
-            flags[name] = value
-    try:
-        profile = profile_from_flags(flags)
-    except OptionError as e:
-        raise OptionError(_flag_names(e.message) or e.message, hint=_flag_names(e.hint)) from e
+        raise spelled(e, "lmms") from e
     return Settings(profile=profile, batch_size=batch_size, pretrained=values.get("pretrained"),
                     decode_workers=decode_workers)  # fmt: skip
 
@@ -426,34 +413,25 @@ class Scissor(lmms):
         """Every question about one video from one encoding, ``batch_size`` questions per ``generate`` call.
         Yields (request, answer, rows in its generate call, whether the encoding was made for an earlier one).
         ``ahead``: the decode-ahead ``Prefetcher`` holding this video's frames (None: decode here)."""
-        from scissor_cli.pipeline import compress_video, encode_video, make_answers
+        from scissor_cli.pipeline import VideoRun
 
-        # A task that samples without a seed: one seed drawn for this video, used where seed= would be (SCC's
-        # sampled regime and generation, as the CLI's resolve_profile does), so the recorded seed reproduces it.
-        base = self.profile
-        drawn = next(
-            (r.gen.with_drawn_seed().seed for r in group if r.gen.temperature > 0 and r.gen.seed is None), None
-        )
-        if drawn is not None:
-            base = replace(base, compression=replace(base.compression, seed=drawn))
+        # A task that samples without a seed: the run's profile carries its generation settings, so the one seed
+        # rule (resolve_profile) draws a seed for this video, used where seed= would be (SCC's sampled regime and
+        # every sampled row of the video), and the recorded seed reproduces it.
+        sampled = next((r.gen for r in group if r.gen.temperature > 0 and r.gen.seed is None), None)
+        base = self.profile if sampled is None else replace(self.profile, generation=sampled)
         try:
             decoded = ahead.take(video) if ahead is not None else None  # raises this video's decode error
-            encoded = encode_video(self.vlm, video, base, cache=cache, decoded=decoded)
+            run = VideoRun.open(self.vlm, video, base, cache=cache, decoded=decoded)
             if self.vlm.on_step is not None:
                 self.vlm.on_step()  # SCC takes the threads the decoders leave now
-            compressed = compress_video(encoded, base)
+            run.compressed()
         except ScissorError as e:  # name the docs: lmms-eval's task data holds the bad video
             docs = ", ".join(f"doc {r.doc_id}" for r in group[:3]) + (", ..." if len(group) > 3 else "")
             raise type(e)(f"task {group[0].task} ({docs}): {e.message}", hint=e.hint) from e
         first = True
         for chunk in _chunks(group, self.batch_size_per_gpu):
-            gen = chunk[0].gen
-            if drawn is not None and gen.temperature > 0 and gen.seed is None:
-                gen = replace(gen, seed=drawn)
-            generated = self.vlm.generate([(compressed.tokens, r.context) for r in chunk], gen)
-            profile = replace(base, generation=gen)
-            questions = [r.context for r in chunk]
-            answers = make_answers(self.vlm, encoded, compressed, questions, generated, profile)
+            answers = run.answer([r.context for r in chunk], replace(run.profile, generation=chunk[0].gen))
             for r, a in zip(chunk, answers, strict=True):
                 yield r, a, len(chunk), not first
                 first = False

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from scissor_cli.engines import ENGINES
-from scissor_cli.errors import OptionError
+from scissor_cli.errors import OptionError, literal
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 PAPER_TAU = 0.9  # LLaVA-Scissor paper default similarity threshold
@@ -117,34 +117,6 @@ SECTIONS: dict[str, type] = {
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # the short names people type
 
-# The command-line flag for each option a flag sets, so an error names what the user typed (--frames, not
-# sampling.n_frames); profile files keep the dotted keys.
-FLAGS = {
-    "sampling.n_frames": "--frames",
-    "sampling.fps": "--fps",
-    "sampling.start": "--start",
-    "sampling.end": "--end",
-    "sampling.memory_budget": "--memory-budget",
-    "compression.tau_temporal": "--tau-temporal",
-    "compression.tau": "--tau",
-    "compression.epsilon": "--epsilon",
-    "compression.retention": "--retention",
-    "compression.tokens": "--tokens",
-    "compression.seed": "--seed",
-    "generation.max_new_tokens": "--max-new-tokens",
-    "generation.temperature": "--temperature",
-    "generation.seed": "--seed",
-    "model.model": "--model",
-    "model.revision": "--revision",
-    "model.device": "--device",
-    "model.dtype": "--dtype",
-    "model.engine": "--engine",
-    "model.tensor_parallel_size": "--tensor-parallel-size",
-    "model.gpu_memory_utilization": "--gpu-memory-utilization",
-    "model.max_model_len": "--max-model-len",
-}
-
-
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MEMORY_BUDGET_ALLOWED = "a size such as 8G or 512M, or a fraction of the available memory in (0, 1], e.g. 0.5"
 
@@ -172,17 +144,12 @@ def normalize_dtype(dtype: Any) -> Any:
     return DTYPE_ALIASES.get(dtype.strip().lower(), dtype) if isinstance(dtype, str) else dtype
 
 
-def with_flag_names(e: OptionError) -> OptionError:
-    """The same error with dotted keys replaced by the flags that set them (for values that came from flags)."""
-    text = {"message": e.message, "hint": e.hint or ""}
-    for key in sorted(FLAGS, key=len, reverse=True):  # compression.tau_temporal before compression.tau
-        text = {k: v.replace(f"{key} = ", f"{FLAGS[key]} ").replace(key, FLAGS[key]) for k, v in text.items()}
-    return OptionError(text["message"], hint=text["hint"] or None)
-
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+def _check(ok: bool, key: str, value: Any, allowed: str, *others: str) -> None:
+    """``allowed`` may name ``others`` (more keys) as {1}, {2}, ...: the error's keys, spelled by each front end."""
     if not ok:
-        raise OptionError(f"{key} = {value!r} is out of range", hint=f"{key} must be {allowed}")
+        raise OptionError(
+            f"{{0:=}} {literal(value)} is out of range", hint=f"{{0}} must be {allowed}", keys=(key, *others)
+        )
 
 
 def _finite(x: Any) -> bool:
@@ -202,7 +169,7 @@ def validate(p: Profile) -> Profile:
     _check(s.start is None or (_finite(s.start) and s.start >= 0), "sampling.start", s.start, "seconds >= 0")
     _check(s.end is None or (_finite(s.end) and s.end > 0), "sampling.end", s.end, "seconds > 0")
     if s.start is not None and s.end is not None:
-        _check(s.end > s.start, "sampling.end", s.end, f"greater than sampling.start ({s.start})")
+        _check(s.end > s.start, "sampling.end", s.end, f"greater than {{1}} ({s.start})", "sampling.start")
     if s.memory_budget is not None:
         try:
             parse_memory_budget(s.memory_budget)
@@ -238,16 +205,18 @@ def validate(p: Profile) -> Profile:
     )
     if c.retention is not None and c.tokens is not None:
         raise OptionError(
-            "compression.retention and compression.tokens are both set",
+            "{0} and {1} are both set",
             hint="give one budget: --retention R or --tokens N",
+            keys=("compression.retention", "compression.tokens"),
         )
     if c.tau is not None and c.budget is not None:
         # One rule everywhere: a budget searches tau itself, so a fixed tau next to it is a contradiction
         # (tau_temporal may stay: it fixes the temporal step while the spatial tau is searched).
         budget = "compression.retention" if c.retention is not None else "compression.tokens"
         raise OptionError(
-            f"compression.tau and {budget} are both set: a budget searches tau itself",
-            hint=f"keep one: drop compression.tau (or set it to auto), or drop {budget}",
+            "{0} and {1} are both set: a budget searches tau itself",
+            hint="keep one: drop {0} (or set it to auto), or drop {1}",
+            keys=("compression.tau", budget),
         )
     _check(isinstance(c.seed, int) and not isinstance(c.seed, bool), "compression.seed", c.seed, "an integer")
 
@@ -299,13 +268,14 @@ def validate(p: Profile) -> Profile:
     )
     n_ctx = m.max_model_len
     _check(n_ctx is None or _count(n_ctx), "model.max_model_len", n_ctx, "an integer >= 1")
-    if m.engine != "vllm":
-        knobs = [k for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")
-                 if getattr(m, k) != getattr(ModelOptions, k)]  # fmt: skip
-        if knobs:
+    if m.engine != "vllm":  # a vLLM knob would silently do nothing
+        knob = next((k for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")
+                     if getattr(m, k) != getattr(ModelOptions, k)), None)  # fmt: skip
+        if knob is not None:
             raise OptionError(
-                f"model.{knobs[0]} is a vLLM setting, but model.engine is {m.engine!r}",
-                hint="add --engine vllm, or drop it",
+                f"{{0}} is a vLLM setting, but {{1}} is {literal(m.engine)}",
+                hint="set {1} to vllm, or drop {0}",
+                keys=(f"model.{knob}", "model.engine"),
             )
     return p
 

@@ -6,23 +6,26 @@ Everything the CLI does is three lines of Python::
     answers = answer(vlm, "clip.mp4", "What happens?", profile)
     print(answers[0].answer, answers[0].tokens)
 
-The stages are separate functions (``encode_video``, ``compress_video``, ``make_answers``) so batch mode can share one
-encoding between jobs and put many jobs through one ``generate`` call.
+``VideoRun`` is one video through the model: encoded once (``encode_video``), compressed once per setting
+(``compress_video``), questions answered in ``generate`` calls and bundled into ``Answer`` records
+(``make_answers``). ``answer``, chat, batch, the lmms-eval plugin and the server all run videos through it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from scissor_cli.errors import OptionError
 from scissor_cli.options import PAPER_EPSILON, PAPER_TAU, CompressionOptions, Profile, SamplingOptions
 
 if TYPE_CHECKING:
     import torch
 
     from scissor_cli.model import GenerationOutput, VisionLanguageModel
+    from scissor_cli.scc import CompressionResult
     from scissor_cli.video import Clip, Decoded, VideoInfo
 
 Status = Callable[[str], None]
@@ -44,6 +47,14 @@ def _sig(x: float, digits: int = 4) -> float:
     return float(f"{x:.{digits}g}")
 
 
+def tflops(vlm: VisionLanguageModel, compressed: CompressedVideo) -> dict[str, float]:
+    """The LLM prefill TFLOPs of the video's tokens (``llm_tflops``): before and after compression."""
+    return {
+        "before": _sig(llm_tflops(vlm.n_layers, compressed.n_original, vlm.hidden_size, vlm.ffn_size)),
+        "after": _sig(llm_tflops(vlm.n_layers, compressed.n_final, vlm.hidden_size, vlm.ffn_size)),
+    }
+
+
 @dataclass(frozen=True)
 class EncodedVideo:
     """A video's uncompressed visual tokens and where they came from."""
@@ -62,18 +73,24 @@ class EncodedVideo:
 
 @dataclass(frozen=True)
 class CompressedVideo:
-    tokens: torch.Tensor  # [M, D]
-    n_original: int  # F*T
-    n_spatial: int
-    n_final: int  # M
-    retention: float  # M / (F*T)
-    tau: float | None  # threshold used (None: compression off)
-    tau_temporal: float | None
-    epsilon: float | None
-    spatial_per_frame: list[int]
-    assignment: torch.Tensor | None  # [F*T] kept-token index of each original token
+    """SCC's ``CompressionResult`` on a video plus its wall time. Compression off: the identity, every token kept,
+    with tau/tau_temporal/epsilon None and no assignment."""
+
+    result: CompressionResult
     compression_s: float
-    budget: int | None = None  # the budget as a token count (None without one); tau was searched to meet it
+
+    # the result's fields under the names the records use (original/final tokens)
+    tokens = property(lambda self: self.result.tokens)  # [M, D]
+    n_original = property(lambda self: self.result.n_input)  # F*T
+    n_spatial = property(lambda self: self.result.n_spatial)
+    n_final = property(lambda self: self.result.n_output)  # M
+    retention = property(lambda self: self.result.retention)  # M / (F*T)
+    tau = property(lambda self: self.result.tau)  # threshold used (None: compression off)
+    tau_temporal = property(lambda self: self.result.tau_temporal)
+    epsilon = property(lambda self: self.result.epsilon)
+    spatial_per_frame = property(lambda self: self.result.spatial_per_frame)
+    assignment = property(lambda self: self.result.assignment)  # [F*T] kept-token index of each original token
+    budget = property(lambda self: self.result.budget)  # the budget as a token count (None without one)
 
 
 @dataclass(frozen=True)
@@ -134,9 +151,12 @@ def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profil
     """Fill the 'auto' values, so the returned profile says exactly what ran and can run it again.
 
     tau/epsilon: the checkpoint's own mm_zip_tau/epsilon (``vlm`` None: no checkpoint), else the paper's; with a
-    budget tau stays auto (None), since the search chooses it. Sampling (temperature > 0) without a seed: a seed
-    is drawn and used where ``--seed`` would be (generation and SCC's sampled regime), so passing the recorded
-    ``generation.seed`` back as ``--seed`` reproduces the answer.
+    budget tau stays auto (None), since the search chooses it.
+
+    The one seed rule: sampling (temperature > 0) without a seed draws a seed and uses it where ``--seed`` would be
+    (generation and SCC's sampled regime), so passing the recorded ``generation.seed`` back as ``--seed`` reproduces
+    the answer. A profile resolved once is resolved for good (nothing is drawn again): a caller that wants one seed
+    for many videos (a batch run, a chat session) resolves once and hands the result on.
     """
     c, g = profile.compression, profile.generation
     checkpoint_tau = vlm.default_tau if vlm is not None else None
@@ -181,13 +201,26 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def decode_clip(vlm: VisionLanguageModel, video: str, s: SamplingOptions, info: VideoInfo) -> Clip:
+def decode_clip(
+    vlm: VisionLanguageModel, video: str, s: SamplingOptions, info: VideoInfo, workers: int | None = None
+) -> Clip:
     """The frames ``s`` picks, decoded for ``vlm``: frames too large are decoded near its input size, and a video
-    whose estimate is over ``s.memory_budget`` is refused before decoding (``video.sample_frames``)."""
+    whose estimate is over ``s.memory_budget`` is refused before decoding (``video.sample_frames``). ``workers``:
+    threads splitting the decode (``--decode-workers``; None: the process's cores)."""
     from scissor_cli import video as video_io
 
     return video_io.sample_frames(video, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end, info=info,
-                                  model=video_io.ModelInput.of(vlm), memory_budget=s.memory_budget)  # fmt: skip
+                                  model=video_io.ModelInput.of(vlm), memory_budget=s.memory_budget,
+                                  workers=workers)  # fmt: skip
+
+
+def feature_key(cache: Any, vlm: VisionLanguageModel, info: VideoInfo, indices: Sequence[int],
+                fingerprint: str | None = None) -> str:  # fmt: skip
+    """The feature-cache key of ``info``'s frames ``indices`` through ``vlm`` (``fingerprint``: its
+    ``model_fingerprint``, when the caller keeps it). ``info.path``: the file itself (for stdin, its spooled copy:
+    same bytes, same key)."""
+    fingerprint = model_fingerprint(vlm) if fingerprint is None else fingerprint
+    return cache.key(info.path, indices, fingerprint, vlm.revision, str(vlm.dtype))
 
 
 def encode_video(
@@ -198,6 +231,7 @@ def encode_video(
     cache: Any = None,
     info: VideoInfo | None = None,
     decoded: Decoded | None = None,
+    decode_workers: int | None = None,
 ) -> EncodedVideo:
     """Probe, plan frames, then features from the cache or from decoding + the vision tower.
 
@@ -206,7 +240,7 @@ def encode_video(
     names the video (as typed, e.g. ``-``) and ``info.path`` is what is decoded. ``decoded``: a ``video.Decoded`` clip
     decoded with ``profile.sampling`` by batch's decode-ahead workers; used on a cache miss instead of decoding.
     ``resized``: None, or the frames already resized to the model's input (uint8 [F, 3, S, S]; the clip then
-    carries no frames)
+    carries no frames). ``decode_workers``: threads splitting a decode done here (None: the process's cores).
     """
     from scissor_cli import video as video_io
 
@@ -221,8 +255,8 @@ def encode_video(
 
         cache = FeatureCache()
     key = None
-    if cache is not None:  # info.path: the file itself (for stdin, its spooled copy: same bytes, same key)
-        key = cache.key(info.path, plan.indices, model_fingerprint(vlm), vlm.revision, str(vlm.dtype))
+    if cache is not None:
+        key = feature_key(cache, vlm, info, plan.indices)
         expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
         cached = cache.get(key, shape=expected, dtype=vlm.dtype)  # a bad entry: deleted, warned, a miss
         if cached is not None:
@@ -246,7 +280,7 @@ def encode_video(
         if on_status:
             on_status(f"decoding {len(plan.indices)} frames")
         t0 = time.perf_counter()
-        clip = decode_clip(vlm, video, s, info)
+        clip = decode_clip(vlm, video, s, info, workers=decode_workers)
         decode_s = time.perf_counter() - t0
         resized = None
 
@@ -285,10 +319,13 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
     n_original = n_frames * n_per_frame
     c = profile.compression
     if not c.enabled:
-        tokens = features.reshape(n_original, features.shape[-1])
-        return CompressedVideo(
-            tokens, n_original, n_original, n_original, 1.0, None, None, None, [n_per_frame] * n_frames, None, 0.0
-        )
+        from scissor_cli.scc import CompressionResult
+
+        identity = CompressionResult(tokens=features.reshape(n_original, features.shape[-1]), n_input=n_original,
+                                     n_spatial=n_original, n_output=n_original, tau=None, tau_temporal=None,
+                                     epsilon=None, budget=None, spatial_per_frame=[n_per_frame] * n_frames,
+                                     assignment=None)  # fmt: skip
+        return CompressedVideo(result=identity, compression_s=0.0)
 
     from scissor_cli.scc import compress
 
@@ -303,24 +340,10 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
         generator=generator,
     )
     _sync(features.device)
-    compression_s = time.perf_counter() - t0
-    return CompressedVideo(
-        out.tokens,
-        out.n_input,
-        out.n_spatial,
-        out.n_output,
-        out.retention,
-        out.tau,
-        out.tau_temporal,
-        out.epsilon,
-        list(out.spatial_per_frame),
-        out.assignment,
-        compression_s,
-        out.budget,
-    )
+    return CompressedVideo(result=out, compression_s=time.perf_counter() - t0)
 
 
-def _budget(compressed: CompressedVideo, profile: Profile) -> dict[str, Any] | None:
+def budget_record(compressed: CompressedVideo, profile: Profile) -> dict[str, Any] | None:
     """The budget asked for (a ratio, or None for a count) and its token count, or None without a budget."""
     if compressed.budget is None:
         return None
@@ -336,11 +359,7 @@ def make_answers(
     profile: Profile,
 ) -> list[Answer]:
     """Bundle the answers of one ``generate`` call on one video with the stats that explain them."""
-    dims = (vlm.n_layers, vlm.hidden_size, vlm.ffn_size)
-    tflops = {
-        "before": _sig(llm_tflops(dims[0], compressed.n_original, dims[1], dims[2])),
-        "after": _sig(llm_tflops(dims[0], compressed.n_final, dims[1], dims[2])),
-    }
+    before_after = tflops(vlm, compressed)
     timings = {
         "decode": round(encoded.decode_s, 4),
         "vision": round(encoded.vision_s, 4),
@@ -349,7 +368,7 @@ def make_answers(
         "generation": round(generated.generation_s, 4),
     }
     settings = profile.to_dict()
-    budget = _budget(compressed, profile)
+    budget = budget_record(compressed, profile)
     prefill = getattr(generated, "n_prefill_tokens", None) or generated.n_prompt_tokens
     engine = getattr(getattr(vlm, "engine", None), "name", "hf")  # test doubles of the model carry none
     return [
@@ -365,7 +384,7 @@ def make_answers(
             frames=len(encoded.indices),
             timestamps=[round(t, 3) for t in encoded.timestamps],
             timings_s=timings,
-            tflops=tflops,
+            tflops=before_after,
             model=vlm.name,
             device=str(vlm.device),
             dtype=str(vlm.dtype).replace("torch.", ""),
@@ -380,6 +399,105 @@ def make_answers(
     ]
 
 
+def check_context(vlm: VisionLanguageModel, n_video: int, question: str, history: Sequence[tuple[str, str]],
+                  reserve: int, *, what: str, hint: str) -> None:  # fmt: skip
+    """OptionError when ``what``'s prompt (``n_video`` visual tokens, ``history``'s turns, ``question``) plus up to
+    ``reserve`` answer tokens would not fit in the LLM's context: chat's and the server's check before a turn."""
+    limit = vlm.max_positions
+    n_prompt = vlm.prompt_length(n_video, question, history)
+    if limit is not None and n_prompt + reserve > limit:
+        raise OptionError(
+            f"{what} would not fit in the model's context: {n_prompt:,} prompt tokens + up to {reserve:,} for the "
+            f"answer > {limit:,}",
+            hint=hint,
+        )
+
+
+def output_rows(generated: GenerationOutput, start: int, stop: int) -> GenerationOutput:
+    """Rows ``start:stop`` of a batched ``generate`` output (its per-row lists sliced, batch-wide values kept)."""
+    n_rows = len(generated.texts)
+    values = {}
+    for f in fields(generated):
+        v = getattr(generated, f.name)
+        values[f.name] = v[start:stop] if isinstance(v, list) and len(v) == n_rows else v
+    return replace(generated, **values)
+
+
+class VideoRun:
+    """One video through one model, as faster-whisper's ``BatchedInferencePipeline`` is many segments through one:
+    decoded and encoded once (``open``, the feature cache as in ``encode_video``), compressed once per compression
+    setting (``compressed``, cached), questions answered in ``generate`` calls of up to ``batch_size`` rows
+    (``answer``), each call's rows bundled into ``Answer`` records (``answers``).
+
+    The profile is resolved once, when the run starts (``resolve_profile``: the one seed rule), and every profile
+    handed to a method is resolved against it: sampling without a seed takes the run's seed (never a second draw),
+    so SCC and every sampled answer of the run share the seed its records carry. The run talks to the model only
+    through ``encode`` (in ``encode_video``), ``generate`` and its size attributes: a model family or an engine
+    plugs in below it, once.
+    """
+
+    def __init__(self, vlm: VisionLanguageModel, encoded: EncodedVideo, profile: Profile):
+        self.vlm, self.encoded = vlm, encoded
+        self.profile = resolve_profile(vlm, profile)
+        self._compressed: dict[CompressionOptions, CompressedVideo] = {}
+
+    @classmethod
+    def open(cls, vlm: VisionLanguageModel, video: str, profile: Profile, **encode: Any) -> VideoRun:
+        """Resolve ``profile``, then encode ``video`` with it; ``encode``: ``encode_video``'s keyword arguments
+        (``on_status``, ``cache``, ``info``, ``decoded``, ``decode_workers``)."""
+        profile = resolve_profile(vlm, profile)
+        return cls(vlm, encode_video(vlm, video, profile, **encode), profile)
+
+    def resolved(self, profile: Profile | None = None) -> Profile:
+        """``profile`` (None: the run's) resolved for this run: tau/epsilon as ``resolve_profile`` fills them, and
+        sampling without a seed given the run's SCC seed, the one its tokens are compressed with."""
+        if profile is None or profile is self.profile:
+            return self.profile
+        g = profile.generation
+        if g.temperature > 0 and g.seed is None:
+            seed = self.profile.compression.seed  # the drawn seed when the run's own profile samples
+            profile = replace(profile, generation=replace(g, seed=seed),
+                              compression=replace(profile.compression, seed=seed))  # fmt: skip
+        return resolve_profile(self.vlm, profile)
+
+    def compressed(self, profile: Profile | None = None) -> CompressedVideo:
+        """The video's tokens after SCC with ``profile``'s compression (None: the run's); each setting runs once."""
+        profile = self.resolved(profile)
+        key = profile.compression
+        if key not in self._compressed:
+            self._compressed[key] = compress_video(self.encoded, profile)
+        return self._compressed[key]
+
+    def generate(
+        self, questions: Sequence[str], profile: Profile | None = None, **generate_kwargs: Any
+    ) -> tuple[list[Answer], GenerationOutput]:
+        """One ``generate`` call, a row per question; ``generate_kwargs`` go to the model (``history``,
+        ``on_text``, ``should_stop``, ``cache``). Returns the answers and the call's output."""
+        profile = self.resolved(profile)
+        compressed = self.compressed(profile)
+        generated = self.vlm.generate([(compressed.tokens, q) for q in questions], profile.generation,
+                                      **generate_kwargs)  # fmt: skip
+        return self.answers(questions, generated, profile), generated
+
+    def answer(
+        self, questions: Sequence[str], profile: Profile | None = None, batch_size: int | None = None
+    ) -> list[Answer]:
+        """Every question, ``batch_size`` per ``generate`` call (None: all in one)."""
+        questions = list(questions)
+        size = batch_size or max(len(questions), 1)
+        out: list[Answer] = []
+        for at in range(0, len(questions), size):
+            out += self.generate(questions[at : at + size], profile)[0]
+        return out
+
+    def answers(
+        self, questions: Sequence[str], generated: GenerationOutput, profile: Profile | None = None
+    ) -> list[Answer]:
+        """``make_answers`` for rows of this video at ``profile``'s compression (``generated``: those rows only)."""
+        profile = self.resolved(profile)
+        return make_answers(self.vlm, self.encoded, self.compressed(profile), questions, generated, profile)
+
+
 def answer(
     vlm: VisionLanguageModel,
     video: str,
@@ -387,28 +505,28 @@ def answer(
     profile: Profile,
     on_status: Status | None = None,
     info: VideoInfo | None = None,
+    decode_workers: int | None = None,
 ) -> list[Answer]:
     """Answer one or more questions about one video; the video is decoded, encoded and compressed once.
 
     ``video``: a file, an http(s) URL or ``-`` (stdin). ``profile.generation.seed`` of the answers is the seed used
-    (drawn when sampling without one)."""
+    (drawn when sampling without one). ``decode_workers``: threads splitting the decode (None: the cores)."""
     if info is None:
         from scissor_cli import video as video_io
 
         with video_io.opened(video) as info:
-            return answer(vlm, video, questions, profile, on_status=on_status, info=info)
+            return answer(vlm, video, questions, profile, on_status=on_status, info=info,
+                          decode_workers=decode_workers)  # fmt: skip
     questions = [questions] if isinstance(questions, str) else list(questions)
     for i, question in enumerate(questions, 1):  # before any decoding: a 100 MB question fails in milliseconds
         what = "the question" if len(questions) == 1 else f"question {i}"
         vlm.check_question(question, reserve=profile.generation.max_new_tokens, what=what)
-    profile = resolve_profile(vlm, profile)
-    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
-    compressed = compress_video(encoded, profile)
+    run = VideoRun.open(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers)
+    compressed = run.compressed()
     if on_status:
         n = len(questions)
         on_status(f"generating {'an answer' if n == 1 else f'{n} answers'} from {compressed.n_final} visual tokens")
-    generated = vlm.generate([(compressed.tokens, q) for q in questions], profile.generation)
-    return make_answers(vlm, encoded, compressed, questions, generated, profile)
+    return run.answer(questions)
 
 
 @dataclass(frozen=True)
@@ -493,23 +611,25 @@ def inspect_video(
     on_status: Status | None = None,
     info: VideoInfo | None = None,
     sweep_budgets: Sequence[float | int] | None = None,
+    decode_workers: int | None = None,
 ) -> Inspection:
     """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional sweep over tau
     values (``sweep_taus``) or budgets (``sweep_budgets``: retention fractions as floats, 1.0 = uncompressed, or
-    token counts as ints; the searched tau is reported), all from the one encoding."""
+    token counts as ints; the searched tau is reported), all from the one encoding. ``decode_workers``: threads
+    splitting the decode (None: the cores)."""
     from scissor_cli import video as video_io
 
     if info is None:
         with video_io.opened(video) as info:
-            return inspect_video(
-                vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info, sweep_budgets=sweep_budgets
-            )
+            return inspect_video(vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info,
+                                 sweep_budgets=sweep_budgets, decode_workers=decode_workers)  # fmt: skip
     profile = resolve_profile(vlm, profile)
     s = profile.sampling
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
-        return Inspection(str(video), info, tuple(plan.indices), tuple(plan.timestamps), plan.note, profile.to_dict())
-    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info)
+        return Inspection(video=str(video), info=info, indices=tuple(plan.indices), timestamps=tuple(plan.timestamps),
+                          note=plan.note, profile=profile.to_dict())  # fmt: skip
+    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers)
     compressed = compress_video(encoded, profile)
     sweep, sweep_levels = None, None
     if sweep_budgets:
@@ -550,24 +670,20 @@ def inspect_video(
                 tau_temporal=profile.compression.tau_temporal,
             )
         ]
-    tflops = {
-        "before": _sig(llm_tflops(vlm.n_layers, compressed.n_original, vlm.hidden_size, vlm.ffn_size)),
-        "after": _sig(llm_tflops(vlm.n_layers, compressed.n_final, vlm.hidden_size, vlm.ffn_size)),
-    }
     return Inspection(
-        str(video),
-        encoded.info,
-        encoded.indices,
-        encoded.timestamps,
-        encoded.note,
-        profile.to_dict(),
-        encoded,
-        compressed,
-        sweep,
-        sweep_levels,
-        tflops,
-        vlm.name,
+        video=str(video),
+        info=encoded.info,
+        indices=encoded.indices,
+        timestamps=encoded.timestamps,
+        note=encoded.note,
+        profile=profile.to_dict(),
+        encoded=encoded,
+        compressed=compressed,
+        sweep=sweep,
+        sweep_levels=sweep_levels,
+        tflops=tflops(vlm, compressed),
+        model=vlm.name,
         device=str(vlm.device),
         dtype=str(vlm.dtype).replace("torch.", ""),
-        budget=_budget(compressed, profile),
+        budget=budget_record(compressed, profile),
     )

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scissor_cli import video_limits
-from scissor_cli.errors import OptionError, ScissorError, VideoError
+from scissor_cli.errors import OptionError, ScissorError, VideoError, literal
 
 if TYPE_CHECKING:
     from scissor_cli.options import SamplingOptions
@@ -74,10 +74,14 @@ def default_decode_workers(cores: int | None = None) -> int:
 
 def check_decode_workers(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise OptionError(
-            f"--decode-workers {n!r} is out of range",
+        from scissor_cli.settings import spelled
+
+        e = OptionError(
+            f"{{0:=}} {literal(n)} is out of range",
             hint=f"give 0 (decode inline) or a number of worker processes, e.g. {default_decode_workers()}",
+            keys=("decode_workers",),
         )
+        raise spelled(e, "cli")  # not a profile setting: the flag's words unless a front end words it its own way
     return n
 
 
@@ -156,7 +160,6 @@ def _worker_main(fd: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     from scissor_cli import video as video_io
 
-    video_io.set_decode_workers(1)  # the workers already take a core each: splitting a video would oversubscribe
     resize = None  # model.resize_frames, imported (with torch) on the first task that asks for it
     while True:
         try:
@@ -168,9 +171,10 @@ def _worker_main(fd: int) -> None:
         t0 = time.perf_counter()
         frames = clip = None
         try:
+            # workers=1: the workers already take a core each, so splitting a video would oversubscribe
             clip = video_io.sample_frames(task.video, n_frames=task.n_frames, fps=task.fps, start=task.start,
-                                          end=task.end, model=task.model,
-                                          memory_budget=task.memory_budget)  # fmt: skip
+                                          end=task.end, model=task.model, memory_budget=task.memory_budget,
+                                          workers=1)  # fmt: skip
             if task.resize_to is not None:
                 if resize is None:
                     import torch

@@ -23,8 +23,8 @@ seeks as the serial loop would from its first frame, so the frames are the seria
 one array. Threads, not processes: decord releases the GIL while it decodes, and a process would pay its start and a
 copy of its frames (bench/bench_video.py --split measures both). Where torchcodec (CPU) imports, it decodes the
 chunks: the same frames on less CPU per frame; decord takes any chunk it cannot decode. How many threads:
-``sample_frames(workers=)``, else ``set_decode_workers`` (the CLI's ``--decode-workers``; batch's decode-ahead
-worker processes set 1), else this process's cores; fewer for few frames or a short span, serial for small decodes
+``sample_frames(workers=)`` (the CLI's ``--decode-workers``, passed down; batch's decode-ahead worker processes
+pass 1), else this process's cores; fewer for few frames or a short span, serial for small decodes
 (``split_workers``). ffmpeg is not split: its ``select`` decodes every frame up to the last sampled one, which each
 chunk would repeat.
 
@@ -229,7 +229,7 @@ def sample_frames(
     ``model``: what the frames are for; frames too large at the video's own size are then decoded smaller
     (``decode_size``). Before decoding, ``estimate_memory`` is checked against ``memory_budget`` (the option's text;
     None: the default), and a video that would not fit is refused with a VideoError naming the size.
-    ``workers``: threads splitting decord's decode (``split_workers``); None: ``set_decode_workers``'s, else the cores.
+    ``workers``: threads splitting decord's decode (``split_workers``); None: the process's cores.
     """
     if info is None:
         info = probe(path)
@@ -302,25 +302,19 @@ def _decode_decord(
     return frames
 
 
-_workers_setting: int | None = None  # set_decode_workers; None: this process's cores
-
-
-def set_decode_workers(n: int | None) -> None:
-    """Threads ``sample_frames`` may split one video's decode across in this process, like
-    ``torch.set_num_threads``: None (the default) uses the process's cores, 0 or 1 decodes serially. The CLI sets it
-    from ``--decode-workers``; batch's decode-ahead worker processes set 1 (they already take a core each)."""
+def check_decode_threads(n: object) -> int | None:
+    """``n`` if it is a thread count ``sample_frames(workers=)`` takes (None: the process's cores; 0 or 1: serial),
+    else OptionError naming ``--decode-workers``. The CLI passes it down from there (``pipeline.answer``,
+    ``inspect_video``, ``ChatSession``); batch's decode-ahead worker processes pass 1 (they take a core each)."""
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
         raise OptionError(f"--decode-workers {n!r} is out of range", hint="give 0 (serial) or a number of threads")
-    global _workers_setting
-    _workers_setting = n
+    return n
 
 
 def split_workers(info: VideoInfo, indices: tuple[int, ...], workers: int | None = None) -> int:
-    """Threads for decoding the frames ``indices`` (increasing) of ``info``: ``workers``, else
-    ``set_decode_workers``'s, else the process's cores; at most one per ``_SPLIT_MIN_FRAMES`` sampled frames and per
+    """Threads for decoding the frames ``indices`` (increasing) of ``info``: ``workers``, else the process's
+    cores; at most one per ``_SPLIT_MIN_FRAMES`` sampled frames and per
     ``_SPLIT_SPAN_PER_WORKER`` frames of video they span; 1 (serial) below ``_SPLIT_MIN_PIXELS`` sampled pixels."""
-    if workers is None:
-        workers = _workers_setting
     if workers is None:
         workers = process_cores()
     if not indices or len(indices) * info.width * info.height < _SPLIT_MIN_PIXELS:

@@ -45,10 +45,10 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profile(tiny):
-    from scissor_cli.settings import build_profile
+    from scissor_cli.settings import Overrides, resolve
 
-    return build_profile(None, model=str(tiny), frames=4, max_new_tokens=12, dtype="float32", offline=True,
-                         device="cpu")  # fmt: skip
+    return resolve(Overrides(model=str(tiny), frames=4, max_new_tokens=12, dtype="float32", offline=True,
+                             device="cpu"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_serve_answers_as_hf(models, profile, videos):
 
     from scissor_cli.serve import ServeOptions
     from scissor_cli.serve.app import run
-    from scissor_cli.settings import build_profile
+    from scissor_cli.settings import resolver
 
     flags = {"model": profile.model.model, "frames": 4, "max_new_tokens": 12, "dtype": "float32", "device": "cpu",
              "offline": True}  # fmt: skip
@@ -213,7 +213,7 @@ def test_serve_answers_as_hf(models, profile, videos):
             port = s.getsockname()[1]
         options = ServeOptions(port=port, allow_files=(str(Path(videos[0]).parent),), allow_urls=False)
         stop = threading.Event()
-        server = threading.Thread(target=run, args=(profile, options, build_profile), daemon=True,
+        server = threading.Thread(target=run, args=(profile, options, resolver()), daemon=True,
                                   kwargs={"flags": {**flags, "engine": vlm.engine.name}, "load": lambda v=vlm: v,
                                           "stop": stop})  # fmt: skip
         server.start()

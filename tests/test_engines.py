@@ -17,10 +17,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from scissor_cli.engines import Prompts, refuse_position_ids, resolve, weights
+from scissor_cli import engines
+from scissor_cli.engines import Prompts, refuse_position_ids, weights
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.options import GenerationOptions, ModelOptions, Profile, validate
-from scissor_cli.settings import build_profile
+from scissor_cli.settings import Overrides, resolve, spelled
+
+
+def build_profile(profile=None, **fields):
+    """What the CLI's shared flags make of ``fields``, errors worded with the flags' names."""
+    try:
+        return resolve(Overrides(profile=profile, **fields))
+    except OptionError as e:
+        raise spelled(e, "cli") from e
+
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -41,12 +51,12 @@ def test_engine_flag_values_and_vllm_knobs_are_validated():
     # a vLLM knob without --engine vllm would silently do nothing: refused, naming the fix
     with pytest.raises(OptionError, match="vLLM setting") as e:
         build_profile(None, max_model_len=4096)
-    assert "--engine vllm" in e.value.hint
+    assert "set --engine to vllm" in e.value.hint
     p = build_profile(None, engine="vllm", tensor_parallel_size=8, gpu_memory_utilization=0.8, max_model_len=4096)
     assert (p.model.tensor_parallel_size, p.model.gpu_memory_utilization, p.model.max_model_len) == (8, 0.8, 4096)
-    assert resolve(" Vllm ") == "vllm"
+    assert engines.resolve(" Vllm ") == "vllm"
     with pytest.raises(OptionError):
-        resolve("tgi")
+        engines.resolve("tgi")
 
 
 def test_the_engine_is_in_batchs_config_hash_and_its_knobs_are_not():

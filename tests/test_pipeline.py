@@ -242,3 +242,78 @@ def test_questions_about_one_video_share_its_prefill(vlm, clip):
     prefix = len(vlm.prompt_ids(questions[0])[0]) + visual + int(vlm.newline)
     assert sum(shared) == sum(full) - 2 * prefix, "the video prefix is prefilled once for the three questions"
     assert together[1].to_dict()["prefill_tokens"] == shared[1]
+
+
+# ---------------------------------------------------------------------------------------------------- VideoRun
+def test_a_video_run_compresses_once_per_setting_and_answers_in_batches(vlm, clip, monkeypatch):
+    import scissor_cli.pipeline as pipeline
+
+    compressions = []
+    real = pipeline.compress_video
+    monkeypatch.setattr(pipeline, "compress_video", lambda e, p: compressions.append(p.compression) or real(e, p))
+    profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 3}, model={"cache": False})
+    run = pipeline.VideoRun.open(vlm, str(clip), profile)
+    half, tenth = profile.override(compression={"retention": 0.5}), profile.override(compression={"retention": 0.1})
+    first = run.compressed(half)
+    assert run.compressed(half) is first and len(compressions) == 1, "a setting already compressed runs SCC again"
+    assert run.compressed(tenth).n_final < first.n_final and len(compressions) == 2
+    assert run.compressed(half) is first and run.compressed() is run.compressed(run.profile)
+    assert len(compressions) == 3, "the run's own setting once more, then nothing new"
+    calls = _capture_generate(vlm, monkeypatch)
+    questions = ["What?", "Who?", "Where?"]
+    batched = run.answer(questions, half, batch_size=2)
+    assert [len(requests) for requests, _ in calls] == [2, 1], "batch_size rows per generate call"
+    assert [a.question for a in batched] == questions and {a.tokens["final"] for a in batched} == {first.n_final}
+    (at_tenth,) = run.answer(["What?"], tenth)
+    scc = run.compressed(tenth).result  # the records' names for SCC's own counts
+    assert at_tenth.tokens == {"original": scc.n_input, "spatial": scc.n_spatial, "final": scc.n_output}
+    assert (at_tenth.retention, at_tenth.tau, at_tenth.epsilon) == (scc.retention, scc.tau, scc.epsilon)
+    assert scc.n_input > scc.n_spatial > scc.n_output, "counts this test cannot tell apart"
+    assert [a.answer for a in batched] == [a.answer for a in run.answer(questions, half)], "batching changed one"
+    assert len(compressions) == 3 and run.encoded.decode_s > 0, "one encoding, compressions reused"
+
+
+def test_a_video_run_has_one_seed_for_scc_and_every_sampled_answer(vlm, clip):
+    from scissor_cli.pipeline import VideoRun
+
+    sampled = Profile().override(sampling={"n_frames": 3}, generation={"temperature": 1.0}, model={"cache": False})
+    run = VideoRun.open(vlm, str(clip), sampled)
+    seed = run.profile.generation.seed
+    assert seed is not None and run.profile.compression.seed == seed, "the drawn seed is SCC's too"
+    hotter = run.resolved(sampled.override(generation={"temperature": 1.5}, compression={"retention": 0.5}))
+    assert (hotter.generation.seed, hotter.compression.seed) == (seed, seed), "a second draw inside one run"
+    given = run.resolved(sampled.override(generation={"seed": 3}))
+    assert given.generation.seed == 3, "a seed given is kept"
+    greedy = VideoRun(vlm, run.encoded, Profile().override(sampling={"n_frames": 3}, model={"cache": False}))
+    assert greedy.profile.generation.seed is None, "greedy decoding records no seed"
+    later = greedy.resolved(greedy.profile.override(generation={"temperature": 1.0}))
+    assert later.generation.seed == greedy.profile.compression.seed, "a later sampled question: the run's SCC seed"
+
+
+def test_the_seed_rule_is_the_same_for_answer_batch_and_chat(vlm, clip, tmp_path):
+    """One video, one question, sampling: answer() draws a seed; that seed, given back to answer(), to a batch run
+    and to a chat session, gives the same sampled answer in each."""
+    import json
+
+    from scissor_cli.batch import run_batch
+    from scissor_cli.chat import ChatSession
+    from scissor_cli.jobs import Job
+
+    profile = Profile().override(sampling={"n_frames": 3}, generation={"temperature": 1.5, "max_new_tokens": 10},
+                                 compression={"retention": 0.5}, model={"cache": False})  # fmt: skip
+    (drawn,) = answer(vlm, str(clip), QUESTION, profile)
+    seed = drawn.profile["generation"]["seed"]
+    assert isinstance(seed, int) and drawn.profile["compression"]["seed"] == seed
+    seeded = profile.override(generation={"seed": seed}, compression={"seed": seed})  # what --seed sets
+    (again,) = answer(vlm, str(clip), QUESTION, seeded)
+    out = tmp_path / "batch.jsonl"
+    run_batch(lambda: vlm, [Job("j", str(clip), QUESTION)], str(out), seeded, batch_size=1)
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    session = ChatSession(vlm, seeded, history=False)
+    session.open(str(clip))
+    turn = session.ask(QUESTION)
+    answers = {"answer()": again.answer, "batch": record["answer"], "chat": turn.answer.answer}
+    assert set(answers.values()) == {drawn.answer}, (drawn.answer, answers)
+    assert record["profile"]["generation"]["seed"] == turn.answer.profile["generation"]["seed"] == seed
+    other = answer(vlm, str(clip), QUESTION, profile.override(generation={"seed": seed + 1}))[0]
+    assert other.answer != drawn.answer, "another seed must sample another answer (else this test cannot fail)"

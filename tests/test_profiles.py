@@ -8,7 +8,7 @@ from scissor_cli.errors import OptionError, ProfileError
 from scissor_cli.options import Profile, validate
 from scissor_cli.pipeline import llm_tflops
 from scissor_cli.profiles import find_profile, list_profiles, load_profile, profile_yaml
-from scissor_cli.settings import build_profile
+from scissor_cli.settings import Overrides, resolve, spelled
 
 BUILTIN = ("default", "r50", "r35", "r10", "r5", "fast", "off")
 
@@ -19,6 +19,14 @@ def no_user_profiles(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))  # no user config unless a test writes one
     monkeypatch.delenv("SCISSOR_CONFIG", raising=False)
     monkeypatch.delenv("SCISSOR_MODEL", raising=False)
+
+
+def from_flags(profile, **flags):
+    """The profile the CLI resolves from ``--profile`` and these flags; errors in the flags' words."""
+    try:
+        return resolve(Overrides(profile=profile, **flags))
+    except OptionError as e:
+        raise spelled(e, "cli") from e
 
 
 def write(tmp_path, text, name="p.yaml"):
@@ -113,20 +121,20 @@ def test_auto_values_and_user_folder_shadowing(tmp_path, monkeypatch):
 
 def test_precedence_defaults_then_profile_then_flags(tmp_path):
     path = write(tmp_path, "sampling:\n  n_frames: 12\ncompression:\n  tau: 0.8\n  epsilon: 0.1\n")
-    p = build_profile(path, epsilon=0.2, frames=None)
+    p = from_flags(path, epsilon=0.2, frames=None)
     assert p.sampling.n_frames == 12, "profile beats built-in default"
     assert p.compression.epsilon == 0.2, "flag beats profile"
     assert p.compression.tau == 0.8 and p.generation.max_new_tokens == Profile().generation.max_new_tokens
 
 
 def test_budget_flags_replace_the_profiles_budget():
-    assert build_profile("r10", tokens=500).compression.budget == 500
-    assert build_profile("r10", retention=0.35).compression.budget == pytest.approx(0.35)
-    explicit = build_profile("r10", tau=0.85)
+    assert from_flags("r10", tokens=500).compression.budget == 500
+    assert from_flags("r10", retention=0.35).compression.budget == pytest.approx(0.35)
+    explicit = from_flags("r10", tau=0.85)
     assert explicit.compression.budget is None and explicit.compression.tau == 0.85, "--tau means this threshold"
-    assert build_profile("off", no_compress=True).compression.enabled is False
+    assert from_flags("off", no_compress=True).compression.enabled is False
     with pytest.raises(OptionError):
-        build_profile(None, retention=0.1, tokens=10)
+        from_flags(None, retention=0.1, tokens=10)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +155,7 @@ def test_budget_flags_replace_the_profiles_budget():
 )
 def test_flag_values_are_validated(kwargs):
     with pytest.raises(OptionError) as e:
-        build_profile(None, **kwargs)
+        from_flags(None, **kwargs)
     assert e.value.hint, "every range error says what is allowed"
 
 
@@ -218,16 +226,16 @@ def test_profile_yaml_of_every_value_kind_round_trips(tmp_path):
 def test_tau_and_a_budget_one_rule():
     for budget in (dict(retention=0.1), dict(tokens=50)):
         with pytest.raises(OptionError) as e:
-            build_profile(None, tau=0.8, **budget)
+            from_flags(None, tau=0.8, **budget)
         assert "--tau" in e.value.message and "budget searches tau" in e.value.message
-    assert build_profile("r10", tau=0.85).compression.budget is None, "--tau clears a profile's budget"
-    tau_profile = build_profile(None, tau=0.8)  # stands in for a profile that fixes tau
+    assert from_flags("r10", tau=0.85).compression.budget is None, "--tau clears a profile's budget"
+    tau_profile = from_flags(None, tau=0.8)  # stands in for a profile that fixes tau
     assert tau_profile.compression.tau == 0.8
 
 
 def test_a_budget_flag_clears_a_profiles_tau(tmp_path):
     path = write(tmp_path, "compression:\n  tau: 0.8\n  tau_temporal: 0.7\n")
-    p = build_profile(path, retention=0.2)
+    p = from_flags(path, retention=0.2)
     assert p.compression.tau is None and p.compression.retention == pytest.approx(0.2)
     assert p.compression.tau_temporal == pytest.approx(0.7), "a fixed temporal tau may go with a budget"
 
@@ -252,14 +260,14 @@ def test_a_profile_file_with_tau_and_a_budget_is_a_profile_error(tmp_path):
 )
 def test_flag_errors_name_the_flag_and_the_allowed_values(kwargs, flag, allowed):
     with pytest.raises(OptionError) as e:
-        build_profile(None, **kwargs)
+        from_flags(None, **kwargs)
     text = f"{e.value.message}\n{e.value.hint}"
     assert flag in e.value.message and allowed in e.value.hint, text
     assert "sampling." not in text and "model." not in text and "generation." not in text, text
 
 
 def test_dtype_aliases():
-    assert [build_profile(None, dtype=d).model.dtype for d in ("bf16", "fp16", "fp32", "BF16")] == [
+    assert [from_flags(None, dtype=d).model.dtype for d in ("bf16", "fp16", "fp32", "BF16")] == [
         "bfloat16",
         "float16",
         "float32",
@@ -272,14 +280,14 @@ def test_user_config_precedence(tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
     config.write_text("model: from/config\ndevice: cpu\ndtype: fp32\n")
     monkeypatch.setenv("SCISSOR_CONFIG", str(config))
-    p = build_profile(None)
+    p = from_flags(None)
     assert (p.model.model, p.model.device, p.model.dtype) == ("from/config", "cpu", "float32")
     monkeypatch.setenv("SCISSOR_MODEL", "from/env")
-    assert build_profile(None).model.model == "from/env", "SCISSOR_MODEL beats the config file"
+    assert from_flags(None).model.model == "from/env", "SCISSOR_MODEL beats the config file"
     named = write(tmp_path, "model:\n  model: from/profile\n")
-    assert build_profile(named).model.model == "from/profile", "a profile that names a model beats both"
-    assert build_profile(named).model.device == "cpu", "keys the profile leaves unset still come from the config"
-    assert build_profile(named, model="from/flag").model.model == "from/flag", "flags beat everything"
+    assert from_flags(named).model.model == "from/profile", "a profile that names a model beats both"
+    assert from_flags(named).model.device == "cpu", "keys the profile leaves unset still come from the config"
+    assert from_flags(named, model="from/flag").model.model == "from/flag", "flags beat everything"
 
 
 @pytest.mark.parametrize(
@@ -296,7 +304,7 @@ def test_user_config_is_loaded_strictly(tmp_path, monkeypatch, text, words):
     config.write_text(text)
     monkeypatch.setenv("SCISSOR_CONFIG", str(config))
     with pytest.raises(ProfileError) as e:
-        build_profile(None)
+        from_flags(None)
     text = f"{e.value.message}\n{e.value.hint}"
     assert str(config) in e.value.message and all(w in text for w in words), text
 

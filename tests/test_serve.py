@@ -221,6 +221,7 @@ def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media,
         (400, "retention", {"messages": video_message(clip, "Q?"), "retention": 2}),
         (400, "both given", {"messages": video_message(clip, "Q?"), "retention": 0.5, "tau": 0.8}),
         (400, "max_tokens", {"messages": video_message(clip, "Q?"), "max_tokens": 0}),
+        (400, "top_p 1.5 is out of range", {"messages": video_message(clip, "Q?"), "top_p": 1.5}),
         (400, "no-such-profile", {"messages": video_message(clip, "Q?"), "profile": "no-such-profile"}),
         (400, "exactly one", {"messages": [{"role": "user", "content": "Q?"}]}),
         (400, "notes.txt", {"messages": video_message(str(allowed / "notes.txt"), "Q?")}),
@@ -250,6 +251,8 @@ def test_every_bad_request_gets_its_status_and_the_server_goes_on(server, media,
     ok, answer = http("POST", url, {"messages": video_message(clip, "Q?"), "tokens": 10})
     assert ok == 200 and answer["scissor"]["tokens"]["final"] <= 10, "a good request still answers"
     assert "retention" in http("POST", url, cases[0][2])[1]["error"]["param"], "param names the field"
+    assert http("POST", url, cases[3][2])[1]["error"]["param"] == "top_p"
+    assert http("POST", url, cases[1][2])[1]["error"]["param"] == "tau", "the field the message names first"
 
 
 def test_sigterm_stops_cleanly_with_no_child_left(server):
@@ -377,6 +380,7 @@ def test_parse_request_takes_history_and_refuses_what_it_cannot_do():
     req = parse_request({"messages": messages, "max_completion_tokens": 5, "stream": True}, "m")
     assert (req.video, req.question, req.history) == ("/v.mp4", "Second?", (("First?", "An answer."),))
     assert req.flags["max_new_tokens"] == 5 and req.stream
+    assert parse_request({"messages": messages, "top_p": 0.5}, "m").flags["top_p"] == 0.5, "an Overrides field"
     for body, words in [
         ({"messages": messages, "n": 2}, "n must be 1"),
         ({"messages": messages, "tools": [{"type": "function"}]}, "tools"),
@@ -531,3 +535,114 @@ def test_a_cancelled_row_of_a_batch_stops_alone():
         row.future.result(timeout=10)
     assert worker.batches == [2] and flags[0] == [False, False] and flags[-1] == [False, True], flags[-1]
     worker.close(5)
+
+
+# ---------------------------------------------------------------------------------------------------- single-flight
+@pytest.fixture(scope="module")
+def tiny_vlm(tiny_hf_dir):
+    from scissor_cli.model import load_model
+    from scissor_cli.options import ModelOptions
+
+    return load_model(ModelOptions(model=str(tiny_hf_dir), dtype="float32"))
+
+
+def _two_at_once(tiny_vlm, media, first_decoding: threading.Event) -> list:
+    """Two requests for one uncached video, the second sent while the first decodes; each one's (run, compressed)
+    from ``Engine.prepare``, or its exception."""
+    import asyncio
+
+    from scissor_cli.options import Profile
+    from scissor_cli.pipeline import resolve_profile
+    from scissor_cli.serve import Engine, ServeOptions
+
+    engine = Engine(tiny_vlm, ServeOptions(allow_files=(str(media / "allowed"),)), Profile(), build=None)
+    engine.start(cache_on=False)
+    url = str(media / "allowed" / "clip.mp4")
+    profile = resolve_profile(tiny_vlm, Profile().override(sampling={"n_frames": 4}))
+    results: list = [None, None]
+
+    def one(i: int) -> None:
+        req = parse_request({"messages": video_message(url, QUESTIONS[i])}, "m")
+        try:
+            results[i] = asyncio.run(engine.prepare(url, req, profile))
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            results[i] = e
+
+    try:
+        first = threading.Thread(target=one, args=(0,), daemon=True)  # a hung request must not hang pytest
+        first.start()
+        assert first_decoding.wait(30), "the first request never decoded"
+        second = threading.Thread(target=one, args=(1,), daemon=True)
+        second.start()
+        first.join(60)
+        second.join(60)
+        assert engine._flights == {}, "a finished (or failed) encoding is not waited for again"
+    finally:
+        engine.close(5)
+    return results
+
+
+def test_two_first_requests_for_one_video_decode_and_encode_it_once(tiny_vlm, media, monkeypatch):
+    import torch
+
+    import scissor_cli.pipeline as pipeline
+
+    decoding, decodes, encodes = threading.Event(), [], []
+    real_decode, real_encode = pipeline.decode_clip, tiny_vlm.encode
+
+    def counting_decode(*args, **kwargs):
+        decodes.append(args[1])
+        decoding.set()
+        time.sleep(1.0)  # the second request arrives meanwhile
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode_clip", counting_decode)
+    monkeypatch.setattr(tiny_vlm, "encode", lambda *a, **k: encodes.append(1) or real_encode(*a, **k))
+    (run1, compressed1), (run2, compressed2) = _two_at_once(tiny_vlm, media, decoding)
+    assert len(decodes) == 1 and len(encodes) == 1, "the second request waits for the first's encoding"
+    assert run2.encoded is run1.encoded and torch.equal(compressed1.tokens, compressed2.tokens)
+
+
+def test_a_failed_first_decode_is_both_requests_error(tiny_vlm, media, monkeypatch):
+    import scissor_cli.pipeline as pipeline
+    from scissor_cli.errors import VideoError
+
+    decoding, decodes = threading.Event(), []
+
+    def failing_decode(*args, **kwargs):
+        decodes.append(args[1])
+        decoding.set()
+        time.sleep(1.0)
+        raise VideoError(f"cannot decode {args[1]}", hint="check the file")
+
+    monkeypatch.setattr(pipeline, "decode_clip", failing_decode)
+    first, second = _two_at_once(tiny_vlm, media, decoding)
+    assert isinstance(first, VideoError) and isinstance(second, VideoError), (first, second)
+    assert second.message == first.message and "clip.mp4" in first.message
+    assert len(decodes) == 1, "the waiting request gets the failure, not a second decode"
+
+
+def test_a_cached_video_is_not_decoded_again(tiny_vlm, media, monkeypatch, tmp_path):
+    """The pool's cache lookup builds encode_video's own key: a video in the feature cache skips the decode."""
+    import asyncio
+
+    import scissor_cli.pipeline as pipeline
+    from scissor_cli.options import Profile
+    from scissor_cli.serve import Engine, ServeOptions
+
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
+    decodes = []
+    real = pipeline.decode_clip
+    monkeypatch.setattr(pipeline, "decode_clip", lambda *a, **k: decodes.append(a[1]) or real(*a, **k))
+    engine = Engine(tiny_vlm, ServeOptions(allow_files=(str(media / "allowed"),)), Profile(), build=None)
+    engine.start(cache_on=True)
+    url = str(media / "allowed" / "clip.mp4")
+    profile = pipeline.resolve_profile(tiny_vlm, Profile().override(sampling={"n_frames": 4}))
+    req = parse_request({"messages": video_message(url, "Q?")}, "m")
+    try:
+        first, _ = asyncio.run(engine.prepare(url, req, profile))
+        again, _ = asyncio.run(engine.prepare(url, req, profile))
+    finally:
+        engine.close(5)
+    assert not first.encoded.cache_hit and again.encoded.cache_hit
+    assert len(decodes) == 1, "the cached video was decoded again (the pool's key is not encode_video's)"

@@ -46,13 +46,6 @@ def long_clip(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def default_setting():
-    video.set_decode_workers(None)
-    yield
-    video.set_decode_workers(None)
-
-
 def _info(n_frames=9000, width=1920, height=1080, **kw) -> video.VideoInfo:
     fields = dict(path="/v.mp4", duration=n_frames / 30, fps=30.0, n_frames=n_frames, width=width, height=height)
     fields.update(rotation=0, codec="h264", backend="decord", is_image=False)
@@ -119,10 +112,6 @@ def test_split_workers_rules(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks share the 16 cores
     assert video.split_workers(long, _plan(long)) == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    video.set_decode_workers(5)
-    assert video.split_workers(long, _plan(long)) == 5
-    assert video.split_workers(long, _plan(long), workers=2) == 2  # the argument wins over the setting
-    video.set_decode_workers(None)
     # the span: 900 frames (30 s at 30 fps) pay for three chunks; a 10 s clip stays serial
     assert video.split_workers(_info(900), _plan(_info(900))) == 3
     assert video.split_workers(_info(300), _plan(_info(300))) == 1
@@ -133,20 +122,19 @@ def test_split_workers_rules(monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
-def test_set_decode_workers_refuses_bad_values(bad):
+def test_check_decode_threads_refuses_bad_values(bad):
     from scissor_cli.errors import OptionError
 
     with pytest.raises(OptionError, match="--decode-workers"):
-        video.set_decode_workers(bad)
+        video.check_decode_threads(bad)
+    assert video.check_decode_threads(None) is None and video.check_decode_threads(3) == 3
 
 
-def test_set_decode_workers_reaches_sample_frames(long_clip):
+def test_decode_workers_reach_sample_frames(long_clip):
     info = video.probe(long_clip)
-    video.set_decode_workers(1)
-    assert video.sample_frames(long_clip, n_frames=32, info=info).workers == 1
-    video.set_decode_workers(2)
-    assert video.sample_frames(long_clip, n_frames=32, info=info).workers == 2
-    assert video.sample_frames(long_clip, n_frames=8, info=info).workers == 1  # 8 frames of 360p: too small
+    assert video.sample_frames(long_clip, n_frames=32, info=info, workers=1).workers == 1
+    assert video.sample_frames(long_clip, n_frames=32, info=info, workers=2).workers == 2
+    assert video.sample_frames(long_clip, n_frames=8, info=info, workers=2).workers == 1  # 8 frames of 360p: too small
 
 
 # ------------------------------------------------------------------------------------------- threads, failures
@@ -296,17 +284,26 @@ def test_decode_ahead_workers_decode_serially(long_clip):
 
 
 @pytest.mark.parametrize("command", ["ask", "inspect", "chat"])
-def test_decode_workers_flag_is_set_before_the_video_is_read(command, monkeypatch, tmp_path):
+def test_decode_workers_flag_reaches_the_decode(command, monkeypatch, tmp_path, tiny_hf_dir):
+    """--decode-workers travels down to sample_frames as an argument (no process-wide setting)."""
+    from media import pattern_clip
     from typer.testing import CliRunner
 
     from scissor_cli.cli import app
+    from scissor_cli.errors import VideoError
 
     seen = []
-    monkeypatch.setattr(video, "set_decode_workers", seen.append)
+
+    def sample_frames(*args, workers=None, **kwargs):
+        seen.append(workers)
+        raise VideoError("decode stopped here by the test")
+
+    monkeypatch.setattr(video, "sample_frames", sample_frames)
     monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
-    args = [command, str(tmp_path / "missing.mp4"), *(["a question?"] if command == "ask" else [])]
-    result = CliRunner().invoke(app, [*args, "--decode-workers", "3"])
-    assert result.exit_code == 4, result.output  # the missing file, after the flag was applied
+    clip = pattern_clip(tmp_path / "clip.mp4")
+    args = [command, clip, *(["a question?"] if command == "ask" else []), "--model", str(tiny_hf_dir)]
+    result = CliRunner().invoke(app, [*args, "--decode-workers", "3", "--frames", "2"])
+    assert result.exit_code == 4 and "stopped here by the test" in result.output, result.output
     assert seen == [3]
     result = CliRunner().invoke(app, [*args, "--decode-workers", "-1"])
-    assert result.exit_code == 2
+    assert result.exit_code == 2 and seen == [3], "a bad value stops before the decode"

@@ -12,7 +12,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from scissor_cli.batch.ranks import BARRIER_TIMEOUT_S, _Group, dist_env
@@ -64,7 +64,7 @@ from scissor_cli.sweep import SWEEP_AXES, Sweep
 
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
-    from scissor_cli.pipeline import CompressedVideo, EncodedVideo
+    from scissor_cli.pipeline import CompressedVideo, VideoRun
 
 
 @dataclass
@@ -120,8 +120,8 @@ def _notify(view: Any, method: str, *args: Any) -> None:
 @dataclass
 class _Row:
     task: RecordTask
-    encoded: EncodedVideo
-    compressed: CompressedVideo
+    run: VideoRun  # the job's video, encoded once
+    compressed: CompressedVideo  # at the job's level
     profile: Profile  # the level's (resolved) profile
     prompt: str
     share_s: float  # this job's share of the video's decode + vision + SCC wall time
@@ -219,7 +219,8 @@ def _ok_record(task: RecordTask, answer: Any, prompt: str, n_rows: int) -> dict[
 
 
 class _Runner:
-    """Encodes each video once, queues its questions, and sends up to ``batch_size`` rows per ``generate``."""
+    """Opens each video's ``VideoRun`` (one encoding, SCC once per level), queues its questions, and sends up to
+    ``batch_size`` rows per ``generate``, rows of several videos and levels together."""
 
     def __init__(
         self,
@@ -274,9 +275,8 @@ class _Runner:
         self.on_start([t.id for t in tasks])
         try:
             decoded = self.prefetch.take(video) if self.prefetch is not None else None  # raises its decode error
-            encoded = self.pipeline.encode_video(
-                self.vlm, video, self.profile, on_status=on_status, cache=self.cache, decoded=decoded
-            )
+            run = self.pipeline.VideoRun.open(self.vlm, video, self.profile, on_status=on_status, cache=self.cache,
+                                              decoded=decoded)  # fmt: skip
         except Exception as e:
             for task in tasks:
                 self.emit(_error_record(task, e))
@@ -289,7 +289,7 @@ class _Runner:
             if not level_tasks:
                 continue
             try:
-                compressed = self.pipeline.compress_video(encoded, profile)
+                compressed = run.compressed(profile)
             except Exception as e:
                 for task in level_tasks:
                     self.emit(_error_record(task, e))
@@ -300,7 +300,7 @@ class _Runner:
         share_s = (time.perf_counter() - t0) / len(rows)
         for task, compressed, profile in rows:
             prompt = build_prompt(task.job.question, task.job.options, task.job.prompt or self.prompt)
-            self.queue.append(_Row(task, encoded, compressed, profile, prompt, share_s))
+            self.queue.append(_Row(task, run, compressed, profile, prompt, share_s))
         while len(self.queue) >= self.batch_size:
             self.flush(self.batch_size)
 
@@ -332,25 +332,16 @@ class _Runner:
         self._emit_rows([row], generated)
 
     def _emit_rows(self, rows: list[_Row], generated: Any) -> None:
-        # make_answers takes the rows of one video at one level with their slice of the batch's outputs
+        # the answers of the rows of one video at one level at a time, from their slice of the batch's outputs
         start = 0
         while start < len(rows):
             stop = start
             while stop < len(rows) and rows[stop].compressed is rows[start].compressed:
                 stop += 1
-            part = replace(
-                generated,
-                texts=generated.texts[start:stop],
-                n_prompt_tokens=list(generated.n_prompt_tokens[start:stop]),
-                **{k: list(getattr(generated, k)[start:stop]) for k in ("n_new_tokens", "token_ids", "n_prefill_tokens")
-                   if len(getattr(generated, k, []) or []) == len(rows)},
-            )  # fmt: skip
             video_rows = rows[start:stop]
+            first, part = video_rows[0], self.pipeline.output_rows(generated, start, stop)
             try:
-                answers = self.pipeline.make_answers(
-                    self.vlm, video_rows[0].encoded, video_rows[0].compressed,
-                    [r.job.question for r in video_rows], part, video_rows[0].profile,
-                )  # fmt: skip
+                answers = first.run.answers([r.job.question for r in video_rows], part, first.profile)
             except Exception as e:
                 for row in video_rows:
                     self.emit(_error_record(row.task, e))

@@ -1,8 +1,8 @@
 """``scissor serve``: an OpenAI-compatible HTTP server that answers questions about videos, the model loaded once.
 
 ``POST /v1/chat/completions`` takes OpenAI's request with vLLM's ``video_url`` content parts and answers exactly what
-``scissor ask --json`` answers for the same video, question and settings (greedy): the same pipeline functions run
-(``resolve_profile``, ``encode_video``, ``compress_video``, ``generate``, ``make_answers``), and a conversation is
+``scissor ask --json`` answers for the same video, question and settings (greedy): the same ``pipeline.VideoRun``
+runs the video (``resolve_profile``, the encoding, SCC, the answers of a ``generate``), and a conversation is
 prompted the way ``scissor chat`` prompts it (the video once, in the first user turn; ``model.prompt_ids``).
 
 Where the work runs:
@@ -10,7 +10,8 @@ Where the work runs:
 * the event loop (uvicorn's thread) parses requests, checks them and streams answers; it never waits on a video
   or the model;
 * a thread pool fetches (URLs, ``data:`` URLs), probes and decodes videos; a video whose features are in the
-  feature cache is not decoded;
+  feature cache is not decoded, and a video another request is decoding and encoding is not decoded again (the
+  request waits for that encoding: single-flight);
 * one model thread (torch is not re-entrant) runs, in arrival order, a video's vision tower + SCC or one batched
   ``generate`` for every waiting request that can share it (same history and generation settings, greedy, at most
   ``max_batch`` rows, at most one streamed row: ``generate`` streams its first row only).

@@ -26,7 +26,7 @@ from scissor_cli.errors import (
 if TYPE_CHECKING:
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.options import Profile
-    from scissor_cli.pipeline import CompressedVideo, EncodedVideo
+    from scissor_cli.pipeline import CompressedVideo, VideoRun
 from scissor_cli.serve.engine import Engine, _chunk, _Generate, _usage, completion_body, scissor_stats
 from scissor_cli.serve.protocol import (
     INSTALL_HINT,
@@ -150,11 +150,11 @@ def create_app(state: ServerState) -> Any:
             profile = engine.request_profile(req)
             with engine.admitted():
                 t0 = time.perf_counter()
-                encoded, compressed = await engine.prepare(req.video, req, profile)
+                run, compressed = await engine.prepare(req.video, req, profile)
                 cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
                 if req.stream:
                     return StreamingResponse(
-                        _stream(engine, req, profile, encoded, compressed, cid, created, state.model_id, t0),
+                        _stream(engine, req, profile, run, compressed, cid, created, state.model_id, t0),
                         media_type="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                     )
@@ -163,7 +163,7 @@ def create_app(state: ServerState) -> Any:
                     row, n_rows = await asyncio.wrap_future(item.future)
                 finally:
                     item.cancelled.set()  # a no-op once answered; stops the row if this task is cancelled
-                result = engine.result(encoded, compressed, req, profile, row, n_rows, t0)
+                result = engine.result(run, req, profile, row, n_rows, t0)
                 return JSONResponse(completion_body(result, cid, created, state.model_id))
         except Exception as e:  # noqa: BLE001 - every error becomes a response; the server goes on
             return fail(e)
@@ -177,8 +177,8 @@ def create_app(state: ServerState) -> Any:
     return app
 
 
-async def _stream(engine: Engine, req: ChatRequest, profile: Profile, encoded: EncodedVideo,
-                  compressed: CompressedVideo, cid: str, created: int, model: str, t0: float):  # fmt: skip
+async def _stream(engine: Engine, req: ChatRequest, profile: Profile, run: VideoRun, compressed: CompressedVideo,
+                  cid: str, created: int, model: str, t0: float):  # fmt: skip
     """SSE chunks: the role, the text as it is generated (pieces add up to the non-streamed answer), the finish
     reason, usage (with ``stream_options.include_usage``), ``[DONE]``. Counted in flight until it ends."""
     loop = asyncio.get_running_loop()
@@ -208,7 +208,7 @@ async def _stream(engine: Engine, req: ChatRequest, profile: Profile, encoded: E
             yield f"data: {json.dumps(error_body(e)[1])}\n\n".encode()
             yield b"data: [DONE]\n\n"
             return
-        result = engine.result(encoded, compressed, req, profile, row, n_rows, t0)
+        result = engine.result(run, req, profile, row, n_rows, t0)
         final = result.answer.answer
         if len(final) > sent:
             yield _chunk(cid, created, model, {"content": final[sent:]})
@@ -247,7 +247,7 @@ def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], 
         stop: threading.Event | None = None) -> int:  # fmt: skip
     """Serve until SIGINT (Interrupted, exit 130) or SIGTERM (returns 0). The model loads while the server already
     answers /health (503 until loaded); one line on stderr when it is ready. ``build(profile_name, **flags)`` is
-    the CLI's ``build_profile``: each request's profile is built from ``flags`` (the server's) and its fields.
+    ``settings.resolver()``: each request's profile is resolved from ``flags`` (the server's) and its fields.
 
     ``load``: the model (default: ``load_model(profile.model)``); ``stop``: set it to stop the server (a server in
     a thread, as the benchmark runs it, gets no signals)."""

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import (
@@ -25,12 +25,11 @@ from scissor_cli.errors import (
 if TYPE_CHECKING:
     from scissor_cli.model import GenerationOutput, VisionLanguageModel
     from scissor_cli.options import Profile
-    from scissor_cli.pipeline import CompressedVideo, EncodedVideo
+    from scissor_cli.pipeline import CompressedVideo, EncodedVideo, VideoRun
 from scissor_cli.serve.protocol import (
     ChatRequest,
     ServeOptions,
     Unavailable,
-    _bad,
     _named_for_requests,
     _with_param,
     merge_flags,
@@ -47,6 +46,8 @@ class _Prepare:
     history: tuple[tuple[str, str], ...]
     info: Any
     decoded: Any
+    encoded: EncodedVideo | None = None  # another request's encoding of the same video (single-flight): SCC only
+    flight: concurrent.futures.Future | None = None  # told the encoding (or its failure) as soon as it is known
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -74,13 +75,13 @@ class _Generate:
         return None if g.temperature > 0 else (g, self.history)  # sampling runs alone: its seed is per call
 
 
-def _row(out: GenerationOutput, i: int) -> GenerationOutput:
-    """Row ``i`` of a batched output as a one-row output (per-row lists sliced, batch-wide values kept)."""
-    values = {}
-    for f in fields(out):
-        v = getattr(out, f.name)
-        values[f.name] = v[i : i + 1] if isinstance(v, list) and len(v) == len(out.texts) else v
-    return type(out)(**values)
+def _settle(future: concurrent.futures.Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Set ``future`` unless it is set already (a single-flight's request and the model thread may both try)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class ModelWorker:
@@ -155,30 +156,36 @@ class ModelWorker:
                 self._generate(work)  # type: ignore[arg-type]
 
     def _prepare(self, job: _Prepare) -> None:
-        from scissor_cli.pipeline import compress_video, encode_video
+        """The request's ``VideoRun`` (vision tower unless ``job.encoded``) and its SCC, the context checked here,
+        not on the event loop: the tokenizer is the model thread's too."""
+        from scissor_cli.pipeline import VideoRun, check_context
 
         try:
-            encoded = encode_video(self.vlm, job.video, job.profile, cache=self.cache, info=job.info,
-                                   decoded=job.decoded)  # fmt: skip
-            compressed = compress_video(encoded, job.profile)
-            self._check_context(compressed.n_final, job)
-            job.future.set_result((encoded, compressed))
+            if job.encoded is not None:
+                run = VideoRun(self.vlm, job.encoded, job.profile)
+            else:
+                run = VideoRun.open(self.vlm, job.video, job.profile, cache=self.cache, info=job.info,
+                                    decoded=job.decoded)  # fmt: skip
+        except BaseException as e:  # noqa: BLE001 - handed to the request that asked (and those waiting on it)
+            if job.flight is not None:
+                _settle(job.flight, error=e)
+            job.future.set_exception(e)
+            return
+        if job.flight is not None:
+            _settle(job.flight, result=run.encoded)
+        try:
+            compressed = run.compressed()
+            check_context(self.vlm, compressed.n_final, job.question, job.history,
+                          job.profile.generation.max_new_tokens, what="this request",
+                          hint="fewer visual tokens (retention, tokens or frames), a smaller max_tokens, or fewer "
+                          "turns")  # fmt: skip
+            job.future.set_result((run, compressed))
         except BaseException as e:  # noqa: BLE001 - handed to the request that asked
             job.future.set_exception(e)
 
-    def _check_context(self, n_video: int, job: _Prepare) -> None:
-        """Here, not on the event loop: the tokenizer is the model thread's too."""
-        limit = self.vlm.max_positions
-        n_prompt = self.vlm.prompt_length(n_video, job.question, job.history)
-        n_answer = job.profile.generation.max_new_tokens
-        if limit is not None and n_prompt + n_answer > limit:
-            raise _bad(
-                f"this request would not fit in the model's context: {n_prompt:,} prompt tokens + up to "
-                f"{n_answer:,} for the answer > {limit:,}",
-                hint="fewer visual tokens (retention, tokens or frames), a smaller max_tokens, or fewer turns",
-            )
-
     def _generate(self, rows: list[_Generate]) -> None:
+        from scissor_cli.pipeline import output_rows
+
         vlm = self.vlm
         ready = []
         for r in rows:
@@ -207,7 +214,7 @@ class ModelWorker:
             if self._closed:  # stopped mid-answer: not an answer
                 r.future.set_exception(Unavailable("the server is shutting down", hint="retry later"))
             else:
-                r.future.set_result((_row(out, i), len(ready)))
+                r.future.set_result((output_rows(out, i, i + 1), len(ready)))
 
 
 # ---------------------------------------------------------------------------------------------------- the engine
@@ -257,6 +264,10 @@ class Engine:
     ):
         from scissor_cli.pipeline import model_fingerprint
 
+        # (video url, sampling) -> the encoding in progress: a second request for a video being decoded and
+        # encoded waits for that encoding instead of decoding it again
+        self._flights: dict[tuple, concurrent.futures.Future] = {}
+        self._flights_lock = threading.Lock()
         self.vlm, self.options = vlm, options
         self.base, self.build, self.profile_name, self.flags = base, build, profile_name, dict(flags or {})
         self.pool = concurrent.futures.ThreadPoolExecutor(options.decode_workers, thread_name_prefix="scissor-decode")
@@ -295,7 +306,7 @@ class Engine:
     def _open(self, url: str, profile: Profile) -> tuple[Any, Any, str | None]:
         """In the pool: (info, decoded frames or None when cached, a temporary file to remove or None)."""
         from scissor_cli import video as video_io
-        from scissor_cli.pipeline import decode_clip
+        from scissor_cli.pipeline import decode_clip, feature_key
 
         path, temporary = fetch_video(url, self.options)
         try:
@@ -304,8 +315,7 @@ class Engine:
             plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
             vlm = self.vlm
             if self.cache is not None and profile.model.cache:
-                key = self.cache.key(info.path, plan.indices, self._fingerprint, vlm.revision, str(vlm.dtype))
-                if self.cache.has(key):
+                if self.cache.has(feature_key(self.cache, vlm, info, plan.indices, self._fingerprint)):
                     return info, None, path if temporary else None
             t0 = time.perf_counter()
             clip = decode_clip(vlm, path, s, info)
@@ -337,38 +347,54 @@ class Engine:
             self._probed[key] = info
         return info
 
-    async def prepare(self, url: str, req: ChatRequest, profile: Profile) -> tuple[EncodedVideo, CompressedVideo]:
+    async def prepare(self, url: str, req: ChatRequest, profile: Profile) -> tuple[VideoRun, CompressedVideo]:
         """Fetch, probe and (unless cached) decode in the pool; vision tower + SCC on the model thread. A question
-        the context cannot hold is refused first, before anything is fetched or decoded."""
+        the context cannot hold is refused first, before anything is fetched or decoded. Single-flight: while a
+        request decodes and encodes a video, another for the same video (and frames) waits for that encoding,
+        and a failure of it is the other's too."""
         assert self.worker is not None
         check = functools.partial(self.vlm.check_question, req.question, reserve=profile.generation.max_new_tokens,
                                   history=req.history)  # fmt: skip
         await asyncio.wrap_future(self.worker.submit(_Call(check)))
-        loop = asyncio.get_running_loop()
-        info, decoded, temporary = await loop.run_in_executor(self.pool, self._open, url, profile)
+        shown = url.split(",", 1)[0] + ",..." if url[:5].lower() == "data:" else url  # not megabytes of base64
+        key = (url, profile.sampling)
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[key] = concurrent.futures.Future()
+        if not leader:
+            encoded = await asyncio.wrap_future(flight)  # raises the encoding's failure
+            job = _Prepare(shown, profile, req.question, req.history, None, None, encoded=encoded)
+            return await asyncio.wrap_future(self.worker.submit(job))
         try:
-            assert self.worker is not None
-            shown = url.split(",", 1)[0] + ",..." if url[:5].lower() == "data:" else url  # not megabytes of base64
-            return await asyncio.wrap_future(
-                self.worker.submit(_Prepare(shown, profile, req.question, req.history, info, decoded))
-            )
+            loop = asyncio.get_running_loop()
+            info, decoded, temporary = await loop.run_in_executor(self.pool, self._open, url, profile)
+            try:
+                job = _Prepare(shown, profile, req.question, req.history, info, decoded, flight=flight)
+                return await asyncio.wrap_future(self.worker.submit(job))
+            finally:
+                if temporary:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temporary)
+        except BaseException as e:
+            # failed before the model thread encoded (a no-op after): the waiting requests fail alike
+            gone = Unavailable("the request encoding this video went away", hint="retry")
+            _settle(flight, error=e if isinstance(e, Exception) else gone)
+            raise
         finally:
-            if temporary:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
+            with self._flights_lock:
+                del self._flights[key]
 
     # ------------------------------------------------------------------ one request
     def request_profile(self, req: ChatRequest) -> Profile:
         """The server's flags with the request's fields on top, checked like the flags (the same messages, naming
         the request's fields), on the server's model; then resolved as ``ask`` resolves it."""
-        from scissor_cli.options import validate
         from scissor_cli.pipeline import resolve_profile
 
         flags = merge_flags(self.flags, req.flags, req.profile)
         try:
             p = self.build(req.profile if req.profile is not None else self.profile_name, **flags)
-            if req.top_p is not None:
-                p = validate(replace(p, generation=replace(p.generation, top_p=req.top_p)))
         except OptionError as e:
             raise _named_for_requests(e) from e
         except ProfileError as e:
@@ -382,11 +408,9 @@ class Engine:
         self.worker.submit(item)
         return item
 
-    def result(self, encoded: EncodedVideo, compressed: CompressedVideo, req: ChatRequest, profile: Profile,
-               row: GenerationOutput, n_rows: int, t0: float) -> Result:  # fmt: skip
-        from scissor_cli.pipeline import make_answers
-
-        [answer] = make_answers(self.vlm, encoded, compressed, [req.question], row, profile)
+    def result(self, run: VideoRun, req: ChatRequest, profile: Profile, row: GenerationOutput, n_rows: int,
+               t0: float) -> Result:  # fmt: skip
+        [answer] = run.answers([req.question], row, profile)
         answer = replace(answer, timings_s={**answer.timings_s, "total": round(time.perf_counter() - t0, 4)})
         n_new = row.n_new_tokens[0] if row.n_new_tokens else 0
         finish = "length" if n_new >= profile.generation.max_new_tokens else "stop"

@@ -29,22 +29,6 @@ REQUEST_FIELDS = ("retention", "tokens", "tau", "tau_temporal", "epsilon", "fram
 _COMPRESSION = ("retention", "tokens", "tau", "tau_temporal", "epsilon", "no_compress")
 # what the server's model flags fix for every request
 _MODEL_FLAGS = ("model", "revision", "device", "dtype", "offline", "no_cache", "newline")
-# build_profile's errors name flags; a request's error names the request's field (longest first: --tau-temporal)
-_FIELD_NAMES = {
-    "--max-new-tokens": "max_tokens",
-    "--tau-temporal": "tau_temporal",
-    "--no-compress": "no_compress",
-    "--retention": "retention",
-    "--temperature": "temperature",
-    "--epsilon": "epsilon",
-    "--tokens": "tokens",
-    "--frames": "frames",
-    "--start": "start",
-    "--seed": "seed",
-    "--fps": "fps",
-    "--end": "end",
-    "--tau": "tau",
-}
 # request fields scissor cannot honour: refused when set, so a client never silently gets something else
 _UNSUPPORTED = ("tools", "functions", "logprobs", "top_logprobs", "logit_bias", "audio", "prediction")
 
@@ -172,9 +156,8 @@ class ChatRequest:
     video: str  # the video_url's url
     question: str
     history: tuple[tuple[str, str], ...]  # earlier (question, answer) turns
-    flags: dict[str, Any]  # scissor fields and standard sampling fields, as build_profile's keyword arguments
+    flags: dict[str, Any]  # scissor fields and standard sampling fields, as settings.Overrides fields
     profile: str | None
-    top_p: float | None
     stream: bool
     include_usage: bool
 
@@ -282,6 +265,7 @@ def parse_request(body: Any, served_model: str) -> ChatRequest:
     limit = _number(body, "max_completion_tokens" if limit is not None else "max_tokens", int)
     flags: dict[str, Any] = {"max_new_tokens": limit}
     flags["temperature"] = _number(body, "temperature", float)
+    flags["top_p"] = _number(body, "top_p", float)
     flags["seed"] = _number(body, "seed", int)
     for key in ("retention", "tau", "tau_temporal", "epsilon", "fps", "start", "end"):
         flags[key] = _number(body, key, float)
@@ -306,7 +290,6 @@ def parse_request(body: Any, served_model: str) -> ChatRequest:
         history=history,
         flags=flags,
         profile=profile,
-        top_p=_number(body, "top_p", float),
         stream=bool(stream),
         include_usage=bool(options.get("include_usage")),
     )
@@ -328,11 +311,9 @@ def merge_flags(server: dict[str, Any], request: dict[str, Any], request_profile
 
 
 def _named_for_requests(e: OptionError) -> OptionError:
-    """The flags' error with the request's field names; ``param``: the field named first."""
-    message, hint = e.message, e.hint or ""
-    named = sorted((message.find(flag), name) for flag, name in _FIELD_NAMES.items() if flag in message)
-    for flag, name in _FIELD_NAMES.items():
-        message, hint = message.replace(flag, name), hint.replace(flag, name)
-    if not named and "top_p" in message:
-        named = [(0, "top_p")]
-    return _bad(message, hint or None, param=named[0][1] if named else None)
+    """The settings' error in the request's field names (``settings.SPELLING``); ``param``: the field it names
+    first."""
+    from scissor_cli.settings import SPELLING, spelled
+
+    fields = [SPELLING[k].serve for k in e.keys if k in SPELLING and SPELLING[k].serve is not None]
+    return _with_param(spelled(e, "serve"), fields[0] if fields else None)  # type: ignore[return-value]
