@@ -144,14 +144,12 @@ def _cli_env(tmp_path):
     return {**os.environ, **VLLM_ENV, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
 
 
-def test_cli_ask_with_a_vllm_profile_answers_as_hf(tiny, videos, tmp_path):
-    profile = tmp_path / "vllm.yaml"
-    profile.write_text(f"model:\n  engine: vllm\n  max_model_len: {MAX_MODEL_LEN}\n")
+def test_cli_ask_engine_vllm_answers_as_hf(tiny, videos, tmp_path):
     base = [sys.executable, "-m", "scissor_cli", "ask", videos[0], QUESTIONS[0], "-q", QUESTIONS[1], "--model",
             str(tiny), "--frames", "4", "--max-new-tokens", "12", "--dtype", "float32", "--device", "cpu",
             "--json"]  # fmt: skip
     records = {}
-    for engine, extra in (("hf", []), ("vllm", ["--profile", str(profile)])):
+    for engine, extra in (("hf", []), ("vllm", ["--engine", "vllm", "--max-model-len", str(MAX_MODEL_LEN)])):
         out = subprocess.run(base + extra, capture_output=True, text=True, timeout=400, env=_cli_env(tmp_path))
         assert out.returncode == 0, out.stderr[-3000:]
         records[engine] = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -160,7 +158,7 @@ def test_cli_ask_with_a_vllm_profile_answers_as_hf(tiny, videos, tmp_path):
 
 
 def test_ctrl_c_during_a_vllm_batch_leaves_no_process_behind(tiny, videos, tmp_path):
-    profile = tmp_path / "vllm.yaml"
+    profile = tmp_path / "vllm.yaml"  # the profile file's spelling of --engine vllm
     profile.write_text(f"model:\n  engine: vllm\n  max_model_len: {MAX_MODEL_LEN}\n")
     out = tmp_path / "out.jsonl"
     many = [f"Question number {i}?" for i in range(40)]

@@ -63,7 +63,8 @@ def test_the_engine_is_in_batchs_config_hash_and_its_knobs_are_not():
     from scissor_cli.batch import config_hash, run_config
 
     hf, vllm = Profile(), validate(replace(Profile(), model=replace(ModelOptions(), engine="vllm")))
-    assert run_config(hf)["model"]["engine"] == "hf"
+    assert "engine" not in run_config(hf)["model"], "hf, the default: older outputs' hashes stay valid"
+    assert run_config(vllm)["model"]["engine"] == "vllm"
     assert config_hash(run_config(hf)) != config_hash(run_config(vllm)), "a resumed run would mix engines"
     bigger = replace(vllm, model=replace(vllm.model, max_model_len=8192, tensor_parallel_size=2))
     assert config_hash(run_config(bigger)) == config_hash(run_config(vllm)), "knobs change speed, not answers"
@@ -77,16 +78,28 @@ def test_vllm_not_installed_is_one_line_exit_5_before_the_checkpoint_or_video(tm
     with pytest.raises(ModelError, match="needs vLLM") as e:  # checked before the (missing) checkpoint
         load_model(ModelOptions(model=str(tmp_path / "no-such-model"), engine="vllm", offline=True))
     assert e.value.exit_code == 5 and "--engine hf" in e.value.hint
-    profile = tmp_path / "vllm.yaml"
-    profile.write_text("model:\n  engine: vllm\n")
     env = {**os.environ, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     # the engine is refused before the (missing) model is looked for and before the video is decoded
     video = Path(__file__).parent.parent / "samples" / "bigbuckbunny.mp4"
-    cmd = [sys.executable, "-m", "scissor_cli", "ask", str(video), "q", "--model", str(tmp_path / "m"),
-           "--profile", str(profile)]  # fmt: skip
+    cmd = [sys.executable, "-m", "scissor_cli", "ask", str(video), "q", "--model", str(tmp_path / "m"), "--engine",
+           "vllm"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 5, out.stderr
     assert "needs vLLM" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_vllm_knob_without_engine_vllm_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    result = CliRunner().invoke(app, ["ask", str(tmp_path / "v.mp4"), "q", "--max-model-len", "1024"])
+    assert result.exit_code == 2
+    assert "--max-model-len is a vLLM setting, but --engine is 'hf'" in result.output
+    result = CliRunner().invoke(app, ["ask", str(tmp_path / "v.mp4"), "q", "--engine", "tgi"])
+    assert result.exit_code == 2 and "--engine 'tgi' is out of range" in result.output
+    result = CliRunner().invoke(app, ["inspect", "--help"])
+    assert "--engine" not in result.output, "inspect runs no LLM"
 
 
 def test_a_family_that_needs_position_ids_is_refused_with_vllm_only(monkeypatch, tiny_hf_dir):
