@@ -207,6 +207,7 @@ class FakeLLMEngine:
         return rid + "-internal"  # vLLM's own id: outputs and aborts still use ours
 
     def step(self):
+        assert self.requests, "step() with nothing queued: vLLM would block here for ever"
         self.n_steps += 1
         if self.n_steps == self.fail_at_step:
             raise KeyboardInterrupt
