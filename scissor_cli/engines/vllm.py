@@ -48,9 +48,10 @@ def check_installed() -> None:
     """ModelError (exit 5) when vLLM cannot be imported; cheap enough to call before anything is loaded.
 
     vLLM logs to stdout at INFO by default, which would interleave with ``--json`` lines: its log goes to stderr
-    at WARNING unless the user set these (its processes inherit them)."""
+    at ERROR unless the user set these (its processes inherit them). At WARNING it prints a traceback of its chat
+    template warm-up, which scissor does not use (it hands vLLM embeddings, no tokenizer)."""
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         import vllm  # noqa: F401
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken install failing inside vllm's own imports
