@@ -34,8 +34,9 @@ QUESTIONS = ["What is happening in this video?", "Describe the video in detail."
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and every process below it (Linux /proc)."""
+def tree_rss_bytes(pid: int, field: str = "VmRSS", below_only: bool = False) -> int:
+    """Resident memory of ``pid`` and every process below it (Linux /proc); ``VmHWM``: each one's own peak;
+    ``below_only``: the processes below ``pid`` only."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -48,9 +49,11 @@ def tree_rss_bytes(pid: int) -> int:
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
+        if below_only and p == pid:
+            continue
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             pass
@@ -97,6 +100,16 @@ def child(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     vlm = load_model(profile.model)
     load_s = time.perf_counter() - t
+    if args.load_only:  # weights once: each process's own peak (VmHWM: ru_maxrss would carry the parent's over exec)
+        done.set()
+        me = os.getpid()
+        own, others = tree_rss_bytes(me, "VmHWM") - tree_rss_bytes(me, "VmHWM", True), tree_rss_bytes(me, "VmHWM", True)
+        held = sum(t.numel() * t.element_size() for t in vlm.hf_model.parameters())  # tied weights counted once
+        print(json.dumps({"engine": args.engine, "load_s": load_s, "scissor_peak_gb": own / 1024**3,
+                          "tree_gb": others / 1024**3, "weights_gb": held / 1024**3}))  # fmt: skip
+        if args.engine == "vllm":
+            vlm.engine.close()
+        return
     n_new = []
     generate = vlm.generate
 
@@ -131,6 +144,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2, help="hf, vllm pairs per architecture")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (bench/gpu_check.py)")
+    ap.add_argument("--load-only", action="store_true", help="only load each engine's model: its memory, no batch")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_engine.md"))
     ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
     # the child's own arguments (internal)
@@ -158,6 +172,14 @@ def main() -> None:
                 str(scratch), "--dtype", dtype, "--frames", str(args.frames), "--new-tokens", str(args.new_tokens),
                 "--questions", str(args.questions), "--batch-size", str(args.batch_size), "--device",
                 args.device]  # fmt: skip
+        if args.load_only:
+            for engine in ("hf", "vllm"):
+                out = subprocess.run([*base, "--load-only", "--engine", engine], env=env, check=True,
+                                     capture_output=True, text=True)  # fmt: skip
+                result = {**json.loads(out.stdout.strip().splitlines()[-1]), "arch": arch}
+                rows.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+            continue
         if arch != "tiny":  # fill the feature cache: the vision tower is the same for both engines
             subprocess.run([*base, "--engine", "hf", "--new-tokens", "1"], env=env, check=True,
                            stdout=subprocess.DEVNULL)  # fmt: skip
@@ -179,6 +201,14 @@ def main() -> None:
     ]
     if args.note:
         lines += ["", args.note]
+    if args.load_only:
+        lines += ["", "| arch | engine | load s | weights in scissor's process GB | scissor's process, peak RSS GB | "
+                  "vLLM's processes, peak RSS GB |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['arch']} | {r['engine']} | {r['load_s']:.1f} | {r['weights_gb']:.2f} | "
+                  f"{r['scissor_peak_gb']:.2f} | {r['tree_gb']:.2f} |" for r in rows]  # fmt: skip
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     header = "| arch | round | engine | jobs ok | wall s | jobs/s | new tokens | tokens/s | load s | peak RSS GB |"
     lines += ["", header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
