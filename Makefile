@@ -35,9 +35,10 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q
 
-# The inner loop (about 15 s): the algorithm, options/settings/profiles, the import graph and report; no model, no
-# video, no subprocess. Jobs and scoring are still tested inside test_batch/test_sweep (the default run).
-FAST_TESTS := tests/test_scc.py tests/test_profiles.py tests/test_settings.py tests/test_architecture.py tests/test_report.py
+# The inner loop (seconds): the algorithm, options/settings/profiles, jobs and scoring, the import graph and report;
+# no model, no video, no subprocess.
+FAST_TESTS := tests/test_scc.py tests/test_profiles.py tests/test_settings.py tests/test_jobs.py tests/test_scoring.py \
+	tests/test_architecture.py tests/test_report.py
 test-fast: install
 	$(PY) -m pytest -q $(FAST_TESTS)
 

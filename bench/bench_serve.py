@@ -7,7 +7,9 @@ questions about the same (cached) video, against the same requests sent one by o
 The server runs in this process (a thread, as ``scissor serve`` runs it, on 127.0.0.1); the clients are threads
 sending plain HTTP. Before timing, one request puts the video's features in the feature cache, so what is measured
 is the server's request path and the LLM: SCC, prefill and decoding, batched or not. Random 0.5B weights never
-emit eos, so every answer is ``--new-tokens`` long (the same work per request at every level).
+emit eos, so every answer is ``--new-tokens`` long (the same work per request at every level). The random model
+runs in the dtype ``--dtype`` resolves to on this machine (``auto``: what ``scissor serve`` would load a real
+checkpoint in, bf16 on a CPU with native bf16 kernels), so the numbers are the server's.
 Appends a table to bench/results_serve.md with the machine's load (``uptime``) beside it.
 """
 
@@ -85,6 +87,7 @@ def run_level(url: str, video: str, n_clients: int, n_requests: int, offset: int
         "mean_rows": statistics.mean(rows),
         "tokens_final": results[0][1]["scissor"]["tokens"]["final"],
         "completion_tokens": results[0][1]["usage"]["completion_tokens"],
+        "dtype": results[0][1]["scissor"]["dtype"],
     }
 
 
@@ -97,6 +100,7 @@ def main() -> None:
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--requests", type=int, default=16, help="requests per level (each level and one by one)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--dtype", default="auto", help="the server's --dtype (auto: as scissor serve resolves it)")
     ap.add_argument("--video", default=str(ROOT / "samples" / "bigbuckbunny.mp4"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_serve.md"))
     ap.add_argument("--note", default="", help="a line about the conditions for the results file")
@@ -104,7 +108,8 @@ def main() -> None:
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
     from scissor_cli import serve
-    from scissor_cli.settings import resolver
+    from scissor_cli.config import load_config
+    from scissor_cli.settings import Overrides, resolve
 
     work = Path(tempfile.mkdtemp(prefix="scissor-bench-serve-"))
     os.environ.setdefault("SCISSOR_CACHE_DIR", str(work / "cache"))  # a cold cache: the warm-up fills it
@@ -114,25 +119,30 @@ def main() -> None:
         model_dir = build_tiny_checkpoint(work / "tiny", layout="llava-hf", seed=0)
         model, load = str(model_dir), None
     else:
-        from bench_gpu import config
+        from bench_gpu import config as arch
         from bench_model import wrap_random
 
         def load():
             import torch
             from transformers import LlavaOnevisionForConditionalGeneration
 
+            from scissor_cli.devices import resolve_device, resolve_dtype
+
+            device = resolve_device(profile.model.device)
             torch.manual_seed(0)
-            return wrap_random(LlavaOnevisionForConditionalGeneration(config("0.5b")).eval())
+            hf_model = LlavaOnevisionForConditionalGeneration(arch("0.5b")).eval()
+            return wrap_random(hf_model.to(device=device, dtype=resolve_dtype(profile.model.dtype, device)))
 
         model = "random-0.5b"
-    flags = {"model": model, "frames": args.frames, "max_new_tokens": args.new_tokens, "retention": args.retention}
-    build = resolver()
-    profile = build(None, **flags)
+    overrides = Overrides(model=model, frames=args.frames, max_new_tokens=args.new_tokens, retention=args.retention,
+                          dtype=args.dtype)  # fmt: skip
+    config = load_config()
+    profile = resolve(overrides, config)
     port = free_port()
     options = serve.ServeOptions(port=port, allow_files=(str(Path(args.video).resolve().parent),),
                                  max_batch=args.max_batch, max_queue=256)  # fmt: skip
     stop = threading.Event()
-    server = threading.Thread(target=serve.run, args=(profile, options, build, None, flags, load, stop), daemon=True)
+    server = threading.Thread(target=serve.run, args=(profile, options, overrides, config, load, stop), daemon=True)
     server.start()
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 1800
@@ -165,7 +175,7 @@ def main() -> None:
         f"\n## `{command}`\n",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch threads default; `uptime`: {uptime}. {args.note}\n",
-        f"{args.arch} architecture, {args.frames} frames, retention {args.retention} "
+        f"{args.arch} architecture in {sequential['dtype']}, {args.frames} frames, retention {args.retention} "
         f"({sequential['tokens_final']} visual tokens), {sequential['completion_tokens']} new tokens per answer, "
         f"--max-batch {args.max_batch}; the video cached after a warm-up request ({warm_s:.1f} s).\n",
         "| clients | requests | wall s | requests/s | p50 s | p95 s | mean rows per generate | vs one by one |",

@@ -20,9 +20,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -52,8 +52,12 @@ from scissor_cli.errors import OptionError, ScissorError, Terminated
 from scissor_cli.options import (
     Profile,
 )
-from scissor_cli.settings import Overrides, resolve, resolver, spelled
+from scissor_cli.settings import Overrides, resolve, spelled
 from scissor_cli.sweep import Sweep  # typer evaluates the commands' annotations: a runtime import
+
+if TYPE_CHECKING:
+    from scissor_cli.cache import FeatureCache
+    from scissor_cli.config import UserConfig
 
 
 def _print_version(value: bool) -> None:
@@ -119,12 +123,23 @@ def _load(profile: Profile, on_status: Callable[[str], None]) -> tuple[Any, floa
     return vlm, load_s
 
 
-def _resolve(overrides: Overrides) -> Profile:
+def _resolve(overrides: Overrides, config: UserConfig | None = None) -> Profile:
     """The profile the flags ask for; a bad value's error names the flag (``--frames``, not ``sampling.n_frames``)."""
     try:
-        return resolve(overrides)
+        return resolve(overrides, config)
     except OptionError as e:
         raise spelled(e, "cli") from e
+
+
+def _resolve_with_cache(overrides: Overrides) -> tuple[Profile, FeatureCache | None]:
+    """The profile and the feature cache (None: ``--no-cache``), the user config read once for both: its folder is
+    $SCISSOR_CACHE_DIR > the config's ``cache_dir`` > the XDG default (``cache.default_root``)."""
+    from scissor_cli.cache import FeatureCache, default_root
+    from scissor_cli.config import load_config
+
+    config = load_config()
+    p = _resolve(overrides, config)
+    return p, FeatureCache(default_root(config)) if p.model.cache else None
 
 
 def _timings(load_s: float) -> dict[str, float]:
@@ -163,7 +178,7 @@ def ask(
     overrides: Overrides,
 ) -> None:
     """Answer questions about a video, and show what the compression did."""
-    p = _resolve(overrides)
+    p, cache = _resolve_with_cache(overrides)
     questions = [question, *(more or [])]
     if any(not q.strip() for q in questions):
         raise OptionError("a question is empty", hint='ask something, e.g. "What is happening?"')
@@ -175,7 +190,8 @@ def ask(
         vlm, load_s = _load(p, on_status)
         from scissor_cli.pipeline import answer
 
-        results = answer(vlm, video, questions, p, on_status=on_status, info=info, decode_workers=decode_workers)
+        results = answer(vlm, video, questions, p, on_status=on_status, info=info, decode_workers=decode_workers,
+                         cache=cache)  # fmt: skip
     timings = _timings(load_s)
     results = [replace(a, timings_s={**a.timings_s, **timings}) for a in results]
     if json_out:
@@ -225,7 +241,7 @@ def inspect(
     levels: Sweep | None,
 ) -> None:
     """Report a video's metadata, frame plan and token counts per SCC step, without running the language model."""
-    p = _resolve(overrides)
+    p, cache = _resolve_with_cache(overrides)
     sweep = sweep or levels is not None
     if video_only and (sweep or viz):
         raise OptionError("--sweep and --viz need the model", hint="drop --video-only")
@@ -244,7 +260,7 @@ def inspect(
         taus = None if not sweep or (levels and levels.axis != "tau") else (levels.values if levels else SWEEP_TAUS)
         budgets = levels.values if levels and levels.axis != "tau" else None
         result = inspect_video(vlm, video, p, sweep_taus=taus, on_status=on_status, info=info, sweep_budgets=budgets,
-                               decode_workers=decode_workers)  # fmt: skip
+                               decode_workers=decode_workers, cache=cache)  # fmt: skip
         if viz is not None and result.compressed is not None:
             from scissor_cli.viz import token_map
 
@@ -333,7 +349,7 @@ def batch(
     from scissor_cli.choices import PROMPT_PRESETS
     from scissor_cli.prefetch import default_decode_workers
 
-    p = _resolve(overrides)
+    p, cache = _resolve_with_cache(overrides)
     if prompt is not None and prompt not in PROMPT_PRESETS:
         raise OptionError(f"--prompt {prompt}: no such preset", hint=f"use one of: {', '.join(PROMPT_PRESETS)}")
 
@@ -372,6 +388,7 @@ def batch(
             load, jobs, output, shard_profile, overwrite=overwrite, batch_size=batch_size, view=view,
             inputs=[manifest] if manifest else [], sweep=levels, prompt=prompt,
             decode_workers=default_decode_workers() if decode_ahead is None else decode_ahead,
+            cache_dir=cache.root if cache is not None else None,
         )  # fmt: skip
     if summary.rank == 0:  # under torchrun/accelerate, rank 0's summary covers every rank's jobs
         if json_out:
@@ -474,9 +491,9 @@ def profiles_show(
 @handle_errors
 def cache_info(json_out: JsonOpt = False) -> None:
     """Where the feature cache is, how full, and its size bound (SCISSOR_CACHE_DIR, SCISSOR_CACHE_MAX_GB)."""
-    from scissor_cli.cache import FeatureCache
+    from scissor_cli.cache import FeatureCache, default_root
 
-    cache = FeatureCache()
+    cache = FeatureCache(default_root())
     render.cache_info(str(cache.root), len(cache.entries()), cache.size_bytes(), cache.max_bytes, as_json=json_out)
 
 
@@ -484,9 +501,9 @@ def cache_info(json_out: JsonOpt = False) -> None:
 @handle_errors
 def cache_clear() -> None:
     """Delete every cached video encoding."""
-    from scissor_cli.cache import FeatureCache
+    from scissor_cli.cache import FeatureCache, default_root
 
-    cache = FeatureCache()
+    cache = FeatureCache(default_root())
     render.cache_cleared(str(cache.root), cache.clear())
 
 
@@ -651,8 +668,11 @@ def serve(
 
     The compression and frame flags are the defaults of every request; a request's own fields (retention,
     tokens, tau, frames, ...) override them. Ctrl-C or SIGTERM stops it."""
-    p = _resolve(overrides)
     from scissor_cli import serve as serve_mod
+    from scissor_cli.config import load_config
+
+    config = load_config()  # read once: the server's profile and every request's
+    p = _resolve(overrides, config)
 
     options = serve_mod.ServeOptions(
         host=host, port=port, api_key=api_key, allow_files=tuple(allow_files or ()), allow_urls=not no_urls,
@@ -660,8 +680,7 @@ def serve(
         served_model_name=served_model_name,
     )  # fmt: skip
     serve_mod.validate_serve(options)  # before the model loads
-    flags = {k: v for k, v in asdict(overrides).items() if k != "profile"}  # under each request's fields
-    raise typer.Exit(serve_mod.run(p, options, resolver(), profile_name=overrides.profile, flags=flags))
+    raise typer.Exit(serve_mod.run(p, options, overrides, config))
 
 
 def main() -> None:

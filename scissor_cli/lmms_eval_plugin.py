@@ -123,11 +123,14 @@ class Settings:
     batch_size: int
     pretrained: str | None  # as given (lmms-eval names its results folder after it)
     decode_workers: int  # processes decoding the next videos while the model works (0: inline)
+    cache_dir: str | None = None  # the feature cache's folder (cache.default_root with the config read once)
 
 
 def parse_model_args(args: dict[str, Any]) -> Settings:
     """model_args (lmms-eval's parsed ``key=value`` pairs) -> the validated profile, or ``OptionError`` /
     ``ProfileError`` with the CLI's message. Unknown keys are errors, not ignored."""
+    from scissor_cli.cache import default_root
+    from scissor_cli.config import load_config
     from scissor_cli.settings import Overrides, resolve, spelled
 
     unknown = sorted(k for k in args if k not in MODEL_ARGS and k != "max_batch_size")
@@ -149,13 +152,14 @@ def parse_model_args(args: dict[str, Any]) -> Settings:
 
     decode_workers = values.get("decode_workers", default_decode_workers())
     overrides = {MODEL_ARGS[key][0]: value for key, value in values.items() if MODEL_ARGS[key][0] is not None}
+    config = load_config()
     try:
         check_decode_workers(decode_workers)
-        profile = resolve(Overrides(**overrides))
+        profile = resolve(Overrides(**overrides), config)
     except OptionError as e:
         raise spelled(e, "lmms") from e
     return Settings(profile=profile, batch_size=batch_size, pretrained=values.get("pretrained"),
-                    decode_workers=decode_workers)  # fmt: skip
+                    decode_workers=decode_workers, cache_dir=str(default_root(config)))  # fmt: skip
 
 
 def generation_options(base: GenerationOptions, gen_kwargs: dict[str, Any]) -> GenerationOptions:
@@ -305,6 +309,7 @@ class Scissor(lmms):
         self._rank, self._world_size = rank, world_size
         self.batch_size_per_gpu = settings.batch_size
         self.decode_workers = settings.decode_workers
+        self.cache_dir = settings.cache_dir
         argv = list(sys.argv)
         output_path = lmms_eval_output_path(argv)
         self.stats_file = stats_path(output_path, settings.pretrained, rank, argv) if output_path else None
@@ -389,7 +394,7 @@ class Scissor(lmms):
             by_video.setdefault(r.video, []).append(r)
         seen: dict[str, list[float]] = {}  # task -> retention per sample, for the summary lines
         bar = tqdm(total=n, disable=self.rank != 0, desc="scissor")
-        cache = FeatureCache() if self.profile.model.cache else None
+        cache = FeatureCache(self.cache_dir) if self.profile.model.cache else None
         try:
             # the next videos decode in worker processes while the model answers this one (batch's decode-ahead);
             # also on an error or Ctrl-C, no worker or ffmpeg child outlives the block

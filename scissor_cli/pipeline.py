@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.errors import OptionError
@@ -122,29 +122,17 @@ class Answer:
     engine: str = "hf"  # what ran the LLM step (engines): "hf" or "vllm"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "video": self.video,
-            "question": self.question,
-            "answer": self.answer,
-            "tokens": dict(self.tokens),
-            "retention": self.retention,
-            "tau": self.tau,
-            "tau_temporal": self.tau_temporal,
-            "epsilon": self.epsilon,
-            "budget": self.budget,
-            "frames": self.frames,
-            "timestamps": list(self.timestamps),
-            "timings_s": dict(self.timings_s),
-            "tflops": dict(self.tflops),
-            "prefill_tokens": self.prefill_tokens,
-            "model": self.model,
-            "device": self.device,
-            "dtype": self.dtype,
-            "engine": self.engine,
-            "cache_hit": self.cache_hit,
-            "note": self.note,
-            "profile": self.profile,
-        }
+        """Every field (copies of its dicts and lists), in the order ``ask --json`` and the records have always
+        printed; a field added later comes last rather than missing."""
+        values = asdict(self)
+        values["timestamps"] = list(values["timestamps"])
+        return {**{k: values.pop(k) for k in _ANSWER_ORDER}, **values}
+
+
+# the JSON key order of an Answer: the budget beside the compression settings, prefill_tokens beside the timings
+_ANSWER_ORDER = ("video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon", "budget",
+                 "frames", "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype",
+                 "engine", "cache_hit", "note", "profile")  # fmt: skip
 
 
 def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
@@ -448,6 +436,19 @@ class VideoRun:
         profile = resolve_profile(vlm, profile)
         return cls(vlm, encode_video(vlm, video, profile, **encode), profile)
 
+    def sharing(self, profile: Profile, encoded: EncodedVideo | None = None) -> VideoRun:
+        """Another run of this video at ``profile`` that shares this one's features and its compressions (SCC of a
+        setting either run has done is not done again): how a server hands one video to many requests.
+        ``encoded``: the features as the new run reports them (default: this run's, the same object)."""
+        other = VideoRun(self.vlm, encoded if encoded is not None else self.encoded, profile)
+        other._compressed = self._compressed
+        return other
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors this run holds: its features and every compression of them."""
+        held = [self.encoded.features, *(c.tokens for c in self._compressed.values())]
+        return sum(t.numel() * t.element_size() for t in held)
+
     def resolved(self, profile: Profile | None = None) -> Profile:
         """``profile`` (None: the run's) resolved for this run: tau/epsilon as ``resolve_profile`` fills them, and
         sampling without a seed given the run's SCC seed, the one its tokens are compressed with."""
@@ -506,22 +507,25 @@ def answer(
     on_status: Status | None = None,
     info: VideoInfo | None = None,
     decode_workers: int | None = None,
+    cache: Any = None,
 ) -> list[Answer]:
     """Answer one or more questions about one video; the video is decoded, encoded and compressed once.
 
     ``video``: a file, an http(s) URL or ``-`` (stdin). ``profile.generation.seed`` of the answers is the seed used
-    (drawn when sampling without one). ``decode_workers``: threads splitting the decode (None: the cores)."""
+    (drawn when sampling without one). ``decode_workers``: threads splitting the decode (None: the cores).
+    ``cache``: the ``FeatureCache`` (None: the default folder's, unless ``profile.model.cache`` is off)."""
     if info is None:
         from scissor_cli import video as video_io
 
         with video_io.opened(video) as info:
             return answer(vlm, video, questions, profile, on_status=on_status, info=info,
-                          decode_workers=decode_workers)  # fmt: skip
+                          decode_workers=decode_workers, cache=cache)  # fmt: skip
     questions = [questions] if isinstance(questions, str) else list(questions)
     for i, question in enumerate(questions, 1):  # before any decoding: a 100 MB question fails in milliseconds
         what = "the question" if len(questions) == 1 else f"question {i}"
         vlm.check_question(question, reserve=profile.generation.max_new_tokens, what=what)
-    run = VideoRun.open(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers)
+    run = VideoRun.open(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers,
+                        cache=cache)  # fmt: skip
     compressed = run.compressed()
     if on_status:
         n = len(questions)
@@ -612,24 +616,26 @@ def inspect_video(
     info: VideoInfo | None = None,
     sweep_budgets: Sequence[float | int] | None = None,
     decode_workers: int | None = None,
+    cache: Any = None,
 ) -> Inspection:
     """Report the frame plan; with a model, also the vision tower + SCC (no LLM) and an optional sweep over tau
     values (``sweep_taus``) or budgets (``sweep_budgets``: retention fractions as floats, 1.0 = uncompressed, or
     token counts as ints; the searched tau is reported), all from the one encoding. ``decode_workers``: threads
-    splitting the decode (None: the cores)."""
+    splitting the decode (None: the cores). ``cache``: as in ``answer``."""
     from scissor_cli import video as video_io
 
     if info is None:
         with video_io.opened(video) as info:
             return inspect_video(vlm, video, profile, sweep_taus=sweep_taus, on_status=on_status, info=info,
-                                 sweep_budgets=sweep_budgets, decode_workers=decode_workers)  # fmt: skip
+                                 sweep_budgets=sweep_budgets, decode_workers=decode_workers, cache=cache)  # fmt: skip
     profile = resolve_profile(vlm, profile)
     s = profile.sampling
     plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
     if vlm is None:
         return Inspection(video=str(video), info=info, indices=tuple(plan.indices), timestamps=tuple(plan.timestamps),
                           note=plan.note, profile=profile.to_dict())  # fmt: skip
-    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers)
+    encoded = encode_video(vlm, video, profile, on_status=on_status, info=info, decode_workers=decode_workers,
+                           cache=cache)  # fmt: skip
     compressed = compress_video(encoded, profile)
     sweep, sweep_levels = None, None
     if sweep_budgets:

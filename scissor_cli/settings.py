@@ -11,7 +11,6 @@ before anything runs. Standard library only (no typer).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -179,17 +178,3 @@ def resolve(overrides: Overrides = Overrides(), config: UserConfig | None = None
 
         default_max_bytes()
     return p
-
-
-def resolver(config: UserConfig | None = None) -> Callable[..., Profile]:
-    """``build(profile, **fields)`` -> ``resolve(Overrides(profile=profile, **fields), config)``, the user config
-    read once (now): how the server builds each request's profile."""
-    if config is None:
-        from scissor_cli.config import load_config
-
-        config = load_config()
-
-    def build(profile: str | None, **fields: Any) -> Profile:
-        return resolve(Overrides(profile=profile, **fields), config)
-
-    return build

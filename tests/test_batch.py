@@ -1,6 +1,7 @@
-"""Batch mode: job sources, manifest errors, records and failures, resume (incl. SIGKILL), accuracy, batching,
-two processes, and the CLI command. Most tests use ``FakeVLM`` (deterministic, instant) on real tiny videos; the
-batched == unbatched check and the CLI tests use the tiny random checkpoint."""
+"""Batch mode: records and failures, resume (incl. SIGKILL), accuracy, batching, two processes, and the CLI command
+(job sources and manifests: test_jobs.py; prompts and scoring: test_scoring.py). Most tests use ``FakeVLM``
+(deterministic, instant) on real tiny videos; the batched == unbatched check and the CLI tests use the tiny random
+checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,6 @@ from scissor_cli.batch import config_hash, part_path, run_batch, run_config, sum
 from scissor_cli.choices import (
     MC_INSTRUCTION,
     build_prompt,
-    expected_letter,
-    normalize_text,
-    parse_choice,
-    strip_letter_labels,
 )
 from scissor_cli.devices import dtype_name
 from scissor_cli.errors import ManifestError, OptionError, VideoError
@@ -178,138 +175,6 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SCISSOR_DEBUG"):
         monkeypatch.delenv(var, raising=False)
-
-
-# ---------------------------------------------------------------------------------------------------- job sources
-def test_jobs_from_paths_recursive_sorted_filtered(folder):
-    jobs = jobs_from_paths([str(folder)], "What happens?")
-    rel = [os.path.relpath(j.video, folder) for j in jobs]
-    assert rel == ["a.mp4", "b.mp4", "bad.mp4", "sub/c.mp4", "sub/d.mp4"], "recursive, sorted, hidden/.txt skipped"
-    assert len({j.id for j in jobs}) == 5 and all(j.id.startswith(j.video + "#") for j in jobs)
-    other = jobs_from_paths([str(folder)], "Another question?")
-    assert {j.id for j in jobs}.isdisjoint(j.id for j in other), "ids include the question"
-    assert [j.id for j in jobs] == [j.id for j in jobs_from_paths([str(folder)], "What happens?")], "deterministic"
-
-    only_sub = jobs_from_paths([str(folder)], "Q?", glob="sub/*")
-    assert [os.path.basename(j.video) for j in only_sub] == ["c.mp4", "d.mp4"]
-    assert [os.path.basename(j.video) for j in jobs_from_paths([str(folder)], "Q?", glob="[ab].mp4")] == [
-        "a.mp4",
-        "b.mp4",
-    ]
-    # a file named explicitly is taken whatever its extension; duplicates collapse
-    both = jobs_from_paths([str(folder / "notes.txt"), str(folder / "a.mp4"), str(folder)], "Q?")
-    assert len(both) == 6 and sum(j.video.endswith("a.mp4") for j in both) == 1
-
-    with pytest.raises(ManifestError, match="no such file"):
-        jobs_from_paths([str(folder / "missing")], "Q?")
-    with pytest.raises(ManifestError, match="no videos found") as e:
-        jobs_from_paths([str(folder)], "Q?", glob="*.nothing")
-    assert "--glob" in e.value.hint
-
-
-def test_manifest_jsonl_and_csv(folder, tmp_path):
-    man = folder / "jobs.jsonl"
-    rows = [
-        {"video": "a.mp4", "question": "What is shown?", "id": "one", "task": "count"},
-        {"video": "sub/c.mp4", "question": "Which color?", "options": ["red", "green"], "answer": "green"},
-        {"video": str(folder / "b.mp4"), "question": "Which?", "options": "A. x|B. y|C. z", "answer": "(c)"},
-        {"video": "a.mp4", "question": "How many?", "answer": 3},
-    ]
-    man.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    jobs = jobs_from_manifest(str(man))
-    assert [j.video for j in jobs] == [str(folder / p) for p in ("a.mp4", "sub/c.mp4", "b.mp4", "a.mp4")]
-    assert jobs[0].id == "one" and jobs[0].extra == {"task": "count"} and jobs[0].options is None
-    assert jobs[1].options == ("red", "green") and jobs[1].answer == "green" and jobs[1].id.startswith("sub/c.mp4#")
-    assert jobs[2].options == ("x", "y", "z"), "letter labels in the data are stripped"
-    assert jobs[3].answer == "3"
-
-    csv_path = tmp_path / "jobs.csv"
-    csv_path.write_text(
-        "\ufeffvideo,question,options,answer,category\n"
-        f'{folder / "a.mp4"},"Is it, really?","[""yes"", ""no""]",A,yn\n'
-        f"{folder / 'b.mp4'},Which animal?,cat|dog|bird,dog,\n",
-        encoding="utf-8",
-    )
-    jobs = jobs_from_manifest(str(csv_path))
-    assert (
-        jobs[0].question == "Is it, really?"
-        and jobs[0].options == ("yes", "no")
-        and jobs[0].extra == {"category": "yn"}
-    )
-    assert jobs[1].options == ("cat", "dog", "bird") and jobs[1].answer == "dog" and jobs[1].extra == {}
-
-
-@pytest.mark.parametrize(
-    ("suffix", "text", "line", "words"),
-    [
-        (".jsonl", '{"video": "a.mp4", "question": "q"}\n{"video": "b.mp4", "question": \n', 2, "not valid JSON"),
-        (".jsonl", '{"video": "a.mp4", "question": "q"}\n\n{"question": "q"}\n', 3, "missing 'video'"),
-        (".jsonl", '{"video": "a.mp4"}\n', 1, "missing 'question'"),
-        (".jsonl", '{"video": "a.mp4", "question": "q", "id": 1}\n{"video": "b.mp4", "question": "r", "id": "1"}\n',
-         2, "duplicate id '1' (first on line 1)"),
-        (".jsonl", '{"video": "a.mp4", "question": "q"}\n{"video": "a.mp4", "question": "q"}\n', 2, "duplicate id"),
-        (".jsonl", '{"video": "a.mp4", "question": "q", "options": ["x", "y"], "answer": "C"}\n', 1,
-         "neither an option letter"),
-        (".jsonl", '{"video": "a.mp4", "question": "q", "options": ["x"]}\n', 1, "1 options"),
-        (".jsonl", '{"video": "a.mp4", "question": "q", "status": "ok"}\n', 1, "reserved"),
-        (".jsonl", '["a.mp4", "q"]\n', 1, "expected a JSON object"),
-        (".csv", "video,question\na.mp4,q\nb.mp4,\n", 3, "missing 'question'"),
-        (".csv", "path,question\na.mp4,q\n", 1, "no 'video' column"),
-        (".csv", "video,question\na.mp4,q,extra\n", 2, "more cells"),
-        (".csv", 'video,question,options\na.mp4,q,"[""x"", "\n', 2, "not a valid JSON list"),
-    ],
-)  # fmt: skip
-def test_malformed_manifest_names_file_and_line(tmp_path, suffix, text, line, words):
-    path = tmp_path / f"jobs{suffix}"
-    path.write_text(text)
-    with pytest.raises(ManifestError) as e:
-        jobs_from_manifest(str(path))
-    assert str(path) in e.value.message and f"line {line}" in e.value.message, e.value.message
-    assert words in e.value.message and e.value.hint, (e.value.message, e.value.hint)
-
-
-def test_manifest_file_errors(tmp_path):
-    with pytest.raises(ManifestError, match="no such manifest"):
-        jobs_from_manifest(str(tmp_path / "nope.jsonl"))
-    (tmp_path / "jobs.txt").write_text("x")
-    with pytest.raises(ManifestError, match="unknown manifest format"):
-        jobs_from_manifest(str(tmp_path / "jobs.txt"))
-    (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(ManifestError, match="no jobs"):
-        jobs_from_manifest(str(tmp_path / "empty.jsonl"))
-
-
-# ----------------------------------------------------------------------------------------- prompts and scoring
-def test_multiple_choice_prompt_is_lmms_eval_style():
-    prompt = build_prompt("What does the man do?", ("runs", "sits", "jumps"))
-    assert prompt == (
-        "What does the man do?\nA. runs\nB. sits\nC. jumps\nAnswer with the option's letter from the given choices "
-        "directly."
-    )
-    assert prompt.endswith(MC_INSTRUCTION) and build_prompt("Plain?", None) == "Plain?"
-    assert strip_letter_labels(["A. x", "B. y"]) == ("x", "y")
-    assert strip_letter_labels(["(A) x", "(B) y"]) == ("x", "y")
-    assert strip_letter_labels(["B. x", "A. y"]) == ("B. x", "A. y"), "labels out of order are content"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("B", "B"), ("B.", "B"), ("(C)", "C"), ("C) jumps", "C"), ("A. runs", "A"), ("A", "A"),
-        ("The answer is B.", "B"), ("Answer: (B) sits", "B"), ("Best option: C", "C"), (" b ", "B"), ("c)", "C"),
-        ("sits", "B"), ("He sits.", "B"), ("A man jumps over the fence.", "C"), ("I think it is B", "B"),
-        ("The man sits and then jumps", None), ("D", None), ("no idea", None), ("", None),
-    ],
-)  # fmt: skip
-def test_parse_choice(text, expected):
-    assert parse_choice(text, ("runs", "sits", "jumps")) == expected, text
-
-
-def test_expected_letter_and_exact_match_normalization():
-    options = ("red car", "blue car")
-    assert expected_letter("b", options) == "B" and expected_letter("(A)", options) == "A"
-    assert expected_letter("Blue car.", options) == "B" and expected_letter("C", options) is None
-    assert normalize_text("  The CAT, sat!  ") == normalize_text("the cat sat") == "the cat sat"
 
 
 # ----------------------------------------------------------------------------------------------------- running
@@ -1037,36 +902,35 @@ def test_urls_are_jobs_and_stdin_is_refused(folder, tmp_path):
         jobs_from_manifest(str(tmp_path / "s.jsonl"))
 
 
-def test_manifest_json_array_and_tsv_read_like_jsonl(folder, tmp_path):
-    rows = [
-        {"video": "a.mp4", "question": "What is shown?", "id": "one", "task": "count"},
-        {"video": "sub/c.mp4", "question": "Which color?", "options": ["red", "green"], "answer": "green"},
-    ]
-    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "m.json").write_text(json.dumps(rows, indent=2))
-    (folder / "m.tsv").write_text(
-        "id\tvideo\tquestion\toptions\tanswer\ttask\n"
-        "one\ta.mp4\tWhat is shown?\t\t\tcount\n"
-        "\tsub/c.mp4\tWhich color?\tred|green\tgreen\t\n"
-    )
-    expected = jobs_from_manifest(str(folder / "m.jsonl"))
-    assert jobs_from_manifest(str(folder / "m.json")) == expected
-    assert jobs_from_manifest(str(folder / "m.tsv")) == expected
-
-    (tmp_path / "obj.json").write_text('{"video": "a.mp4", "question": "q"}')
-    with pytest.raises(ManifestError, match="expected a JSON array"):
-        jobs_from_manifest(str(tmp_path / "obj.json"))
-    (tmp_path / "bad.json").write_text('[{"video": "a.mp4", "question": "q"},\n {"question": "q"}]')
-    with pytest.raises(ManifestError, match=r"bad\.json item 2: missing 'video'"):
-        jobs_from_manifest(str(tmp_path / "bad.json"))
-    (tmp_path / "broken.json").write_text('[{"video": "a.mp4",\n "question": }]')
-    with pytest.raises(ManifestError, match=r"broken\.json line 2: not valid JSON"):
-        jobs_from_manifest(str(tmp_path / "broken.json"))
-
-
 def test_manifest_that_is_a_folder_says_so(fake_cli, folder):
     with pytest.raises(ManifestError, match="is a folder, not a manifest") as e:
         jobs_from_manifest(str(folder))
     assert "scissor batch FOLDER" in e.value.hint
     result = fake_cli("--manifest", folder, "-o", "r.jsonl")
     assert result.exit_code == ManifestError.exit_code and "is a folder" in result.stderr, result.output
+
+
+# ------------------------------------------------------------------------------------ the feature cache's folder
+def test_run_batch_writes_features_to_the_folder_it_is_given(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "env"))
+    profile = replace(fake_profile(), model=ModelOptions(model="fake", cache=True))
+    jobs = [Job("a", str(folder / "a.mp4"), "Q?")]
+    run_batch(FakeVLM, jobs, str(tmp_path / "r.jsonl"), profile, cache_dir=tmp_path / "given")
+    assert len(list((tmp_path / "given").glob("*.safetensors"))) == 1, "the features go to the folder given"
+    assert not (tmp_path / "env").exists(), "not to a folder found again from the environment"
+
+
+def test_cli_batch_caches_in_the_configs_cache_dir(tiny_hf_dir, folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"cache_dir: {tmp_path / 'mine'}\n")
+    monkeypatch.setenv("SCISSOR_CONFIG", str(config))
+    monkeypatch.delenv("SCISSOR_CACHE_DIR")
+    args = [folder / "a.mp4", "-q", "Q?", "-o", tmp_path / "r.jsonl", "--model", tiny_hf_dir, "--frames", "2",
+            "--max-new-tokens", "2", "--decode-workers", "0"]  # fmt: skip
+    result = CliRunner().invoke(app, ["batch", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "mine").glob("*.safetensors"))) == 1, "the config's cache_dir holds the features"

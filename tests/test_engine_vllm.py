@@ -199,7 +199,7 @@ def test_serve_answers_as_hf(models, profile, videos):
 
     from scissor_cli.serve import ServeOptions
     from scissor_cli.serve.app import run
-    from scissor_cli.settings import resolver
+    from scissor_cli.settings import Overrides, resolve
 
     flags = {"model": profile.model.model, "frames": 4, "max_new_tokens": 12, "dtype": "float32", "device": "cpu",
              "offline": True}  # fmt: skip
@@ -212,9 +212,9 @@ def test_serve_answers_as_hf(models, profile, videos):
             port = s.getsockname()[1]
         options = ServeOptions(port=port, allow_files=(str(Path(videos[0]).parent),), allow_urls=False)
         stop = threading.Event()
-        server = threading.Thread(target=run, args=(profile, options, resolver()), daemon=True,
-                                  kwargs={"flags": {**flags, "engine": vlm.engine.name}, "load": lambda v=vlm: v,
-                                          "stop": stop})  # fmt: skip
+        overrides = Overrides(**flags, engine=vlm.engine.name)
+        server = threading.Thread(target=run, args=(resolve(overrides), options, overrides), daemon=True,
+                                  kwargs={"load": lambda v=vlm: v, "stop": stop})  # fmt: skip
         server.start()
         try:
             url = f"http://127.0.0.1:{port}"

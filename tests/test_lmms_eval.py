@@ -426,6 +426,7 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
     assert parse_model_args({"retention": 0.25}).profile.compression.retention == 0.25
     assert parse_model_args({"no_compress": True}).profile.compression.enabled is False
     assert parse_model_args({"profile": "r10"}).profile.compression.retention == pytest.approx(0.1)
+    assert parse_model_args({}).cache_dir == os.environ["SCISSOR_CACHE_DIR"], "the folder, resolved once, handed on"
     for args, message in [
         ({"no_compress": True, "tau": 0.5}, "no_compress contradicts tau"),
         ({"retention": 0.1, "tokens": 5}, "retention and tokens are both given"),
@@ -476,6 +477,7 @@ def test_a_context_the_model_cannot_hold_stops_before_any_decoding(model, clips,
 @needs_lmms_eval
 def test_a_bad_cache_entry_is_one_warning_line_and_the_same_answer(model, clips, capsys, tmp_path):
     docs = [{"visual": [clips[0]], "question": "What?"}]
+    model.cache_dir = str(tmp_path / "cache")  # the folder is resolved once per model: this test's own, empty
     fresh = model.generate_until(requests(model, docs, GREEDY))
     (entry,) = (tmp_path / "cache").glob("*.safetensors")
     data = bytearray(entry.read_bytes())

@@ -317,3 +317,28 @@ def test_the_seed_rule_is_the_same_for_answer_batch_and_chat(vlm, clip, tmp_path
     assert record["profile"]["generation"]["seed"] == turn.answer.profile["generation"]["seed"] == seed
     other = answer(vlm, str(clip), QUESTION, profile.override(generation={"seed": seed + 1}))[0]
     assert other.answer != drawn.answer, "another seed must sample another answer (else this test cannot fail)"
+
+
+def test_answer_to_dict_is_every_field_in_the_records_order():
+    import dataclasses
+
+    from scissor_cli.pipeline import Answer
+
+    a = Answer(video="v.mp4", question="Q?", answer="A.", tokens={"original": 8, "spatial": 4, "final": 2},
+               retention=0.25, tau=0.9, tau_temporal=None, epsilon=0.05, frames=2, timestamps=(0.0, 0.5),
+               timings_s={"decode": 0.1}, tflops={"before": 1.0, "after": 0.5}, model="m", device="cpu",
+               dtype="float32", cache_hit=False, note=None, profile={"sampling": {"n_frames": 2}},
+               budget={"retention": 0.25, "tokens": 2}, prefill_tokens=30)  # fmt: skip
+    d = a.to_dict()
+    assert list(d) == ["video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon",
+                       "budget", "frames", "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device",
+                       "dtype", "cache_hit", "note", "profile"]  # fmt: skip
+    assert d["timestamps"] == [0.0, 0.5] and d["budget"] == {"retention": 0.25, "tokens": 2}
+    d["tokens"]["final"] = 0
+    assert a.tokens["final"] == 2, "the record's dicts are copies"
+
+    @dataclasses.dataclass(frozen=True)
+    class Later(Answer):
+        added: int = 7
+
+    assert list(Later(**dataclasses.asdict(a)).to_dict())[-1] == "added", "a new field is written, last"

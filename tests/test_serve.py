@@ -551,11 +551,14 @@ def _two_at_once(tiny_vlm, media, first_decoding: threading.Event) -> list:
     from ``Engine.prepare``, or its exception."""
     import asyncio
 
+    from scissor_cli.config import UserConfig
     from scissor_cli.options import Profile
     from scissor_cli.pipeline import resolve_profile
     from scissor_cli.serve import Engine, ServeOptions
+    from scissor_cli.settings import Overrides
 
-    engine = Engine(tiny_vlm, ServeOptions(allow_files=(str(media / "allowed"),)), Profile(), build=None)
+    options = ServeOptions(allow_files=(str(media / "allowed"),))
+    engine = Engine(tiny_vlm, options, Profile(), Overrides(), UserConfig(path=None))
     engine.start(cache_on=False)
     url = str(media / "allowed" / "clip.mp4")
     profile = resolve_profile(tiny_vlm, Profile().override(sampling={"n_frames": 4}))
@@ -627,14 +630,19 @@ def test_a_cached_video_is_not_decoded_again(tiny_vlm, media, monkeypatch, tmp_p
     import asyncio
 
     import scissor_cli.pipeline as pipeline
+    from scissor_cli.config import UserConfig
     from scissor_cli.options import Profile
     from scissor_cli.serve import Engine, ServeOptions
+    from scissor_cli.serve.engine import RunCache
+    from scissor_cli.settings import Overrides
 
     monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
     decodes = []
     real = pipeline.decode_clip
     monkeypatch.setattr(pipeline, "decode_clip", lambda *a, **k: decodes.append(a[1]) or real(*a, **k))
-    engine = Engine(tiny_vlm, ServeOptions(allow_files=(str(media / "allowed"),)), Profile(), build=None)
+    options = ServeOptions(allow_files=(str(media / "allowed"),))
+    # no kept runs: the second request must find its features through the feature cache's key
+    engine = Engine(tiny_vlm, options, Profile(), Overrides(), UserConfig(path=None), runs=RunCache(max_runs=0))
     engine.start(cache_on=True)
     url = str(media / "allowed" / "clip.mp4")
     profile = pipeline.resolve_profile(tiny_vlm, Profile().override(sampling={"n_frames": 4}))
@@ -646,3 +654,143 @@ def test_a_cached_video_is_not_decoded_again(tiny_vlm, media, monkeypatch, tmp_p
         engine.close(5)
     assert not first.encoded.cache_hit and again.encoded.cache_hit
     assert len(decodes) == 1, "the cached video was decoded again (the pool's key is not encode_video's)"
+
+
+# ---------------------------------------------------------------------------------------------------- kept runs
+def _engine(tiny_vlm, allowed: Path, config=None, cache_on: bool = False, **kwargs):
+    from scissor_cli.config import UserConfig
+    from scissor_cli.serve import Engine, ServeOptions
+    from scissor_cli.settings import Overrides, resolve
+
+    config = config if config is not None else UserConfig(path=None)
+    overrides = Overrides(frames=4, no_cache=not cache_on)
+    base = resolve(overrides, config)  # the server's profile: its model settings hold for every request
+    engine = Engine(tiny_vlm, ServeOptions(allow_files=(str(allowed),)), base, overrides, config, **kwargs)
+    engine.start(cache_on=cache_on)
+    return engine
+
+
+def _answers(engine, url: str, questions: list[str], together: bool) -> list[str]:
+    """Each question's greedy answer through ``engine``: prepared, then generated one by one or (``together``) as
+    one batch (the model thread held until every row waits)."""
+    import asyncio
+
+    reqs = [parse_request({"messages": video_message(url, q)}, "m") for q in questions]
+
+    async def main() -> list[str]:
+        profiles = [engine.request_profile(r) for r in reqs]
+        prepared = [await engine.prepare(url, r, p) for r, p in zip(reqs, profiles, strict=True)]
+        if not together:
+            texts = []
+            for (_, compressed), r, p in zip(prepared, reqs, profiles, strict=True):
+                row, _ = await asyncio.wrap_future(engine.submit_generate(compressed, r, p).future)
+                texts.append(row.texts[0])
+            return texts
+        from scissor_cli.serve.engine import _Call
+
+        release = threading.Event()
+        engine.worker.submit(_Call(lambda: release.wait(30)))  # the rows queue up behind it
+        items = [engine.submit_generate(c, r, p) for (_, c), r, p in zip(prepared, reqs, profiles, strict=True)]
+        release.set()
+        rows = [await asyncio.wrap_future(i.future) for i in items]
+        assert {n for _, n in rows} == {len(questions)}, "the rows must share one generate"
+        return [row.texts[0] for row, _ in rows]
+
+    return asyncio.run(main())
+
+
+def test_requests_about_one_cached_video_share_one_run_one_scc_and_one_prefix(tiny_vlm, media, monkeypatch):
+    """N requests about one cached video: SCC once, the batch's generate gets one tensor for every row and
+    prefills the shared prefix once, and the answers are those asked one by one (greedy)."""
+    import scissor_cli.pipeline as pipeline
+
+    url = str(media / "allowed" / "clip.mp4")
+    warm = _engine(tiny_vlm, media / "allowed", cache_on=True)
+    try:
+        sequential = _answers(warm, url, QUESTIONS[:4], together=False)  # also puts the features in the cache
+    finally:
+        warm.close(5)
+
+    sccs, calls = [], []
+    real_compress, real_generate = pipeline.compress_video, tiny_vlm.generate
+    monkeypatch.setattr(pipeline, "compress_video", lambda *a, **k: sccs.append(1) or real_compress(*a, **k))
+
+    def spying_generate(requests, *args, **kwargs):
+        out = real_generate(requests, *args, **kwargs)
+        calls.append(([video for video, _ in requests], out))
+        return out
+
+    monkeypatch.setattr(tiny_vlm, "generate", spying_generate)
+    engine = _engine(tiny_vlm, media / "allowed", cache_on=True)  # a fresh server: the video in the feature cache
+    try:
+        together = _answers(engine, url, QUESTIONS[:4], together=True)
+    finally:
+        engine.close(5)
+    assert len(sccs) == 1, f"SCC ran {len(sccs)} times for one video at one setting"
+    [(videos, out)] = calls
+    assert len(videos) == 4 and all(v is videos[0] for v in videos), "every row must hand generate one tensor"
+    assert sum(out.n_prefill_tokens) < sum(out.n_prompt_tokens), "the rows must share the video's prefix"
+    assert together == sequential, "sharing a run must not change greedy answers"
+    assert len(set(sequential)) > 1, "the questions must lead to different answers, or the test proves nothing"
+
+
+def test_a_kept_run_is_a_memory_hit_and_a_changed_file_is_encoded_again(tiny_vlm, media, tmp_path):
+    import asyncio
+
+    video = tmp_path / "v.mp4"
+    shutil.copy(media / "allowed" / "clip.mp4", video)
+    engine = _engine(tiny_vlm, tmp_path)  # the feature cache off: only the kept runs remember
+    req = parse_request({"messages": video_message(str(video), "Q?")}, "m")
+    profile = engine.request_profile(req)
+    try:
+        first, _ = asyncio.run(engine.prepare(str(video), req, profile))
+        again, _ = asyncio.run(engine.prepare(str(video), req, profile))
+        args = ["ffmpeg", "-y", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10", "-t", "2"]
+        subprocess.run([*args, "-pix_fmt", "yuv420p", str(video)], check=True, timeout=60)
+        changed, _ = asyncio.run(engine.prepare(str(video), req, profile))
+    finally:
+        engine.close(5)
+    assert not first.encoded.cache_hit and again.encoded.cache_hit, "a kept run is reported as a cache hit"
+    assert again.encoded.features is first.encoded.features and again.encoded.vision_s == 0.0
+    assert not changed.encoded.cache_hit and changed.encoded.features is not first.encoded.features
+    assert len(engine.runs) == 2, "the changed file is another key"
+
+
+def test_kept_runs_are_bounded_by_count_and_bytes():
+    from scissor_cli.serve.engine import RunCache
+
+    class Run:
+        def __init__(self, n: int):
+            self.n = n
+
+        def nbytes(self) -> int:
+            return self.n
+
+    runs = RunCache(max_runs=2, max_bytes=100)
+    for key in "abc":
+        runs.put((key,), Run(10))
+    assert ("a",) not in runs and ("b",) in runs and ("c",) in runs, "beyond max_runs the oldest goes"
+    runs.get(("b",))
+    runs.put(("d",), Run(10))
+    assert ("c",) not in runs and ("b",) in runs, "the least recently used goes, not the least recently put"
+    runs.put(("e",), Run(95))
+    assert list(runs._runs) == [("e",)], "beyond max_bytes the oldest go until it fits"
+    runs.put(("f",), Run(101))
+    assert len(runs) == 0, "a run over the bound alone is not kept"
+
+
+def test_a_configs_cache_dir_is_the_servers_feature_cache(tiny_vlm, media, tmp_path, monkeypatch):
+    import asyncio
+
+    from scissor_cli.config import UserConfig
+
+    monkeypatch.delenv("SCISSOR_CACHE_DIR")
+    engine = _engine(tiny_vlm, media / "allowed", config=UserConfig(path=None, cache_dir=str(tmp_path / "mine")),
+                     cache_on=True)  # fmt: skip
+    url = str(media / "allowed" / "clip.mp4")
+    req = parse_request({"messages": video_message(url, "Q?")}, "m")
+    try:
+        asyncio.run(engine.prepare(url, req, engine.request_profile(req)))
+    finally:
+        engine.close(5)
+    assert list((tmp_path / "mine").glob("*.safetensors")), "the features must be written to the config's cache_dir"

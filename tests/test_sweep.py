@@ -1,6 +1,7 @@
 """Retention sweeps in batch mode (one decode + one vision tower pass per video for every level, one record per job
-and level, resume per (job, level), the per-level summary) and the multiple-choice prompt presets. Most tests use
-``FakeVLM`` from test_batch; one runs the CLI on the tiny random checkpoint and the sample clip."""
+and level, resume per (job, level), the per-level summary) and the prompt presets in a run (their text:
+test_scoring.py). Most tests use ``FakeVLM`` from test_batch; one runs the CLI on the tiny random checkpoint and the
+sample clip."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import test_batch
 from test_batch import TESTS_DIR, FakeVLM, fake_profile, read_jsonl, wait_for_records
 
 from scissor_cli.batch import Sweep, config_hash, run_batch, run_config, sweep_from_flags
-from scissor_cli.choices import MC_INSTRUCTION, PROMPT_PRESETS, build_prompt, prompt_template
+from scissor_cli.choices import prompt_template
 from scissor_cli.errors import ManifestError, OptionError
 from scissor_cli.jobs import Job, jobs_from_manifest, jobs_from_paths
 
@@ -270,45 +271,6 @@ def test_cli_sweep_on_tiny_checkpoint_and_sample_clip(tiny_hf_dir, tmp_path, mon
 
 
 # ------------------------------------------------------------------------------------------------ prompt presets
-QUESTION, OPTIONS = "What does the cat do?", ("sleeps", "eats")
-
-
-@pytest.mark.parametrize(
-    "preset, expected",
-    [
-        ("default", f"What does the cat do?\nA. sleeps\nB. eats\n{MC_INSTRUCTION}"),
-        (
-            "videomme",
-            "Select the best answer to the following multiple-choice question based on the video and the subtitles. "
-            "Respond with only the letter (A, B, C, or D) of the correct option.\nWhat does the cat do?\nA. sleeps\n"
-            "B. eats\n\nAnswer with the option's letter from the given choices directly.",
-        ),
-        ("mvbench", "Question:What does the cat do?\nOption:\n(A) sleeps\n(B) eats\nOnly give the best option.\n"),
-        (
-            "egoschema",
-            f"What does the cat do?\nA. sleeps\nB. eats\n{MC_INSTRUCTION}",
-        ),
-        ("nextqa", "What does the cat do?\nA. sleeps\nB. eats"),
-        ("plain", "What does the cat do?"),
-    ],
-)
-def test_prompt_presets_reproduce_lmms_eval_text(preset, expected):
-    assert build_prompt(QUESTION, OPTIONS, preset) == expected
-    assert build_prompt(QUESTION, None, preset) == QUESTION, "open questions are asked as written"
-
-
-def test_default_preset_template_is_unchanged():
-    """Outputs written before presets existed keep their config hash."""
-    assert (
-        prompt_template()
-        == prompt_template("default")
-        == (f"{{question}}\nA. {{option 1}}\nB. {{option 2}}\n{MC_INSTRUCTION}")
-    )
-    # egoschema's template is the default's (they differ only in stripping the question's surrounding whitespace)
-    assert prompt_template("egoschema") == prompt_template()
-    assert len({prompt_template(p) for p in PROMPT_PRESETS}) == len(PROMPT_PRESETS) - 1
-
-
 def test_prompt_preset_per_run_and_per_manifest_row(folder, tmp_path):
     rows = [{"id": "r", "video": "a.mp4", "question": "Q1", "options": ["x", "y"], "answer": "A"},
             {"id": "m", "video": "a.mp4", "question": "Q2", "options": ["x", "y"], "answer": "A",

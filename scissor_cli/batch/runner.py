@@ -231,6 +231,7 @@ class _Runner:
         sweep: Sweep | None = None,
         prompt: str | None = None,
         on_start: Callable[[list[str]], None] | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
         from scissor_cli import pipeline
 
@@ -244,7 +245,7 @@ class _Runner:
         if profile.model.cache:
             from scissor_cli.cache import FeatureCache
 
-            self.cache = FeatureCache()
+            self.cache = FeatureCache(cache_dir)
         self.queue: list[_Row] = []
         self.prefetch: Any = None  # a prefetch.Prefetcher decoding the next videos in worker processes, or None
 
@@ -366,6 +367,7 @@ def run_batch(
     sweep: Sweep | None = None,
     prompt: str | None = None,
     decode_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> BatchSummary:
     """Answer ``jobs``, appending one record per job to ``output`` (or this rank's part file; ``"-"``: stdout);
     see the module doc.
@@ -380,7 +382,8 @@ def run_batch(
 
     ``sweep``: answer every job at each of its levels (one record per job and level, ids ``<job id>@<level>``),
     each video decoded and encoded once. ``prompt``: the multiple-choice prompt preset (``PROMPT_PRESETS``) of jobs
-    that do not name their own."""
+    that do not name their own. ``cache_dir``: the feature cache's folder (None: ``cache.default_root()``; the CLI
+    passes the one it resolved)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch size {batch_size!r} is out of range", hint="--batch-size must be an integer >= 1")
     check_decode_workers(decode_workers)
@@ -414,7 +417,7 @@ def run_batch(
         group = _Group(rank, world_size, BARRIER_TIMEOUT_S)
         try:
             return _run(load_model, tasks, output, profile, overwrite, batch_size, view, rank, world_size, group,
-                        sweep, prompt, decode_workers)  # fmt: skip
+                        sweep, prompt, decode_workers, cache_dir)  # fmt: skip
         finally:
             group.close()
     finally:
@@ -470,6 +473,7 @@ def _run(
     sweep: Sweep | None,
     prompt: str | None,
     decode_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> BatchSummary:
     to_stdout = output == STDOUT
     target = output if world_size == 1 else part_path(output, rank, world_size)
@@ -532,7 +536,8 @@ def _run(
         try:
             if my_jobs or my_killed:
                 t_work = _answer(load_model, my_videos, by_video, target, profile, config, digest, batch_size, view,
-                                 my_records, sweep, prompt, decode_workers, my_killed, crashes, journal)  # fmt: skip
+                                 my_records, sweep, prompt, decode_workers, my_killed, crashes, journal,
+                                 cache_dir)  # fmt: skip
         finally:
             if journal is not None:
                 journal.ended()  # whatever stopped it, this run did not die: its jobs in flight are not to blame
@@ -601,6 +606,7 @@ def _answer(
     killed: Sequence[RecordTask] = (),
     crashes: Counter[str] | None = None,
     journal: _Journal | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> float | None:
     """Write the ``killed`` jobs' error records, then (if ``videos`` has any) load the model, answer ``videos``'
     jobs and write their records to ``target``; returns the work's wall time (model load excluded; None without
@@ -631,7 +637,8 @@ def _answer(
 
         resolved = resolve_profile(vlm, profile)
         t_work = time.perf_counter()
-        runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt, journal.started if journal else None)
+        runner = _Runner(vlm, resolved, batch_size, emit, sweep, prompt, journal.started if journal else None,
+                         cache_dir)  # fmt: skip
         videos = runner.refuse_long_prompts(videos, by_video)
         # also on Ctrl-C, the block's end stops the workers and their ffmpeg children
         with decoding_ahead(videos, resolved, decode_workers, vlm, runner.cache) as runner.prefetch:

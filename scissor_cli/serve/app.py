@@ -24,9 +24,11 @@ from scissor_cli.errors import (
 )
 
 if TYPE_CHECKING:
+    from scissor_cli.config import UserConfig
     from scissor_cli.model import VisionLanguageModel
     from scissor_cli.options import Profile
     from scissor_cli.pipeline import CompressedVideo, VideoRun
+    from scissor_cli.settings import Overrides
 from scissor_cli.serve.engine import Engine, _chunk, _Generate, _usage, completion_body, scissor_stats
 from scissor_cli.serve.protocol import (
     INSTALL_HINT,
@@ -242,12 +244,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], profile_name: str | None = None,
-        flags: dict[str, Any] | None = None, load: Callable[[], VisionLanguageModel] | None = None,
-        stop: threading.Event | None = None) -> int:  # fmt: skip
+def run(profile: Profile, options: ServeOptions, overrides: Overrides, config: UserConfig | None = None,
+        load: Callable[[], VisionLanguageModel] | None = None, stop: threading.Event | None = None) -> int:  # fmt: skip
     """Serve until SIGINT (Interrupted, exit 130) or SIGTERM (returns 0). The model loads while the server already
-    answers /health (503 until loaded); one line on stderr when it is ready. ``build(profile_name, **flags)`` is
-    ``settings.resolver()``: each request's profile is resolved from ``flags`` (the server's) and its fields.
+    answers /health (503 until loaded); one line on stderr when it is ready. ``profile``: ``overrides`` (the
+    server's flags) resolved with ``config`` (default: the user config, read once); each request's profile is
+    ``settings.resolve`` of ``overrides`` with the request's fields on top.
 
     ``load``: the model (default: ``load_model(profile.model)``); ``stop``: set it to stop the server (a server in
     a thread, as the benchmark runs it, gets no signals)."""
@@ -264,8 +266,8 @@ def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], 
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     state = ServerState(options, options.served_model_name or profile.model.model)
-    config = uvicorn.Config(create_app(state), log_level="error", access_log=False, lifespan="off",
-                            log_config=None, timeout_graceful_shutdown=options.shutdown_s)  # fmt: skip
+    http_config = uvicorn.Config(create_app(state), log_level="error", access_log=False, lifespan="off",
+                                 log_config=None, timeout_graceful_shutdown=options.shutdown_s)  # fmt: skip
     caught: list[int] = []
 
     class Server(uvicorn.Server):
@@ -289,7 +291,7 @@ def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], 
                 for s, handler in previous.items():
                     signal.signal(s, handler)
 
-    server = Server(config)
+    server = Server(http_config)
     load_error: list[BaseException] = []
 
     async def main() -> None:
@@ -318,7 +320,7 @@ def run(profile: Profile, options: ServeOptions, build: Callable[..., Profile], 
         if waiting.done() and not serving.done():
             try:
                 vlm = waiting.result()
-                engine = Engine(vlm, options, profile, build, profile_name, flags)
+                engine = Engine(vlm, options, profile, overrides, config)
                 engine.start(profile.model.cache)
                 state.engine = engine
                 notes = [f"{options.max_batch} rows per batch", f"{options.max_queue} requests in flight"]

@@ -1,5 +1,9 @@
 """The model side of the server: one model thread (torch is not re-entrant) that runs a video's vision tower + SCC
-and batched ``generate`` calls, and the ``Engine`` that prepares requests in a thread pool and batches them."""
+and batched ``generate`` calls, and the ``Engine`` that prepares requests in a thread pool and batches them.
+
+The model thread keeps the ``VideoRun``s of recently asked videos (``RunCache``): every request about one video
+shares one run, so SCC runs once per compression setting and the rows of a batch hand ``generate`` one tensor, whose
+prefix (the prompt up to the end of the video) it prefills once for them all."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import json
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -23,9 +27,11 @@ from scissor_cli.errors import (
 )
 
 if TYPE_CHECKING:
+    from scissor_cli.config import UserConfig
     from scissor_cli.model import GenerationOutput, VisionLanguageModel
     from scissor_cli.options import Profile
-    from scissor_cli.pipeline import CompressedVideo, EncodedVideo, VideoRun
+    from scissor_cli.pipeline import CompressedVideo, VideoRun
+    from scissor_cli.settings import Overrides
 from scissor_cli.serve.protocol import (
     ChatRequest,
     ServeOptions,
@@ -46,8 +52,9 @@ class _Prepare:
     history: tuple[tuple[str, str], ...]
     info: Any
     decoded: Any
-    encoded: EncodedVideo | None = None  # another request's encoding of the same video (single-flight): SCC only
-    flight: concurrent.futures.Future | None = None  # told the encoding (or its failure) as soon as it is known
+    key: tuple | None = None  # the run's key in the model thread's RunCache (None: not kept)
+    run: VideoRun | None = None  # another request's run of the same video (single-flight): shared, SCC only
+    flight: concurrent.futures.Future | None = None  # told the run (or its failure) as soon as it is known
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -84,11 +91,56 @@ def _settle(future: concurrent.futures.Future, result: Any = None, error: BaseEx
             future.set_result(result)
 
 
+RUNS_KEPT = 8  # videos whose runs the model thread keeps
+RUNS_MAX_BYTES = 1 << 30  # and at most this much of their features and compressions (on the model's device)
+
+
+class RunCache:
+    """The ``VideoRun``s of recently asked videos, least recently used dropped first beyond ``max_runs`` runs or
+    ``max_bytes`` of their tensors (``VideoRun.nbytes``; a run over the bound alone is not kept). Keyed by
+    (feature-cache key, sampling): the key hashes the file's content, so a changed file is another key. Written on
+    the model thread; ``in`` is safe from the decode pool."""
+
+    def __init__(self, max_runs: int = RUNS_KEPT, max_bytes: int = RUNS_MAX_BYTES):
+        self.max_runs, self.max_bytes = max_runs, max_bytes
+        self._runs: OrderedDict[tuple, VideoRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple) -> bool:
+        with self._lock:
+            return key in self._runs
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def get(self, key: tuple) -> VideoRun | None:
+        with self._lock:
+            run = self._runs.get(key)
+            if run is not None:
+                self._runs.move_to_end(key)
+            return run
+
+    def put(self, key: tuple, run: VideoRun) -> None:
+        with self._lock:
+            self._runs[key] = run
+            self._runs.move_to_end(key)
+        self.trim()
+
+    def trim(self) -> None:
+        """Drop the least recently used runs until the bounds hold (a run grows as it compresses)."""
+        with self._lock:
+            sizes = {key: run.nbytes() for key, run in self._runs.items()}
+            while self._runs and (len(self._runs) > self.max_runs or sum(sizes.values()) > self.max_bytes):
+                key, _ = self._runs.popitem(last=False)
+                del sizes[key]
+
+
 class ModelWorker:
     """The one thread that touches the model: vision tower + SCC jobs and batched generates, in arrival order."""
 
-    def __init__(self, vlm: VisionLanguageModel, max_batch: int, cache: Any):
+    def __init__(self, vlm: VisionLanguageModel, max_batch: int, cache: Any, runs: RunCache | None = None):
         self.vlm, self.max_batch, self.cache = vlm, max_batch, cache
+        self.runs = runs if runs is not None else RunCache()
         self._items: deque[_Call | _Prepare | _Generate] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -156,25 +208,34 @@ class ModelWorker:
                 self._generate(work)  # type: ignore[arg-type]
 
     def _prepare(self, job: _Prepare) -> None:
-        """The request's ``VideoRun`` (vision tower unless ``job.encoded``) and its SCC, the context checked here,
-        not on the event loop: the tokenizer is the model thread's too."""
+        """The request's ``VideoRun`` and its SCC, the context checked here, not on the event loop: the tokenizer is
+        the model thread's too. The run shares a single-flight leader's (``job.run``) or a kept one's (``job.key``
+        in ``runs``: reported as a cache hit, nothing decoded or encoded for it); else the video is encoded (or
+        read from the feature cache) and its run kept."""
         from scissor_cli.pipeline import VideoRun, check_context
 
         try:
-            if job.encoded is not None:
-                run = VideoRun(self.vlm, job.encoded, job.profile)
+            held = self.runs.get(job.key) if job.key is not None and job.run is None else None
+            if job.run is not None:
+                run = job.run.sharing(job.profile)
+            elif held is not None:
+                memory = replace(held.encoded, decode_s=0.0, vision_s=0.0, cache_hit=True, backend="cache")
+                run = held.sharing(job.profile, encoded=memory)
             else:
                 run = VideoRun.open(self.vlm, job.video, job.profile, cache=self.cache, info=job.info,
                                     decoded=job.decoded)  # fmt: skip
+                if job.key is not None:
+                    self.runs.put(job.key, run)
         except BaseException as e:  # noqa: BLE001 - handed to the request that asked (and those waiting on it)
             if job.flight is not None:
                 _settle(job.flight, error=e)
             job.future.set_exception(e)
             return
         if job.flight is not None:
-            _settle(job.flight, result=run.encoded)
+            _settle(job.flight, result=run)
         try:
             compressed = run.compressed()
+            self.runs.trim()  # a new compression counts against the bound
             check_context(self.vlm, compressed.n_final, job.question, job.history,
                           job.profile.generation.max_new_tokens, what="this request",
                           hint="fewer visual tokens (retention, tokens or frames), a smaller max_tokens, or fewer "
@@ -218,9 +279,10 @@ class ModelWorker:
 
 
 # ---------------------------------------------------------------------------------------------------- the engine
-def _cache_with_memo() -> Any:
-    """The feature cache, its keys remembered per file version: a key hashes the whole file, which every request
-    about the same video would otherwise do again (twice: here and in ``encode_video``)."""
+def _cache_with_memo(root: Any) -> Any:
+    """The feature cache in ``root``, its keys remembered per file version: a key hashes the whole file, which every
+    request about the same video would otherwise do again (twice: here and in ``encode_video``). Also the keys of
+    the model thread's ``RunCache``, the feature cache on or off."""
     from scissor_cli.cache import FeatureCache
 
     class Cache(FeatureCache):
@@ -238,7 +300,7 @@ def _cache_with_memo() -> Any:
                 self._keys[memo] = FeatureCache.key(path, indices, model_name, revision, dtype)
             return self._keys[memo]
 
-    return Cache()
+    return Cache(root)
 
 
 @dataclass
@@ -258,10 +320,14 @@ class Engine:
         vlm: VisionLanguageModel,
         options: ServeOptions,
         base: Profile,
-        build: Callable[..., Profile],
-        profile_name: str | None = None,
-        flags: dict[str, Any] | None = None,
+        overrides: Overrides,
+        config: UserConfig | None = None,
+        runs: RunCache | None = None,
     ):
+        """``base``: the server's profile (its model settings hold for every request); ``overrides``: the
+        server's flags, under each request's fields; ``config``: the user config (default: read now, once)."""
+        from scissor_cli.cache import default_root
+        from scissor_cli.config import load_config
         from scissor_cli.pipeline import model_fingerprint
 
         # (video url, sampling) -> the encoding in progress: a second request for a video being decoded and
@@ -269,9 +335,12 @@ class Engine:
         self._flights: dict[tuple, concurrent.futures.Future] = {}
         self._flights_lock = threading.Lock()
         self.vlm, self.options = vlm, options
-        self.base, self.build, self.profile_name, self.flags = base, build, profile_name, dict(flags or {})
+        self.base, self.overrides = base, overrides
+        self.config = config if config is not None else load_config()
         self.pool = concurrent.futures.ThreadPoolExecutor(options.decode_workers, thread_name_prefix="scissor-decode")
+        self.keys = _cache_with_memo(default_root(self.config))
         self.cache = None
+        self.runs = runs if runs is not None else RunCache()
         self._fingerprint = model_fingerprint(vlm)
         self.worker: ModelWorker | None = None
         self.in_flight = 0
@@ -279,8 +348,8 @@ class Engine:
 
     def start(self, cache_on: bool) -> None:
         if cache_on:
-            self.cache = _cache_with_memo()
-        self.worker = ModelWorker(self.vlm, self.options.max_batch, self.cache)
+            self.cache = self.keys
+        self.worker = ModelWorker(self.vlm, self.options.max_batch, self.cache, self.runs)
 
     def close(self, timeout: float) -> None:
         if self.worker is not None:
@@ -303,8 +372,9 @@ class Engine:
         finally:
             self.in_flight -= 1
 
-    def _open(self, url: str, profile: Profile) -> tuple[Any, Any, str | None]:
-        """In the pool: (info, decoded frames or None when cached, a temporary file to remove or None)."""
+    def _open(self, url: str, profile: Profile) -> tuple[Any, Any, str | None, tuple]:
+        """In the pool: (info, decoded frames or None when cached or its run is kept, a temporary file to remove or
+        None, the run's ``RunCache`` key)."""
         from scissor_cli import video as video_io
         from scissor_cli.pipeline import decode_clip, feature_key
 
@@ -314,12 +384,13 @@ class Engine:
             s = profile.sampling
             plan = video_io.plan_frames(info, n_frames=s.n_frames, fps=s.fps, start=s.start, end=s.end)
             vlm = self.vlm
-            if self.cache is not None and profile.model.cache:
-                if self.cache.has(feature_key(self.cache, vlm, info, plan.indices, self._fingerprint)):
-                    return info, None, path if temporary else None
+            key = feature_key(self.keys, vlm, info, plan.indices, self._fingerprint)
+            run_key = (key, s)
+            if run_key in self.runs or (self.cache is not None and profile.model.cache and self.cache.has(key)):
+                return info, None, path if temporary else None, run_key
             t0 = time.perf_counter()
             clip = decode_clip(vlm, path, s, info)
-            return info, video_io.Decoded(clip, time.perf_counter() - t0), path if temporary else None
+            return info, video_io.Decoded(clip, time.perf_counter() - t0), path if temporary else None, run_key
         except VideoError as e:
             if not temporary:
                 raise
@@ -364,14 +435,14 @@ class Engine:
             if leader:
                 flight = self._flights[key] = concurrent.futures.Future()
         if not leader:
-            encoded = await asyncio.wrap_future(flight)  # raises the encoding's failure
-            job = _Prepare(shown, profile, req.question, req.history, None, None, encoded=encoded)
+            run = await asyncio.wrap_future(flight)  # raises the encoding's failure
+            job = _Prepare(shown, profile, req.question, req.history, None, None, run=run)
             return await asyncio.wrap_future(self.worker.submit(job))
         try:
             loop = asyncio.get_running_loop()
-            info, decoded, temporary = await loop.run_in_executor(self.pool, self._open, url, profile)
+            info, decoded, temporary, run_key = await loop.run_in_executor(self.pool, self._open, url, profile)
             try:
-                job = _Prepare(shown, profile, req.question, req.history, info, decoded, flight=flight)
+                job = _Prepare(shown, profile, req.question, req.history, info, decoded, key=run_key, flight=flight)
                 return await asyncio.wrap_future(self.worker.submit(job))
             finally:
                 if temporary:
@@ -388,13 +459,19 @@ class Engine:
 
     # ------------------------------------------------------------------ one request
     def request_profile(self, req: ChatRequest) -> Profile:
-        """The server's flags with the request's fields on top, checked like the flags (the same messages, naming
-        the request's fields), on the server's model; then resolved as ``ask`` resolves it."""
-        from scissor_cli.pipeline import resolve_profile
+        """The server's flags with the request's fields on top (``merge_flags``), resolved by ``settings.resolve``
+        as the flags are (the same messages, naming the request's fields), on the server's model; then resolved
+        as ``ask`` resolves it."""
+        from dataclasses import asdict
 
-        flags = merge_flags(self.flags, req.flags, req.profile)
+        from scissor_cli.pipeline import resolve_profile
+        from scissor_cli.settings import Overrides, resolve
+
+        server = {k: v for k, v in asdict(self.overrides).items() if k != "profile"}
+        flags = merge_flags(server, req.flags, req.profile)
+        name = req.profile if req.profile is not None else self.overrides.profile
         try:
-            p = self.build(req.profile if req.profile is not None else self.profile_name, **flags)
+            p = resolve(Overrides(profile=name, **flags), self.config)
         except OptionError as e:
             raise _named_for_requests(e) from e
         except ProfileError as e:
