@@ -233,3 +233,31 @@ def test_serve_answers_as_hf(models, profile, videos):
     hf, vllm = replies
     assert vllm["choices"][0]["message"]["content"] == hf["choices"][0]["message"]["content"] != ""
     assert (hf["scissor"]["engine"], vllm["scissor"]["engine"]) == ("hf", "vllm")
+
+
+def test_a_model_vllm_cannot_run_is_one_line_exit_5(videos, tmp_path):
+    """The default tiny checkpoint's head size (16) is one vLLM's CPU attention cannot run (it would fail at the first
+    forward pass): refused in one line before vLLM starts (exit 5), no vLLM process behind."""
+    from tiny_checkpoint import build_tiny_checkpoint
+
+    small_heads = build_tiny_checkpoint(tmp_path / "heads16", layout="llava-hf", text_heads=4)
+    cmd = [sys.executable, "-m", "scissor_cli", "ask", videos[0], "q", "--model", str(small_heads), "--engine", "vllm",
+           "--dtype", "float32", "--device", "cpu", "--max-model-len", str(MAX_MODEL_LEN)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_cli_env(tmp_path),
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=400)
+        assert proc.returncode == 5, err[-3000:]
+        assert "vLLM's CPU attention cannot run" in err and "head size is 16" in err, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        for _ in range(60):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("vLLM processes outlived the failed start")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

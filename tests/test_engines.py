@@ -196,8 +196,8 @@ class FakeLLMEngine:
     """vLLM's LLMEngine as VLLMEngine drives it: add_request / step (cumulative outputs) / abort_request. Each
     request answers ``script`` one token per step, then eos (2)."""
 
-    def __init__(self, script, fail_at_step=None):
-        self.script, self.fail_at_step = script, fail_at_step
+    def __init__(self, script, fail_at_step=None, failure=KeyboardInterrupt):
+        self.script, self.fail_at_step, self.failure = script, fail_at_step, failure
         self.requests, self.aborted, self.n_steps = {}, [], 0
         self.model_config = SimpleNamespace(max_model_len=64)
 
@@ -210,7 +210,7 @@ class FakeLLMEngine:
         assert self.requests, "step() with nothing queued: vLLM would block here for ever"
         self.n_steps += 1
         if self.n_steps == self.fail_at_step:
-            raise KeyboardInterrupt
+            raise self.failure
         outs = []
         for rid in list(self.requests):
             self.requests[rid] += 1
@@ -291,3 +291,21 @@ def test_vllm_generate_refuses_an_overlong_prompt_and_aborts_on_ctrl_c(tokenizer
     with pytest.raises(KeyboardInterrupt):
         engine.generate(_prompts([4, 4]), GenerationOptions())
     assert len(fake.aborted) == 2 and fake.requests == {}, "Ctrl-C left requests queued in vLLM"
+
+
+def test_a_vllm_engine_that_dies_mid_answer_is_one_line_exit_5(tokenizer, monkeypatch):
+    pytest.importorskip("torch")
+    import scissor_cli.engines.vllm as vllm_engine
+
+    class EngineDeadError(Exception):  # vLLM's, by name (vllm.v1.engine.exceptions)
+        pass
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_params", lambda self, gen: None)
+    closed = []
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "close", lambda self: closed.append(1) or setattr(self, "llm", None))
+    engine = _vllm_engine(FakeLLMEngine([5, 6, 7], fail_at_step=2, failure=EngineDeadError("core died")), tokenizer)
+    with pytest.raises(ModelError, match="vLLM's engine stopped while answering: core died") as e:
+        engine.generate(_prompts([4]), GenerationOptions())
+    assert e.value.exit_code == 5 and closed == [1]
+    with pytest.raises(ModelError, match="shut down"):  # later calls fail at once
+        engine.generate(_prompts([4]), GenerationOptions())

@@ -71,6 +71,7 @@ def start(model_dir: Path, text_config: dict[str, Any], dtype: str, opts: ModelO
         engine.close()
     from vllm import LLM
 
+    _check_head_size(text_config, name)
     register()
     folder = language_model_folder(model_dir, text_config, dtype)
     kwargs: dict[str, Any] = {
@@ -99,6 +100,28 @@ def start(model_dir: Path, text_config: dict[str, Any], dtype: str, opts: ModelO
     engine = VLLMEngine(llm, folder, key)
     _running[key] = engine
     return engine
+
+
+def _check_head_size(text_config: dict[str, Any], name: str) -> None:
+    """vLLM's CPU attention runs only some head sizes and fails at the first forward pass, not at start: refuse a
+    model it cannot run before starting it (ModelError, exit 5)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+    except (ImportError, AttributeError):  # another vLLM layout: its own error will say it
+        return
+    head = text_config.get("head_dim") or text_config["hidden_size"] // text_config["num_attention_heads"]
+    if head not in sizes:
+        raise ModelError(
+            f"vLLM's CPU attention cannot run {name}: its LLM's head size is {head} (supported: "
+            f"{', '.join(map(str, sizes))})",
+            hint="use --engine hf for this model",
+        )
 
 
 def _shutdown_all() -> None:
@@ -138,6 +161,18 @@ class VLLMEngine:
                 llm.llm_engine.engine_core.shutdown()
             finally:
                 shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _step(self, engine: Any) -> list[Any]:
+        """``engine.step()``; a vLLM engine that died (its processes crashed) is ModelError (exit 5), and this engine
+        is closed: every later call says so at once."""
+        try:
+            return engine.step()
+        except Exception as e:
+            if type(e).__name__ != "EngineDeadError":
+                raise
+            self.close()
+            hint = "its log above says why; --engine hf runs every model scissor loads"
+            raise ModelError(f"vLLM's engine stopped while answering: {e}", hint=hint) from e
 
     def _params(self, gen: GenerationOptions) -> Any:
         from vllm import SamplingParams
@@ -194,7 +229,7 @@ class VLLMEngine:
                 engine.add_request(ids[-1], {"prompt_embeds": embeds}, params)
                 live.add(ids[-1])
             while live:
-                for out in engine.step():
+                for out in self._step(engine):
                     if out.request_id not in live:
                         continue
                     latest[out.request_id] = list(out.outputs[0].token_ids)
@@ -219,7 +254,7 @@ class VLLMEngine:
                         engine.abort_request(flagged)
                         live.difference_update(flagged)
         finally:
-            if live:  # Ctrl-C or an error mid-batch: nothing of this call stays queued in vLLM
+            if live and self.llm is not None:  # Ctrl-C or an error mid-batch: nothing of this call stays queued
                 engine.abort_request(sorted(live))
         t_end = time.perf_counter()
         t_first = t_first or t_end
