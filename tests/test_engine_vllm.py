@@ -261,3 +261,26 @@ def test_a_model_vllm_cannot_run_is_one_line_exit_5(videos, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_original_llava_next_layout_answers_as_hf(profile, tmp_path):
+    """vLLM reads the LLaVA-NeXT layout's names (model.layers.*, model.mm_projector.* skipped) through the same
+    mapper. Last in the module: it replaces the module's engine (one per process)."""
+    import torch
+    from tiny_checkpoint import build_tiny_checkpoint
+
+    from scissor_cli.model import load_model
+    from scissor_cli.options import GenerationOptions
+
+    next_dir = build_tiny_checkpoint(tmp_path / "llava-next", layout="llava-next", text_heads=2)
+    opts = replace(profile.model, model=str(next_dir))
+    hf, vllm = load_model(opts), load_model(replace(opts, engine="vllm", max_model_len=MAX_MODEL_LEN))
+    try:
+        assert vllm.layout == "llava-next" and vllm.engine.name == "vllm"
+        video = torch.randn(30, 64)
+        gen = GenerationOptions(max_new_tokens=16)
+        expected = hf.generate([(video, q) for q in QUESTIONS], gen).token_ids
+        assert vllm.generate([(video, q) for q in QUESTIONS], gen).token_ids == expected
+        assert all(len(ids) > 3 for ids in expected), "answers long enough to compare"
+    finally:
+        vllm.engine.close()
