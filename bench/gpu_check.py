@@ -10,7 +10,9 @@ Steps (each one's time is printed; the run stops at the first failing step and e
    Hugging Face cache (it skips, saying so, when they are not: nothing is downloaded);
 2. ``bench/bench_gpu.py`` at the real 0.5B architecture (random weights, 32 frames, bfloat16), and 7B when the GPU
    has >= 40 GiB free; then Qwen2.5-VL-3B and Qwen3-VL-4B, and their 7B / 8B when it has >= 40 GiB free (unless
-   ``--no-qwen``), writing its table to ``--out``.
+   ``--no-qwen``), writing its table to ``--out``;
+3. where vLLM is installed, ``bench/bench_engine.py`` at the 0.5B architecture: ``--engine hf`` against
+   ``--engine vllm`` on the same batch (``results_engine_gpu.md`` beside ``--out``).
 
 Without CUDA it stops before running anything: one line saying what torch sees, a hint, exit code 2.
 HF_HUB_OFFLINE=1 is set for every step. Which wheels an offline machine needs: docs/performance.md, "On a GPU".
@@ -19,6 +21,7 @@ HF_HUB_OFFLINE=1 is set for every step. Which wheels an offline machine needs: d
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -86,6 +89,12 @@ def main() -> None:
     table = step("bench_gpu", [sys.executable, "bench/bench_gpu.py", "--device", args.device, "--arch", *archs],
                  left, env)  # fmt: skip
     args.out.write_text(f"Measured with `make gpu-check` on {name}.\n\n{table}")
+    if importlib.util.find_spec("vllm") is not None:  # the engine rows: hf vs vllm on the same batch
+        engine_out = args.out.with_name("results_engine_gpu.md")
+        step("bench_engine", [sys.executable, "bench/bench_engine.py", "--arch", "0.5b", "--device", args.device,
+                              "--rounds", "1", "--out", str(engine_out)], max(120.0, BUDGET_S), env)  # fmt: skip
+    else:
+        print("bench_engine skipped: vLLM is not installed here (pip install 'scissor-cli[vllm]')")
     total_s = time.perf_counter() - t0
     print(f"gpu-check passed in {total_s:.0f} s; bench_gpu's table is in {args.out}")
     if total_s > BUDGET_S:

@@ -7,8 +7,9 @@ LLaVA-OV's seam.
 The seam is deliberately narrow (docs/models.md, "The transformers seam"): ``encode`` runs what transformers'
 ``get_video_features`` runs (SigLIP -> projector -> 2x2 bilinear pooling) and strips its trailing
 ``image_newline``; ``generate`` splices the kept tokens (+ ``image_newline`` when ``newline``) where the prompt's
-single video placeholder was and calls ``generate(inputs_embeds=...)``. With nothing removed this is bit-identical
-to transformers' own path (``input_ids`` with expanded placeholders + ``pixel_values_videos``); a test checks it.
+single video placeholder and hands the rows to the engine (``engines``: hf's ``generate(inputs_embeds=...)`` or
+vLLM's prompt embeddings). With nothing removed this is bit-identical to transformers' own path (``input_ids`` with
+expanded placeholders + ``pixel_values_videos``); a test checks it.
 
 The two checkpoint layouts (llava-hf, LLaVA-NeXT), resolving and checking them: ``checkpoint``; the device and
 dtype: ``devices``.
@@ -21,11 +22,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.checkpoint import _read_json, resolve_model_dir
+from scissor_cli.engines import Engine, GenerationOutput, Prompts, refuse_position_ids
+from scissor_cli.engines.hf import HFEngine, PromptCache
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.families.llava_ov import FRAMES_PER_CHUNK  # noqa: F401 - re-exported (tests, bench)
 from scissor_cli.families.loading import _quiet_transformers  # noqa: F401 - re-exported
@@ -43,64 +45,14 @@ _TEXT_MARK = "\u2063<scissor-text-{}>\u2063"
 _MARK_RE = re.compile("\u2063<scissor-text-(\\d+)>\u2063")
 
 
-@dataclass
-class GenerationOutput:
-    texts: list[str]  # one answer per request, special tokens removed
-    n_prompt_tokens: list[int]  # per request: text + video (+ newline) tokens the LLM saw
-    prefill_s: float  # time to the first generated token (the whole batch's prefill)
-    generation_s: float  # the rest of generate (decoding)
-    n_new_tokens: list[int] = field(default_factory=list)  # generated tokens per request, up to its eos
-    token_ids: list[list[int]] = field(default_factory=list)  # the generated ids per request, up to its eos
-    # per request: prompt tokens this call ran through the LLM, those served from a KV cache not counted (a shared
-    # video prefix is counted once, on the first request that shares it)
-    n_prefill_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class PromptCache:
-    """A conversation's KV cache between ``generate`` calls (``scissor chat``): the next turn prefills only what
-    follows the longest common prefix of its prompt and what the cache holds (llama.cpp's and ollama's rule).
-
-    What the cache holds is named by token ids, and the video by the tensor object passed in: a new compression
-    (``/retention``, ``/tokens``, ``/tau``, ``/off``) or new frames (``/frames``, ``/video``) is another tensor, so
-    only the text before the video is kept; ``/reset`` drops the earlier turns, so the cache is cut after the video."""
-
-    kv: Any = None  # transformers' DynamicCache, or None (empty)
-    before: tuple[int, ...] = ()  # the prompt's ids before the video
-    video: Any = None  # the video tensor the cache was computed with
-    n_video: int = 0  # its tokens (+ image_newline)
-    tail: tuple[int, ...] = ()  # ids after the video the cache holds: the prompt's rest and the generated tokens
-
-    def reusable(self, before: list[int], video: Any, n_video: int, after: list[int]) -> int:
-        """How many leading positions of this prompt the cache already holds."""
-        if self.kv is None:
-            return 0
-        if tuple(before) != self.before:
-            return _common(before, self.before)
-        if video is not self.video or n_video != self.n_video:
-            return len(before)
-        return len(before) + n_video + _common(after, self.tail)
-
-    def clear(self) -> None:
-        self.kv, self.before, self.video, self.n_video, self.tail = None, (), None, 0, ()
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class VisionLanguageModel:
     """A loaded checkpoint of one of the ``families``: ``encode`` frames into video tokens, ``generate`` answers."""
 
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
                  default_tau: float | None = None, default_epsilon: float | None = None,
-                 model_dir: Path | None = None, family: Any = None, family_settings: Any = None):  # fmt: skip
+                 model_dir: Path | None = None, family: Any = None, family_settings: Any = None,
+                 engine: Any = None):  # fmt: skip
         from scissor_cli.families import LLAVA_OV
 
         self.family = family if family is not None else LLAVA_OV  # what differs per model family (families/)
@@ -136,6 +88,8 @@ class VisionLanguageModel:
         # called before each vision chunk and each generation step (batch's decode-ahead sizes torch's thread pool
         # there: prefetch.CoreShare); None: nothing
         self.on_step: Callable[[], None] | None = None
+        # the LLM step (``engines``): transformers' generate here, or an engine the family's load started (vLLM)
+        self.engine: Engine = engine.bind(self) if engine is not None else HFEngine(self)
 
     def __repr__(self) -> str:
         return (f"VisionLanguageModel({self.name!r}, layout={self.layout}, device={self.device}, "
@@ -349,230 +303,38 @@ class VisionLanguageModel:
         there, and the answer is what was generated so far (how a chat's Ctrl-C stops one answer); a list of one
         flag per request ends just the rows flagged (a server's client that went away), the others go on. ``cache``
         (one request only): a conversation's KV cache, reused where this prompt starts like the cached one and
-        left holding this prompt and its answer."""
+        left holding this prompt and its answer.
+
+        The family decides what the prompt is (``families``): LLaVA-OV's rows of embeddings with the kept tokens
+        spliced in, or a ``positions`` family's token ids, M-RoPE positions and vision outputs. The LLM step itself
+        is ``self.engine``'s (``engines``)."""
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
 
         if not requests:
             return GenerationOutput(texts=[], n_prompt_tokens=[], prefill_s=0.0, generation_s=0.0)
-        tok = self.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
         if cache is not None and len(requests) != 1:
             raise ValueError("a PromptCache serves one request per generate call")
         t0 = time.perf_counter()
+        videos = [video for video, _ in requests]
         with torch.inference_mode():
-            kv = None
             if self.family.positions:  # token ids + M-RoPE positions + the vision outputs (families/qwen.py)
-                inputs, lengths = self.family.generate_inputs(self, requests, history, pad_id)
-                n_prefill = list(lengths)
-                if cache is not None:
-                    kv, n_reuse = self.family.reuse_cache(self, cache, inputs, requests[0][0])
-                    n_prefill = [lengths[0] - n_reuse]
+                inputs, _ = self.family.generate_inputs(self, requests, history, self._pad_id())
+                prompts = Prompts(rows=[], ids=[], videos=videos, n_video=[], t0=t0, inputs=inputs)
             else:
-                inputs, lengths, n_prefill, kv = self._embed_inputs(requests, history, pad_id, cache, share_prefix)
-
-            sample = gen.temperature > 0
-            config = GenerationConfig(
-                max_new_tokens=gen.max_new_tokens,
-                do_sample=sample,
-                temperature=gen.temperature if sample else None,
-                top_p=gen.top_p if sample else None,
-                top_k=None,
-                eos_token_id=self._eos_ids(),
-                pad_token_id=pad_id,
-                suppress_tokens=self.suppress_ids or None,
-                return_dict_in_generate=cache is not None,  # for the cache it leaves
-            )
-
-            eos = set(self._eos_ids())
-
-            class _FirstToken(BaseStreamer):
-                """generate() puts the prompt first, then each step's tokens: the 2nd put is the first token.
-                With ``on_text``, the first row's new text is passed on as it grows (nothing after its eos)."""
-
-                def __init__(self):
-                    self.n_puts, self.t_first = 0, None
-                    self.ids: list[int] = []
-                    self.n_sent, self.done = 0, False
-
-                def put(self, value):
-                    self.n_puts += 1
-                    if self.n_puts == 2:
-                        self.t_first = time.perf_counter()
-                    if on_text is None or self.n_puts < 2 or self.done:
-                        return
-                    token = int(value.reshape(-1)[0])  # [B] per step: the first request's token
-                    if token in eos:
-                        self.done = True
-                        return
-                    self.ids.append(token)
-                    self._send(final=False)
-
-                def _send(self, final: bool):
-                    text = tok.decode(self.ids, skip_special_tokens=True).lstrip()
-                    if not final and text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                        return
-                    if len(text) > self.n_sent:
-                        on_text(text[self.n_sent :])
-                        self.n_sent = len(text)
-
-                def end(self):
-                    if on_text is not None:
-                        self._send(final=True)
-
-            on_step = self.on_step
-
-            stopped_at: dict[int, int] = {}  # row -> tokens it had when should_stop flagged it
-
-            class _Stop(StoppingCriteria):
-                """After each step: ``on_step``, then ``should_stop`` (either may be None; it may flag rows)."""
-
-                n_steps = 0
-
-                def __call__(self, input_ids, scores, **kwargs):
-                    if on_step is not None:
-                        on_step()
-                    self.n_steps += 1
-                    n_rows = input_ids.shape[0]
-                    stop = should_stop() if should_stop is not None else False
-                    flags = [bool(f) for f in stop] if isinstance(stop, (list, tuple)) else [bool(stop)] * n_rows
-                    for i, flag in enumerate(flags):
-                        if flag:
-                            stopped_at.setdefault(i, self.n_steps)
-                    return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
-
-            hooked = should_stop is not None or on_step is not None
-            stopping = StoppingCriteriaList([_Stop()]) if hooked else None
-            if on_step is not None:
-                on_step()  # before the prefill
-            streamer = _FirstToken()
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices, enabled=sample):
-                if sample:  # a caller that wants to reproduce the answer passes a seed (pipeline records it)
-                    torch.manual_seed(gen.with_drawn_seed().seed)
-                result = self.hf_model.generate(
-                    **inputs,
-                    generation_config=config,
-                    streamer=streamer,
-                    stopping_criteria=stopping,
-                    cache=kv,
+                prompts = Prompts(
+                    rows=[self.embed_request(video, question, history) for video, question in requests],
+                    ids=[self.prompt_ids(question, history) for _, question in requests],
+                    videos=videos,
+                    n_video=[video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline) for video in videos],
+                    t0=t0,
                 )
-                t_end = time.perf_counter()
-        out = result.sequences if cache is not None else result  # [B, n_new]: only the new tokens (inputs_embeds)
-        if "input_ids" in inputs:  # generate returned the prompt's ids first
-            out = out[:, inputs["input_ids"].shape[1] :]
-        if cache is not None and self.family.positions:
-            self.family.keep_cache(cache, result.cache, inputs, out[0].tolist(), requests[0][0])
-        elif cache is not None:
-            held, ((before, after), video) = result.cache, (self.prompt_ids(requests[0][1], history), requests[0][0])
-            n_video = video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline)
-            n_tail = held.get_seq_length() - len(before) - n_video  # the last generated token was never fed
-            cache.kv, cache.before, cache.video, cache.n_video = held, tuple(before), video, n_video
-            cache.tail = tuple(after + out[0].tolist())[:n_tail]
-        t_first = streamer.t_first or t_end
-        texts, n_new, token_ids = [], [], []
-        for r, row in enumerate(out.tolist()):
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            cut = min(cut, stopped_at.get(r, cut))  # a row stopped alone: padding follows what it had
-            n_new.append(cut)
-            token_ids.append(row[:cut])
-            texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-        return GenerationOutput(
-            texts=texts,
-            n_prompt_tokens=lengths,
-            prefill_s=t_first - t0,
-            generation_s=t_end - t_first,
-            n_new_tokens=n_new,
-            token_ids=token_ids,
-            n_prefill_tokens=n_prefill,
+        return self.engine.generate(
+            prompts, gen, on_text=on_text, should_stop=should_stop, cache=cache, share_prefix=share_prefix
         )
 
-    def _embed_inputs(self, requests, history, pad_id, cache, share_prefix):
-        """LLaVA-OV's ``generate`` inputs: each prompt's embeddings with the kept tokens spliced in, left-padded
-        (or laid out around shared prefixes, or after what ``cache`` holds). Returns (generate's keyword arguments,
-        prompt lengths, tokens to prefill per request, the KV cache to start from or None)."""
-        import torch
-
-        rows = [self.embed_request(video, question, history) for video, question in requests]
-        lengths = [r.shape[0] for r in rows]
-        n_prefill = list(lengths)
-        n_max = max(lengths)
-        pad = self.hf_model.get_input_embeddings()(torch.tensor([pad_id], device=self.device))[0]
-        kv = None
-        n_video = [video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline) for video, _ in requests]
-        ids = [self.prompt_ids(question, history) for _, question in requests]
-        if cache is not None:
-            (before, after), video = ids[0], requests[0][0]
-            n_reuse = min(cache.reusable(before, video, n_video[0], after), lengths[0] - 1)
-            kv, n_held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
-            n_reuse = min(n_reuse, n_held)
-            cache.clear()  # generate extends the cache in place: it is valid again only once generate returned
-            if kv is not None and n_reuse > 0:
-                if n_held > n_reuse:
-                    kv.crop(n_reuse - n_held)  # a negative count removes that many positions
-                n_prefill = [lengths[0] - n_reuse]
-            else:
-                kv = None
-            embeds = rows[0][None]  # [1, L, D]: generate skips the positions the cache holds
-            mask = torch.ones(1, lengths[0], dtype=torch.long, device=self.device)
-        elif share_prefix and (shared := self._shared_prefixes(requests, ids, n_video)) is not None:
-            embeds, mask, kv, n_prefill = self._prefix_batch(rows, shared, pad)
-        else:
-            embeds = torch.stack([torch.cat([pad.expand(n_max - r.shape[0], -1), r], 0) for r in rows])
-            mask = torch.zeros(len(rows), n_max, dtype=torch.long, device=self.device)  # embeds: [B, L, D]
-            for i, n in enumerate(lengths):
-                mask[i, n_max - n :] = 1
-
-        return {"inputs_embeds": embeds, "attention_mask": mask}, lengths, n_prefill, kv
-
-    def _shared_prefixes(self, requests, ids, n_video) -> list[tuple[int, int]] | None:
-        """Per request (its group's first request, its prefix length) where two or more requests share one video
-        tensor and the text before it; None when none do (nothing to share)."""
-        first: dict[tuple, int] = {}
-        groups = []
-        for i, ((video, _), (before, _)) in enumerate(zip(requests, ids, strict=True)):
-            lead = first.setdefault((id(video), tuple(before)), i)
-            groups.append((lead, len(before) + n_video[i]))
-        return groups if len(set(groups)) < len(groups) else None
-
-    def _prefix_batch(self, rows, shared, pad):
-        """Each group's prefix prefilled once (batch 1), then every row laid out as [pad][prefix][pad][suffix]:
-        prefixes right-aligned in the first ``P`` positions, suffixes right-aligned after them. The attention mask
-        hides the pads, so the positions (from the mask, as generate computes them) and what each token sees are
-        those of the left-padded batch without a cache. Returns (embeds [B, P+S, D], mask, cache, n_prefill)."""
-        import torch
-        from transformers import DynamicCache
-
-        n_prefix = max(p for _, p in shared)
-        n_suffix = max(r.shape[0] - p for r, (_, p) in zip(rows, shared, strict=True))
-        b, device = len(rows), self.device
-        embeds = pad.expand(b, n_prefix + n_suffix, -1).clone()
-        mask = torch.zeros(b, n_prefix + n_suffix, dtype=torch.long, device=device)
-        text_config = self.hf_model.config.get_text_config(decoder=True)
-        computed: dict[int, Any] = {}
-        layers: list[tuple[Any, Any]] = []
-        n_prefill = []
-        for i, (row, (lead, p)) in enumerate(zip(rows, shared, strict=True)):
-            s = row.shape[0] - p
-            embeds[i, n_prefix - p : n_prefix] = row[:p]
-            embeds[i, n_prefix + n_suffix - s :] = row[p:]
-            mask[i, n_prefix - p : n_prefix] = 1
-            mask[i, n_prefix + n_suffix - s :] = 1
-            n_prefill.append(s + (p if lead == i else 0))
-            if lead not in computed:
-                if self.on_step is not None:
-                    self.on_step()  # batch's decode-ahead sizes the thread pool before each forward pass
-                prefix_kv = DynamicCache(config=text_config)
-                self.hf_model.model(inputs_embeds=row[None, :p], cache=prefix_kv, use_cache=True)
-                computed[lead] = prefix_kv
-            for layer, (k, v, *_) in enumerate(computed[lead]):  # k, v: [1, heads, p, head_dim]
-                if len(layers) <= layer:
-                    shape = (b, k.shape[1], n_prefix, k.shape[3])
-                    layers.append((k.new_zeros(shape), v.new_zeros(shape)))
-                layers[layer][0][i, :, n_prefix - p :] = k[0]
-                layers[layer][1][i, :, n_prefix - p :] = v[0]
-        return embeds, mask, DynamicCache(ddp_cache_data=layers, config=text_config), n_prefill
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
 
     def _eos_ids(self) -> list[int]:
         eos = self.hf_model.generation_config.eos_token_id
@@ -626,14 +388,19 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
     ``allow_pickle``; never ``trust_remote_code``."""
     status = on_status or (lambda _msg: None)
     name, revision = opts.model, opts.revision
+    if opts.engine == "vllm":
+        from scissor_cli.engines import vllm
+
+        vllm.check_installed()  # before the checkpoint is resolved or any video decoded
     status(f"resolving {name}" + (f"@{revision}" if revision else ""))
     model_dir = resolve_model_dir(name, revision, opts.offline)
     raw = _read_json(model_dir / "config.json") or {}
     from scissor_cli.families import family_of
 
     family = family_of(raw, name)  # an unknown model_type: one line naming it and the families known
+    refuse_position_ids(opts.engine, family.name, family.positions)  # before anything is loaded
     family.check_transformers(name)
-    hf_model, tokenizer, kwargs = family.load(opts, model_dir, raw, status)
+    hf_model, tokenizer, kwargs = family.load(opts, model_dir, raw, status)  # LLaVA-OV starts vLLM there first
     vlm = VisionLanguageModel(hf_model, tokenizer, family=family, **kwargs)
     vlm.prompt_ids("")  # a chat template that cannot render fails here, before any video is decoded
     return vlm

@@ -123,6 +123,7 @@ class Answer:
     # prompt tokens this answer ran through the LLM; those a KV cache served (a chat's earlier turns, a video
     # prefix shared with the questions before it) not counted
     prefill_tokens: int | None = None
+    engine: str = "hf"  # what ran the LLM step (engines): "hf" or "vllm"
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (copies of its dicts and lists), in the order ``ask --json`` and the records have always
@@ -135,7 +136,7 @@ class Answer:
 # the JSON key order of an Answer: the budget beside the compression settings, prefill_tokens beside the timings
 _ANSWER_ORDER = ("video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon", "budget",
                  "frames", "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype",
-                 "cache_hit", "note", "profile")  # fmt: skip
+                 "engine", "cache_hit", "note", "profile")  # fmt: skip
 
 
 def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
@@ -387,6 +388,7 @@ def make_answers(
     settings = profile.to_dict()
     budget = budget_record(compressed, profile)
     prefill = getattr(generated, "n_prefill_tokens", None) or generated.n_prompt_tokens
+    engine = getattr(getattr(vlm, "engine", None), "name", "hf")  # test doubles of the model carry none
     return [
         Answer(
             video=encoded.path,
@@ -409,6 +411,7 @@ def make_answers(
             profile=settings,
             budget=budget,
             prefill_tokens=n_prefill,
+            engine=engine,
         )
         for question, text, n_prefill in zip(questions, generated.texts, prefill, strict=True)
     ]

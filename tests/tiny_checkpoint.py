@@ -95,7 +95,7 @@ def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMP
     return hf_tok
 
 
-def _hf_config():
+def _hf_config(text_heads: int = 4):
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
     vision = SiglipVisionConfig(
@@ -113,8 +113,8 @@ def _hf_config():
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=text_heads,
+        num_key_value_heads=max(1, text_heads // 2),
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         rope_theta=1000000.0,
@@ -225,12 +225,14 @@ def build_tiny_checkpoint(
     seed: int = 0,
     zip_tau: float | None = None,
     zip_epsilon: float | None = None,
+    text_heads: int = 4,
 ) -> Path:
     """Write a tiny random checkpoint into ``out_dir`` (replaced if it exists) and return its path.
 
     The same ``seed`` gives the same weights in both layouts, so a llava-next directory is the original-layout
     twin of the llava-hf one. ``zip_tau``/``zip_epsilon`` (llava-next only) make it a LLaVA-Scissor baseline
-    (``model_type: llava_qwen_zip`` with ``mm_zip_tau``/``mm_zip_epsilon``).
+    (``model_type: llava_qwen_zip`` with ``mm_zip_tau``/``mm_zip_epsilon``). ``text_heads``: the LLM's attention
+    heads (head size 64 / heads); vLLM's CPU attention needs a head size of at least 32, so its tier uses 2.
     """
     import torch
     from safetensors.torch import save_file
@@ -243,7 +245,7 @@ def build_tiny_checkpoint(
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
-    config = _hf_config()
+    config = _hf_config(text_heads)
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
 

@@ -41,7 +41,8 @@ class Family:
     hub_ids: tuple[str, ...]
     min_transformers: str
     # True: the LLM takes explicit per-token positions (Qwen's M-RoPE), so kept tokens go in as ``input_ids`` with
-    # precomputed encoder outputs; False: they are spliced into ``inputs_embeds`` (1-D RoPE from the mask)
+    # precomputed encoder outputs (the hf engine only: ``--engine vllm`` refuses the family); False: they are spliced
+    # into ``inputs_embeds`` (1-D RoPE from the mask), which every engine runs
     positions: bool = False
 
     def check_transformers(self, name: str) -> None:

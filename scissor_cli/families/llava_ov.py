@@ -1,6 +1,7 @@
 """LLaVA-OneVision (llava-hf and the original LLaVA-NeXT layout, the LLaVA-Scissor baselines): SigLIP -> projector
 -> 2x2 bilinear pooling, 196 tokens per frame at 384 px, 1-D RoPE. Kept tokens are spliced into the prompt's
-embeddings (``VisionLanguageModel.embed_request``); positions follow from the attention mask.
+embeddings (``VisionLanguageModel.embed_request``); positions follow from the attention mask, so either engine
+(``engines``: hf, vllm) runs its LLM.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class LlavaOneVision(Family):
 
     def load(self, opts, model_dir, raw, status):
         """The checkpoint in ``model_dir`` (either layout): (hf_model, tokenizer, ``VisionLanguageModel``'s keyword
-        arguments). Raises ModelError."""
+        arguments). Raises ModelError. With ``--engine vllm``, vLLM is started first on the language model's weights
+        and only the vision half is loaded here (``engines.weights``); its engine is in the keyword arguments."""
         from scissor_cli.checkpoint import (
             NEXT_KEY_MAPPING,
             _check_config_shapes,
@@ -78,6 +80,13 @@ class LlavaOneVision(Family):
                 if token in vocab:
                     setattr(config, attr, vocab[token])
 
+        engine = None
+        if opts.engine == "vllm":  # first: on a GPU, vLLM sizes its KV cache from the memory still free
+            from scissor_cli.engines import vllm, weights
+
+            status(f"starting vLLM with {name}'s language model")
+            engine = vllm.start(model_dir, config.text_config.to_dict(), str(dtype).removeprefix("torch."), opts, name)
+            n_layers = weights.vision_only(config)  # scissor's half: vision tower, projector, embedding table
         device_map = device_map_for(opts, device)
         status(f"loading {name} ({layout} layout) on {device} as {str(dtype).removeprefix('torch.')}")
         hf_model, info = from_pretrained(
@@ -85,6 +94,9 @@ class LlavaOneVision(Family):
             config=config, dtype=dtype, device_map=device_map, key_mapping=key_mapping,
             use_safetensors=is_safetensors,
         )  # fmt: skip
+        if engine is not None:
+            info = weights.drop_llm_keys(info)
+            hf_model.config.text_config.num_hidden_layers = n_layers  # what the LLM has (the FLOPs estimate reads it)
         _check_loading_info(info, config, name, layout)
         if device_map is None:
             hf_model.to(device)
@@ -105,6 +117,7 @@ class LlavaOneVision(Family):
                 default_tau=_zip_setting(raw, "mm_zip_tau", name),
                 default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
                 model_dir=model_dir,
+                engine=engine,  # None: the hf engine
             ),
         )
 
