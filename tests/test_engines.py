@@ -296,6 +296,23 @@ def test_vllm_generate_refuses_an_overlong_prompt_and_aborts_on_ctrl_c(tokenizer
     assert len(fake.aborted) == 2 and fake.requests == {}, "Ctrl-C left requests queued in vLLM"
 
 
+def test_vllm_generate_refuses_a_positions_familys_prompts(tokenizer, monkeypatch):
+    """Prompts a ``positions`` family prepared (ids, M-RoPE positions, vision outputs) never reach vLLM, which
+    would run them with 1-D positions; load_model refuses such a family first, this guards any other caller."""
+    torch = pytest.importorskip("torch")
+    import scissor_cli.engines.vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_params", lambda self, gen: None)
+    fake = FakeLLMEngine([5, 6, 7])
+    engine = _vllm_engine(fake, tokenizer)
+    inputs = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.tensor([[0, 1, 1, 1]])}
+    prompts = Prompts(rows=[], ids=[], videos=[object()], n_video=[], t0=0.0, inputs=inputs)
+    assert prompts.lengths == [3], "a padded row's length is its mask's ones"
+    with pytest.raises(ModelError, match="position ids"):
+        engine.generate(prompts, GenerationOptions())
+    assert fake.requests == {} and fake.n_steps == 0
+
+
 def test_a_vllm_engine_that_dies_mid_answer_is_one_line_exit_5(tokenizer, monkeypatch):
     pytest.importorskip("torch")
     import scissor_cli.engines.vllm as vllm_engine

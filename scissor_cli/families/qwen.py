@@ -281,20 +281,18 @@ class QwenFamily(Family):
         }, lengths
 
     def reuse_cache(self, vlm, cache, inputs, video) -> tuple[Any, int]:
-        """A chat's KV cache (``model.PromptCache``, its ``tail`` the ids it holds) for this one-row prompt: the
+        """A chat's KV cache (``engines.hf.PromptCache``, its ``tail`` the ids it holds) for this one-row prompt: the
         longest common prefix, never into the video unless the same kept tokens are cached whole (their vision
         outputs are then left out of ``inputs``). Positions before a token do not depend on what follows it, so the
         cached keys are the ones this prompt computes. Returns (the cache cropped to what is reused, or None; that
         count)."""
+        from scissor_cli.engines.hf import _common
+
         ids = inputs["input_ids"][0].tolist()
         kv, held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
         cols = [i for i, t in enumerate(ids) if t == vlm.family_settings.video_id]
         first, last = (cols[0], cols[-1] + 1) if cols else (len(ids), len(ids))
-        n = 0
-        for a, b in zip(ids, cache.tail, strict=False):
-            if a != b:
-                break
-            n += 1
+        n = _common(ids, cache.tail)
         if video is not cache.video:
             n = min(n, first)  # other kept tokens: only the text before the video is the same
         n = min(n, held, len(ids) - 1)
