@@ -39,8 +39,10 @@ CORPUS = [
     "system user assistant You are a helpful assistant.",
     "The car drives down the road, then turns left at the red light.",
     "0 1 2 3 4 5 6 7 8 9 yes no red green blue",
-    "<0.5 seconds> <1.2 seconds> <10.0 seconds>",
-] * 4
+]
+# Qwen3-VL's timestamp text, in the Qwen tokenizers' corpus only: the LLaVA tokenizer stays as it was, and with it
+# every LLaVA test's prompts and answers (serve's batched-equals-sequential test hit a greedy near-tie otherwise)
+QWEN_CORPUS = ["<0.5 seconds> <1.2 seconds> <10.0 seconds>"]
 
 # llava-hf/llava-onevision-* processor chat template: a user turn [video, text] renders "<video>\n{text}".
 HF_CHAT_TEMPLATE = (
@@ -79,7 +81,7 @@ def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMP
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator([*CORPUS, *(QWEN_CORPUS if qwen_vl else [])] * 4, trainer)
     extra = {"image_token": "<image>", "video_token": "<video>"} if media_tokens and not qwen_vl else {}
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
