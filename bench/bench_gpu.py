@@ -1,6 +1,8 @@
-"""GPU (or CPU) bench of the model seam on the REAL LLaVA-OneVision architectures (0.5B, 7B), random weights.
+"""GPU (or CPU) bench of the model seam on the REAL LLaVA-OneVision architectures (0.5B, 7B), and Qwen2.5-VL-3B/7B,
+Qwen3-VL-4B/8B (bench/qwen_archs.py), random weights.
 
-usage: python bench/bench_gpu.py [--arch 0.5b 7b] [--frames 32] [--dtype bfloat16] [--new-tokens 32] [--device cuda]
+usage: python bench/bench_gpu.py [--arch 0.5b 7b qwen2.5-vl-3b ...] [--frames 32] [--dtype bfloat16]
+                                 [--new-tokens 32] [--device cuda]
 
 Check that it runs without a GPU (slow; small): python bench/bench_gpu.py --device cpu --dtype float32 --arch 0.5b
 --frames 2 --new-tokens 4
@@ -23,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_checkpoint.build_tokenizer: the Qwen2 tokenizer cannot be fetched
+sys.path.insert(0, str(ROOT / "bench"))  # qwen_archs
+
+from qwen_archs import QWEN_TEXT  # noqa: E402 - after the path
 
 QUESTION = "What is happening in this video?"
 BUDGETS = [("uncompressed", None), ("50 %", 0.5), ("35 %", 0.35), ("10 %", 0.1), ("5 %", 0.05)]
@@ -81,8 +86,46 @@ def config(arch: str):
     )
 
 
-def bench(arch: str, args) -> list[str]:
+def synthetic_frames(n: int):
+    """Smooth synthetic frames (a few moving blobs), 720p like the sample clip: uint8 [n, 720, 1280, 3]."""
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:720, 0:1280]
+    return np.stack(
+        [
+            (
+                127
+                + 60 * np.sin((xx + 9 * k) / 97.0)[..., None] * np.cos((yy - 5 * k) / 71.0)[..., None]
+                + rng.integers(0, 8, (720, 1280, 3))
+            )
+            .clip(0, 255)
+            .astype(np.uint8)
+            for k in range(n)
+        ]
+    )
+
+
+def bench_qwen_arch(arch: str, args) -> list[str]:
+    """The Qwen rows (bench/qwen_archs.py) in this table's columns."""
+    import torch
+    from qwen_archs import bench_qwen
+
+    head, rows = bench_qwen(arch, synthetic_frames(args.frames), [b for b in BUDGETS if b[1] != 0.05], args.device,
+                            getattr(torch, args.dtype), args.new_tokens)  # fmt: skip
+    from scissor_cli.pipeline import llm_tflops
+
+    t = QWEN_TEXT[arch]
+    dims = (t["num_hidden_layers"], t["hidden_size"], t["intermediate_size"])
+
+    def tflops(kept: str) -> str:  # "k (x%)" -> the paper's prefill estimate for k visual tokens
+        return f"{llm_tflops(dims[0], int(kept.split()[0]), dims[1], dims[2]):.2f}"
+
+    return [head, *(f"| {arch} | {r[0]} | {r[1]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} | {tflops(r[1])} | {r[7]} |"
+                    for r in rows)]  # fmt: skip
+
+
+def bench(arch: str, args) -> list[str]:
     import torch
     from tiny_checkpoint import build_tokenizer
     from transformers import LlavaOnevisionForConditionalGeneration
@@ -124,21 +167,7 @@ def bench(arch: str, args) -> list[str]:
         mean=(0.5,) * 3,
         std=(0.5,) * 3,
     )
-    rng = np.random.default_rng(0)
-    # smooth synthetic frames (a few moving blobs), 720p like the sample clip
-    yy, xx = np.mgrid[0:720, 0:1280]
-    frames = np.stack(
-        [
-            (
-                127
-                + 60 * np.sin((xx + 9 * k) / 97.0)[..., None] * np.cos((yy - 5 * k) / 71.0)[..., None]
-                + rng.integers(0, 8, (720, 1280, 3))
-            )
-            .clip(0, 255)
-            .astype(np.uint8)
-            for k in range(args.frames)
-        ]
-    )
+    frames = synthetic_frames(args.frames)
     vlm.encode(frames[:2])  # warm-up
     sync()
     if cuda:
@@ -204,7 +233,7 @@ def bench(arch: str, args) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", nargs="+", default=["0.5b", "7b"], choices=sorted(TEXT))
+    ap.add_argument("--arch", nargs="+", default=["0.5b", "7b"], choices=sorted(TEXT) + sorted(QWEN_TEXT))
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -217,7 +246,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     notes, table = [], []
     for arch in args.arch:
-        head, *rows = bench(arch, args)
+        head, *rows = bench_qwen_arch(arch, args) if arch in QWEN_TEXT else bench(arch, args)
         notes.append(head)
         table += rows
     print(

@@ -4,6 +4,12 @@ retention budgets; and a second question served from the feature cache.
 
     .venv/bin/python bench/bench_model.py [--frames 8] [--new-tokens 16] [--video samples/bigbuckbunny.mp4]
                                           [--out bench/results_model.md]
+    .venv/bin/python bench/bench_model.py --qwen qwen2.5-vl-3b [qwen2.5-vl-7b qwen3-vl-4b qwen3-vl-8b]
+                                          [--max-pixels N] [--out bench/results_model_qwen.md]
+
+``--qwen``: the real Qwen2.5-VL-3B/7B and Qwen3-VL-4B/8B architectures instead (bench/qwen_archs.py): vision, SCC,
+prefill uncompressed vs 50/35/10 %, per-token decode, peak memory, on the clip's frames at the video processor's
+default bounds (``--max-pixels`` lowers them, for a CPU run that ends).
 
 Random weights: timings are the architecture's (same shapes, same FLOPs), answers are gibberish. The tokenizer is
 the tests' tiny BPE (the Qwen2 one cannot be fetched offline); it only changes the ~20 text tokens of the prompt.
@@ -61,7 +67,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results_model.md"))
     ap.add_argument("--repeats", type=int, default=2, help="LLM runs per row; the fastest is reported")
     ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
+    ap.add_argument("--qwen", nargs="+", default=None, help="Qwen architectures to bench instead (bench/qwen_archs.py)")
+    ap.add_argument("--max-pixels", type=int, default=None, help="--qwen: the video processor's max_pixels")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="--qwen: the weights' dtype")
     args = ap.parse_args()
+    if args.qwen:
+        return main_qwen(args)
     command = "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
     t_import = time.perf_counter()
@@ -218,6 +229,50 @@ def main() -> None:
     print(text)
     Path(args.out).write_text(text)
     log(f"wrote {args.out}")
+
+
+def main_qwen(args) -> None:
+    """``--qwen``: the Qwen rows, one table per architecture, written to ``--out`` (results_model_qwen.md)."""
+    import torch
+    from qwen_archs import QWEN_TEXT, bench_qwen
+
+    from scissor_cli.video import sample_frames
+
+    unknown = sorted(set(args.qwen) - set(QWEN_TEXT))
+    if unknown:
+        sys.exit(f"unknown --qwen architectures {unknown}; known: {sorted(QWEN_TEXT)}")
+    out = (
+        args.out
+        if args.out != str(ROOT / "bench" / "results_model.md")
+        else str(ROOT / "bench" / "results_model_qwen.md")
+    )
+    frames = sample_frames(args.video, n_frames=args.frames).frames
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Model bench: real Qwen2.5-VL / Qwen3-VL architectures, random weights, CPU",
+        "",
+        f"Command: `python {os.path.relpath(__file__, ROOT)} {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {args.dtype}, torch "
+        f"{torch.__version__}. Measured {time.strftime('%Y-%m-%d')}.  ",
+        *([f"Note: {args.note}  "] if args.note else []),
+        f"Video: `{os.path.relpath(args.video, ROOT)}`, {len(frames)} frames; {args.new_tokens} new tokens; prefill "
+        f"best of {args.repeats}.",
+        "",
+    ]
+    for arch in args.qwen:
+        print(f"{arch} ...", file=sys.stderr, flush=True)
+        dtype = getattr(torch, args.dtype)
+        head, rows = bench_qwen(arch, frames, BUDGETS, "cpu", dtype, args.new_tokens, args.max_pixels, args.repeats)
+        lines += [f"**{head}**", "",
+                  "| budget | video tokens kept | prompt tokens | SCC | prefill | decode / token | question total "
+                  "(vision + SCC + LLM) | peak RSS |", "|---|---|---|---|---|---|---|---|",
+                  *["| " + " | ".join(r) + " |" for r in rows], ""]  # fmt: skip
+        uncompressed, ten = rows[0], rows[-1]
+        speedup = float(uncompressed[4].split()[0]) / max(1e-9, float(ten[4].split()[0]))
+        lines += [f"Prefill at 10 % vs uncompressed: {speedup:.1f}x faster.", ""]
+    text = "\n".join(lines)
+    print(text)
+    Path(out).write_text(text)
 
 
 if __name__ == "__main__":

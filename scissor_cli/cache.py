@@ -118,9 +118,10 @@ class FeatureCache:
     def get(self, key: str, device=None, shape: Sequence[int] | None = None, dtype=None) -> torch.Tensor | None:
         """The cached tensor (on ``device``, default CPU), or None on a miss.
 
-        ``shape`` (F, T, D): the entry must hold 1 to F frames of exactly T x D (a video that ends early caches
-        fewer frames than planned); ``dtype``: the dtype it must have. An entry that fails to load or to verify
-        (module docstring) is deleted with a ``ScissorWarning`` naming why, and is a miss."""
+        ``shape`` (F, T, D): the entry must hold 1 to F frames of exactly T x D, None there matching any size (a
+        video that ends early caches fewer frames than planned); ``dtype``: the dtype it must have. An entry that
+        fails to load or to verify (module docstring) is deleted with a ``ScissorWarning`` naming why, and is a
+        miss."""
         path = self._path(key)
         if not path.is_file():
             return None
@@ -249,8 +250,10 @@ def _verify(tensor: torch.Tensor, meta: dict[str, str], key: str, shape: Sequenc
         return "contains NaN or infinite values"
     if shape is not None:
         n, *rest = shape
-        if tensor.ndim != len(shape) or held[1:] != list(rest) or not 1 <= held[0] <= n:
-            return f"has shape {held}, not up to {n} frames of {' x '.join(map(str, rest))}"
+        fits = all(want is None or got == want for got, want in zip(held[1:], rest, strict=False))
+        if tensor.ndim != len(shape) or not fits or not 1 <= held[0] <= n:
+            rest_text = " x ".join("any" if r is None else str(r) for r in rest)
+            return f"has shape {held}, not up to {n} frames of {rest_text}"
     if dtype is not None and held_dtype != str(dtype).removeprefix("torch."):
         return f"holds {held_dtype}, not {str(dtype).removeprefix('torch.')}"
     return None

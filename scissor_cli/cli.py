@@ -28,6 +28,7 @@ import typer
 
 from scissor_cli import render
 from scissor_cli.cli_flags import (
+    ENGINE_FLAGS,
     SWEEP_TAUS,
     AllowFilesOpt,
     ApiKeyOpt,
@@ -211,7 +212,7 @@ def ask(
   scissor inspect clip.mp4 --profile r10 --viz tokens.png --json""",
 )
 @handle_errors
-@with_overrides(skip=("max_new_tokens", "temperature", "top_p", "newline"), sweep=True)
+@with_overrides(skip=("max_new_tokens", "temperature", "top_p", "newline", *ENGINE_FLAGS), sweep=True)
 def inspect(
     video: VideoArg,
     video_only: Annotated[

@@ -221,6 +221,42 @@ NewlineOpt = Annotated[
         show_default=False,
     ),
 ]
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        metavar="NAME",
+        help="What runs the LLM step: hf (transformers, default) or vllm (needs vLLM; docs/engines.md).",
+        rich_help_panel=_M,
+    ),
+]
+TensorParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--tensor-parallel-size",
+        metavar="N",
+        help="--engine vllm: GPUs the LLM is split over (default 1).",
+        rich_help_panel=_M,
+    ),  # fmt: skip
+]
+GpuMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpu-memory-utilization",
+        metavar="F",
+        help="--engine vllm: fraction of each GPU vLLM may take (default 0.9; leave room for the vision tower).",
+        rich_help_panel=_M,
+    ),
+]
+MaxModelLenOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-model-len",
+        metavar="N",
+        help="--engine vllm: the LLM's context (prompt + answer) in vLLM.",
+        rich_help_panel=_M,
+    ),  # fmt: skip
+]
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout, no markup.")]
 VideoArg = Annotated[
@@ -343,8 +379,13 @@ SHARED: dict[str, Any] = {
     "offline": OfflineOpt,
     "no_cache": NoCacheOpt,
     "newline": NewlineOpt,
+    "engine": EngineOpt,
+    "tensor_parallel_size": TensorParallelOpt,
+    "gpu_memory_utilization": GpuMemoryOpt,
+    "max_model_len": MaxModelLenOpt,
 }
 
+ENGINE_FLAGS = ("engine", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len")  # inspect runs no LLM
 
 # inspect and batch: these three also take a comma list, a sweep of its levels
 SWEEP: dict[str, Any] = {"tau": SweepTauOpt, "retention": SweepRetentionOpt, "tokens": SweepTokensOpt}

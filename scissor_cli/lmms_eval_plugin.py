@@ -57,6 +57,10 @@ MODEL_ARGS: dict[str, tuple[str | None, str]] = {
     "seed": ("seed", "int"),
     "offline": ("offline", "bool"),
     "decode_workers": (None, "int"),
+    "engine": ("engine", "str"),  # hf | vllm (docs/engines.md)
+    "tensor_parallel_size": ("tensor_parallel_size", "int"),
+    "gpu_memory_utilization": ("gpu_memory_utilization", "float"),
+    "max_model_len": ("max_model_len", "int"),
 }
 # lmms-eval's evaluator passes these to every model (from --batch_size, --max_batch_size, --device).
 HARNESS_ARGS = ("batch_size", "max_batch_size", "device")
@@ -488,6 +492,7 @@ def _stats_record(r: _Request, a: Answer, text: str, n_batch: int, shared: bool,
         "encoding_shared": shared,
         "tflops": a.tflops,
         "prefill_tokens": a.prefill_tokens,  # a video prefix shared with earlier rows of its batch counts once
+        "engine": a.engine,
         "seed": a.profile.get("generation", {}).get("seed"),  # with sampling: passed back as seed=, the same answer
         "cache_hit": a.cache_hit,
         "note": a.note,

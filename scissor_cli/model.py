@@ -1,11 +1,15 @@
-"""LLaVA-OneVision through transformers: load a checkpoint, encode frames into video tokens, generate with
-(compressed) video tokens spliced into the prompt. With ``checkpoint``, the only module that imports transformers.
+"""Vision-language models through transformers: load a checkpoint, encode frames into video tokens, generate with
+(compressed) video tokens in the prompt. With ``checkpoint`` and ``families``, the only modules that import
+transformers. What differs per model family (LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL: loading, the vision call, how
+kept tokens reach ``generate``) is in ``families/``, chosen once at load (docs/models.md, "Model families"); below,
+LLaVA-OV's seam.
 
 The seam is deliberately narrow (docs/models.md, "The transformers seam"): ``encode`` runs what transformers'
 ``get_video_features`` runs (SigLIP -> projector -> 2x2 bilinear pooling) and strips its trailing
 ``image_newline``; ``generate`` splices the kept tokens (+ ``image_newline`` when ``newline``) where the prompt's
-single video placeholder was and calls ``generate(inputs_embeds=...)``. With nothing removed this is bit-identical
-to transformers' own path (``input_ids`` with expanded placeholders + ``pixel_values_videos``); a test checks it.
+single video placeholder and hands the rows to the engine (``engines``: hf's ``generate(inputs_embeds=...)`` or
+vLLM's prompt embeddings). With nothing removed this is bit-identical to transformers' own path (``input_ids`` with
+expanded placeholders + ``pixel_values_videos``); a test checks it.
 
 The two checkpoint layouts (llava-hf, LLaVA-NeXT), resolving and checking them: ``checkpoint``; the device and
 dtype: ``devices``.
@@ -15,41 +19,25 @@ torch and transformers are imported inside functions: the CLI's light paths impo
 
 from __future__ import annotations
 
-import contextlib
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scissor_cli.checkpoint import (
-    NEXT_KEY_MAPPING,
-    SIGLIP_MEAN_STD,
-    _check_config_shapes,
-    _check_loading_info,
-    _fetch_pickles,
-    _next_config,
-    _processor_chat_template,
-    _processor_settings,
-    _read_json,
-    _tensor_shapes,
-    _weight_files,
-    _zip_setting,
-    detect_layout,
-    download_hint,
-    resolve_model_dir,
-)
-from scissor_cli.devices import resolve_device, resolve_dtype
+from scissor_cli.checkpoint import _read_json, resolve_model_dir
+from scissor_cli.engines import Engine, GenerationOutput, Prompts, refuse_position_ids
+from scissor_cli.engines.hf import HFEngine, PromptCache
 from scissor_cli.errors import ModelError, OptionError
+from scissor_cli.families.llava_ov import FRAMES_PER_CHUNK  # noqa: F401 - re-exported (tests, bench)
+from scissor_cli.families.loading import _quiet_transformers  # noqa: F401 - re-exported
+from scissor_cli.families.pixels import normalize_frames, preprocess_frames, resize_frames  # noqa: F401 - re-exported
 from scissor_cli.options import GenerationOptions, ModelOptions
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-FRAMES_PER_CHUNK = 8  # vision tower batch: bounds activation memory (27x27 patches x 1152 x 26 layers per frame)
 # A placeholder no tokenizer will split or produce from user text; the prompt is cut around it.
 VIDEO_MARK = "\u2063<scissor-video>\u2063"
 # Stands for the i-th user text while the template renders (``_prompt_pieces``); cut out again afterwards.
@@ -57,92 +45,18 @@ _TEXT_MARK = "\u2063<scissor-text-{}>\u2063"
 _MARK_RE = re.compile("\u2063<scissor-text-(\\d+)>\u2063")
 
 
-@dataclass
-class GenerationOutput:
-    texts: list[str]  # one answer per request, special tokens removed
-    n_prompt_tokens: list[int]  # per request: text + video (+ newline) tokens the LLM saw
-    prefill_s: float  # time to the first generated token (the whole batch's prefill)
-    generation_s: float  # the rest of generate (decoding)
-    n_new_tokens: list[int] = field(default_factory=list)  # generated tokens per request, up to its eos
-    token_ids: list[list[int]] = field(default_factory=list)  # the generated ids per request, up to its eos
-    # per request: prompt tokens this call ran through the LLM, those served from a KV cache not counted (a shared
-    # video prefix is counted once, on the first request that shares it)
-    n_prefill_tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class PromptCache:
-    """A conversation's KV cache between ``generate`` calls (``scissor chat``): the next turn prefills only what
-    follows the longest common prefix of its prompt and what the cache holds (llama.cpp's and ollama's rule).
-
-    What the cache holds is named by token ids, and the video by the tensor object passed in: a new compression
-    (``/retention``, ``/tokens``, ``/tau``, ``/off``) or new frames (``/frames``, ``/video``) is another tensor, so
-    only the text before the video is kept; ``/reset`` drops the earlier turns, so the cache is cut after the video."""
-
-    kv: Any = None  # transformers' DynamicCache, or None (empty)
-    before: tuple[int, ...] = ()  # the prompt's ids before the video
-    video: Any = None  # the video tensor the cache was computed with
-    n_video: int = 0  # its tokens (+ image_newline)
-    tail: tuple[int, ...] = ()  # ids after the video the cache holds: the prompt's rest and the generated tokens
-
-    def reusable(self, before: list[int], video: Any, n_video: int, after: list[int]) -> int:
-        """How many leading positions of this prompt the cache already holds."""
-        if self.kv is None:
-            return 0
-        if tuple(before) != self.before:
-            return _common(before, self.before)
-        if video is not self.video or n_video != self.n_video:
-            return len(before)
-        return len(before) + n_video + _common(after, self.tail)
-
-    def clear(self) -> None:
-        self.kv, self.before, self.video, self.n_video, self.tail = None, (), None, 0, ()
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def preprocess_frames(frames: np.ndarray, size, mean=SIGLIP_MEAN_STD, std=SIGLIP_MEAN_STD) -> torch.Tensor:
-    """uint8 [F, H, W, 3] RGB -> float32 [F, 3, S, S] (``size`` an int or (height, width)).
-
-    Bit-identical to transformers' LlavaOnevisionVideoProcessor (torchvision backend): a uint8 bicubic antialiased
-    resize straight to the target size (no aspect keep, no crop), then (x - 255*mean) / (255*std)."""
-    return normalize_frames(resize_frames(frames, size), mean, std)
-
-
-def resize_frames(frames: np.ndarray, size) -> torch.Tensor:
-    """The resize half of ``preprocess_frames``: uint8 [F, H, W, 3] -> uint8 [F, 3, S, S]. Batch's decode-ahead
-    workers run it, so the main process receives 384 px frames (14 MiB for 32, not 190 MiB of 1080p)."""
-    import numpy as np
-    import torch
-
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()  # uint8 [F, 3, H, W]
-    return torch.nn.functional.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True)
-
-
-def normalize_frames(x: torch.Tensor, mean=SIGLIP_MEAN_STD, std=SIGLIP_MEAN_STD) -> torch.Tensor:
-    """The other half: uint8 [F, 3, S, S] -> float32 (x - 255*mean) / (255*std)."""
-    import torch
-
-    m = torch.tensor(mean, dtype=torch.float32) * 255.0
-    s = torch.tensor(std, dtype=torch.float32) * 255.0
-    return (x.to(torch.float32) - m[:, None, None]) / s[:, None, None]
-
-
 class VisionLanguageModel:
-    """A loaded LLaVA-OneVision checkpoint: ``encode`` frames into video tokens, ``generate`` answers."""
+    """A loaded checkpoint of one of the ``families``: ``encode`` frames into video tokens, ``generate`` answers."""
 
     def __init__(self, hf_model, tokenizer, *, name: str, revision: str | None, layout: str, newline: bool,
                  image_size: tuple[int, int], mean: tuple, std: tuple,
                  default_tau: float | None = None, default_epsilon: float | None = None,
-                 model_dir: Path | None = None):  # fmt: skip
+                 model_dir: Path | None = None, family: Any = None, family_settings: Any = None,
+                 engine: Any = None):  # fmt: skip
+        from scissor_cli.families import LLAVA_OV
+
+        self.family = family if family is not None else LLAVA_OV  # what differs per model family (families/)
+        self.family_settings = family_settings  # the family's own (Qwen: families.qwen.QwenSettings)
 
         self.hf_model = hf_model  # LlavaOnevisionForConditionalGeneration, eval mode
         self.tokenizer = tokenizer
@@ -153,14 +67,13 @@ class VisionLanguageModel:
         self.default_tau = default_tau  # the checkpoint's mm_zip_tau (LLaVA-Scissor baselines), else None
         self.default_epsilon = default_epsilon
         self.model_dir = model_dir  # the resolved folder (a Hub snapshot is named by its commit)
-        self.image_size = image_size  # (height, width) frames are resized to
+        self.image_size = image_size  # (height, width) frames are resized to; None: per video (Qwen)
         self.mean, self.std = mean, std
         embeddings = hf_model.get_input_embeddings()
         self.device: torch.device = embeddings.weight.device  # first device under device_map="auto"
         self.dtype: torch.dtype = embeddings.weight.dtype
         cfg = hf_model.config
-        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-        self.tokens_per_frame = math.ceil(side / 2) ** 2  # 2x2 bilinear pooling: 27x27 -> 14x14 = 196
+        self.tokens_per_frame: int | None = self.family.tokens_per_frame(cfg)  # None: depends on the video
         self.hidden_size = cfg.text_config.hidden_size
         self.n_layers = cfg.text_config.num_hidden_layers
         self.ffn_size = cfg.text_config.intermediate_size
@@ -175,6 +88,8 @@ class VisionLanguageModel:
         # called before each vision chunk and each generation step (batch's decode-ahead sizes torch's thread pool
         # there: prefetch.CoreShare); None: nothing
         self.on_step: Callable[[], None] | None = None
+        # the LLM step (``engines``): transformers' generate here, or an engine the family's load started (vLLM)
+        self.engine: Engine = engine.bind(self) if engine is not None else HFEngine(self)
 
     def __repr__(self) -> str:
         return (f"VisionLanguageModel({self.name!r}, layout={self.layout}, device={self.device}, "
@@ -188,41 +103,21 @@ class VisionLanguageModel:
         *,
         resized: np.ndarray | None = None,
     ) -> torch.Tensor:
-        """uint8 [F, H, W, 3] -> video tokens [F, T, D] on ``self.device`` in ``self.dtype`` (T = tokens_per_frame).
+        """uint8 [F, H, W, 3] -> the video's features on ``self.device`` in ``self.dtype``: [F, T, D] for
+        LLaVA-OV (T = tokens_per_frame), the family's own layout otherwise (``families``).
 
-        What ``get_video_features`` computes without its trailing image_newline, FRAMES_PER_CHUNK frames at a time.
         ``on_progress(n_done, n_frames)`` after each chunk. ``resized`` (instead of ``frames``): the frames already
         through ``resize_frames`` at ``self.image_size``, uint8 [F, 3, S, S] (decode-ahead workers resize)."""
-        import torch
-
         if resized is not None:
+            if self.image_size is None:
+                raise ValueError(f"{self.family.name} resizes each video to its own size: pass frames")
             if resized.ndim != 4 or tuple(resized.shape[1:]) != (3, *self.image_size) or resized.shape[0] < 1:
                 raise ValueError(f"resized frames must be uint8 [F, 3, {self.image_size[0]}, {self.image_size[1]}] "
                                  f"with F >= 1, got shape {tuple(resized.shape)}")  # fmt: skip
-            n_frames = resized.shape[0]
         elif frames is None or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
             shape = None if frames is None else tuple(frames.shape)
             raise ValueError(f"frames must be uint8 [F, H, W, 3] with F >= 1, got shape {shape}")
-        else:
-            n_frames = frames.shape[0]
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, n_frames, FRAMES_PER_CHUNK):
-                if self.on_step is not None:
-                    self.on_step()
-                if resized is not None:
-                    part = torch.from_numpy(resized[start : start + FRAMES_PER_CHUNK])
-                    pixels = normalize_frames(part, self.mean, self.std)
-                else:
-                    pixels = preprocess_frames(
-                        frames[start : start + FRAMES_PER_CHUNK], self.image_size, self.mean, self.std
-                    )
-                pixels = pixels.to(self.device, self.dtype)[None]  # [1, f, 3, S, S]
-                pooled = self.hf_model.model.get_video_features(pixels).pooler_output  # [1, f*T + 1, D]
-                chunks.append(pooled[0, :-1].reshape(pixels.shape[1], -1, pooled.shape[-1]))  # [f, T, D]
-                if on_progress is not None:
-                    on_progress(min(start + FRAMES_PER_CHUNK, n_frames), n_frames)
-        return torch.cat(chunks, 0).to(self.device)
+        return self.family.encode(self, frames, on_progress, resized)
 
     # ------------------------------------------------------------------ prompt
     def prompt_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
@@ -262,7 +157,7 @@ class VisionLanguageModel:
     def prompt_length(self, n_video: int, question: str, history: Sequence[tuple[str, str]] = ()) -> int:
         """Tokens the LLM reads for this prompt with ``n_video`` visual tokens (image_newline included)."""
         before, after = self.prompt_ids(question, history)
-        return len(before) + n_video + int(self.newline) + len(after)
+        return self.family.prompt_length(self, n_video, before, after)
 
     def check_question(
         self, question: str, *, reserve: int = 0, history: Sequence[tuple[str, str]] = (), what: str = "the question"
@@ -339,7 +234,7 @@ class VisionLanguageModel:
 
         if self.layout == "llava-next":
             return cut("".join(_qwen_conversation(questions, answers, VIDEO_MARK)), VIDEO_MARK)  # type: ignore[return-value]
-        video_token = getattr(tok, "video_token", None) or ("<video>" if "<video>" in tok.get_vocab() else None)
+        video_token = self.family.template_video(tok)
         if tok.chat_template:
             if video_token:
                 # llava-hf templates render a structured user turn; the video becomes "<video>\n" before the text.
@@ -408,208 +303,38 @@ class VisionLanguageModel:
         there, and the answer is what was generated so far (how a chat's Ctrl-C stops one answer); a list of one
         flag per request ends just the rows flagged (a server's client that went away), the others go on. ``cache``
         (one request only): a conversation's KV cache, reused where this prompt starts like the cached one and
-        left holding this prompt and its answer."""
+        left holding this prompt and its answer.
+
+        The family decides what the prompt is (``families``): LLaVA-OV's rows of embeddings with the kept tokens
+        spliced in, or a ``positions`` family's token ids, M-RoPE positions and vision outputs. The LLM step itself
+        is ``self.engine``'s (``engines``)."""
         import torch
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
 
         if not requests:
             return GenerationOutput(texts=[], n_prompt_tokens=[], prefill_s=0.0, generation_s=0.0)
-        tok = self.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
         if cache is not None and len(requests) != 1:
             raise ValueError("a PromptCache serves one request per generate call")
         t0 = time.perf_counter()
+        videos = [video for video, _ in requests]
         with torch.inference_mode():
-            rows = [self.embed_request(video, question, history) for video, question in requests]
-            lengths = [r.shape[0] for r in rows]
-            n_prefill = list(lengths)
-            n_max = max(lengths)
-            pad = self.hf_model.get_input_embeddings()(torch.tensor([pad_id], device=self.device))[0]
-            kv = None
-            n_video = [video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline) for video, _ in requests]
-            ids = [self.prompt_ids(question, history) for _, question in requests]
-            if cache is not None:
-                (before, after), video = ids[0], requests[0][0]
-                n_reuse = min(cache.reusable(before, video, n_video[0], after), lengths[0] - 1)
-                kv, n_held = cache.kv, (cache.kv.get_seq_length() if cache.kv is not None else 0)
-                n_reuse = min(n_reuse, n_held)
-                cache.clear()  # generate extends the cache in place: it is valid again only once generate returned
-                if kv is not None and n_reuse > 0:
-                    if n_held > n_reuse:
-                        kv.crop(n_reuse - n_held)  # a negative count removes that many positions
-                    n_prefill = [lengths[0] - n_reuse]
-                else:
-                    kv = None
-                embeds = rows[0][None]  # [1, L, D]: generate skips the positions the cache holds
-                mask = torch.ones(1, lengths[0], dtype=torch.long, device=self.device)
-            elif share_prefix and (shared := self._shared_prefixes(requests, ids, n_video)) is not None:
-                embeds, mask, kv, n_prefill = self._prefix_batch(rows, shared, pad)
+            if self.family.positions:  # token ids + M-RoPE positions + the vision outputs (families/qwen.py)
+                inputs, _ = self.family.generate_inputs(self, requests, history, self._pad_id())
+                prompts = Prompts(rows=[], ids=[], videos=videos, n_video=[], t0=t0, inputs=inputs)
             else:
-                embeds = torch.stack([torch.cat([pad.expand(n_max - r.shape[0], -1), r], 0) for r in rows])
-                mask = torch.zeros(len(rows), n_max, dtype=torch.long, device=self.device)  # embeds: [B, L, D]
-                for i, n in enumerate(lengths):
-                    mask[i, n_max - n :] = 1
-
-            sample = gen.temperature > 0
-            config = GenerationConfig(
-                max_new_tokens=gen.max_new_tokens,
-                do_sample=sample,
-                temperature=gen.temperature if sample else None,
-                top_p=gen.top_p if sample else None,
-                top_k=None,
-                eos_token_id=self._eos_ids(),
-                pad_token_id=pad_id,
-                suppress_tokens=self.suppress_ids or None,
-                return_dict_in_generate=cache is not None,  # for the cache it leaves
-            )
-
-            eos = set(self._eos_ids())
-
-            class _FirstToken(BaseStreamer):
-                """generate() puts the prompt first, then each step's tokens: the 2nd put is the first token.
-                With ``on_text``, the first row's new text is passed on as it grows (nothing after its eos)."""
-
-                def __init__(self):
-                    self.n_puts, self.t_first = 0, None
-                    self.ids: list[int] = []
-                    self.n_sent, self.done = 0, False
-
-                def put(self, value):
-                    self.n_puts += 1
-                    if self.n_puts == 2:
-                        self.t_first = time.perf_counter()
-                    if on_text is None or self.n_puts < 2 or self.done:
-                        return
-                    token = int(value.reshape(-1)[0])  # [B] per step: the first request's token
-                    if token in eos:
-                        self.done = True
-                        return
-                    self.ids.append(token)
-                    self._send(final=False)
-
-                def _send(self, final: bool):
-                    text = tok.decode(self.ids, skip_special_tokens=True).lstrip()
-                    if not final and text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                        return
-                    if len(text) > self.n_sent:
-                        on_text(text[self.n_sent :])
-                        self.n_sent = len(text)
-
-                def end(self):
-                    if on_text is not None:
-                        self._send(final=True)
-
-            on_step = self.on_step
-
-            stopped_at: dict[int, int] = {}  # row -> tokens it had when should_stop flagged it
-
-            class _Stop(StoppingCriteria):
-                """After each step: ``on_step``, then ``should_stop`` (either may be None; it may flag rows)."""
-
-                n_steps = 0
-
-                def __call__(self, input_ids, scores, **kwargs):
-                    if on_step is not None:
-                        on_step()
-                    self.n_steps += 1
-                    n_rows = input_ids.shape[0]
-                    stop = should_stop() if should_stop is not None else False
-                    flags = [bool(f) for f in stop] if isinstance(stop, (list, tuple)) else [bool(stop)] * n_rows
-                    for i, flag in enumerate(flags):
-                        if flag:
-                            stopped_at.setdefault(i, self.n_steps)
-                    return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
-
-            hooked = should_stop is not None or on_step is not None
-            stopping = StoppingCriteriaList([_Stop()]) if hooked else None
-            if on_step is not None:
-                on_step()  # before the prefill
-            streamer = _FirstToken()
-            devices = [self.device] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices, enabled=sample):
-                if sample:  # a caller that wants to reproduce the answer passes a seed (pipeline records it)
-                    torch.manual_seed(gen.with_drawn_seed().seed)
-                result = self.hf_model.generate(
-                    inputs_embeds=embeds,
-                    attention_mask=mask,
-                    generation_config=config,
-                    streamer=streamer,
-                    stopping_criteria=stopping,
-                    cache=kv,
+                prompts = Prompts(
+                    rows=[self.embed_request(video, question, history) for video, question in requests],
+                    ids=[self.prompt_ids(question, history) for _, question in requests],
+                    videos=videos,
+                    n_video=[video.reshape(-1, video.shape[-1]).shape[0] + int(self.newline) for video in videos],
+                    t0=t0,
                 )
-                t_end = time.perf_counter()
-        out = result.sequences if cache is not None else result  # [B, n_new]: only the new tokens (inputs_embeds)
-        if cache is not None:
-            held = result.cache
-            n_tail = held.get_seq_length() - len(before) - n_video[0]  # the last generated token was never fed
-            cache.kv, cache.before, cache.video, cache.n_video = held, tuple(before), video, n_video[0]
-            cache.tail = tuple(after + out[0].tolist())[:n_tail]
-        t_first = streamer.t_first or t_end
-        texts, n_new, token_ids = [], [], []
-        for r, row in enumerate(out.tolist()):
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            cut = min(cut, stopped_at.get(r, cut))  # a row stopped alone: padding follows what it had
-            n_new.append(cut)
-            token_ids.append(row[:cut])
-            texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
-        return GenerationOutput(
-            texts=texts,
-            n_prompt_tokens=lengths,
-            prefill_s=t_first - t0,
-            generation_s=t_end - t_first,
-            n_new_tokens=n_new,
-            token_ids=token_ids,
-            n_prefill_tokens=n_prefill,
+        return self.engine.generate(
+            prompts, gen, on_text=on_text, should_stop=should_stop, cache=cache, share_prefix=share_prefix
         )
 
-    def _shared_prefixes(self, requests, ids, n_video) -> list[tuple[int, int]] | None:
-        """Per request (its group's first request, its prefix length) where two or more requests share one video
-        tensor and the text before it; None when none do (nothing to share)."""
-        first: dict[tuple, int] = {}
-        groups = []
-        for i, ((video, _), (before, _)) in enumerate(zip(requests, ids, strict=True)):
-            lead = first.setdefault((id(video), tuple(before)), i)
-            groups.append((lead, len(before) + n_video[i]))
-        return groups if len(set(groups)) < len(groups) else None
-
-    def _prefix_batch(self, rows, shared, pad):
-        """Each group's prefix prefilled once (batch 1), then every row laid out as [pad][prefix][pad][suffix]:
-        prefixes right-aligned in the first ``P`` positions, suffixes right-aligned after them. The attention mask
-        hides the pads, so the positions (from the mask, as generate computes them) and what each token sees are
-        those of the left-padded batch without a cache. Returns (embeds [B, P+S, D], mask, cache, n_prefill)."""
-        import torch
-        from transformers import DynamicCache
-
-        n_prefix = max(p for _, p in shared)
-        n_suffix = max(r.shape[0] - p for r, (_, p) in zip(rows, shared, strict=True))
-        b, device = len(rows), self.device
-        embeds = pad.expand(b, n_prefix + n_suffix, -1).clone()
-        mask = torch.zeros(b, n_prefix + n_suffix, dtype=torch.long, device=device)
-        text_config = self.hf_model.config.get_text_config(decoder=True)
-        computed: dict[int, Any] = {}
-        layers: list[tuple[Any, Any]] = []
-        n_prefill = []
-        for i, (row, (lead, p)) in enumerate(zip(rows, shared, strict=True)):
-            s = row.shape[0] - p
-            embeds[i, n_prefix - p : n_prefix] = row[:p]
-            embeds[i, n_prefix + n_suffix - s :] = row[p:]
-            mask[i, n_prefix - p : n_prefix] = 1
-            mask[i, n_prefix + n_suffix - s :] = 1
-            n_prefill.append(s + (p if lead == i else 0))
-            if lead not in computed:
-                if self.on_step is not None:
-                    self.on_step()  # batch's decode-ahead sizes the thread pool before each forward pass
-                prefix_kv = DynamicCache(config=text_config)
-                self.hf_model.model(inputs_embeds=row[None, :p], cache=prefix_kv, use_cache=True)
-                computed[lead] = prefix_kv
-            for layer, (k, v, *_) in enumerate(computed[lead]):  # k, v: [1, heads, p, head_dim]
-                if len(layers) <= layer:
-                    shape = (b, k.shape[1], n_prefix, k.shape[3])
-                    layers.append((k.new_zeros(shape), v.new_zeros(shape)))
-                layers[layer][0][i, :, n_prefix - p :] = k[0]
-                layers[layer][1][i, :, n_prefix - p :] = v[0]
-        return embeds, mask, DynamicCache(ddp_cache_data=layers, config=text_config), n_prefill
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else self._eos_ids()[0]
 
     def _eos_ids(self) -> list[int]:
         eos = self.hf_model.generation_config.eos_token_id
@@ -655,25 +380,6 @@ def _conversation(first: Any, questions: list[str], answers: list[str], content:
     return conv
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers' own warnings, reports and progress bars off for a block (library code never prints)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = None) -> VisionLanguageModel:
     """Load ``opts.model`` (hub id or directory, either layout) for inference. Raises ModelError.
 
@@ -682,109 +388,19 @@ def load_model(opts: ModelOptions, on_status: Callable[[str], None] | None = Non
     ``allow_pickle``; never ``trust_remote_code``."""
     status = on_status or (lambda _msg: None)
     name, revision = opts.model, opts.revision
+    if opts.engine == "vllm":
+        from scissor_cli.engines import vllm
+
+        vllm.check_installed()  # before the checkpoint is resolved or any video decoded
     status(f"resolving {name}" + (f"@{revision}" if revision else ""))
     model_dir = resolve_model_dir(name, revision, opts.offline)
     raw = _read_json(model_dir / "config.json") or {}
-    layout = detect_layout(raw)
-    try:
-        files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
-    except ModelError:
-        if not (opts.allow_pickle and model_dir != Path(name).expanduser()):
-            raise
-        model_dir = _fetch_pickles(name, revision, opts.offline)
-        files, is_safetensors = _weight_files(model_dir, name, opts.allow_pickle)
+    from scissor_cli.families import family_of
 
-    import pickle
-
-    import torch
-    from safetensors import SafetensorError
-    from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-
-    device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
-    shapes = _tensor_shapes(files, is_safetensors, name)
-    if layout == "llava-hf":
-        try:
-            with _quiet_transformers():
-                config = LlavaOnevisionConfig.from_pretrained(str(model_dir))
-        except (OSError, ValueError, TypeError, KeyError) as e:  # a field of the wrong type or value
-            raise ModelError(
-                f"model {name}: its config.json is not a LLaVA-OneVision config: {type(e).__name__}: {e}",
-                hint="re-download the checkpoint or fix config.json",
-            ) from e
-        key_mapping = None
-        newline_default = True
-    else:
-        with _quiet_transformers():  # Qwen2Config's rope_scaling=None deprecation warning
-            config = _next_config(raw, shapes, name)
-        key_mapping = NEXT_KEY_MAPPING
-        newline_default = False  # LLaVA-NeXT video ("flat", as the LLaVA-Scissor baselines were trained)
-    _check_config_shapes(config, shapes, name, layout)
-    newline = newline_default if opts.newline is None else opts.newline
-
-    try:
-        with _quiet_transformers():  # e.g. "a model of type llava_qwen ..." when it peeks at config.json
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - narrowed below
-        # missing files (OSError), unreadable JSON (ValueError), a wrong structure (KeyError), and the tokenizers
-        # library's plain Exception for a tokenizer.json it cannot parse; anything else is a bug, not the checkpoint
-        if not isinstance(e, (OSError, ValueError, KeyError)) and type(e) is not Exception:
-            raise
-        raise ModelError(f"model {name}: cannot load its tokenizer: {e}", hint=download_hint(name, revision)) from e
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = _processor_chat_template(model_dir)
-    if layout == "llava-next":
-        vocab = tokenizer.get_vocab()
-        for attr, token in (("image_token_index", "<image>"), ("video_token_index", "<video>")):
-            if token in vocab:
-                setattr(config, attr, vocab[token])
-
-    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    # Spread over several GPUs only when asked for "any GPU" (needs the accelerate package); else one device.
-    device_map = "auto" if (opts.device in ("auto", "cuda") and n_gpus > 1) else None
-    status(f"loading {name} ({layout} layout) on {device} as {str(dtype).removeprefix('torch.')}")
-    try:
-        with _quiet_transformers():  # its LOAD REPORT would duplicate the ModelError below
-            hf_model, info = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                str(model_dir),
-                config=config,
-                dtype=dtype,
-                attn_implementation="sdpa",
-                device_map=device_map,
-                key_mapping=key_mapping,
-                use_safetensors=is_safetensors,
-                trust_remote_code=False,
-                output_loading_info=True,
-            )
-    except ImportError as e:
-        raise ModelError(
-            f"model {name}: {e}", hint="pip install accelerate (needed to spread a model over GPUs)"
-        ) from e
-    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as e:
-        # truncated files, shape mismatches, OOM; a pickle that weights_only unpickling refuses, or a cut-off one
-        raise ModelError(
-            f"model {name} could not be loaded ({layout} layout): {type(e).__name__}: {e}",
-            hint="re-download it, or check that it is a LLaVA-OneVision checkpoint",
-        ) from e
-    _check_loading_info(info, config, name, layout)
-    if device_map is None:
-        hf_model.to(device)
-    hf_model.eval()
-
-    hw, mean, std = _processor_settings(model_dir, config.vision_config.image_size)
-    vlm = VisionLanguageModel(
-        hf_model,
-        tokenizer,
-        name=name,
-        revision=revision,
-        layout=layout,
-        newline=newline,
-        image_size=hw,
-        mean=mean,
-        std=std,
-        default_tau=_zip_setting(raw, "mm_zip_tau", name),
-        default_epsilon=_zip_setting(raw, "mm_zip_epsilon", name),
-        model_dir=model_dir,
-    )
+    family = family_of(raw, name)  # an unknown model_type: one line naming it and the families known
+    refuse_position_ids(opts.engine, family.name, family.positions)  # before anything is loaded
+    family.check_transformers(name)
+    hf_model, tokenizer, kwargs = family.load(opts, model_dir, raw, status)  # LLaVA-OV starts vLLM there first
+    vlm = VisionLanguageModel(hf_model, tokenizer, family=family, **kwargs)
     vlm.prompt_ids("")  # a chat template that cannot render fails here, before any video is decoded
     return vlm

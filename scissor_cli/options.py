@@ -12,6 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from scissor_cli.engines import ENGINES
 from scissor_cli.errors import OptionError, literal
 
 DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -75,6 +76,11 @@ class ModelOptions:
     newline: bool | None = None  # append image_newline after the video; None: checkpoint default
     cache: bool = True  # reuse encoded video features from the on-disk cache
     allow_pickle: bool = False  # allow loading .bin (pickle) weights; unsafe for untrusted checkpoints
+    engine: str = "hf"  # the LLM step: hf (transformers) | vllm (docs/engines.md)
+    # vLLM's own knobs (--engine vllm only); None: vLLM's default
+    tensor_parallel_size: int = 1  # GPUs the LLM is split over
+    gpu_memory_utilization: float | None = None  # fraction of each GPU's memory vLLM may take (weights + KV cache)
+    max_model_len: int | None = None  # the LLM's context in vLLM (prompt + answer); None: the model's
 
 
 @dataclass(frozen=True)
@@ -252,4 +258,27 @@ def validate(p: Profile) -> Profile:
     for key in ("offline", "cache", "allow_pickle"):
         _check(isinstance(getattr(m, key), bool), f"model.{key}", getattr(m, key), "true or false")
     _check(m.newline is None or isinstance(m.newline, bool), "model.newline", m.newline, "true, false or null (auto)")
+    _check(m.engine in ENGINES, "model.engine", m.engine, " or ".join(ENGINES))
+    _check(_count(m.tensor_parallel_size), "model.tensor_parallel_size", m.tensor_parallel_size, "an integer >= 1")
+    _check(
+        m.gpu_memory_utilization is None or (_finite(m.gpu_memory_utilization) and 0 < m.gpu_memory_utilization <= 1),
+        "model.gpu_memory_utilization",
+        m.gpu_memory_utilization,
+        "a fraction in (0, 1], e.g. 0.8",
+    )
+    n_ctx = m.max_model_len
+    _check(n_ctx is None or _count(n_ctx), "model.max_model_len", n_ctx, "an integer >= 1")
+    if m.engine != "vllm":  # a vLLM knob would silently do nothing
+        knob = next((k for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")
+                     if getattr(m, k) != getattr(ModelOptions, k)), None)  # fmt: skip
+        if knob is not None:
+            raise OptionError(
+                f"{{0}} is a vLLM setting, but {{1}} is {literal(m.engine)}",
+                hint="set {1} to vllm, or drop {0}",
+                keys=(f"model.{knob}", "model.engine"),
+            )
     return p
+
+
+def _count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1

@@ -69,6 +69,8 @@ class EncodedVideo:
     vision_s: float
     cache_hit: bool
     backend: str  # the decoder that produced the frames ("decord", "torchcodec", "ffmpeg"), or "cache"
+    # the model family's layout of ``features`` (families/qwen.py: the token grid, timing); None: [F, T, D]
+    layout: Any = None
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,11 @@ class CompressedVideo:
 
     result: CompressionResult
     compression_s: float
+    # what ``generate`` takes when the family has its own form (families.qwen.QwenTokens); None: result.tokens
+    kept: Any = None
 
     # the result's fields under the names the records use (original/final tokens)
-    tokens = property(lambda self: self.result.tokens)  # [M, D]
+    tokens = property(lambda self: self.result.tokens if self.kept is None else self.kept)  # [M, D] for LLaVA-OV
     n_original = property(lambda self: self.result.n_input)  # F*T
     n_spatial = property(lambda self: self.result.n_spatial)
     n_final = property(lambda self: self.result.n_output)  # M
@@ -88,7 +92,7 @@ class CompressedVideo:
     tau = property(lambda self: self.result.tau)  # threshold used (None: compression off)
     tau_temporal = property(lambda self: self.result.tau_temporal)
     epsilon = property(lambda self: self.result.epsilon)
-    spatial_per_frame = property(lambda self: self.result.spatial_per_frame)
+    spatial_per_frame = property(lambda self: self.result.spatial_per_frame)  # Qwen: per temporal patch
     assignment = property(lambda self: self.result.assignment)  # [F*T] kept-token index of each original token
     budget = property(lambda self: self.result.budget)  # the budget as a token count (None without one)
 
@@ -119,6 +123,7 @@ class Answer:
     # prompt tokens this answer ran through the LLM; those a KV cache served (a chat's earlier turns, a video
     # prefix shared with the questions before it) not counted
     prefill_tokens: int | None = None
+    engine: str = "hf"  # what ran the LLM step (engines): "hf" or "vllm"
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (copies of its dicts and lists), in the order ``ask --json`` and the records have always
@@ -131,7 +136,7 @@ class Answer:
 # the JSON key order of an Answer: the budget beside the compression settings, prefill_tokens beside the timings
 _ANSWER_ORDER = ("video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon", "budget",
                  "frames", "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype",
-                 "cache_hit", "note", "profile")  # fmt: skip
+                 "engine", "cache_hit", "note", "profile")  # fmt: skip
 
 
 def resolve_profile(vlm: VisionLanguageModel | None, profile: Profile) -> Profile:
@@ -166,19 +171,22 @@ def search_start(c: CompressionOptions) -> float:
 
 def model_fingerprint(vlm: VisionLanguageModel) -> str:
     """The model part of a feature-cache key: its name plus the resolved folder and the size and mtime of its
-    weights and configs, so re-training into the same folder (or a new Hub commit) is a cache miss."""
+    weights and configs, so re-training into the same folder (or a new Hub commit) is a cache miss; plus what the
+    family's preprocessing depends on (Qwen: pixel bounds, patch sizes, mean and std), so changing those is one."""
     import hashlib
     from pathlib import Path
 
+    family = getattr(vlm, "family", None)
+    tag = family.cache_tag(vlm) if family is not None else ""
     folder = getattr(vlm, "model_dir", None)
     if folder is None:
-        return vlm.name
+        return vlm.name + tag
     parts = [str(Path(folder).resolve())]
     for f in sorted(Path(folder).iterdir()):
         if f.suffix in (".safetensors", ".bin", ".json"):
             st = f.stat()
             parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return f"{vlm.name}|{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}"
+    return f"{vlm.name}|{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}{tag}"
 
 
 def _sync(device: Any) -> None:
@@ -244,11 +252,16 @@ def encode_video(
     key = None
     if cache is not None:
         key = feature_key(cache, vlm, info, plan.indices)
-        expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
+        family = getattr(vlm, "family", None)
+        if family is not None:  # None: a stand-in model (tests)
+            expected = family.feature_shape(vlm, len(plan.indices))
+        else:
+            expected = (len(plan.indices), vlm.tokens_per_frame, vlm.hidden_size)
         cached = cache.get(key, shape=expected, dtype=vlm.dtype)  # a bad entry: deleted, warned, a miss
         if cached is not None:
             features = cached.to(device=vlm.device, dtype=vlm.dtype)
-            n = features.shape[0]  # a file that ended early cached fewer frames than planned
+            # a file that ended early cached fewer frames than planned
+            n = min(family.frames_covered(features.shape[0]) if family else features.shape[0], len(plan.indices))
             indices, timestamps = tuple(plan.indices[:n]), tuple(plan.timestamps[:n])
             note = plan.note
             if n < len(plan.indices):  # the same words sample_frames used when it decoded the file
@@ -258,8 +271,8 @@ def encode_video(
                 )
                 note = f"{note}; {short}" if note else short
             return EncodedVideo(path=str(video), info=info, indices=indices, timestamps=timestamps, note=note,
-                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True,
-                                backend="cache")  # fmt: skip
+                                features=features, decode_s=0.0, vision_s=0.0, cache_hit=True, backend="cache",
+                                layout=_layout(vlm, features, indices, info))  # fmt: skip
 
     if decoded is not None:
         clip, decode_s, resized = decoded  # decode_s: the worker's decode (+ resize) time, off the critical path
@@ -294,15 +307,29 @@ def encode_video(
         vision_s=vision_s,
         cache_hit=False,
         backend=clip.backend,
+        layout=_layout(vlm, features, clip.indices, clip.info),
     )
+
+
+def _layout(vlm: VisionLanguageModel, features: torch.Tensor, indices, info) -> Any:
+    """The family's layout of an encoded video (None for LLaVA-OV and stand-in models)."""
+    family = getattr(vlm, "family", None)
+    return None if family is None else family.video_layout(vlm, features, indices, info)
+
+
+def scc_features(encoded: EncodedVideo) -> torch.Tensor:
+    """The [F, T, D] tokens SCC compares (Qwen: per temporal patch, without the DeepStack features)."""
+    layout = getattr(encoded, "layout", None)
+    return encoded.features if layout is None else layout.scc_input(encoded.features)[0]
 
 
 def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
     """SCC on the video's tokens with the profile's (resolved) settings; identity when compression is off."""
     import torch
 
-    features = encoded.features
-    n_frames, n_per_frame = features.shape[0], features.shape[1]
+    layout = getattr(encoded, "layout", None)
+    features, carry = (encoded.features, None) if layout is None else layout.scc_input(encoded.features)
+    n_frames, n_per_frame = features.shape[0], features.shape[1]  # Qwen: temporal patches, tokens in each
     n_original = n_frames * n_per_frame
     c = profile.compression
     if not c.enabled:
@@ -311,8 +338,10 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
         identity = CompressionResult(tokens=features.reshape(n_original, features.shape[-1]), n_input=n_original,
                                      n_spatial=n_original, n_output=n_original, tau=None, tau_temporal=None,
                                      epsilon=None, budget=None, spatial_per_frame=[n_per_frame] * n_frames,
-                                     assignment=None)  # fmt: skip
-        return CompressedVideo(result=identity, compression_s=0.0)
+                                     assignment=None,
+                                     representative=torch.arange(n_original, device=features.device))  # fmt: skip
+        kept = None if layout is None else layout.kept(None, encoded.features)
+        return CompressedVideo(result=identity, compression_s=0.0, kept=kept)
 
     from scissor_cli.scc import compress
 
@@ -325,9 +354,11 @@ def compress_video(encoded: EncodedVideo, profile: Profile) -> CompressedVideo:
         tau_temporal=c.tau_temporal,
         budget=c.budget,
         generator=generator,
+        carry=carry,
     )
     _sync(features.device)
-    return CompressedVideo(result=out, compression_s=time.perf_counter() - t0)
+    kept = None if layout is None else layout.kept(out, encoded.features)
+    return CompressedVideo(result=out, compression_s=time.perf_counter() - t0, kept=kept)
 
 
 def budget_record(compressed: CompressedVideo, profile: Profile) -> dict[str, Any] | None:
@@ -357,6 +388,7 @@ def make_answers(
     settings = profile.to_dict()
     budget = budget_record(compressed, profile)
     prefill = getattr(generated, "n_prefill_tokens", None) or generated.n_prompt_tokens
+    engine = getattr(getattr(vlm, "engine", None), "name", "hf")  # test doubles of the model carry none
     return [
         Answer(
             video=encoded.path,
@@ -379,6 +411,7 @@ def make_answers(
             profile=settings,
             budget=budget,
             prefill_tokens=n_prefill,
+            engine=engine,
         )
         for question, text, n_prefill in zip(questions, generated.texts, prefill, strict=True)
     ]
@@ -443,7 +476,9 @@ class VideoRun:
 
     def nbytes(self) -> int:
         """Bytes of the tensors this run holds: its features and every compression of them."""
-        held = [self.encoded.features, *(c.tokens for c in self._compressed.values())]
+        # result.tokens, not tokens: a family's kept tokens (Qwen) hold these tensors and its DeepStack ones
+        held = [self.encoded.features, *(c.result.tokens for c in self._compressed.values())]
+        held += [c.result.carried for c in self._compressed.values() if c.result.carried is not None]
         return sum(t.numel() * t.element_size() for t in held)
 
     def resolved(self, profile: Profile | None = None) -> Profile:
@@ -652,7 +687,7 @@ def inspect_video(
                 sweep.append((None, n_original, n_original))  # every token: what batch's retention 1 sends
                 continue
             generator = torch.Generator(device=encoded.features.device).manual_seed(c.seed)
-            out = compress(encoded.features, tau=search_start(c), epsilon=c.epsilon, tau_temporal=c.tau_temporal,
+            out = compress(scc_features(encoded), tau=search_start(c), epsilon=c.epsilon, tau_temporal=c.tau_temporal,
                            budget=budget, generator=generator)  # fmt: skip
             sweep.append((float(out.tau), int(out.n_spatial), int(out.n_output)))
     elif sweep_taus:
@@ -666,7 +701,7 @@ def inspect_video(
         sweep = [
             (float(t), int(a), int(b))
             for t, a, b in retention_sweep(
-                encoded.features,
+                scc_features(encoded),
                 list(sweep_taus),
                 epsilon=profile.compression.epsilon,
                 generator=generator,

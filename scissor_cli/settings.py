@@ -48,6 +48,10 @@ class Overrides:
     offline: bool = False
     no_cache: bool = False
     newline: bool | None = None
+    engine: str | None = None  # hf | vllm (docs/engines.md)
+    tensor_parallel_size: int | None = None  # vLLM's knobs (--engine vllm only)
+    gpu_memory_utilization: float | None = None
+    max_model_len: int | None = None
 
 
 OVERRIDES = tuple(f.name for f in fields(Overrides))
@@ -89,6 +93,10 @@ SPELLING: dict[str, Spelling] = {
     "model.offline": Spelling("--offline", lmms="offline"),
     "model.cache": Spelling("--no-cache"),
     "model.newline": Spelling("--newline", lmms="newline"),
+    "model.engine": Spelling("--engine", lmms="engine"),
+    "model.tensor_parallel_size": Spelling("--tensor-parallel-size", lmms="tensor_parallel_size"),
+    "model.gpu_memory_utilization": Spelling("--gpu-memory-utilization", lmms="gpu_memory_utilization"),
+    "model.max_model_len": Spelling("--max-model-len", lmms="max_model_len"),
     "decode_workers": Spelling("--decode-workers", lmms="decode_workers"),
 }
 FRONT_ENDS = ("cli", "chat", "lmms", "serve")
@@ -146,6 +154,10 @@ def apply(p: Profile, o: Overrides) -> Profile:
             "offline": True if o.offline else None,
             "cache": False if o.no_cache else None,
             "newline": o.newline,
+            "engine": o.engine.strip().lower() if isinstance(o.engine, str) else o.engine,
+            "tensor_parallel_size": o.tensor_parallel_size,
+            "gpu_memory_utilization": o.gpu_memory_utilization,
+            "max_model_len": o.max_model_len,
         },
     )
 

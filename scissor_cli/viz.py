@@ -133,20 +133,29 @@ def render_token_map(
     timestamps: list[float] | None = None,
     title: str = "",
     columns: int = 8,
+    grid: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """frames uint8 [F, H, W, 3]; assignment [F*T] kept-token ids -> uint8 image [H', W', 3]."""
+    """frames uint8 [F, H, W, 3]; assignment [F*T] kept-token ids -> uint8 image [H', W', 3]. ``grid``: the
+    tokens' (rows, columns) per frame (None: a square); a frame's row of ``assignment`` may cover several frames
+    (Qwen: a temporal patch of two), which then share its cells."""
     n_frames, frame_h, frame_w = frames.shape[:3]
-    n_per_frame = assignment.shape[0] // n_frames
-    side = int(round(n_per_frame**0.5))
-    if side * side != n_per_frame:
-        raise ScissorError(
-            f"cannot draw {n_per_frame} tokens per frame as a square grid",
-            hint="--viz needs a square token grid (LLaVA-OneVision: 14×14)",
-        )
-    ids = assignment.reshape(n_frames, side, side)
+    if grid is not None:
+        rows_, cols_ = grid
+        per_row = -(-n_frames // (assignment.shape[0] // (rows_ * cols_)))  # frames per row of the assignment
+        ids = assignment.reshape(-1, rows_, cols_)[np.arange(n_frames) // per_row]
+    else:
+        n_per_frame = assignment.shape[0] // n_frames
+        side = int(round(n_per_frame**0.5))
+        if side * side != n_per_frame:
+            raise ScissorError(
+                f"cannot draw {n_per_frame} tokens per frame as a square grid",
+                hint="--viz needs a square token grid (LLaVA-OneVision: 14×14)",
+            )
+        ids = assignment.reshape(n_frames, side, side)
+    side_y, side_x = ids.shape[1:]
     colours = palette(int(colour_tokens(ids, n_kept).max()) + 1)[colour_tokens(ids, n_kept)]  # [n_kept, 3]
     tile_h = TILE_H
-    tile_w = max(side, int(round(TILE_H * frame_w / frame_h)))  # the frame's aspect ratio, not the model's square
+    tile_w = max(side_x, int(round(TILE_H * frame_w / frame_h)))  # the frame's aspect ratio, not the model's grid
     cols = min(columns, n_frames)
     rows = -(-n_frames // cols)
     title_lines = [line for line in title.split("\n") if line]
@@ -156,9 +165,9 @@ def render_token_map(
     canvas = np.full((height, width, 3), 255, np.uint8)
     for i, line in enumerate(title_lines):
         draw_text(canvas, line, GAP + i * CAPTION_H, GAP)
-    # which token cell each output pixel falls in: the model's square grid stretched over the frame's rectangle
-    cell_y = np.arange(tile_h) * side // tile_h  # [tile_h]
-    cell_x = np.arange(tile_w) * side // tile_w  # [tile_w]
+    # which token cell each output pixel falls in: the model's grid stretched over the frame's rectangle
+    cell_y = np.arange(tile_h) * side_y // tile_h  # [tile_h]
+    cell_x = np.arange(tile_w) * side_x // tile_w  # [tile_w]
     src_y = np.arange(tile_h) * frame_h // tile_h
     src_x = np.arange(tile_w) * frame_w // tile_w
     for k in range(n_frames):
@@ -203,4 +212,6 @@ def token_map(path: str | Path, video: str, insp: Inspection) -> None:
         + (f", tau {c.tau:.4g}" if c.tau is not None else ", no compression")
         + f"\n{clip.frames.shape[0]} frames; same colour = same kept token"
     )
-    write_png(path, render_token_map(clip.frames, assignment, c.n_final, list(clip.timestamps), title))
+    layout = getattr(insp.encoded, "layout", None)
+    grid = None if layout is None else tuple(layout.grid[1:])  # Qwen: (rows, columns) of each temporal patch
+    write_png(path, render_token_map(clip.frames, assignment, c.n_final, list(clip.timestamps), title, grid=grid))

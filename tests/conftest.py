@@ -42,3 +42,19 @@ def tiny_zip_dir(tmp_path_factory):
     return build_tiny_checkpoint(
         tmp_path_factory.mktemp("tiny") / "llava-zip", layout="llava-next", seed=0, zip_tau=0.8, zip_epsilon=0.1
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25_dir(tmp_path_factory):
+    """A tiny random Qwen2.5-VL checkpoint in Hugging Face format (Path)."""
+    from tiny_checkpoint import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "qwen2_5_vl", family="qwen2_5_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory):
+    """A tiny random Qwen3-VL checkpoint (DeepStack on both vision layers) in Hugging Face format (Path)."""
+    from tiny_checkpoint import build_tiny_qwen
+
+    return build_tiny_qwen(tmp_path_factory.mktemp("tiny") / "qwen3_vl", family="qwen3_vl", seed=0)

@@ -26,7 +26,8 @@ from scissor_cli.errors import ManifestError, OptionError, VideoError
 ROOT = Path(__file__).resolve().parents[1]
 ASK_FIELDS = {
     "video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon", "budget", "frames",
-    "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype", "cache_hit", "note", "profile",
+    "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device", "dtype", "engine", "cache_hit", "note",
+    "profile",
 }  # fmt: skip
 
 

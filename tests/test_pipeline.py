@@ -332,7 +332,8 @@ def test_answer_to_dict_is_every_field_in_the_records_order():
     d = a.to_dict()
     assert list(d) == ["video", "question", "answer", "tokens", "retention", "tau", "tau_temporal", "epsilon",
                        "budget", "frames", "timestamps", "timings_s", "tflops", "prefill_tokens", "model", "device",
-                       "dtype", "cache_hit", "note", "profile"]  # fmt: skip
+                       "dtype", "engine", "cache_hit", "note", "profile"]  # fmt: skip
+    assert d["engine"] == "hf", "an Answer built without one ran on the default engine"
     assert d["timestamps"] == [0.0, 0.5] and d["budget"] == {"retention": 0.25, "tokens": 2}
     d["tokens"]["final"] = 0
     assert a.tokens["final"] == 2, "the record's dicts are copies"

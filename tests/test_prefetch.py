@@ -172,6 +172,7 @@ def test_workers_resize_and_the_features_are_bit_identical(videos, tiny_hf_dir, 
     import torch
 
     from scissor_cli import model as model_module
+    from scissor_cli.families import pixels  # where the LLaVA-OV encode resizes
     from scissor_cli.model import load_model
     from scissor_cli.options import ModelOptions, Profile
     from scissor_cli.pipeline import encode_video
@@ -183,8 +184,8 @@ def test_workers_resize_and_the_features_are_bit_identical(videos, tiny_hf_dir, 
     try:
         assert ahead.resize_to == vlm.image_size
         resizes = []
-        real_resize = model_module.resize_frames
-        monkeypatch.setattr(model_module, "resize_frames", lambda *a: resizes.append(1) or real_resize(*a))
+        real_resize = pixels.resize_frames
+        monkeypatch.setattr(pixels, "resize_frames", lambda *a: resizes.append(1) or real_resize(*a))
         for video in order:
             decoded = ahead.take(video)
             clip, decode_s, resized = decoded

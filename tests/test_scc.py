@@ -707,3 +707,56 @@ def test_kept_count_is_not_monotone_in_tau():
     x = video_like_tokens(5, 49, 16, seed=1, n_centres=32)
     (_, m1_hi, m_hi), (_, m1_lo, m_lo) = retention_sweep(x, [0.904, 0.902])
     assert m1_lo < m1_hi and m_lo > m_hi, f"M1 {m1_hi} -> {m1_lo}, M {m_hi} -> {m_lo}"
+
+
+def test_representative_is_carried_through_both_steps():
+    """Frame 0: 0/20/40 degrees chain into one component whose highest-degree member is 20 (index 1); 90 alone.
+    Frame 1: 90/91 pair (tie: index 4), 180/181 pair (index 6). Temporal step: frame 0's 90 and frame 1's ~90.5 meet
+    (tie: the earlier spatial token, frame 0's index 3). So the kept tokens' representatives are 1, 3 and 6."""
+    x = torch.stack([angles(0, 20, 40, 90), angles(90, 91, 180, 181)])
+    out = compress(x, tau=TAU_24)
+    assert out.n_spatial == 4 and out.n_output == 3
+    assert out.representative.tolist() == [1, 3, 6]
+    assert out.representative.dtype == torch.long
+
+
+def test_representative_is_the_highest_temporal_degree_member():
+    """Frames 1 and 2 each hold one token near 90 degrees; frame 1's (index 1) meets both others, so it
+    represents all three, not frame 0's lower index."""
+    x = torch.stack([angles(0, 80), angles(60, 90), angles(180, 100)])
+    out = compress(x, tau=math.cos(math.radians(15)))
+    # spatial: every token alone (all pairs in a frame are > 15 degrees apart); temporal: 80~90~100, 80 !~ 100
+    assert out.n_spatial == 6
+    reps = out.representative.tolist()
+    assert 3 in reps and 1 not in reps and 5 not in reps, reps
+    assert reps == sorted(reps)
+
+
+def test_kept_tokens_are_their_representatives_when_frames_repeat():
+    """A clip of repeated frames at tau close to 1: SCC keeps a subset of original tokens unchanged (identical
+    members, identical means), each one its own representative; carried features are merged alike."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 12, 16, generator=g)
+    x = torch.cat([base[:1], base[:1], base[1:2], base[2:], base[2:]], 0)  # frames 0=1, 3=4
+    out = compress(x, tau=0.999, carry=x * 2)
+    flat = x.reshape(-1, 16)
+    rep = out.representative
+    assert out.n_output == 36 and rep.tolist() == sorted(set(rep.tolist()))
+    assert torch.allclose(out.tokens, flat[rep], rtol=0, atol=1e-6)  # (a + a + a) / 3: rounding only
+    assert rep.tolist() == list(range(12)) + list(range(24, 48))  # frame 1 and frame 4 duplicate 0 and 3
+    assert torch.allclose(out.carried, flat[rep] * 2, rtol=0, atol=2e-6)
+
+
+def test_carried_features_merge_like_the_tokens():
+    """``carry`` goes through the same means and merge: carrying the tokens themselves returns the kept tokens
+    bit for bit, and a column-wise linear map of them commutes with the compression."""
+    x = video_like_tokens(4, 20, 24, seed=3, n_centres=6)
+    out = compress(x, tau=0.8, carry=x)
+    assert out.n_output < 80
+    assert torch.equal(out.carried, out.tokens)
+    w = torch.randn(24, 5, generator=torch.Generator().manual_seed(1))
+    out2 = compress(x, tau=0.8, carry=x @ w)
+    assert torch.allclose(out2.carried, out.tokens @ w, atol=1e-5)
+    assert compress(x, tau=0.8).carried is None
+    with pytest.raises(ValueError, match="carry must be"):
+        compress(x, tau=0.8, carry=x[:2])

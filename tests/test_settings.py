@@ -63,12 +63,15 @@ def test_every_override_is_a_setting_with_a_cli_spelling():
         "model": "other/model", "revision": "v1", "tau": 0.5, "tau_temporal": 0.4, "epsilon": 0.2, "retention": 0.5,
         "tokens": 7, "no_compress": True, "frames": 3, "fps": 2.0, "start": 0.5, "end": 4.0, "memory_budget": "1G",
         "max_new_tokens": 9, "temperature": 0.5, "top_p": 0.7, "seed": 11, "device": "cpu", "dtype": "fp16",
-        "offline": True, "no_cache": True, "newline": True,
+        "offline": True, "no_cache": True, "newline": True, "engine": "vllm", "tensor_parallel_size": 2,
+        "gpu_memory_utilization": 0.8, "max_model_len": 1024,
     }  # fmt: skip
     assert set(changed) | {"profile"} == set(OVERRIDES)
     base = Profile()
     for name, value in changed.items():
-        assert apply(base, Overrides(**{name: value})) != base, f"Overrides.{name} changes nothing"
+        vllm = {"engine": "vllm"} if name in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len") else {}
+        changed_p = apply(base, Overrides(**{name: value, **vllm}))  # vLLM's knobs go with --engine vllm only
+        assert changed_p != apply(base, Overrides(**vllm)), f"Overrides.{name} changes nothing"
     p = apply(base, Overrides(top_p=0.7, temperature=0.5))
     assert (p.generation.top_p, p.generation.temperature) == (0.7, 0.5)
     assert {s.cli for s in SPELLING.values()} >= {"--top-p", "--frames", "--no-compress", "--no-cache"}

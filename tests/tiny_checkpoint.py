@@ -27,6 +27,8 @@ from pathlib import Path
 IMAGE_SIZE, PATCH = 98, 14
 VOCAB_SIZE = 400
 MEDIA_TOKENS = ["<image>", "<video>"]
+# ids 3..6 in the Qwen-VL tokenizers, as the tiny Qwen configs name them
+QWEN_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 BASE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "What is happening in this video?",
@@ -37,7 +39,10 @@ CORPUS = [
     "system user assistant You are a helpful assistant.",
     "The car drives down the road, then turns left at the red light.",
     "0 1 2 3 4 5 6 7 8 9 yes no red green blue",
-] * 4
+]
+# Qwen3-VL's timestamp text, in the Qwen tokenizers' corpus only: the LLaVA tokenizer stays as it was, and with it
+# every LLaVA test's prompts and answers (serve's batched-equals-sequential test hit a greedy near-tie otherwise)
+QWEN_CORPUS = ["<0.5 seconds> <1.2 seconds> <10.0 seconds>"]
 
 # llava-hf/llava-onevision-* processor chat template: a user turn [video, text] renders "<video>\n{text}".
 HF_CHAT_TEMPLATE = (
@@ -59,13 +64,14 @@ QWEN2_CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMPLATE):
-    """The tiny byte-level BPE tokenizer (vocab 400; <image>/<video> only with ``media_tokens``). Also used by
-    bench/bench_model.py, which has no hub access to fetch the real Qwen2 tokenizer."""
+def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMPLATE, qwen_vl: bool = False):
+    """The tiny byte-level BPE tokenizer (vocab 400; <image>/<video> only with ``media_tokens``; Qwen-VL's vision
+    tokens with ``qwen_vl``). Also used by bench/bench_model.py, which has no hub access to fetch the real Qwen2
+    tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = BASE_SPECIALS + (MEDIA_TOKENS if media_tokens else [])
+    specials = BASE_SPECIALS + (QWEN_VL_TOKENS if qwen_vl else MEDIA_TOKENS if media_tokens else [])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # byte-level: never <unk>
     tok.decoder = decoders.ByteLevel()
@@ -75,8 +81,8 @@ def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMP
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
-    extra = {"image_token": "<image>", "video_token": "<video>"} if media_tokens else {}
+    tok.train_from_iterator([*CORPUS, *(QWEN_CORPUS if qwen_vl else [])] * 4, trainer)
+    extra = {"image_token": "<image>", "video_token": "<video>"} if media_tokens and not qwen_vl else {}
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -91,7 +97,7 @@ def build_tokenizer(media_tokens: bool = True, chat_template: str = HF_CHAT_TEMP
     return hf_tok
 
 
-def _hf_config():
+def _hf_config(text_heads: int = 4):
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
     vision = SiglipVisionConfig(
@@ -109,8 +115,8 @@ def _hf_config():
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=text_heads,
+        num_key_value_heads=max(1, text_heads // 2),
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         rope_theta=1000000.0,
@@ -221,12 +227,14 @@ def build_tiny_checkpoint(
     seed: int = 0,
     zip_tau: float | None = None,
     zip_epsilon: float | None = None,
+    text_heads: int = 4,
 ) -> Path:
     """Write a tiny random checkpoint into ``out_dir`` (replaced if it exists) and return its path.
 
     The same ``seed`` gives the same weights in both layouts, so a llava-next directory is the original-layout
     twin of the llava-hf one. ``zip_tau``/``zip_epsilon`` (llava-next only) make it a LLaVA-Scissor baseline
-    (``model_type: llava_qwen_zip`` with ``mm_zip_tau``/``mm_zip_epsilon``).
+    (``model_type: llava_qwen_zip`` with ``mm_zip_tau``/``mm_zip_epsilon``). ``text_heads``: the LLM's attention
+    heads (head size 64 / heads); vLLM's CPU attention needs a head size of at least 32, so its tier uses 2.
     """
     import torch
     from safetensors.torch import save_file
@@ -239,7 +247,7 @@ def build_tiny_checkpoint(
         shutil.rmtree(out)
     out.mkdir(parents=True)
 
-    config = _hf_config()
+    config = _hf_config(text_heads)
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
 
@@ -296,6 +304,86 @@ def build_tiny_checkpoint(
     )
     tok = build_tokenizer(media_tokens=False, chat_template=QWEN2_CHAT_TEMPLATE)
     tok.save_pretrained(out)
+    return out
+
+
+# Qwen2-VL's chat template (as Qwen2.5-VL and Qwen3-VL ship it, less tools and image counters).
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _qwen_config(family: str):
+    """Tiny Qwen2.5-VL / Qwen3-VL configs: hidden 64, 2-3 layers, mrope_section summing to head_dim / 2 = 8,
+    Qwen3-VL's num_position_embeddings a square, two DeepStack levels."""
+    text = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=4096, initializer_range=0.3, bos_token_id=None, eos_token_id=2, pad_token_id=0,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    ids = dict(image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4)
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        text.update(num_hidden_layers=2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                          "mrope_section": [2, 3, 3]})  # fmt: skip
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+                      spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2, window_size=56,
+                      fullatt_block_indexes=[1], initializer_range=0.3)  # fmt: skip
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    from transformers import Qwen3VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+    text.update(num_hidden_layers=3, head_dim=16, rope_parameters=rope)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1], initializer_range=0.3)  # fmt: skip
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+
+
+# pixel bounds that give a 96x64 clip 15 (Qwen2.5-VL) or 20 (Qwen3-VL, 8 frames) tokens per temporal patch
+QWEN_PIXELS = {"qwen2_5_vl": (28 * 28 * 12, 28 * 28 * 24), "qwen3_vl": (32 * 32 * 15 * 8, 32 * 32 * 24 * 8)}
+
+
+def build_tiny_qwen(out_dir, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """A tiny random Qwen2.5-VL (``family`` "qwen2_5_vl") or Qwen3-VL ("qwen3_vl") checkpoint in Hugging Face
+    format: save_pretrained weights and config, the tiny tokenizer with Qwen's vision tokens and chat template, and
+    a video_preprocessor_config.json (written by hand: the video processors need torchvision)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+
+    if family not in QWEN_PIXELS:
+        raise ValueError(f"family must be one of {sorted(QWEN_PIXELS)}, got {family!r}")
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config = _qwen_config(family)
+    torch.manual_seed(seed)
+    cls = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen3VLForConditionalGeneration
+    cls(config).eval().save_pretrained(out)
+    build_tokenizer(chat_template=QWEN_VL_CHAT_TEMPLATE, qwen_vl=True).save_pretrained(out)
+    lo, hi = QWEN_PIXELS[family]
+    mean = [0.48145466, 0.4578275, 0.40821073] if family == "qwen2_5_vl" else [0.5, 0.5, 0.5]
+    std = [0.26862954, 0.26130258, 0.27577711] if family == "qwen2_5_vl" else [0.5, 0.5, 0.5]
+    video = {
+        "video_processor_type": "Qwen2VLVideoProcessor" if family == "qwen2_5_vl" else "Qwen3VLVideoProcessor",
+        "size": {"shortest_edge": lo, "longest_edge": hi},
+        "image_mean": mean,
+        "image_std": std,
+        "patch_size": config.vision_config.patch_size,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "do_sample_frames": False,
+    }
+    (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
     return out
 
 

@@ -24,8 +24,11 @@ STDOUT = "-"  # --output - : JSONL on stdout
 DEBUG_HINT = "rerun with SCISSOR_DEBUG=1 to record the traceback in the output, and report it if it is a bug"
 # Profile fields that do not change an answer, left out of a run's config: where it runs (device), how the weights
 # are fetched, and the feature cache. The dtype as set ("auto") is left out too: the config holds the resolved one.
+# vLLM's knobs change where and how fast, not what is answered (model.engine does: it is part of the config,
+# but for the default "hf", so outputs written before engines existed still resume)
 NOT_CONFIG = frozenset({"name", "description", "model.device", "model.dtype", "model.offline", "model.cache",
-                        "model.allow_pickle"})  # fmt: skip
+                        "model.allow_pickle", "model.tensor_parallel_size", "model.gpu_memory_utilization",
+                        "model.max_model_len"})  # fmt: skip
 # ------------------------------------------------------------------------------------------------------ config
 
 
@@ -57,6 +60,8 @@ def run_config(profile: Profile, sweep: Sweep | None = None, prompt: str | None 
     from scissor_cli.devices import dtype_name
 
     config["model"]["dtype"] = dtype_name(profile.model.device, profile.model.dtype)
+    if config["model"].get("engine") == "hf":  # the default: the config (and hash) outputs made before engines had
+        del config["model"]["engine"]
     config["prompt_template"] = prompt_template(prompt)
     if sweep is not None:
         config["sweep"] = sweep.axis

@@ -48,6 +48,10 @@ class CompressionResult:
     budget: int | None  # token budget resolved to a count, None without a budget
     spatial_per_frame: list[int]  # [F], kept per frame by the spatial step
     assignment: torch.Tensor  # [F*T] long: index of the kept token each original token merged into
+    # [M] long, ascending: per kept token, the original index (f*T + t) of its component's representative, the
+    # highest-degree member of its temporal component's, taken back through the spatial step
+    representative: torch.Tensor
+    carried: torch.Tensor | None = None  # [M, E]: ``carry`` merged with the same components and assignment
 
     @property
     def retention(self) -> float:
@@ -59,6 +63,9 @@ class _Steps(NamedTuple):
     assignment: torch.Tensor  # [F*T]
     n_spatial: int  # M1
     spatial_per_frame: list[int]  # [F]
+    representative: torch.Tensor  # [M] original index of each kept token's representative
+    comp1: torch.Tensor  # [F*T] spatial component of each original token
+    comp2: torch.Tensor  # [M1] kept token of each spatial token
 
     @property
     def n_output(self) -> int:
@@ -77,7 +84,17 @@ def _three_steps(video: Tokens, tau: float, tau_temporal: float, generator: torc
     assignment = assign(video, spatial, kept, comp1, comp2, degree, tau_temporal)  # [F*T]
     merged = merge_into(video.x, kept, assignment)
     per_frame = torch.bincount(rep1 // video.t, minlength=video.f).tolist()
-    return _Steps(merged, assignment, rep1.numel(), per_frame)
+    # rep1 and rep2 are ascending (``order``), so rep1[rep2] is too: output order is representative order
+    return _Steps(merged, assignment, rep1.numel(), per_frame, rep1.index_select(0, rep2), comp1, comp2)
+
+
+def _carry(extra: torch.Tensor, steps: _Steps) -> torch.Tensor:
+    """[N, E] features beside the tokens -> [M, E], merged exactly as the tokens were: spatial means by comp1,
+    temporal means by comp2, then the merge by the assignment (all three are linear per column)."""
+    x = extra.float()
+    spatial = means(x, steps.comp1, steps.n_spatial)
+    kept = means(spatial, steps.comp2, steps.n_output)
+    return merge_into(x, kept, steps.assignment)
 
 
 def compress(
@@ -87,6 +104,7 @@ def compress(
     tau_temporal: float | None = None,
     budget: float | int | None = None,
     generator: torch.Generator | None = None,
+    carry: torch.Tensor | None = None,
 ) -> CompressionResult:
     """Compress one video's tokens [F, T, D] -> CompressionResult with kept tokens [M, D].
 
@@ -103,6 +121,8 @@ def compress(
     generator: draws the sampled regime's vertices (on the generator's device); None: CPU, seed 0. The same input
         and generator state give bit-identical output; budget mode counts on clones and leaves the generator as
         the final compression does.
+    carry: None, or features [F, T, E] that ride along (e.g. Qwen3-VL's DeepStack features): never compared,
+        merged with the tokens' components and assignment into ``carried`` [M, E].
 
     Raises OptionError for invalid arguments.
     """
@@ -111,6 +131,8 @@ def compress(
     tau_t = None if tau_temporal is None else check_tau("tau_temporal", tau_temporal)
     epsilon = check_epsilon(epsilon)
     f, t, _ = tokens.shape
+    if carry is not None and (carry.ndim != 3 or tuple(carry.shape[:2]) != (f, t)):
+        raise ValueError(f"carry must be [{f}, {t}, E], got {tuple(carry.shape)}")
     n_budget = resolve_budget(budget, f * t)
     generator = check_generator(generator)
 
@@ -123,6 +145,7 @@ def compress(
             steps = at(tau, generator)
         else:
             tau, steps = fit_budget(video, n_budget, tau, tau_t, generator, at)
+        carried = None if carry is None else _carry(carry.reshape(f * t, -1), steps).to(carry.dtype)
     return CompressionResult(
         tokens=steps.tokens.to(tokens.dtype),
         n_input=f * t,
@@ -134,6 +157,8 @@ def compress(
         budget=n_budget,
         spatial_per_frame=steps.spatial_per_frame,
         assignment=steps.assignment,
+        representative=steps.representative,
+        carried=carried,
     )
 
 

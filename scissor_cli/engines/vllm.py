@@ -1,0 +1,276 @@
+"""The ``vllm`` engine: vLLM's ``LLM`` with ``enable_prompt_embeds`` runs the language model; scissor hands it each
+prompt as rows of embeddings (text, SCC's kept tokens, text), so SCC's data-dependent token count needs nothing
+from vLLM's multimodal processors.
+
+One engine per process (``start`` reuses it), closed at exit; ``VLLMEngine.generate`` drives vLLM's engine step
+by step (``LLMEngine.add_request``/``step``), so the first request streams and ``should_stop`` aborts rows, as
+with the hf engine. Sampling: greedy, or ``SamplingParams(seed=...)`` per request (vLLM draws differently from
+transformers: the same seed gives another sample than ``--engine hf``, reproducibly). vllm is imported inside
+functions only; ``register`` is the ``vllm.general_plugins`` entry point every vLLM process runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scissor_cli.engines import GenerationOutput, Prompts
+from scissor_cli.engines.weights import ARCHITECTURE, language_model_folder
+from scissor_cli.errors import ModelError, OptionError
+
+if TYPE_CHECKING:
+    from scissor_cli.options import GenerationOptions, ModelOptions
+
+INSTALL_HINT = (
+    "pip install 'scissor-cli[vllm]' on a CUDA machine; on a CPU, vLLM's CPU build (make test-vllm builds "
+    ".venv-vllm with it); or use --engine hf"
+)
+_running: dict[tuple, VLLMEngine] = {}  # one engine per process, by what it was started with
+_request_ids = itertools.count()
+
+
+def register() -> None:
+    """Tell vLLM's model registry about ``ScissorQwen2ForCausalLM`` (lazily: vLLM imports the class only in the
+    processes that build the model)."""
+    from vllm import ModelRegistry
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, "scissor_cli.engines.vllm_model:ScissorQwen2ForCausalLM")
+
+
+def check_installed() -> None:
+    """ModelError (exit 5) when vLLM cannot be imported; cheap enough to call before anything is loaded.
+
+    vLLM logs to stdout at INFO by default, which would interleave with ``--json`` lines: its log goes to stderr
+    at ERROR unless the user set these (its processes inherit them). At WARNING it prints a traceback of its chat
+    template warm-up, which scissor does not use (it hands vLLM embeddings, no tokenizer)."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install failing inside vllm's own imports
+        raise ModelError(f"--engine vllm needs vLLM, which cannot be imported: {type(e).__name__}: {e}",
+                         hint=INSTALL_HINT) from e  # fmt: skip
+
+
+def start(model_dir: Path, text_config: dict[str, Any], dtype: str, opts: ModelOptions, name: str) -> VLLMEngine:
+    """vLLM serving ``model_dir``'s language model (``weights.language_model_folder``), or the engine this process
+    already started with the same settings. Raises ModelError (exit 5) when it cannot start: not installed, out of
+    memory, a model vLLM cannot run."""
+    key = (str(model_dir.resolve()), dtype, opts.tensor_parallel_size, opts.gpu_memory_utilization, opts.max_model_len)
+    if key in _running:
+        return _running[key]
+    check_installed()
+    for engine in list(_running.values()):  # one engine per process: another model replaces the last one
+        engine.close()
+    from vllm import LLM
+
+    _check_head_size(text_config, name)
+    register()
+    folder = language_model_folder(model_dir, text_config, dtype)
+    kwargs: dict[str, Any] = {
+        "model": str(folder),
+        "dtype": dtype,
+        "enable_prompt_embeds": True,
+        "skip_tokenizer_init": True,  # scissor tokenizes and decodes; vLLM sees embeddings and token ids
+        "generation_config": "vllm",  # sampling comes from scissor's options, never the checkpoint's defaults
+        "tensor_parallel_size": opts.tensor_parallel_size,
+        "seed": 0,
+    }
+    if opts.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+    if opts.max_model_len is not None:
+        kwargs["max_model_len"] = opts.max_model_len
+    try:
+        llm = LLM(**kwargs)
+    except Exception as e:  # noqa: BLE001 - vLLM raises many kinds (ValueError, RuntimeError, OOM, its own)
+        shutil.rmtree(folder, ignore_errors=True)
+        detail = " ".join(str(e).split())[:300]
+        raise ModelError(
+            f"vLLM could not start {name}'s language model: {type(e).__name__}: {detail}",
+            hint="lower --max-model-len or raise --gpu-memory-utilization if memory ran out; --engine hf runs "
+            "every model scissor loads",
+        ) from e
+    engine = VLLMEngine(llm, folder, key)
+    _running[key] = engine
+    return engine
+
+
+def _check_head_size(text_config: dict[str, Any], name: str) -> None:
+    """vLLM's CPU attention runs only some head sizes and fails at the first forward pass, not at start: refuse a
+    model it cannot run before starting it (ModelError, exit 5)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+    except (ImportError, AttributeError):  # another vLLM layout: its own error will say it
+        return
+    head = text_config.get("head_dim") or text_config["hidden_size"] // text_config["num_attention_heads"]
+    if head not in sizes:
+        raise ModelError(
+            f"vLLM's CPU attention cannot run {name}: its LLM's head size is {head} (supported: "
+            f"{', '.join(map(str, sizes))})",
+            hint="use --engine hf for this model",
+        )
+
+
+def _shutdown_all() -> None:
+    for engine in list(_running.values()):
+        engine.close()
+
+
+atexit.register(_shutdown_all)
+
+
+class VLLMEngine:
+    """The LLM step on a running vLLM engine. ``bind`` gives it the tokenizer side (eos ids, decoding)."""
+
+    name = "vllm"
+
+    def __init__(self, llm: Any, folder: Path, key: tuple):
+        self.llm = llm
+        self.folder = folder
+        self.key = key
+        self.max_model_len: int = llm.llm_engine.model_config.max_model_len
+        self.vlm: Any = None
+
+    def bind(self, vlm: Any) -> VLLMEngine:
+        """Answer for ``vlm`` (model.VisionLanguageModel): its tokenizer decodes, its eos ids stop, and its
+        context becomes what vLLM was started with (a chat and ``check_question`` refuse against it)."""
+        self.vlm = vlm
+        if vlm.max_positions is None or self.max_model_len < vlm.max_positions:
+            vlm.max_positions = self.max_model_len
+        return self
+
+    def close(self) -> None:
+        """Shut vLLM's engine (its processes) down and remove the derived folder; idempotent."""
+        _running.pop(self.key, None)
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            finally:
+                shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _step(self, engine: Any) -> list[Any]:
+        """``engine.step()``; a vLLM engine that died (its processes crashed) is ModelError (exit 5), and this engine
+        is closed: every later call says so at once."""
+        try:
+            return engine.step()
+        except Exception as e:
+            if type(e).__name__ != "EngineDeadError":
+                raise
+            self.close()
+            hint = "its log above says why; --engine hf runs every model scissor loads"
+            raise ModelError(f"vLLM's engine stopped while answering: {e}", hint=hint) from e
+
+    def _params(self, gen: GenerationOptions) -> Any:
+        from vllm import SamplingParams
+
+        vlm = self.vlm
+        sample = gen.temperature > 0
+        return SamplingParams(
+            n=1,
+            max_tokens=gen.max_new_tokens,
+            temperature=gen.temperature if sample else 0.0,
+            top_p=gen.top_p if sample else 1.0,
+            seed=gen.with_drawn_seed().seed if sample else None,
+            stop_token_ids=vlm._eos_ids(),
+            # transformers' suppress_tokens; vLLM clamps a bias to [-100, 100], far below a logit's range
+            logit_bias=dict.fromkeys(vlm.suppress_ids, -100.0) or None,
+            detokenize=False,
+        )
+
+    def generate(
+        self,
+        prompts: Prompts,
+        gen: GenerationOptions,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool | Sequence[bool]] | None = None,
+        cache: Any = None,  # unused: vLLM's prefix cache keeps what a chat's earlier turns computed
+        share_prefix: bool = True,  # unused: vLLM's prefix cache shares a video's prefix by itself
+    ) -> GenerationOutput:
+        if self.llm is None:
+            raise ModelError("the vLLM engine was shut down", hint="load the model again")
+        if prompts.inputs is not None:  # load_model refuses such a family first; this guards other callers
+            raise ModelError("--engine vllm cannot give this model's LLM its position ids", hint="use --engine hf")
+        lengths = prompts.lengths
+        for n in lengths:  # vLLM needs room for at least one new token
+            if n >= self.max_model_len:
+                raise OptionError(
+                    f"the prompt is {n:,} tokens (text and video); vLLM's context (--max-model-len) is "
+                    f"{self.max_model_len:,}",
+                    hint="raise --max-model-len, or send fewer visual tokens (--frames, --retention, --tokens)",
+                )
+        engine = self.llm.llm_engine
+        params = self._params(gen)
+        tok, eos = self.vlm.tokenizer, set(self.vlm._eos_ids())
+        ids: list[str] = []
+        live: set[str] = set()
+        latest: dict[str, list[int]] = {}
+        cached: dict[str, int] = {}
+        t_first: float | None = None
+        n_sent, first_done = 0, False
+        try:
+            for row in prompts.rows:
+                embeds = row.detach().to("cpu")  # [L, D]: vLLM's engine core takes it from here
+                ids.append(f"scissor-{next(_request_ids)}")  # outputs and aborts name requests by this id
+                engine.add_request(ids[-1], {"prompt_embeds": embeds}, params)
+                live.add(ids[-1])
+            while live:
+                for out in self._step(engine):
+                    if out.request_id not in live:
+                        continue
+                    latest[out.request_id] = list(out.outputs[0].token_ids)
+                    cached[out.request_id] = getattr(out, "num_cached_tokens", None) or 0
+                    if t_first is None and latest[out.request_id]:
+                        t_first = time.perf_counter()
+                    if out.finished:
+                        live.discard(out.request_id)
+                if on_text is not None and not first_done:
+                    row0 = latest.get(ids[0], [])
+                    cut = next((i for i, t in enumerate(row0) if t in eos), None)
+                    first_done = cut is not None or ids[0] not in live
+                    text = tok.decode(row0[:cut], skip_special_tokens=True).lstrip()
+                    if (first_done or not text.endswith("\ufffd")) and len(text) > n_sent:
+                        on_text(text[n_sent:])  # half of a multi-byte character waits for the rest
+                        n_sent = len(text)
+                if should_stop is not None and live:
+                    stop = should_stop()
+                    flags = [bool(f) for f in stop] if isinstance(stop, (list, tuple)) else [bool(stop)] * len(ids)
+                    flagged = [rid for rid, flag in zip(ids, flags, strict=False) if flag and rid in live]
+                    if flagged:
+                        engine.abort_request(flagged)
+                        live.difference_update(flagged)
+        finally:
+            if live and self.llm is not None:  # Ctrl-C or an error mid-batch: nothing of this call stays queued
+                engine.abort_request(sorted(live))
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        texts, n_new, token_ids = [], [], []
+        for rid in ids:
+            row = latest.get(rid, [])
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            n_new.append(cut)
+            token_ids.append(row[:cut])
+            texts.append(tok.decode(row[:cut], skip_special_tokens=True).strip())
+        return GenerationOutput(
+            texts=texts,
+            n_prompt_tokens=lengths,
+            prefill_s=t_first - prompts.t0,
+            generation_s=t_end - t_first,
+            n_new_tokens=n_new,
+            token_ids=token_ids,
+            n_prefill_tokens=[n - cached.get(rid, 0) for n, rid in zip(lengths, ids, strict=True)],
+        )

@@ -1,0 +1,331 @@
+"""The engine seam without vLLM installed (default tier): the options and their validation, the engine in records
+and in batch's config hash, the vision-only half scissor loads for ``--engine vllm``, the derived folder vLLM
+reads, the refusals (not installed, a family that needs position ids), and ``VLLMEngine.generate``'s own logic
+(streaming, stopping rows, a prompt over --max-model-len, Ctrl-C) against a stand-in for vLLM's step API.
+The same answers from real vLLM: tests/test_engine_vllm.py (``make test-vllm``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from scissor_cli import engines
+from scissor_cli.engines import Prompts, refuse_position_ids, weights
+from scissor_cli.errors import ModelError, OptionError
+from scissor_cli.options import GenerationOptions, ModelOptions, Profile, validate
+from scissor_cli.settings import Overrides, resolve, spelled
+
+
+def build_profile(profile=None, **fields):
+    """What the CLI's shared flags make of ``fields``, errors worded with the flags' names."""
+    try:
+        return resolve(Overrides(profile=profile, **fields))
+    except OptionError as e:
+        raise spelled(e, "cli") from e
+
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+# ------------------------------------------------------------------ options
+def test_engine_flag_values_and_vllm_knobs_are_validated():
+    assert build_profile(None, engine="VLLM").model.engine == "vllm"
+    assert build_profile(None).model.engine == "hf"
+    with pytest.raises(OptionError, match="--engine") as e:
+        build_profile(None, engine="tgi")
+    assert "hf or vllm" in e.value.hint
+    with pytest.raises(OptionError, match="--gpu-memory-utilization"):
+        build_profile(None, engine="vllm", gpu_memory_utilization=1.5)
+    with pytest.raises(OptionError, match="--max-model-len"):
+        build_profile(None, engine="vllm", max_model_len=0)
+    with pytest.raises(OptionError, match="--tensor-parallel-size"):
+        build_profile(None, engine="vllm", tensor_parallel_size=0)
+    # a vLLM knob without --engine vllm would silently do nothing: refused, naming the fix
+    with pytest.raises(OptionError, match="vLLM setting") as e:
+        build_profile(None, max_model_len=4096)
+    assert "set --engine to vllm" in e.value.hint
+    p = build_profile(None, engine="vllm", tensor_parallel_size=8, gpu_memory_utilization=0.8, max_model_len=4096)
+    assert (p.model.tensor_parallel_size, p.model.gpu_memory_utilization, p.model.max_model_len) == (8, 0.8, 4096)
+    assert engines.resolve(" Vllm ") == "vllm"
+    with pytest.raises(OptionError):
+        engines.resolve("tgi")
+
+
+def test_the_engine_is_in_batchs_config_hash_and_its_knobs_are_not():
+    from scissor_cli.batch import config_hash, run_config
+
+    hf, vllm = Profile(), validate(replace(Profile(), model=replace(ModelOptions(), engine="vllm")))
+    assert "engine" not in run_config(hf)["model"], "hf, the default: older outputs' hashes stay valid"
+    assert run_config(vllm)["model"]["engine"] == "vllm"
+    assert config_hash(run_config(hf)) != config_hash(run_config(vllm)), "a resumed run would mix engines"
+    bigger = replace(vllm, model=replace(vllm.model, max_model_len=8192, tensor_parallel_size=2))
+    assert config_hash(run_config(bigger)) == config_hash(run_config(vllm)), "knobs change speed, not answers"
+
+
+# ------------------------------------------------------------------ refusals
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
+def test_vllm_not_installed_is_one_line_exit_5_before_the_checkpoint_or_video(tmp_path):
+    from scissor_cli.model import load_model
+
+    with pytest.raises(ModelError, match="needs vLLM") as e:  # checked before the (missing) checkpoint
+        load_model(ModelOptions(model=str(tmp_path / "no-such-model"), engine="vllm", offline=True))
+    assert e.value.exit_code == 5 and "--engine hf" in e.value.hint
+    env = {**os.environ, "SCISSOR_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    # the engine is refused before the (missing) model is looked for and before the video is decoded
+    video = Path(__file__).parent.parent / "samples" / "bigbuckbunny.mp4"
+    cmd = [sys.executable, "-m", "scissor_cli", "ask", str(video), "q", "--model", str(tmp_path / "m"), "--engine",
+           "vllm"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 5, out.stderr
+    assert "needs vLLM" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_vllm_knob_without_engine_vllm_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+
+    result = CliRunner().invoke(app, ["ask", str(tmp_path / "v.mp4"), "q", "--max-model-len", "1024"])
+    assert result.exit_code == 2
+    assert "--max-model-len is a vLLM setting, but --engine is 'hf'" in result.output
+    result = CliRunner().invoke(app, ["ask", str(tmp_path / "v.mp4"), "q", "--engine", "tgi"])
+    assert result.exit_code == 2 and "--engine 'tgi' is out of range" in result.output
+    result = CliRunner().invoke(app, ["inspect", "--help"])
+    assert "--engine" not in result.output, "inspect runs no LLM"
+
+
+def test_a_family_that_needs_position_ids_is_refused_with_vllm_only(monkeypatch, tiny_qwen25_dir):
+    refuse_position_ids("hf", "Qwen2-VL", True)  # the hf engine passes position ids through
+    refuse_position_ids("vllm", "LLaVA-OneVision", False)
+    with pytest.raises(ModelError, match="position ids") as e:
+        refuse_position_ids("vllm", "Qwen2-VL", True)
+    assert e.value.exit_code == 5 and "--engine hf" in e.value.hint
+    from scissor_cli import model
+    from scissor_cli.engines import vllm as vllm_engine
+
+    # a real Qwen2.5-VL checkpoint: its family's ``positions`` flag refuses it before vLLM starts or a weight loads
+    monkeypatch.setattr(vllm_engine, "check_installed", lambda: None)
+    monkeypatch.setattr(vllm_engine, "start", lambda *a: pytest.fail("vLLM started for a Qwen checkpoint"))
+    with pytest.raises(ModelError, match="cannot run Qwen2.5-VL: its LLM needs explicit"):
+        model.load_model(ModelOptions(model=str(tiny_qwen25_dir), engine="vllm", offline=True, device="cpu"))
+
+
+# ------------------------------------------------------------------ records
+def test_every_answer_record_says_which_engine_ran(tiny_hf_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from scissor_cli.cli import app
+    from scissor_cli.pipeline import Answer
+
+    monkeypatch.setenv("SCISSOR_CACHE_DIR", str(tmp_path / "cache"))
+    from media import pattern_clip
+
+    clip = pattern_clip(tmp_path / "clip.mp4")
+    result = CliRunner().invoke(app, ["ask", clip, "What?", "--model", str(tiny_hf_dir), "--frames", "2",
+                                      "--max-new-tokens", "2", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [record] = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert record["engine"] == "hf"
+    fields = {f: None for f in Answer.__dataclass_fields__ if f not in ("engine", "profile", "budget")}
+    answer = Answer(**{**fields, "tokens": {}, "timestamps": [], "timings_s": {}, "tflops": {}}, engine="vllm")
+    assert answer.to_dict()["engine"] == "vllm"  # ask/batch/chat JSON and serve's scissor object are this dict
+
+
+# ------------------------------------------------------------------ weights once
+def test_the_vision_half_loads_no_llm_layers_and_embeds_as_the_whole_model(tiny_hf_dir, tiny_next_dir, monkeypatch):
+    """With --engine vllm scissor builds LLaVA-OneVision with 0 decoder layers and the LM head tied: the vision
+    tower, projector and embedding table are the whole model's, bit for bit; nothing else is allocated."""
+    import torch
+
+    from scissor_cli.engines import vllm as vllm_engine
+    from scissor_cli.model import load_model
+
+    started = []
+
+    class FakeEngine:
+        name = "vllm"
+
+        def bind(self, vlm):
+            return self
+
+    monkeypatch.setattr(vllm_engine, "check_installed", lambda: None)
+    monkeypatch.setattr(vllm_engine, "start", lambda *a: started.append(a) or FakeEngine())
+    for path in (tiny_hf_dir, tiny_next_dir):
+        full = load_model(ModelOptions(model=str(path), offline=True, device="cpu"))
+        half = load_model(ModelOptions(model=str(path), offline=True, device="cpu", engine="vllm"))
+        assert half.engine.name == "vllm" and len(half.hf_model.model.language_model.layers) == 0
+        assert half.n_layers == full.n_layers == 2  # what the LLM has (the FLOPs estimate)
+        n_full = sum(p.numel() for p in full.hf_model.parameters())
+        n_half = sum(p.numel() for p in half.hf_model.parameters())
+        layers = sum(p.numel() for p in full.hf_model.model.language_model.layers.parameters())
+        assert n_half <= n_full - layers, (n_half, n_full, layers)
+        frames = torch.randint(0, 255, (2, 40, 40, 3), dtype=torch.uint8).numpy()
+        video = full.encode(frames)
+        assert torch.equal(half.encode(frames), video)
+        assert torch.equal(half.embed_request(video, "What?"), full.embed_request(video, "What?"))
+        model_dir, text_config, dtype, opts, _name = started[-1]
+        assert text_config["num_hidden_layers"] == 2 and dtype == str(full.dtype)[6:] and opts.engine == "vllm"
+
+
+def test_vllm_reads_the_checkpoint_through_links_and_a_text_config(tiny_hf_dir):
+    import shutil
+
+    config = json.loads((tiny_hf_dir / "config.json").read_text())["text_config"]
+    folder = weights.language_model_folder(tiny_hf_dir, config, "bfloat16")
+    try:
+        written = json.loads((folder / "config.json").read_text())
+        assert written["architectures"] == [weights.ARCHITECTURE] and written["model_type"] == "qwen2"
+        assert written["hidden_size"] == config["hidden_size"] and written["dtype"] == "bfloat16"
+        links = sorted(folder.glob("*.safetensors"))
+        assert links and all(p.is_symlink() and p.resolve().parent == tiny_hf_dir.resolve() for p in links)
+    finally:
+        shutil.rmtree(folder)
+    llm = ["model.language_model.layers.0.mlp.up_proj.weight", "lm_head.weight",
+           "language_model.model.layers.1.self_attn.q_proj.weight"]  # fmt: skip
+    info = {"unexpected_keys": [*llm, "model.vision_tower.x"]}
+    assert weights.drop_llm_keys(info)["unexpected_keys"] == ["model.vision_tower.x"]
+
+
+# ------------------------------------------------------------------ VLLMEngine.generate against a stand-in
+class FakeLLMEngine:
+    """vLLM's LLMEngine as VLLMEngine drives it: add_request / step (cumulative outputs) / abort_request. Each
+    request answers ``script`` one token per step, then eos (2)."""
+
+    def __init__(self, script, fail_at_step=None, failure=KeyboardInterrupt):
+        self.script, self.fail_at_step, self.failure = script, fail_at_step, failure
+        self.requests, self.aborted, self.n_steps = {}, [], 0
+        self.model_config = SimpleNamespace(max_model_len=64)
+
+    def add_request(self, rid, prompt, params):
+        assert prompt["prompt_embeds"].device.type == "cpu"
+        self.requests[rid] = 0
+        return rid + "-internal"  # vLLM's own id: outputs and aborts still use ours
+
+    def step(self):
+        assert self.requests, "step() with nothing queued: vLLM would block here for ever"
+        self.n_steps += 1
+        if self.n_steps == self.fail_at_step:
+            raise self.failure
+        outs = []
+        for rid in list(self.requests):
+            self.requests[rid] += 1
+            n = self.requests[rid]
+            ids = (self.script + [2])[:n]
+            done = n > len(self.script)
+            outs.append(SimpleNamespace(request_id=rid, outputs=[SimpleNamespace(token_ids=ids)], finished=done,
+                                        num_cached_tokens=0))  # fmt: skip
+            if done:
+                del self.requests[rid]
+        return outs
+
+    def abort_request(self, ids):
+        self.aborted += list(ids)
+        for rid in ids:
+            self.requests.pop(rid, None)
+
+
+def _vllm_engine(fake, tokenizer):
+    from scissor_cli.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(SimpleNamespace(llm_engine=fake), Path("/nonexistent"), ("k",))
+    vlm = SimpleNamespace(tokenizer=tokenizer, _eos_ids=lambda: [2], suppress_ids=[], max_positions=4096)
+    engine.bind(vlm)
+    assert vlm.max_positions == 64  # the context scissor checks against is vLLM's
+    return engine
+
+
+def _prompts(lengths):
+    import torch
+
+    rows = [torch.zeros(n, 8) for n in lengths]
+    return Prompts(rows=rows, ids=[([], [])] * len(rows), videos=[object()] * len(rows), n_video=[0] * len(rows),
+                   t0=0.0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tiny_checkpoint import build_tokenizer
+
+    return build_tokenizer()
+
+
+def test_vllm_generate_streams_the_first_row_and_stops_rows(tokenizer, monkeypatch):
+    pytest.importorskip("torch")
+    import scissor_cli.engines.vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_params", lambda self, gen: None)
+    script = tokenizer("The cat jumps onto the table", add_special_tokens=False).input_ids
+    fake = FakeLLMEngine(script)
+    engine = _vllm_engine(fake, tokenizer)
+    pieces = []
+    out = engine.generate(_prompts([5, 7]), GenerationOptions(), on_text=pieces.append)
+    expected = tokenizer.decode(script).strip()
+    assert out.texts == [expected, expected] and "".join(pieces) == expected and len(pieces) > 1
+    assert out.n_new_tokens == [len(script)] * 2 and out.n_prompt_tokens == [5, 7] and fake.aborted == []
+    # should_stop flags one row: only it is aborted, with what it had; the other row finishes
+    fake = FakeLLMEngine(script)
+    engine = _vllm_engine(fake, tokenizer)
+    calls = []
+    out = engine.generate(_prompts([5, 5]), GenerationOptions(),
+                          should_stop=lambda: calls.append(1) or [len(calls) >= 2, False])  # fmt: skip
+    assert out.n_new_tokens == [2, len(script)] and len(fake.aborted) == 1
+
+
+def test_vllm_generate_refuses_an_overlong_prompt_and_aborts_on_ctrl_c(tokenizer, monkeypatch):
+    pytest.importorskip("torch")
+    import scissor_cli.engines.vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_params", lambda self, gen: None)
+    fake = FakeLLMEngine([5, 6, 7])
+    engine = _vllm_engine(fake, tokenizer)
+    with pytest.raises(OptionError, match="--max-model-len") as e:
+        engine.generate(_prompts([10, 64]), GenerationOptions())
+    assert fake.requests == {} and "raise --max-model-len" in e.value.hint  # nothing was queued
+    fake = FakeLLMEngine([5, 6, 7], fail_at_step=2)
+    engine = _vllm_engine(fake, tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate(_prompts([4, 4]), GenerationOptions())
+    assert len(fake.aborted) == 2 and fake.requests == {}, "Ctrl-C left requests queued in vLLM"
+
+
+def test_vllm_generate_refuses_a_positions_familys_prompts(tokenizer, monkeypatch):
+    """Prompts a ``positions`` family prepared (ids, M-RoPE positions, vision outputs) never reach vLLM, which
+    would run them with 1-D positions; load_model refuses such a family first, this guards any other caller."""
+    torch = pytest.importorskip("torch")
+    import scissor_cli.engines.vllm as vllm_engine
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_params", lambda self, gen: None)
+    fake = FakeLLMEngine([5, 6, 7])
+    engine = _vllm_engine(fake, tokenizer)
+    inputs = {"input_ids": torch.ones(1, 4, dtype=torch.long), "attention_mask": torch.tensor([[0, 1, 1, 1]])}
+    prompts = Prompts(rows=[], ids=[], videos=[object()], n_video=[], t0=0.0, inputs=inputs)
+    assert prompts.lengths == [3], "a padded row's length is its mask's ones"
+    with pytest.raises(ModelError, match="position ids"):
+        engine.generate(prompts, GenerationOptions())
+    assert fake.requests == {} and fake.n_steps == 0
+
+
+def test_a_vllm_engine_that_dies_mid_answer_is_one_line_exit_5(tokenizer, monkeypatch):
+    pytest.importorskip("torch")
+    import scissor_cli.engines.vllm as vllm_engine
+
+    class EngineDeadError(Exception):  # vLLM's, by name (vllm.v1.engine.exceptions)
+        pass
+
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "_params", lambda self, gen: None)
+    closed = []
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "close", lambda self: closed.append(1) or setattr(self, "llm", None))
+    engine = _vllm_engine(FakeLLMEngine([5, 6, 7], fail_at_step=2, failure=EngineDeadError("core died")), tokenizer)
+    with pytest.raises(ModelError, match="vLLM's engine stopped while answering: core died") as e:
+        engine.generate(_prompts([4]), GenerationOptions())
+    assert e.value.exit_code == 5 and closed == [1]
+    with pytest.raises(ModelError, match="shut down"):  # later calls fail at once
+        engine.generate(_prompts([4]), GenerationOptions())
