@@ -427,6 +427,9 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
     assert parse_model_args({"no_compress": True}).profile.compression.enabled is False
     assert parse_model_args({"profile": "r10"}).profile.compression.retention == pytest.approx(0.1)
     assert parse_model_args({}).cache_dir == os.environ["SCISSOR_CACHE_DIR"], "the folder, resolved once, handed on"
+    assert parse_model_args({}).profile.model.engine == "hf"
+    vllm = parse_model_args({"engine": "vllm", "tensor_parallel_size": 2, "max_model_len": 4096}).profile.model
+    assert (vllm.engine, vllm.tensor_parallel_size, vllm.max_model_len) == ("vllm", 2, 4096)
     for args, message in [
         ({"no_compress": True, "tau": 0.5}, "no_compress contradicts tau"),
         ({"retention": 0.1, "tokens": 5}, "retention and tokens are both given"),
@@ -437,6 +440,8 @@ def test_model_args_mapping_and_messages(capsys, tiny_hf_dir):
         ({"device": "gpu"}, "device 'gpu' is out of range"),
         ({"decode_workers": -1}, "^decode_workers -1 is out of range"),
         ({"decode_workers": 1.5}, "decode_workers=1.5 is not an integer"),
+        ({"engine": "tgi"}, "engine"),
+        ({"tensor_parallel_size": 2}, "tensor_parallel_size"),
     ]:
         with pytest.raises(OptionError, match=message):
             parse_model_args(args)
