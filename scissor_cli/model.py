@@ -30,8 +30,7 @@ from scissor_cli.engines import Engine, GenerationOutput, Prompts, refuse_positi
 from scissor_cli.engines.hf import HFEngine, PromptCache
 from scissor_cli.errors import ModelError, OptionError
 from scissor_cli.families.llava_ov import FRAMES_PER_CHUNK  # noqa: F401 - re-exported (tests, bench)
-from scissor_cli.families.loading import _quiet_transformers  # noqa: F401 - re-exported
-from scissor_cli.families.pixels import normalize_frames, preprocess_frames, resize_frames  # noqa: F401 - re-exported
+from scissor_cli.families.pixels import preprocess_frames  # noqa: F401 - re-exported (tests, bench)
 from scissor_cli.options import GenerationOptions, ModelOptions
 
 if TYPE_CHECKING:

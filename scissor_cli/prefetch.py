@@ -93,7 +93,7 @@ class _DecodeRequest:
     fps: float | None
     start: float | None
     end: float | None
-    resize_to: tuple[int, int] | None = None  # the model's (height, width): send resized frames (model.resize_frames)
+    resize_to: tuple[int, int] | None = None  # the model's (height, width): send resized frames (pixels.resize_frames)
     model: Any = None  # video.ModelInput: decode size and memory estimate (sample_frames)
     memory_budget: str | None = None  # sampling.memory_budget
 
@@ -160,7 +160,7 @@ def _worker_main(fd: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     from scissor_cli import video as video_io
 
-    resize = None  # model.resize_frames, imported (with torch) on the first task that asks for it
+    resize = None  # families.pixels.resize_frames, imported (with torch) on the first task that asks for it
     while True:
         try:
             task = conn.recv()
@@ -180,7 +180,7 @@ def _worker_main(fd: int) -> None:
                     import torch
 
                     torch.set_num_threads(1)  # one core per worker, as decoding
-                    from scissor_cli.model import resize_frames as resize
+                    from scissor_cli.families.pixels import resize_frames as resize
                 try:
                     frames = resize(clip.frames, task.resize_to).numpy()  # uint8 [F, 3, S, S]
                 except (MemoryError, RuntimeError) as e:  # torch: "DefaultCPUAllocator: can't allocate memory"
