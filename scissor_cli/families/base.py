@@ -89,6 +89,13 @@ class Family:
         requests, and each request's prompt length."""
         raise NotImplementedError
 
+    def share_prefix(self, vlm: VisionLanguageModel, inputs: dict, videos: list) -> tuple[dict, Any, list[int]] | None:
+        """Only for ``positions`` families: ``generate_inputs``' batch with the video prefix that several requests
+        share (the same kept-token object, the same ids up to the video's end) prefilled once: (generate's
+        keyword arguments, the KV cache they start from, tokens prefilled per request), or None when no two
+        requests share one. LLaVA-OV's rows of embeddings are laid out by the hf engine itself."""
+        return None
+
     def prompt_length(self, vlm: VisionLanguageModel, n_video: int, before: list[int], after: list[int]) -> int:
         return len(before) + n_video + int(vlm.newline) + len(after)
 

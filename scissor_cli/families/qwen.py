@@ -280,6 +280,60 @@ class QwenFamily(Family):
             "mm_encoder_outputs": {"video": self.encoder_outputs(vlm, [v for v, _ in requests])},
         }, lengths
 
+    def share_prefix(self, vlm, inputs, videos):
+        """Requests about one video (the same ``QwenTokens``) whose ids agree up to the video's last
+        ``<|vision_end|>``: that prefix runs through the model once, batch 1, with the video's vision outputs
+        (DeepStack is added there), and its KV cache is copied into each row. Rows are laid out as
+        [pad][prefix][pad][suffix] (``engines.hf.stack_prefixes``); each suffix keeps the M-RoPE positions of its
+        own uncompressed-rule sequence and holds no video placeholder, so ``generate`` gets no vision outputs.
+        The mask hides the pads; the text row counts each row's own tokens, as in the left-padded batch."""
+        import torch
+        from transformers import DynamicCache
+
+        from scissor_cli.engines.hf import stack_prefixes
+
+        s: QwenSettings = vlm.family_settings
+        end_id = vlm.tokenizer.convert_tokens_to_ids(VISION_END)
+        mask = inputs["attention_mask"].bool()
+        rows, first = [], {}
+        for i, video in enumerate(videos):
+            ids, pos = inputs["input_ids"][i, mask[i]], inputs["position_ids"][1:, i, mask[i]]  # [L], [3, L]
+            ends = (ids == end_id).nonzero().squeeze(1)
+            p = min(int(ends[-1]) + 1, ids.shape[0] - 1) if ends.numel() else 0
+            whole = p > 0 and not bool((ids[p:] == s.video_id).any())  # every placeholder in the prefix
+            key = (id(video), tuple(ids[:p].tolist())) if whole else ("alone", i)
+            rows.append((ids, pos, p if whole else 0, first.setdefault(key, i)))
+        if len(first) == len(rows):
+            return None
+        n_prefix = max(p for _, _, p, _ in rows)
+        n = n_prefix + max(ids.shape[0] - p for ids, _, p, _ in rows)
+        b, device = len(rows), vlm.device
+        input_ids = torch.full((b, n), vlm._pad_id(), dtype=torch.long, device=device)
+        attention = torch.zeros((b, n), dtype=torch.long, device=device)
+        positions = torch.zeros((4, b, n), dtype=torch.long, device=device)
+        text_config = vlm.hf_model.config.get_text_config(decoder=True)
+        computed, shared, n_prefill = {}, [], []
+        for i, (ids, pos, p, lead) in enumerate(rows):
+            tail = ids.shape[0] - p
+            for at, part in ((slice(n_prefix - p, n_prefix), slice(0, p)), (slice(n - tail, n), slice(p, None))):
+                input_ids[i, at], attention[i, at], positions[1:, i, at] = ids[part], 1, pos[:, part]
+            shared.append((lead, p))
+            n_prefill.append(tail + (p if lead == i else 0))
+            if lead == i and p:
+                if vlm.on_step is not None:
+                    vlm.on_step()  # batch's decode-ahead sizes the thread pool before each forward pass
+                kv = DynamicCache(config=text_config)
+                text = torch.arange(p, device=device)[None, None]
+                vlm.hf_model.model(
+                    input_ids=ids[None, :p], attention_mask=torch.ones(1, p, dtype=torch.long, device=device),
+                    position_ids=torch.cat([text, pos[:, None, :p]], 0),
+                    mm_encoder_outputs={"video": self.encoder_outputs(vlm, [videos[i]])}, cache=kv, use_cache=True,
+                )  # fmt: skip
+                computed[i] = kv
+        positions[0] = (attention.cumsum(-1) - 1).clamp_min(0)  # the text row: each row's own token count
+        kv = stack_prefixes(computed, shared, n_prefix, text_config)
+        return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions}, kv, n_prefill
+
     def reuse_cache(self, vlm, cache, inputs, video) -> tuple[Any, int]:
         """A chat's KV cache (``engines.hf.PromptCache``, its ``tail`` the ids it holds) for this one-row prompt: the
         longest common prefix, never into the video unless the same kept tokens are cached whole (their vision
