@@ -99,6 +99,12 @@ class Family:
     def prompt_length(self, vlm: VisionLanguageModel, n_video: int, before: list[int], after: list[int]) -> int:
         return len(before) + n_video + int(vlm.newline) + len(after)
 
+    def input_sizer(self, vlm: VisionLanguageModel) -> Any:
+        """What sizes each video's frames, when the family does (``video_limits.ModelInput.sizer``: the decoder
+        shrinks a huge video near twice that size and the memory estimate counts it); None: ``vlm.image_size``,
+        the same for every video."""
+        return None
+
     def tokens_per_frame(self, config) -> int | None:
         """Visual tokens per frame, when the same for every video (None: it depends on the video's size)."""
         return None

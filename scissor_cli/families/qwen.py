@@ -44,6 +44,27 @@ class QwenSettings:
     n_deep: int  # DeepStack levels (Qwen3-VL), 0 for Qwen2.5-VL
     video_id: int
 
+    # What ``video_limits.ModelInput.sizer`` asks (the decoder's target size and the memory estimate)
+    def frame_size(self, n_frames: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the processor resizes ``n_frames`` frames of this size to (ValueError: an aspect ratio
+        over 200, which Qwen's processors refuse)."""
+        from scissor_cli.families.qwen_preprocess import smart_resize, smart_resize_clip
+
+        factor = self.patch * self.merge
+        if self.clip_bounds:
+            return smart_resize_clip(n_frames, height, width, self.temporal, factor, self.min_pixels, self.max_pixels)
+        return smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+
+    def n_tokens(self, n_frames: int, height: int, width: int) -> int:
+        """Visual tokens of such a clip: temporal patches x (H/28) x (W/28) (Qwen3-VL: /32)."""
+        h, w = self.frame_size(n_frames, height, width)
+        factor = self.patch * self.merge
+        return -(-n_frames // self.temporal) * (h // factor) * (w // factor)
+
+    @property
+    def feature_width(self) -> int:
+        return self.dim * (1 + self.n_deep)  # the main features, then each DeepStack level's
+
 
 @dataclass(frozen=True)
 class QwenVideo:
@@ -180,12 +201,10 @@ class QwenFamily(Family):
 
     # ---------------------------------------------------------------- encode
     def frame_size(self, s: QwenSettings, n_frames: int, height: int, width: int) -> tuple[int, int]:
-        from scissor_cli.families.qwen_preprocess import smart_resize, smart_resize_clip
+        return s.frame_size(n_frames, height, width)
 
-        factor = s.patch * s.merge
-        if s.clip_bounds:
-            return smart_resize_clip(n_frames, height, width, s.temporal, factor, s.min_pixels, s.max_pixels)
-        return smart_resize(height, width, factor, s.min_pixels, s.max_pixels)
+    def input_sizer(self, vlm) -> QwenSettings:
+        return vlm.family_settings  # each video has its own input size: the decoder asks the settings
 
     def encode(self, vlm, frames, on_progress, resized):
         """uint8 [F, H, W, 3] -> [T', H', W', D (x (1 + L))]: the whole clip through the vision tower at once."""
