@@ -292,14 +292,12 @@ class HFEngine:
 def stack_prefixes(computed: dict[int, Any], shared: list[tuple[int, int]], n_prefix: int, text_config) -> Any:
     """One batch's KV cache from its groups' prefix caches (``computed``: lead request -> its batch-1 cache of
     ``p`` positions): row ``i`` holds its group's prefix right-aligned in the first ``n_prefix`` positions, zeros
-    (masked) before it. ``shared``: per request (its group's lead, its prefix length ``p``; 0: none)."""
+    (masked) before it. ``shared``: per request (its group's lead, its prefix length ``p``)."""
     from transformers import DynamicCache
 
     layers: list[tuple[Any, Any]] = []
     b = len(shared)
     for i, (lead, p) in enumerate(shared):
-        if p == 0:  # nothing cached for this row: its whole prompt is its suffix
-            continue
         for layer, (k, v, *_) in enumerate(computed[lead]):  # k, v: [1, heads, p, head_dim]
             if len(layers) <= layer:
                 shape = (b, k.shape[1], n_prefix, k.shape[3])

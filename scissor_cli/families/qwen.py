@@ -311,17 +311,14 @@ class QwenFamily(Family):
 
         from scissor_cli.engines.hf import stack_prefixes
 
-        s: QwenSettings = vlm.family_settings
         end_id = vlm.tokenizer.convert_tokens_to_ids(VISION_END)
         mask = inputs["attention_mask"].bool()
         rows, first = [], {}
         for i, video in enumerate(videos):
             ids, pos = inputs["input_ids"][i, mask[i]], inputs["position_ids"][1:, i, mask[i]]  # [L], [3, L]
-            ends = (ids == end_id).nonzero().squeeze(1)
-            p = min(int(ends[-1]) + 1, ids.shape[0] - 1) if ends.numel() else 0
-            whole = p > 0 and not bool((ids[p:] == s.video_id).any())  # every placeholder in the prefix
-            key = (id(video), tuple(ids[:p].tolist())) if whole else ("alone", i)
-            rows.append((ids, pos, p if whole else 0, first.setdefault(key, i)))
+            # video_text ends with <|vision_end|> and holds every placeholder; user text never spells the special id
+            p = int((ids == end_id).nonzero()[-1, 0]) + 1
+            rows.append((ids, pos, p, first.setdefault((id(video), tuple(ids[:p].tolist())), i)))
         if len(first) == len(rows):
             return None
         n_prefix = max(p for _, _, p, _ in rows)
@@ -338,7 +335,7 @@ class QwenFamily(Family):
                 input_ids[i, at], attention[i, at], positions[1:, i, at] = ids[part], 1, pos[:, part]
             shared.append((lead, p))
             n_prefill.append(tail + (p if lead == i else 0))
-            if lead == i and p:
+            if lead == i:
                 if vlm.on_step is not None:
                     vlm.on_step()  # batch's decode-ahead sizes the thread pool before each forward pass
                 kv = DynamicCache(config=text_config)
