@@ -112,25 +112,25 @@ def decode_size(info: VideoInfo, n_frames: int, model: ModelInput | None) -> tup
 
 
 def _scaled(model: ModelInput, n_frames: int, w: int, h: int, target: tuple[int, int]) -> tuple[int, int]:
-    """``decode_size`` for a per-video target (height, width): the video scaled so each side is about twice the
-    target's (once, if that is still too much), never below it, then a little larger where the rounding of the
-    scaled size would make the model pick another size."""
-    th, tw = target
+    """``decode_size`` for a per-video target (height, width): the video scaled with its aspect kept, its tighter
+    side at twice the target's (once, if that is still too much), never below it, then a little larger where the
+    rounding of the scaled size would make the model pick another size."""
     for factor in (2, 1):
-        scale = factor * max(th / h, tw / w)
-        size = (w, h) if scale >= 1 else _same_input(model, n_frames, w, h, target, scale)
+        size = _same_input(model, n_frames, w, h, target, factor)
         if n_frames * size[0] * size[1] * 3 <= FULL_SIZE_LIMIT_BYTES:
             break
     return size
 
 
-def _same_input(model: ModelInput, n_frames: int, w: int, h: int, target, scale: float) -> tuple[int, int]:
-    """(width, height): ``scale`` x the video's, or up to a quarter larger, or ``scale``'s multiple of the target
-    itself: the first of these the model resizes to ``target`` again (rounding can move its choice by a row or a
-    column of tokens); the first candidate where none does (3 of 9,000 sizes measured: 2000 to 16000 px, 1 to 1440
-    frames, both families' bounds)."""
+def _same_input(model: ModelInput, n_frames: int, w: int, h: int, target, factor: int) -> tuple[int, int]:
+    """(width, height): the video scaled by ``factor`` x the target's tighter side, or up to a quarter larger, or
+    ``factor`` x the target itself: the first of these the model resizes to ``target`` again (rounding can move its
+    choice by a row or a column of tokens); the first candidate where none does (3 of 9,000 sizes measured: 2000 to
+    16000 px, 1 to 1440 frames, both families' bounds). The video's own size where the scale reaches it."""
     th, tw = target
-    factor = round(scale * max(h / th, w / tw))
+    scale = factor * max(th / h, tw / w)
+    if scale >= 1:
+        return w, h
     candidates = [(min(w, round(w * s)), min(h, round(h * s))) for s in (scale * (1 + k / 64) for k in range(16))]
     candidates.append((min(w, factor * tw), min(h, factor * th)))
     candidates = [(max(tw, cw), max(th, ch)) for cw, ch in candidates]
