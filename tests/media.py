@@ -171,12 +171,14 @@ def make_media(directory: str | os.PathLike) -> Media:
     return media
 
 
-def huge_screen_gif(path: Path, side: int = 16000, n_frames: int = 4) -> Path:
-    """A GIF of a few hundred bytes whose logical screen is ``side`` x ``side`` and whose frames are one pixel each:
-    what a decoder allocates follows the screen (``side**2`` pixels a frame), not the file's size. Written by hand."""
+def huge_screen_gif(path: Path, side: int = 16000, n_frames: int = 4, height: int | None = None) -> Path:
+    """A GIF of a few hundred bytes whose logical screen is ``side`` x ``side`` (or ``height`` high) and whose frames
+    are one pixel each: what a decoder allocates follows the screen (``side**2`` pixels a frame), not the file's
+    size. Written by hand."""
     import struct
 
-    out = bytearray(b"GIF89a" + struct.pack("<HH", side, side) + bytes([0xF0, 0, 0]))  # 2-colour global table
+    screen = struct.pack("<HH", side, side if height is None else height)
+    out = bytearray(b"GIF89a" + screen + bytes([0xF0, 0, 0]))  # 2-colour global table
     out += bytes([0, 0, 0, 255, 255, 255])
     out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever: an animation
     for i in range(n_frames):

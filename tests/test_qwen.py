@@ -4,6 +4,7 @@ and the preprocessing is the processors' (where torchvision imports)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import types
@@ -207,6 +208,80 @@ def test_batched_answers_equal_one_at_a_time(qwen_vlms, qwen_dirs, clip, repeate
     assert together.texts == [o.texts[0] for o in alone]
     assert together.token_ids == [o.token_ids[0] for o in alone]
     assert together.n_prompt_tokens == [o.n_prompt_tokens[0] for o in alone]
+
+
+def _video_prefix(vlm, tokens, question) -> int:
+    """Tokens of the request's prompt up to its video's last ``<|vision_end|>`` (what rows about one video share)."""
+    inputs, _ = vlm.family.generate_inputs(vlm, [(tokens, question)], (), vlm._pad_id())
+    ids = inputs["input_ids"][0].tolist()
+    return len(ids) - ids[::-1].index(vlm.tokenizer.convert_tokens_to_ids("<|vision_end|>"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_video_prefix_is_prefilled_once_with_identical_answers(qwen_vlms, qwen_dirs, clip, repeated_clip,
+                                                                     family):  # fmt: skip
+    """Two videos, two questions each (of different lengths), in one call: each video's prefix (system turn + the
+    video, with its vision outputs and DeepStack) is prefilled once, and every greedy answer is the one
+    ``share_prefix=False`` and one call per question give."""
+    vlm = qwen_vlms[family]
+    prof = profile(qwen_dirs[family], tau=0.9)
+    a = compress_video(encode_video(vlm, clip, prof), prof).tokens
+    b = compress_video(encode_video(vlm, repeated_clip, profile(qwen_dirs[family], tau=0.9999)), prof).tokens
+    requests = [(a, QUESTION), (b, "How many?"), (a, "Describe the video in great detail."), (b, QUESTION)]
+    shared = vlm.generate(requests, GREEDY)
+    plain = vlm.generate(requests, GREEDY, share_prefix=False)
+    alone = [vlm.generate([r], GREEDY) for r in requests]
+    assert shared.token_ids == plain.token_ids == [o.token_ids[0] for o in alone], "the shared prefix changed an answer"
+    assert all(len(ids) >= 3 for ids in shared.token_ids), shared.token_ids
+    assert plain.n_prefill_tokens == plain.n_prompt_tokens == shared.n_prompt_tokens
+    full = shared.n_prompt_tokens
+    prefix = [_video_prefix(vlm, video, q) for video, q in requests]
+    assert shared.n_prefill_tokens == [full[0], full[1], full[2] - prefix[2], full[3] - prefix[3]], (
+        "each video's prefix counts once, on its first request"
+    )
+    sampled = GenerationOptions(max_new_tokens=8, temperature=0.9, seed=5)
+    assert vlm.generate(requests, sampled).token_ids == vlm.generate(requests, sampled, share_prefix=False).token_ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_questions_about_one_video_share_its_prefill_through_answer(qwen_vlms, qwen_dirs, clip, family):
+    vlm = qwen_vlms[family]
+    prof = profile(qwen_dirs[family], tau=0.9)
+    questions = [QUESTION, "Describe the video in detail.", "How many?"]
+    together = answer(vlm, clip, questions, prof)
+    alone = [answer(vlm, clip, q, prof)[0] for q in questions]
+    assert [x.answer for x in together] == [x.answer for x in alone], "prefix reuse changed a greedy answer"
+    full = [x.prefill_tokens for x in alone]
+    visual = together[0].tokens["final"]
+    shared = [x.prefill_tokens for x in together]
+    assert shared[0] == full[0] and all(s < f - visual for s, f in zip(shared[1:], full[1:], strict=True))
+    assert sum(shared) < sum(full) - 2 * visual, "three questions: the video's prefix once"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_rows_about_one_video_share_its_prefill(qwen_vlms, qwen_dirs, clip, repeated_clip, family, tmp_path):
+    """The batch runner: two questions about one video and one about another in a batch of 4 answer as batches of
+    1 do, and the shared video's prefix is prefilled once."""
+    from scissor_cli.batch import run_batch
+    from scissor_cli.jobs import Job
+
+    vlm = qwen_vlms[family]
+    prof = profile(qwen_dirs[family], tau=0.9)
+    jobs = [Job("a1", clip, QUESTION), Job("a2", clip, "Describe the video in detail."),
+            Job("b1", repeated_clip, QUESTION)]  # fmt: skip
+    answers, prefilled = {}, {}
+    for batch_size in (1, 4):
+        out = tmp_path / f"b{batch_size}.jsonl"
+        summary = run_batch(lambda: vlm, jobs, str(out), prof, batch_size=batch_size)
+        assert summary.n_done == len(jobs)
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert {r["batch_rows"] for r in records} == ({1} if batch_size == 1 else {3}), records
+        answers[batch_size] = {r["id"]: r["answer"] for r in records}
+        prefilled[batch_size] = {r["id"]: r["prefill_tokens"] for r in records}
+        visual = {r["id"]: r["tokens"]["final"] for r in records}
+    assert answers[1] == answers[4], "batched rows with a shared prefix must answer like one call per question"
+    assert prefilled[4]["a1"] == prefilled[1]["a1"] and prefilled[4]["b1"] == prefilled[1]["b1"]
+    assert prefilled[4]["a2"] < prefilled[1]["a2"] - visual["a2"], "the second question reuses the video's prefix"
 
 
 # Runs in a fresh interpreter: the shim must come before transformers decides torchvision is missing.

@@ -98,6 +98,39 @@ def test_batch_sweep_resume_and_decode_ahead(tiny_qwen25_dir, clip, tmp_path):
     assert "retention=0.5" in report and "retention=0.1" in report
 
 
+@pytest.mark.parametrize("which", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_huge_video_is_decoded_near_the_qwen_input_and_answered(request, which, tmp_path):
+    """A 9000 x 5000 GIF of a few hundred bytes (135 MB a frame decoded): Qwen's own size for it is tiny, so it is
+    decoded near twice that (aspect kept) and answered with the token grid its full-size frames give; batch's
+    decode-ahead workers decode it the same way."""
+    from media import huge_screen_gif
+
+    from scissor_cli import video
+    from scissor_cli.model import load_model
+    from scissor_cli.options import ModelOptions
+
+    model = request.getfixturevalue("tiny_qwen25_dir" if which == "qwen2_5_vl" else "tiny_qwen3_dir")
+    gif = huge_screen_gif(tmp_path / "wide.gif", 9000, 4, height=5000)
+    assert gif.stat().st_size < 1000
+    s = load_model(ModelOptions(model=str(model), device="cpu")).family_settings
+    dw, dh = video.decode_size(video.probe(gif), 4, video.ModelInput(None, None, s.dim, s))
+    th, tw = s.frame_size(4, 5000, 9000)
+    assert tw <= dw < 3 * tw and th <= dh < 3 * th, ((dw, dh), (tw, th))
+    args = ("--model", model, "--frames", "4", "--dtype", "float32", "--max-new-tokens", "4", "--no-compress",
+            "--no-cache")  # fmt: skip
+    r = json.loads(ok(run("ask", gif, "What is on the screen?", *args, "--json")).stdout)
+    assert f"decoded at {dw}x{dh} instead of 9000x5000 (memory)" in r["note"], r["note"]
+    assert r["tokens"]["original"] == r["tokens"]["final"] == s.n_tokens(4, 5000, 9000), r["tokens"]
+    assert isinstance(r["answer"], str) and r["frames"] == 4
+    if which == "qwen2_5_vl":  # two videos: the decode-ahead workers decode them
+        out, twin = tmp_path / "out.jsonl", tmp_path / "twin.gif"
+        twin.write_bytes(gif.read_bytes())
+        ok(run("batch", gif, twin, "-q", "What is on the screen?", "-o", out, *args, "--decode-workers", "1"))
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(records) == 2 and all(x["status"] == "ok" for x in records), records
+        assert [x["note"] for x in records] == [r["note"]] * 2 and [x["answer"] for x in records] == [r["answer"]] * 2
+
+
 def test_chat_turns_and_commands(tiny_qwen3_dir, clip):
     text = "What is happening?\n/retention 0.3\nDescribe it.\n/off\nAgain?\n"
     result = ok(run("chat", clip, "--model", tiny_qwen3_dir, "--frames", "8", "--dtype", "float32",

@@ -83,6 +83,69 @@ def test_huge_inputs_are_decoded_near_the_models_size():
     assert est.frames == 32 * 768 * 768 * 3 and est.decoder == 8 * 16000 * 16000
 
 
+def _qwen(family: str):
+    """The published checkpoints' video bounds: Qwen2.5-VL 100,352..602,112 px a frame (patch 14, merge 2, LLM
+    width 2048 for the 3B), Qwen3-VL 4,096..25,165,824 px a clip (patch 16, 3 DeepStack levels, 2560 for the 4B)."""
+    from scissor_cli.families.qwen import QwenSettings
+
+    mean = (0.5, 0.5, 0.5)
+    if family == "qwen2_5_vl":
+        return QwenSettings(100352, 602112, 14, 2, 2, mean, mean, False, 2048, 0, 1)
+    return QwenSettings(4096, 25165824, 16, 2, 2, mean, mean, True, 2560, 3, 1)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_inputs_are_decoded_near_twice_their_own_size(family):
+    """Qwen sizes each video itself: a huge one is decoded with its aspect kept near twice that size, never below
+    it, at a size the model resizes to the same input (the same token grid) as the full-size frames."""
+    import pickle
+
+    s = _qwen(family)
+    model = video.ModelInput(None, None, s.dim, s)
+    assert pickle.loads(pickle.dumps(model)) == model, "decode-ahead workers receive it"
+    for (w, h), n in [((1920, 1080), 32), ((3840, 2160), 32), ((96, 64), 4096)]:
+        assert video.decode_size(_info(w, h), n, model) == (w, h), "ordinary videos keep their frames"
+    # the last two: the plain scaled size of each would move Qwen2.5-VL's (first) or Qwen3-VL's grid
+    for (w, h), n in [((7680, 4320), 32), ((3840, 2160), 64), ((16000, 16000), 32), ((16000, 300), 100),
+                      ((1920, 1080), 1440), ((2000, 2904), 64), ((2331, 4857), 32)]:  # fmt: skip
+        dw, dh = video.decode_size(_info(w, h), n, model)
+        th, tw = s.frame_size(n, h, w)
+        assert (dw, dh) != (w, h) and dw >= tw and dh >= th, ((w, h), n, (dw, dh), (tw, th))
+        assert s.frame_size(n, dh, dw) == (th, tw), f"{(w, h)} x {n}: decoded at {(dw, dh)} the grid moved"
+        if n * (2 * tw) * (2 * th) * 3 <= video_limits.FULL_SIZE_LIMIT_BYTES:
+            assert 1.99 < min(dw / tw, dh / th) < 2.2, ((w, h), n, (dw, dh))  # one side at twice, aspect kept
+        assert abs(dw / dh - w / h) / (w / h) < 0.05 or min(dw - tw, dh - th) < 2, "the aspect is kept"
+    expect = {"qwen2_5_vl": (2016, 1134), "qwen3_vl": (2304, 1296)}[family]
+    assert video.decode_size(_info(7680, 4320), 32, model) == expect
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_memory_estimate_counts_its_pixels_and_tokens(family):
+    s = _qwen(family)
+    model = video.ModelInput(None, None, s.dim, s)
+    est = video.estimate_memory(_info(3840, 2160), 31, model)
+    th, tw = s.frame_size(31, 2160, 3840)
+    tokens = 16 * (th // (s.patch * 2)) * (tw // (s.patch * 2))  # 31 frames: 16 temporal patches
+    assert s.n_tokens(31, 2160, 3840) == tokens
+    assert est.model == 2 * 32 * 3 * th * tw * 4 + tokens * s.dim * (1 + s.n_deep) * 4
+    assert est.total == est.frames + est.decoder + est.model
+    with pytest.raises(VideoError, match="model step"):
+        video.check_memory("v.mp4", est, est.frames + est.decoder + est.model // 2)
+
+
+def test_the_model_input_of_each_family():
+    """``ModelInput.of`` asks the family: Qwen's settings size each video, LLaVA-OV's input is its image size."""
+    from scissor_cli.families import LLAVA_OV as LLAVA_FAMILY
+    from scissor_cli.families import QWEN2_5_VL
+
+    s = _qwen("qwen2_5_vl")
+    qwen = type("V", (), dict(family=QWEN2_5_VL, family_settings=s, image_size=None, tokens_per_frame=None,
+                              hidden_size=2048))()  # fmt: skip
+    assert video.ModelInput.of(qwen) == video.ModelInput(None, None, 2048, s)
+    plain = type("V", (), dict(family=LLAVA_FAMILY, image_size=(384, 384), tokens_per_frame=196, hidden_size=896))()
+    assert video.ModelInput.of(plain) == LLAVA_OV
+
+
 def test_memory_budget_values():
     assert parse_memory_budget("8G") == (8 * GIB, None)
     assert parse_memory_budget("512M") == (512 << 20, None)

@@ -1,8 +1,8 @@
 """The ``hf`` engine: transformers' ``generate`` in scissor's own process, the reference path for every family:
 LLaVA-OV's rows of embeddings (``inputs_embeds``, left-padded, a video prefix shared by several questions
 prefilled once) or a ``positions`` family's prepared ids, M-RoPE positions and vision outputs (``Prompts.inputs``,
-families.qwen); a chat's KV cache between turns (``PromptCache``, reused through the family's hooks for the
-latter); the first request streamed."""
+families.qwen); a chat's KV cache between turns (``PromptCache``) and a shared video prefix, through the family's
+hooks for the latter (``reuse_cache``/``keep_cache``, ``share_prefix``); the first request streamed."""
 
 from __future__ import annotations
 
@@ -92,6 +92,8 @@ class HFEngine:
                 if cache is not None:
                     kv, n_reuse = vlm.family.reuse_cache(vlm, cache, inputs, prompts.videos[0])
                     n_prefill = [lengths[0] - n_reuse]
+                elif share_prefix and (shared := vlm.family.share_prefix(vlm, inputs, prompts.videos)) is not None:
+                    inputs, kv, n_prefill = shared  # a video prefix shared by several rows, prefilled once
             else:
                 inputs, n_prefill, kv = self._embed_inputs(prompts, pad_id, cache, share_prefix)
 
@@ -270,7 +272,6 @@ class HFEngine:
         mask = torch.zeros(b, n_prefix + n_suffix, dtype=torch.long, device=device)
         text_config = self.vlm.hf_model.config.get_text_config(decoder=True)
         computed: dict[int, Any] = {}
-        layers: list[tuple[Any, Any]] = []
         n_prefill = []
         for i, (row, (lead, p)) in enumerate(zip(rows, shared, strict=True)):
             s = row.shape[0] - p
@@ -285,10 +286,22 @@ class HFEngine:
                 prefix_kv = DynamicCache(config=text_config)
                 self.vlm.hf_model.model(inputs_embeds=row[None, :p], cache=prefix_kv, use_cache=True)
                 computed[lead] = prefix_kv
-            for layer, (k, v, *_) in enumerate(computed[lead]):  # k, v: [1, heads, p, head_dim]
-                if len(layers) <= layer:
-                    shape = (b, k.shape[1], n_prefix, k.shape[3])
-                    layers.append((k.new_zeros(shape), v.new_zeros(shape)))
-                layers[layer][0][i, :, n_prefix - p :] = k[0]
-                layers[layer][1][i, :, n_prefix - p :] = v[0]
-        return embeds, mask, DynamicCache(ddp_cache_data=layers, config=text_config), n_prefill
+        return embeds, mask, stack_prefixes(computed, shared, n_prefix, text_config), n_prefill
+
+
+def stack_prefixes(computed: dict[int, Any], shared: list[tuple[int, int]], n_prefix: int, text_config) -> Any:
+    """One batch's KV cache from its groups' prefix caches (``computed``: lead request -> its batch-1 cache of
+    ``p`` positions): row ``i`` holds its group's prefix right-aligned in the first ``n_prefix`` positions, zeros
+    (masked) before it. ``shared``: per request (its group's lead, its prefix length ``p``)."""
+    from transformers import DynamicCache
+
+    layers: list[tuple[Any, Any]] = []
+    b = len(shared)
+    for i, (lead, p) in enumerate(shared):
+        for layer, (k, v, *_) in enumerate(computed[lead]):  # k, v: [1, heads, p, head_dim]
+            if len(layers) <= layer:
+                shape = (b, k.shape[1], n_prefix, k.shape[3])
+                layers.append((k.new_zeros(shape), v.new_zeros(shape)))
+            layers[layer][0][i, :, n_prefix - p :] = k[0]
+            layers[layer][1][i, :, n_prefix - p :] = v[0]
+    return DynamicCache(ddp_cache_data=layers, config=text_config)

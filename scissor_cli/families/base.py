@@ -89,8 +89,21 @@ class Family:
         requests, and each request's prompt length."""
         raise NotImplementedError
 
+    def share_prefix(self, vlm: VisionLanguageModel, inputs: dict, videos: list) -> tuple[dict, Any, list[int]] | None:
+        """Only for ``positions`` families: ``generate_inputs``' batch with the video prefix that several requests
+        share (the same kept-token object, the same ids up to the video's end) prefilled once: (generate's
+        keyword arguments, the KV cache they start from, tokens prefilled per request), or None when no two
+        requests share one. LLaVA-OV's rows of embeddings are laid out by the hf engine itself."""
+        return None
+
     def prompt_length(self, vlm: VisionLanguageModel, n_video: int, before: list[int], after: list[int]) -> int:
         return len(before) + n_video + int(vlm.newline) + len(after)
+
+    def input_sizer(self, vlm: VisionLanguageModel) -> Any:
+        """What sizes each video's frames, when the family does (``video_limits.ModelInput.sizer``: the decoder
+        shrinks a huge video near twice that size and the memory estimate counts it); None: ``vlm.image_size``,
+        the same for every video."""
+        return None
 
     def tokens_per_frame(self, config) -> int | None:
         """Visual tokens per frame, when the same for every video (None: it depends on the video's size)."""

@@ -44,6 +44,27 @@ class QwenSettings:
     n_deep: int  # DeepStack levels (Qwen3-VL), 0 for Qwen2.5-VL
     video_id: int
 
+    # What ``video_limits.ModelInput.sizer`` asks (the decoder's target size and the memory estimate)
+    def frame_size(self, n_frames: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the processor resizes ``n_frames`` frames of this size to (ValueError: an aspect ratio
+        over 200, which Qwen's processors refuse)."""
+        from scissor_cli.families.qwen_preprocess import smart_resize, smart_resize_clip
+
+        factor = self.patch * self.merge
+        if self.clip_bounds:
+            return smart_resize_clip(n_frames, height, width, self.temporal, factor, self.min_pixels, self.max_pixels)
+        return smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+
+    def n_tokens(self, n_frames: int, height: int, width: int) -> int:
+        """Visual tokens of such a clip: temporal patches x (H/28) x (W/28) (Qwen3-VL: /32)."""
+        h, w = self.frame_size(n_frames, height, width)
+        factor = self.patch * self.merge
+        return -(-n_frames // self.temporal) * (h // factor) * (w // factor)
+
+    @property
+    def feature_width(self) -> int:
+        return self.dim * (1 + self.n_deep)  # the main features, then each DeepStack level's
+
 
 @dataclass(frozen=True)
 class QwenVideo:
@@ -180,12 +201,10 @@ class QwenFamily(Family):
 
     # ---------------------------------------------------------------- encode
     def frame_size(self, s: QwenSettings, n_frames: int, height: int, width: int) -> tuple[int, int]:
-        from scissor_cli.families.qwen_preprocess import smart_resize, smart_resize_clip
+        return s.frame_size(n_frames, height, width)
 
-        factor = s.patch * s.merge
-        if s.clip_bounds:
-            return smart_resize_clip(n_frames, height, width, s.temporal, factor, s.min_pixels, s.max_pixels)
-        return smart_resize(height, width, factor, s.min_pixels, s.max_pixels)
+    def input_sizer(self, vlm) -> QwenSettings:
+        return vlm.family_settings  # each video has its own input size: the decoder asks the settings
 
     def encode(self, vlm, frames, on_progress, resized):
         """uint8 [F, H, W, 3] -> [T', H', W', D (x (1 + L))]: the whole clip through the vision tower at once."""
@@ -279,6 +298,57 @@ class QwenFamily(Family):
             "position_ids": positions,
             "mm_encoder_outputs": {"video": self.encoder_outputs(vlm, [v for v, _ in requests])},
         }, lengths
+
+    def share_prefix(self, vlm, inputs, videos):
+        """Requests about one video (the same ``QwenTokens``) whose ids agree up to the video's last
+        ``<|vision_end|>``: that prefix runs through the model once, batch 1, with the video's vision outputs
+        (DeepStack is added there), and its KV cache is copied into each row. Rows are laid out as
+        [pad][prefix][pad][suffix] (``engines.hf.stack_prefixes``); each suffix keeps the M-RoPE positions of its
+        own uncompressed-rule sequence and holds no video placeholder, so ``generate`` gets no vision outputs.
+        The mask hides the pads; the text row counts each row's own tokens, as in the left-padded batch."""
+        import torch
+        from transformers import DynamicCache
+
+        from scissor_cli.engines.hf import stack_prefixes
+
+        end_id = vlm.tokenizer.convert_tokens_to_ids(VISION_END)
+        mask = inputs["attention_mask"].bool()
+        rows, first = [], {}
+        for i, video in enumerate(videos):
+            ids, pos = inputs["input_ids"][i, mask[i]], inputs["position_ids"][1:, i, mask[i]]  # [L], [3, L]
+            # video_text ends with <|vision_end|> and holds every placeholder; user text never spells the special id
+            p = int((ids == end_id).nonzero()[-1, 0]) + 1
+            rows.append((ids, pos, p, first.setdefault((id(video), tuple(ids[:p].tolist())), i)))
+        if len(first) == len(rows):
+            return None
+        n_prefix = max(p for _, _, p, _ in rows)
+        n = n_prefix + max(ids.shape[0] - p for ids, _, p, _ in rows)
+        b, device = len(rows), vlm.device
+        input_ids = torch.full((b, n), vlm._pad_id(), dtype=torch.long, device=device)
+        attention = torch.zeros((b, n), dtype=torch.long, device=device)
+        positions = torch.zeros((4, b, n), dtype=torch.long, device=device)
+        text_config = vlm.hf_model.config.get_text_config(decoder=True)
+        computed, shared, n_prefill = {}, [], []
+        for i, (ids, pos, p, lead) in enumerate(rows):
+            tail = ids.shape[0] - p
+            for at, part in ((slice(n_prefix - p, n_prefix), slice(0, p)), (slice(n - tail, n), slice(p, None))):
+                input_ids[i, at], attention[i, at], positions[1:, i, at] = ids[part], 1, pos[:, part]
+            shared.append((lead, p))
+            n_prefill.append(tail + (p if lead == i else 0))
+            if lead == i:
+                if vlm.on_step is not None:
+                    vlm.on_step()  # batch's decode-ahead sizes the thread pool before each forward pass
+                kv = DynamicCache(config=text_config)
+                text = torch.arange(p, device=device)[None, None]
+                vlm.hf_model.model(
+                    input_ids=ids[None, :p], attention_mask=torch.ones(1, p, dtype=torch.long, device=device),
+                    position_ids=torch.cat([text, pos[:, None, :p]], 0),
+                    mm_encoder_outputs={"video": self.encoder_outputs(vlm, [videos[i]])}, cache=kv, use_cache=True,
+                )  # fmt: skip
+                computed[i] = kv
+        positions[0] = (attention.cumsum(-1) - 1).clamp_min(0)  # the text row: each row's own token count
+        kv = stack_prefixes(computed, shared, n_prefix, text_config)
+        return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions}, kv, n_prefill
 
     def reuse_cache(self, vlm, cache, inputs, video) -> tuple[Any, int]:
         """A chat's KV cache (``engines.hf.PromptCache``, its ``tail`` the ids it holds) for this one-row prompt: the
