@@ -9,8 +9,8 @@ retention budgets; and a second question served from the feature cache.
 
 ``--qwen``: the real Qwen2.5-VL-3B/7B and Qwen3-VL-4B/8B architectures instead (bench/qwen_archs.py): vision, SCC,
 prefill uncompressed vs 50/35/10 %, per-token decode, peak memory, on the clip's frames at the video processor's
-published checkpoints' bounds (``--max-pixels`` lowers them). The prefills of the budgets are interleaved, round by
-round; the CPU, its flags and the load average are printed beside the numbers.
+bounds in qwen_archs.VIDEO_PIXELS (``--max-pixels`` overrides the upper one). The prefills of the budgets are
+interleaved, round by round; the CPU, its flags and the load average are printed beside the numbers.
 
 Random weights: timings are the architecture's (same shapes, same FLOPs), answers are gibberish. The tokenizer is
 the tests' tiny BPE (the Qwen2 one cannot be fetched offline); it only changes the ~20 text tokens of the prompt.

@@ -2,9 +2,9 @@
 on them (bench_model.py on CPU, bench_gpu.py / gpu_check.py on a GPU).
 
 Shapes from the published config.json files (Qwen/Qwen2.5-VL-3B-Instruct, -7B-Instruct, Qwen/Qwen3-VL-4B-Instruct,
--8B-Instruct; every value below was checked against copies of those files), and the video pixel bounds their
-processor files give (``VIDEO_PIXELS``). The tokenizer is the tests' tiny one (the real ones cannot be fetched
-offline), so the special ids are moved to its ids (3..6); the text prompt is ~20 tokens either way.
+-8B-Instruct; every value below was checked against copies of those files), and the video processors' pixel bounds
+(``VIDEO_PIXELS``). The tokenizer is the tests' tiny one (the real ones cannot be fetched offline), so the special
+ids are moved to its ids (3..6); the text prompt is ~20 tokens either way.
 
 Per architecture, for one clip: vision (preprocess + the vision tower, ``VisionLanguageModel.encode``), SCC at the
 budgets, the LLM prefill (one synchronised forward over generate's inputs: ids, M-RoPE positions, vision outputs)
@@ -36,9 +36,11 @@ QWEN_VISION = {
                         spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
                         deepstack_visual_indexes=[8, 16, 24], hidden_act="gelu_pytorch_tanh"),
 }  # fmt: skip
-# (min, max) pixels of the published checkpoints' video processor: per frame for Qwen2.5-VL (its files set no video
-# bounds, so the processor class's 128x28x28..768x28x28 hold), per clip for Qwen3-VL (video_preprocessor_config.json:
-# size shortest_edge 4096, longest_edge 25165824, far above the class's 786432).
+# (min, max) pixels of the video processor: per frame for Qwen2.5-VL, the video processor class's 128x28x28..768x28x28
+# (also qwen-vl-utils' video defaults; a checkpoint folder with only preprocessor_config.json gets its image bounds,
+# 3136..12845056, applied to video by transformers: --max-pixels 12845056 benches that), per clip for Qwen3-VL (the
+# published video_preprocessor_config.json: size shortest_edge 4096, longest_edge 25165824, far above the class's
+# 786432).
 VIDEO_PIXELS = {"qwen2.5-vl-3b": (100352, 602112), "qwen2.5-vl-7b": (100352, 602112),
                 "qwen3-vl-4b": (4096, 25165824), "qwen3-vl-8b": (4096, 25165824)}  # fmt: skip
 IDS = dict(vision_start_token_id=3, vision_end_token_id=4, image_token_id=5, video_token_id=6)
@@ -71,7 +73,7 @@ def qwen_config(arch: str):
 
 def build(arch: str, device, dtype, max_pixels: int | None = None):
     """(VisionLanguageModel on ``device`` in ``dtype``, seconds to build it). ``max_pixels``: the video processor's
-    upper bound (default: the published checkpoint's, ``VIDEO_PIXELS``; per frame for Qwen2.5-VL, per clip for
+    upper bound (default: ``VIDEO_PIXELS``'s; per frame for Qwen2.5-VL, per clip for
     Qwen3-VL)."""
     import torch
     from tiny_checkpoint import QWEN_VL_CHAT_TEMPLATE, build_tokenizer
