@@ -401,8 +401,8 @@ def test_a_model_scissor_cannot_hand_to_vllm_is_one_line_exit_5_in_batch(tiny_qw
 # ------------------------------------------------------------------ several ranks, each its own vLLM engine
 def test_two_torchrun_ranks_with_engine_vllm_merge_the_answers_of_one_hf_process(tiny, videos, tmp_path):
     """``torchrun --nproc_per_node 2 -m scissor_cli batch --engine vllm``: each rank starts its own vLLM engine
-    (torchrun's variables kept from vLLM's processes: with TORCHELASTIC_USE_AGENT_STORE their own rendezvous
-    would wait for a store nobody serves), answers its videos, and rank 0 merges: the records of one hf process."""
+    (torchrun's variables kept from vLLM's processes), answers its videos, and rank 0 merges: the records of one
+    hf process."""
     folder = str(Path(videos[0]).parent)
     common = ["-m", "scissor_cli", "batch", folder, "-q", QUESTIONS[0], "-q", QUESTIONS[1], "--model", str(tiny),
               "--frames", "4", "--max-new-tokens", "12", "--dtype", "float32", "--device", "cpu",

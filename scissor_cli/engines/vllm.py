@@ -118,10 +118,10 @@ def start(model_dir: Path, text_config: dict[str, Any], dtype: str, opts: ModelO
 
 
 # ------------------------------------------------------------------ what vLLM's processes start with
-# What torchrun / accelerate launch set for scissor's own ranks. vLLM's processes inherit the environment, and
-# vLLM reads LOCAL_RANK (envs.LOCAL_RANK), RANK (external launcher, data parallel); torch.distributed's
-# rendezvous in vLLM's workers reads TORCHELASTIC_USE_AGENT_STORE (torchrun sets it: every tcp:// rendezvous then
-# becomes a client of a store nobody serves, and vLLM's worker waits for it until its timeout).
+# What torchrun / accelerate launch set for scissor's own ranks. vLLM's processes inherit the environment; vLLM
+# reads LOCAL_RANK (envs.LOCAL_RANK: env:// setups) and RANK (external launcher, data parallel), and with
+# torchrun's TORCHELASTIC_USE_AGENT_STORE a tcp:// rendezvous of vLLM's workers (older vLLMs; ROCm with AITER in
+# 0.32, which otherwise uses a file store) is a client of a store nobody serves, waiting until its timeout.
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
                  "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
 LAUNCHER_PREFIXES = ("TORCHELASTIC_",)
