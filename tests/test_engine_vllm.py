@@ -404,8 +404,9 @@ def test_two_torchrun_ranks_with_engine_vllm_merge_the_answers_of_one_hf_process
     (torchrun's variables kept from vLLM's processes), answers its videos, and rank 0 merges: the records of one
     hf process."""
     folder = str(Path(videos[0]).parent)
+    # device auto: each rank looks for GPUs of its own (batch.ranks.vllm_rank_device), finds none, runs on the CPU
     common = ["-m", "scissor_cli", "batch", folder, "-q", QUESTIONS[0], "-q", QUESTIONS[1], "--model", str(tiny),
-              "--frames", "4", "--max-new-tokens", "12", "--dtype", "float32", "--device", "cpu",
+              "--frames", "4", "--max-new-tokens", "12", "--dtype", "float32", "--device", "auto",
               "--decode-workers", "0"]  # fmt: skip
     hf_out, vllm_out = tmp_path / "hf.jsonl", tmp_path / "vllm.jsonl"
     env = _cli_env(tmp_path)
