@@ -447,3 +447,45 @@ def test_a_language_model_scissor_cannot_hand_to_vllm_is_refused():
     with pytest.raises(ModelError, match="its language model is 'llama'") as e:
         _check_language_model({"model_type": "llama"}, "m")
     assert e.value.exit_code == 5 and e.value.hint == "use --engine hf for this model"
+
+
+HOLD_STDERR = """
+import subprocess, sys
+from scissor_cli.engines.vllm import _ChildStderr
+
+def child(text):  # a process started while the log is held writes to the stderr it inherited
+    subprocess.run([sys.executable, "-c", f"import sys; sys.stderr.write({text!r})"], check=True)
+
+log = _ChildStderr()
+if sys.argv[1] == "no":  # run with fd 2 closed
+    log.started()
+    print(repr(log.failed(wait_s=0)))
+    sys.exit()
+child("Traceback (most recent call last):\\nValueError: boom\\n")
+if sys.argv[1] == "failed":
+    print(repr(log.failed()))
+else:
+    log.started()
+    child("after the start\\n")
+"""
+
+
+@pytest.mark.parametrize("how", ["failed", "started", "no stderr"])
+def test_vllms_stderr_is_held_while_it_starts(tmp_path, how):
+    """While vLLM starts, what its processes write is held: a failed start gets it (and stderr stays clean), a
+    good one passes it on, and the processes' later writes go to stderr as they come. No stderr at all: nothing
+    breaks."""
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_STDERR)
+    cmd = [sys.executable, str(script), how.split()[0]]
+    if how == "no stderr":
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60, text=True,
+                             preexec_fn=lambda: os.close(2))  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip() == "''", out.stdout
+        return
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if how == "failed":
+        assert out.stdout.strip() == repr("Traceback (most recent call last):\nValueError: boom\n") and out.stderr == ""
+    else:
+        assert out.stderr == "Traceback (most recent call last):\nValueError: boom\nafter the start\n"

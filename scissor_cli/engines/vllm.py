@@ -198,15 +198,20 @@ class _ChildStderr:
     on everything vLLM's processes write goes to the real stderr as it comes."""
 
     def __init__(self) -> None:
-        sys.stderr.flush()
-        self._read, write = os.pipe()
-        self._stderr = os.dup(2)
-        os.dup2(write, 2)
-        os.close(write)
         self._held = bytearray()
         self._passing = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, name="scissor-vllm-stderr", daemon=True)
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # closed, or None
+            sys.stderr.flush()
+        try:
+            self._stderr = os.dup(2)
+        except OSError:  # no stderr (fd 2 closed): nothing to hold, vLLM's processes write nowhere either
+            self._stderr = -1
+            return
+        self._read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
         self._thread.start()
 
     def _pump(self) -> None:
@@ -222,9 +227,10 @@ class _ChildStderr:
             os.close(self._read)
 
     def _restore(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # closed, or None
             sys.stderr.flush()
-        os.dup2(self._stderr, 2)
+        if self._stderr >= 0:
+            os.dup2(self._stderr, 2)
 
     def started(self) -> None:
         """vLLM is up (or the start was interrupted): stderr is this process's again; what was held, and all that
@@ -255,7 +261,8 @@ class _ChildStderr:
     def close(self) -> None:
         """After vLLM's processes ended: a moment for their last lines (multiprocessing's resource tracker keeps
         the pipe open until this process exits, so this cannot wait for its end)."""
-        self._thread.join(timeout=0.3)
+        if self._thread.is_alive():
+            self._thread.join(timeout=0.3)
 
 
 # the root cause in vLLM's log or traceback: "ValueError: ...", "torch.OutOfMemoryError: ..."
