@@ -7,6 +7,10 @@ by step (``LLMEngine.add_request``/``step``), so the first request streams and `
 with the hf engine. Sampling: greedy, or ``SamplingParams(seed=...)`` per request (vLLM draws differently from
 transformers: the same seed gives another sample than ``--engine hf``, reproducibly). vllm is imported inside
 functions only; ``register`` is the ``vllm.general_plugins`` entry point every vLLM process runs.
+
+Starting: vLLM fails in its own processes, so while it starts their stderr is held (``_ChildStderr``) and a
+failed start is one line quoting the cause they reported (``start_error``). Under torchrun/accelerate each rank's
+engine starts on the rank's own GPUs and without the launcher's variables (``engine_gpus``, ``engine_env``).
 """
 
 from __future__ import annotations
