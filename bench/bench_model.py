@@ -9,7 +9,8 @@ retention budgets; and a second question served from the feature cache.
 
 ``--qwen``: the real Qwen2.5-VL-3B/7B and Qwen3-VL-4B/8B architectures instead (bench/qwen_archs.py): vision, SCC,
 prefill uncompressed vs 50/35/10 %, per-token decode, peak memory, on the clip's frames at the video processor's
-default bounds (``--max-pixels`` lowers them, for a CPU run that ends).
+published checkpoints' bounds (``--max-pixels`` lowers them). The prefills of the budgets are interleaved, round by
+round; the CPU, its flags and the load average are printed beside the numbers.
 
 Random weights: timings are the architecture's (same shapes, same FLOPs), answers are gibberish. The tokenizer is
 the tests' tiny BPE (the Qwen2 one cannot be fetched offline); it only changes the ~20 text tokens of the prompt.
@@ -19,6 +20,7 @@ Several minutes on a 2-core CPU: the SigLIP tower costs ~15 s per 384 px frame t
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import resource
@@ -68,7 +70,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="LLM runs per row; the fastest is reported")
     ap.add_argument("--note", default="", help="a line about the conditions (e.g. other load) for the results file")
     ap.add_argument("--qwen", nargs="+", default=None, help="Qwen architectures to bench instead (bench/qwen_archs.py)")
-    ap.add_argument("--max-pixels", type=int, default=None, help="--qwen: the video processor's max_pixels")
+    pixels_help = "--qwen: the video processor's max_pixels (default: the published checkpoint's)"
+    ap.add_argument("--max-pixels", type=int, default=None, help=pixels_help)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="--qwen: the weights' dtype")
     args = ap.parse_args()
     if args.qwen:
@@ -234,6 +237,7 @@ def main() -> None:
 def main_qwen(args) -> None:
     """``--qwen``: the Qwen rows, one table per architecture, written to ``--out`` (results_model_qwen.md)."""
     import torch
+    from bench_speed import cpu_line, load
     from qwen_archs import QWEN_TEXT, bench_qwen
 
     from scissor_cli.video import sample_frames
@@ -247,22 +251,22 @@ def main_qwen(args) -> None:
         else str(ROOT / "bench" / "results_model_qwen.md")
     )
     frames = sample_frames(args.video, n_frames=args.frames).frames
-    cpu = platform.processor() or platform.machine()
     lines = [
         "# Model bench: real Qwen2.5-VL / Qwen3-VL architectures, random weights, CPU",
         "",
         f"Command: `python {os.path.relpath(__file__, ROOT)} {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {args.dtype}, torch "
-        f"{torch.__version__}. Measured {time.strftime('%Y-%m-%d')}.  ",
+        f"Machine: {cpu_line()}; torch threads {torch.get_num_threads()}, {args.dtype}, torch "
+        f"{torch.__version__}. Measured {time.strftime('%Y-%m-%d')}; load average at start {load()}.  ",
         *([f"Note: {args.note}  "] if args.note else []),
         f"Video: `{os.path.relpath(args.video, ROOT)}`, {len(frames)} frames; {args.new_tokens} new tokens; prefill "
-        f"best of {args.repeats}.",
+        f"best of {args.repeats} rounds, the budgets interleaved in each round.",
         "",
     ]
     for arch in args.qwen:
         print(f"{arch} ...", file=sys.stderr, flush=True)
         dtype = getattr(torch, args.dtype)
         head, rows = bench_qwen(arch, frames, BUDGETS, "cpu", dtype, args.new_tokens, args.max_pixels, args.repeats)
+        gc.collect()  # the model's reference cycles: free its weights before the next architecture is built
         lines += [f"**{head}**", "",
                   "| budget | video tokens kept | prompt tokens | SCC | prefill | decode / token | question total "
                   "(vision + SCC + LLM) | peak RSS |", "|---|---|---|---|---|---|---|---|",
@@ -270,9 +274,10 @@ def main_qwen(args) -> None:
         uncompressed, ten = rows[0], rows[-1]
         speedup = float(uncompressed[4].split()[0]) / max(1e-9, float(ten[4].split()[0]))
         lines += [f"Prefill at 10 % vs uncompressed: {speedup:.1f}x faster.", ""]
+    lines.append(f"Load average at the end: {load()}")
     text = "\n".join(lines)
     print(text)
-    Path(out).write_text(text)
+    Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
