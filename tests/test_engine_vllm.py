@@ -263,6 +263,175 @@ def test_a_model_vllm_cannot_run_is_one_line_exit_5(videos, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def test_the_lmms_eval_plugin_on_vllm_answers_as_hf(models, tiny, videos, tmp_path):
+    """lmms-eval's ``--model scissor`` with ``engine=vllm`` (its class, driven as lmms-eval's evaluator does: task
+    docs, generate_until requests): the same greedy answers as ``engine=hf``, and its stats say which engine ran.
+    The class starts no second engine: load_model reuses the module's (same settings)."""
+    pytest.importorskip("lmms_eval")
+    from lmms_eval.api.instance import Instance
+
+    from scissor_cli.lmms_eval_plugin import Scissor
+
+    docs = [{"visual": [videos[i % 2]], "question": q} for i, q in enumerate(QUESTIONS * 2)]
+    gen_kwargs = {"max_new_tokens": 12, "do_sample": False, "until": ["\n\n"]}
+    answers, stats = {}, {}
+    for engine, extra in (("hf", ""), ("vllm", f",max_model_len={MAX_MODEL_LEN}")):
+        argv, sys.argv = sys.argv, ["lmms-eval", "--output_path", str(tmp_path / engine)]
+        try:
+            lm = Scissor.create_from_arg_string(f"pretrained={tiny},engine={engine},max_frames_num=4,dtype=float32,"
+                                                f"device=cpu,offline=true,decode_workers=0{extra}",
+                                                {"batch_size": "2", "device": None})  # fmt: skip
+        finally:
+            sys.argv = argv
+        if engine == "vllm":
+            assert lm.vlm.engine is models[1].engine, "the running engine is reused"
+        lm.task_dict = {"t": {"test": docs}}
+        requests = [Instance(request_type="generate_until", idx=0, metadata={"task": "t", "doc_id": i, "repeats": 1},
+                             arguments=(d["question"], dict(gen_kwargs), lambda doc: doc["visual"], i, "t", "test"))
+                    for i, d in enumerate(docs)]  # fmt: skip
+        answers[engine] = lm.generate_until(requests)
+        lm._stats_out.close()
+        stats[engine] = [json.loads(line) for line in lm.stats_file.read_text().splitlines()]
+    assert answers["vllm"] == answers["hf"] and all(answers["hf"]), answers
+    assert {r["engine"] for r in stats["vllm"] if "doc_id" in r} == {"vllm"}
+    assert {r["engine"] for r in stats["hf"] if "doc_id" in r} == {"hf"}
+
+
+# ------------------------------------------------------------------ an engine that cannot start, through the CLI
+# The CLI with every frame decode written to a log file (the first argument): a refused start must leave it empty.
+# Batch runs with --decode-workers 0 (its decode-ahead workers are processes of their own). Guarded: vLLM's
+# processes are spawned, and a spawned process imports the parent's main module.
+DECODE_LOGGING_CLI = """
+import sys
+from pathlib import Path
+
+import scissor_cli.video as video
+
+
+def logged(*args, **kwargs):
+    with log.open("a") as f:
+        f.write("decoded\\n")
+    return real(*args, **kwargs)
+
+
+if __name__ == "__main__":
+    log, real = Path(sys.argv.pop(1)), video.sample_frames
+    video.sample_frames = logged
+    from scissor_cli.cli import main
+
+    main()
+"""
+
+
+def _run_cli(args, tmp_path, env=None, timeout=400):
+    """(exit code, stderr, whether a frame was decoded) of the CLI run in a session of its own; no process of it
+    may outlive it."""
+    driver = tmp_path / "decode_logging_cli.py"
+    driver.write_text(DECODE_LOGGING_CLI)
+    log = tmp_path / f"decoded-{time.time_ns()}.log"
+    proc = subprocess.Popen([sys.executable, str(driver), str(log), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env or _cli_env(tmp_path),
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        for _ in range(60):
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("processes of the run outlived it: " + subprocess.run(
+                ["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout)  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err, log.exists()
+
+
+def _one_line(err: str) -> tuple[str, str]:
+    """The error and hint lines, asserting stderr holds nothing else (no traceback, no vLLM log; batch's own
+    progress note before them)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[:-2] in ([], ["loading the model"]), err[-3000:]
+    assert len(lines) >= 2 and lines[-2].startswith("error: ") and lines[-1].startswith("hint: "), err[-3000:]
+    return lines[-2], lines[-1]
+
+
+def test_out_of_memory_at_start_is_one_line_exit_5_before_any_frame_is_decoded(tiny, videos, tmp_path):
+    """A --max-model-len whose KV cache does not fit vLLM's (1 GiB, VLLM_CPU_KVCACHE_SPACE): vLLM's engine core
+    fails in its own process; its reason comes back as one line whose hint names the knobs, exit 5."""
+    env = {**_cli_env(tmp_path), "VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"}  # past the checkpoint's 4096 positions
+    code, err, decoded = _run_cli(["ask", videos[0], "q", "--model", tiny, "--engine", "vllm", "--max-model-len",
+                                   "4000000", "--dtype", "float32", "--device", "cpu"], tmp_path, env)  # fmt: skip
+    assert code == 5, err[-3000:]
+    error, hint = _one_line(err)
+    assert "vLLM could not start" in error and "out of memory" in error and "KV cache is needed" in error
+    assert hint.startswith("hint: lower --max-model-len (about ") and "VLLM_CPU_KVCACHE_SPACE" in hint
+    assert not decoded, "the engine failed before any frame was decoded"
+
+
+def test_a_model_scissor_cannot_hand_to_vllm_is_one_line_exit_5_in_batch(tiny_qwen25_dir, tiny, videos, tmp_path):
+    """Qwen2.5-VL (M-RoPE positions vLLM's prompt embeddings do not get) and a LLaVA-OneVision whose language
+    model is not a Qwen2 (vLLM would load it into Qwen2 layers): refused before vLLM starts and before any frame
+    is decoded (the same command with --engine hf decodes)."""
+    import shutil
+
+    llama = tmp_path / "llava-llama"
+    shutil.copytree(tiny, llama)
+    config = json.loads((llama / "config.json").read_text())
+    config["text_config"]["model_type"] = "llama"
+    (llama / "config.json").write_text(json.dumps(config))
+
+    def batch(model, *extra):
+        return ["batch", str(Path(videos[0]).parent), "-q", "q", "--model", model, "--dtype", "float32", "--device",
+                "cpu", "--decode-workers", "0", "--frames", "4", "--max-new-tokens", "2", *extra]  # fmt: skip
+
+    for model, words in ((tiny_qwen25_dir, "needs explicit (M-RoPE) position ids"),
+                         (llama, "its language model is 'llama'")):  # fmt: skip
+        code, err, decoded = _run_cli(batch(model, "--engine", "vllm", "-o", tmp_path / "vllm.jsonl"), tmp_path)
+        assert code == 5, err[-3000:]
+        error, hint = _one_line(err)
+        assert words in error and hint == "hint: use --engine hf for this model"
+        assert not decoded and not (tmp_path / "vllm.jsonl").read_text().strip(), "no frame decoded, no record"
+    code, err, decoded = _run_cli(batch(tiny_qwen25_dir, "-o", tmp_path / "hf.jsonl"), tmp_path)
+    assert code == 0 and decoded, f"the hf engine decodes, and the log shows it: {err[-3000:]}"
+
+
+# ------------------------------------------------------------------ several ranks, each its own vLLM engine
+def test_two_torchrun_ranks_with_engine_vllm_merge_the_answers_of_one_hf_process(tiny, videos, tmp_path):
+    """``torchrun --nproc_per_node 2 -m scissor_cli batch --engine vllm``: each rank starts its own vLLM engine
+    (torchrun's variables kept from vLLM's processes), answers its videos, and rank 0 merges: the records of one
+    hf process."""
+    folder = str(Path(videos[0]).parent)
+    # device auto: each rank looks for GPUs of its own (batch.ranks.vllm_rank_device), finds none, runs on the CPU
+    common = ["-m", "scissor_cli", "batch", folder, "-q", QUESTIONS[0], "-q", QUESTIONS[1], "--model", str(tiny),
+              "--frames", "4", "--max-new-tokens", "12", "--dtype", "float32", "--device", "auto",
+              "--decode-workers", "0"]  # fmt: skip
+    hf_out, vllm_out = tmp_path / "hf.jsonl", tmp_path / "vllm.jsonl"
+    env = _cli_env(tmp_path)
+    out = subprocess.run([sys.executable, *common, "-o", str(hf_out)], capture_output=True, text=True, timeout=300,
+                         env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *common,
+           "--engine", "vllm", "--max-model-len", str(MAX_MODEL_LEN), "-o", str(vllm_out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**env, "SCISSOR_BATCH_BARRIER_S": "400"}, start_new_session=True)  # fmt: skip
+    try:
+        text = proc.communicate(timeout=540)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            text = proc.communicate()[0]
+    assert proc.returncode == 0, text[-4000:]
+    hf = {r["id"]: r for r in map(json.loads, hf_out.read_text().splitlines())}
+    vllm = {r["id"]: r for r in map(json.loads, vllm_out.read_text().splitlines())}
+    assert len(hf) == 4 and set(vllm) == set(hf), "every job once, merged from both ranks' part files"
+    assert {r["engine"] for r in vllm.values()} == {"vllm"} and all(r["status"] == "ok" for r in vllm.values())
+    assert {i: r["answer"] for i, r in vllm.items()} == {i: r["answer"] for i, r in hf.items()}
+    assert not list(tmp_path.glob("vllm.jsonl.part-*")), "the part files were merged"
+
+
 def test_the_original_llava_next_layout_answers_as_hf(profile, tmp_path):
     """vLLM reads the LLaVA-NeXT layout's names (model.layers.*, model.mm_projector.* skipped) through the same
     mapper. Last in the module: it replaces the module's engine (one per process)."""

@@ -329,3 +329,163 @@ def test_a_vllm_engine_that_dies_mid_answer_is_one_line_exit_5(tokenizer, monkey
     assert e.value.exit_code == 5 and closed == [1]
     with pytest.raises(ModelError, match="shut down"):  # later calls fail at once
         engine.generate(_prompts([4]), GenerationOptions())
+
+
+# ------------------------------------------------------------------ several ranks, each with its own vLLM engine
+def test_each_rank_takes_its_own_gpus_for_its_vllm_engine(monkeypatch):
+    """Rank r of N with --tensor-parallel-size K: its vision tower on cuda:<r*K>, its engine on GPUs r*K..r*K+K-1
+    (as CUDA_VISIBLE_DEVICES entries, mapped through the launcher's own list); too few GPUs is exit 2."""
+    import torch
+
+    from scissor_cli.batch import shard_device
+    from scissor_cli.batch.ranks import vllm_rank_device
+    from scissor_cli.engines.vllm import engine_gpus
+
+    assert [vllm_rank_device(r, 4, 2, 8) for r in range(4)] == ["cuda:0", "cuda:2", "cuda:4", "cuda:6"]
+    assert [engine_gpus(f"cuda:{2 * r}", 2, list("01234567")) for r in range(4)] == [
+        ["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]  # fmt: skip
+    assert engine_gpus("cuda:2", 2, ["7", "6", "5", "4"]) == ["5", "4"], "the launcher's CUDA_VISIBLE_DEVICES"
+    assert engine_gpus("cuda", 2, list("01")) is None and engine_gpus("cpu", 1, []) is None
+    assert vllm_rank_device(1, 2, 1, 0) is None, "no GPU: nothing to assign"
+    assert vllm_rank_device(1, 2, 2, 2) is None, "a process that sees only its own K GPUs keeps them"
+    with pytest.raises(OptionError, match="need 8 GPUs") as e:
+        vllm_rank_device(0, 4, 2, 6)
+    assert e.value.exit_code == 2 and "at most 3 processes" in e.value.hint
+    with pytest.raises(OptionError, match="needs 4 GPUs per process; this process sees 2"):
+        vllm_rank_device(0, 1, 4, 2)
+    with pytest.raises(OptionError, match="needs GPUs 6..7; 7 are visible"):
+        engine_gpus("cuda:6", 2, list("0123456"))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    for key, value in {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(key, value)
+    vllm = validate(replace(Profile(), model=replace(ModelOptions(), engine="vllm", tensor_parallel_size=2)))
+    assert shard_device(vllm).model.device == "cuda:2", "LOCAL_RANK 1 of 4 on this machine, 2 GPUs each"
+    assert shard_device(Profile()).model.device == "cuda:1", "hf: one GPU per process, as before"
+    three = replace(vllm, model=replace(vllm.model, tensor_parallel_size=3))
+    with pytest.raises(OptionError, match="4 processes on this machine"):
+        shard_device(three)
+
+
+def test_vllm_starts_without_the_launchers_variables_and_on_its_gpus(monkeypatch):
+    """torchrun's variables are scissor's ranks, not vLLM's: while vLLM's processes start (they inherit the
+    environment) they are gone and CUDA_VISIBLE_DEVICES names the rank's GPUs; afterwards all is as it was."""
+    import torch.distributed as dist
+
+    from scissor_cli.engines.vllm import engine_env
+
+    launcher = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "x",
+                "MASTER_PORT": "29500", "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True",
+                "TORCHELASTIC_RUN_ID": "none"}  # fmt: skip
+    for key, value in launcher.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # batch's gloo group is up in this process
+    before = dict(os.environ)
+    with engine_env(["2", "3"]):
+        seen = dict(os.environ)
+    assert not set(launcher) & set(seen), "no launcher variable reaches vLLM's processes"
+    assert seen["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert seen["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn", "a forked engine core would inherit the group"
+    assert dict(os.environ) == before
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    with engine_env(None):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1,2,3" and "VLLM_WORKER_MULTIPROC_METHOD" not in os.environ
+
+
+# ------------------------------------------------------------------ a vLLM that cannot start
+# vLLM 0.32's own words (its engine core's log and traceback, as its processes write them to stderr)
+KV_TOO_SMALL = """(EngineCore pid=8479) ERROR 12-07 22:53:54 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=8479) ERROR 12-07 22:53:54 [core.py:1510] Traceback (most recent call last):
+(EngineCore pid=8479) ERROR 12-07 22:53:54 [core.py:1510]     raise ValueError(
+(EngineCore pid=8479) ERROR 12-07 22:53:54 [core.py:1510] ValueError: To serve at least one request with the model's \
+max seq len (4000000), (1.91 GiB KV cache is needed, which is larger than the available KV cache memory (1.0 GiB). \
+Based on the available memory, the estimated maximum model length is 2097024. Try increasing `gpu_memory_utilization` \
+(which also controls CPU memory on the CPU backend) or decreasing `max_model_len` when initializing the engine. See \
+https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details.
+Process EngineCore:
+Traceback (most recent call last):
+  File "multiprocessing/process.py", line 314, in _bootstrap
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+GPU_BUSY = """(EngineCore pid=1) ERROR [core.py:1510] ValueError: Free memory on device cuda:0 (10.2/79.1 GiB) on \
+startup is less than desired GPU memory utilization (0.9, 71.2 GiB). Decrease GPU memory utilization or reduce GPU \
+memory used by other processes.
+"""
+CUDA_OOM = """(Worker pid=2) ERROR torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 \
+has a total capacity of 79.1 GiB of which 1.2 GiB is free.
+"""
+
+
+def test_a_failed_vllm_start_is_one_line_naming_the_knob():
+    from scissor_cli.engines.vllm import start_error
+
+    wrapper = RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+    e = start_error("m", wrapper, KV_TOO_SMALL)
+    assert e.exit_code == 5
+    assert e.message == ("vLLM could not start m's language model: out of memory: ValueError: To serve at least one "
+                         "request with the model's max seq len (4000000), (1.91 GiB KV cache is needed, which is "
+                         "larger than the available KV cache memory (1.0 GiB). Based on the available memory, the "
+                         "estimated maximum model length is 2097024.")  # fmt: skip
+    assert e.hint.startswith("lower --max-model-len (about 2,097,024 fits)") and "VLLM_CPU_KVCACHE_SPACE" in e.hint
+    e = start_error("m", wrapper, GPU_BUSY)
+    assert "out of memory: ValueError: Free memory on device" in e.message and "Decrease" not in e.message
+    assert e.hint.startswith("lower --gpu-memory-utilization")
+    e = start_error("m", wrapper, CUDA_OOM)
+    assert "out of memory: torch.OutOfMemoryError: CUDA out of memory" in e.message
+    assert "--tensor-parallel-size" in e.hint
+    e = start_error("m", ValueError("max_model_len\n (9) is\tbad"), "nothing parsable\n")
+    assert e.message == "vLLM could not start m's language model: ValueError: max_model_len (9) is bad"
+
+
+def test_a_language_model_scissor_cannot_hand_to_vllm_is_refused():
+    from scissor_cli.engines.vllm import _check_language_model
+
+    _check_language_model({"model_type": "qwen2"}, "m")
+    with pytest.raises(ModelError, match="its language model is 'llama'") as e:
+        _check_language_model({"model_type": "llama"}, "m")
+    assert e.value.exit_code == 5 and e.value.hint == "use --engine hf for this model"
+
+
+HOLD_STDERR = """
+import subprocess, sys
+from scissor_cli.engines.vllm import _ChildStderr
+
+def child(text):  # a process started while the log is held writes to the stderr it inherited
+    subprocess.run([sys.executable, "-c", f"import sys; sys.stderr.write({text!r})"], check=True)
+
+log = _ChildStderr()
+if sys.argv[1] == "no":  # run with fd 2 closed
+    log.started()
+    print(repr(log.failed(wait_s=0)))
+    sys.exit()
+child("Traceback (most recent call last):\\nValueError: boom\\n")
+if sys.argv[1] == "failed":
+    print(repr(log.failed()))
+else:
+    log.started()
+    child("after the start\\n")
+"""
+
+
+@pytest.mark.parametrize("how", ["failed", "started", "no stderr"])
+def test_vllms_stderr_is_held_while_it_starts(tmp_path, how):
+    """While vLLM starts, what its processes write is held: a failed start gets it (and stderr stays clean), a
+    good one passes it on, and the processes' later writes go to stderr as they come. No stderr at all: nothing
+    breaks."""
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_STDERR)
+    cmd = [sys.executable, str(script), how.split()[0]]
+    if how == "no stderr":
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60, text=True,
+                             preexec_fn=lambda: os.close(2))  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip() == "''", out.stdout
+        return
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if how == "failed":
+        assert out.stdout.strip() == repr("Traceback (most recent call last):\nValueError: boom\n") and out.stderr == ""
+    else:
+        assert out.stderr == "Traceback (most recent call last):\nValueError: boom\nafter the start\n"

@@ -27,17 +27,48 @@ def dist_env() -> tuple[int, int]:
 
 
 def shard_device(profile: Profile) -> Profile:
-    """Under torchrun/accelerate with several visible GPUs and device auto/cuda: this process's GPU (LOCAL_RANK).
-    Otherwise the profile unchanged (one GPU per process via CUDA_VISIBLE_DEVICES also works as is)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or profile.model.device not in ("auto", "cuda"):
+    """Under torchrun/accelerate with several visible GPUs and device auto/cuda: this process's GPU (LOCAL_RANK);
+    with ``--engine vllm``, the first of its ``--tensor-parallel-size`` GPUs (``vllm_rank_device``). Otherwise the
+    profile unchanged (one GPU per process via CUDA_VISIBLE_DEVICES also works as is)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1 or profile.model.device not in ("auto", "cuda"):
         return profile
     import torch
 
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
+    if profile.model.engine == "vllm":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        device = vllm_rank_device(local_rank, local_world, profile.model.tensor_parallel_size, n_gpus)
+        return profile if device is None else replace(profile, model=replace(profile.model, device=device))
     if n_gpus <= 1:
         return profile
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
     return replace(profile, model=replace(profile.model, device=f"cuda:{local_rank % n_gpus}"))
+
+
+def vllm_rank_device(local_rank: int, local_world: int, tp: int, n_gpus: int) -> str | None:
+    """With ``--engine vllm`` under a launcher: the device of this process's vision tower, the first of the ``tp``
+    GPUs its own vLLM engine takes (rank r: GPUs r*tp .. r*tp+tp-1; ``engines.vllm.engine_gpus`` gives vLLM those
+    from this device). None: no GPU (CPU), or this process sees only its own ``tp`` GPUs (CUDA_VISIBLE_DEVICES set
+    per process). OptionError (exit 2), before anything loads, when the machine's processes need more GPUs than
+    are visible: two engines on one GPU would each claim ``--gpu-memory-utilization`` of it."""
+    if n_gpus == 0:
+        return None
+    if n_gpus <= tp:
+        if n_gpus < tp:
+            raise OptionError(
+                f"--tensor-parallel-size {tp} needs {tp} GPUs per process; this process sees {n_gpus}",
+                hint=f"lower --tensor-parallel-size to {n_gpus}, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
+            )
+        return None
+    if local_world * tp > n_gpus:
+        raise OptionError(
+            f"{local_world} processes on this machine with --engine vllm and --tensor-parallel-size {tp} need "
+            f"{local_world * tp} GPUs (one vLLM engine per process); {n_gpus} are visible",
+            hint=f"launch at most {n_gpus // tp} processes per machine (--nproc_per_node), or lower "
+            "--tensor-parallel-size",
+        )
+    return f"cuda:{local_rank * tp}"
 
 
 class _Group:

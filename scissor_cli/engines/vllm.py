@@ -7,22 +7,30 @@ by step (``LLMEngine.add_request``/``step``), so the first request streams and `
 with the hf engine. Sampling: greedy, or ``SamplingParams(seed=...)`` per request (vLLM draws differently from
 transformers: the same seed gives another sample than ``--engine hf``, reproducibly). vllm is imported inside
 functions only; ``register`` is the ``vllm.general_plugins`` entry point every vLLM process runs.
+
+Starting: vLLM fails in its own processes, so while it starts their stderr is held (``_ChildStderr``) and a
+failed start is one line quoting the cause they reported (``start_error``). Under torchrun/accelerate each rank's
+engine starts on the rank's own GPUs and without the launcher's variables (``engine_gpus``, ``engine_env``).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
+import re
 import shutil
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scissor_cli.engines import GenerationOutput, Prompts
 from scissor_cli.engines.weights import ARCHITECTURE, language_model_folder
-from scissor_cli.errors import ModelError, OptionError
+from scissor_cli.errors import ModelError, OptionError, ScissorError
 
 if TYPE_CHECKING:
     from scissor_cli.options import GenerationOptions, ModelOptions
@@ -63,43 +71,257 @@ def start(model_dir: Path, text_config: dict[str, Any], dtype: str, opts: ModelO
     """vLLM serving ``model_dir``'s language model (``weights.language_model_folder``), or the engine this process
     already started with the same settings. Raises ModelError (exit 5) when it cannot start: not installed, out of
     memory, a model vLLM cannot run."""
-    key = (str(model_dir.resolve()), dtype, opts.tensor_parallel_size, opts.gpu_memory_utilization, opts.max_model_len)
+    key = (str(model_dir.resolve()), dtype, opts.tensor_parallel_size, opts.gpu_memory_utilization, opts.max_model_len,
+           opts.device)  # fmt: skip
     if key in _running:
         return _running[key]
     check_installed()
-    for engine in list(_running.values()):  # one engine per process: another model replaces the last one
-        engine.close()
-    from vllm import LLM
-
-    _check_head_size(text_config, name)
-    register()
-    folder = language_model_folder(model_dir, text_config, dtype)
-    kwargs: dict[str, Any] = {
-        "model": str(folder),
-        "dtype": dtype,
-        "enable_prompt_embeds": True,
-        "skip_tokenizer_init": True,  # scissor tokenizes and decodes; vLLM sees embeddings and token ids
-        "generation_config": "vllm",  # sampling comes from scissor's options, never the checkpoint's defaults
-        "tensor_parallel_size": opts.tensor_parallel_size,
-        "seed": 0,
-    }
-    if opts.gpu_memory_utilization is not None:
-        kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
-    if opts.max_model_len is not None:
-        kwargs["max_model_len"] = opts.max_model_len
+    _check_language_model(text_config, name)
+    log = _ChildStderr()  # from here: vLLM's import-time notes too (its CPU build's about Triton)
+    folder = None
     try:
-        llm = LLM(**kwargs)
+        from vllm import LLM
+
+        _check_head_size(text_config, name)
+        gpus = engine_gpus(opts.device, opts.tensor_parallel_size)
+        for engine in list(_running.values()):  # one engine per process: another model replaces the last one
+            engine.close()
+        register()
+        folder = language_model_folder(model_dir, text_config, dtype)
+        kwargs: dict[str, Any] = {
+            "model": str(folder),
+            "dtype": dtype,
+            "enable_prompt_embeds": True,
+            "skip_tokenizer_init": True,  # scissor tokenizes and decodes; vLLM sees embeddings and token ids
+            "generation_config": "vllm",  # sampling comes from scissor's options, never the checkpoint's defaults
+            "tensor_parallel_size": opts.tensor_parallel_size,
+            "seed": 0,
+        }
+        if opts.gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+        if opts.max_model_len is not None:
+            kwargs["max_model_len"] = opts.max_model_len
+        with engine_env(gpus):
+            llm = LLM(**kwargs)
+    except ScissorError:  # refused before vLLM started: the refusal is the one line
+        log.failed(wait_s=0)
+        raise
     except Exception as e:  # noqa: BLE001 - vLLM raises many kinds (ValueError, RuntimeError, OOM, its own)
-        shutil.rmtree(folder, ignore_errors=True)
-        detail = " ".join(str(e).split())[:300]
-        raise ModelError(
-            f"vLLM could not start {name}'s language model: {type(e).__name__}: {detail}",
-            hint="lower --max-model-len or raise --gpu-memory-utilization if memory ran out; --engine hf runs "
-            "every model scissor loads",
-        ) from e
-    engine = VLLMEngine(llm, folder, key)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise start_error(name, e, log.failed()) from e
+    except BaseException:  # Ctrl-C while vLLM starts: its log is the user's to see
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        log.started()
+        raise
+    log.started()
+    engine = VLLMEngine(llm, folder, key, log)
     _running[key] = engine
     return engine
+
+
+# ------------------------------------------------------------------ what vLLM's processes start with
+# What torchrun / accelerate launch set for scissor's own ranks. vLLM's processes inherit the environment; vLLM
+# reads LOCAL_RANK (envs.LOCAL_RANK: env:// setups) and RANK (external launcher, data parallel), and with
+# torchrun's TORCHELASTIC_USE_AGENT_STORE a tcp:// rendezvous of vLLM's workers (older vLLMs; ROCm with AITER in
+# 0.32, which otherwise uses a file store) is a client of a store nobody serves, waiting until its timeout.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                 "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+LAUNCHER_PREFIXES = ("TORCHELASTIC_",)
+
+
+def engine_gpus(device: str, tp: int, visible: Sequence[str] | None = None) -> list[str] | None:
+    """The CUDA_VISIBLE_DEVICES entries vLLM's engine takes for scissor's ``device`` ``cuda:i``: the ``tp`` GPUs
+    from ``i`` on (``visible``: this process's CUDA_VISIBLE_DEVICES entries, default read here), so the vision
+    tower shares the first of them (under a launcher ``batch.ranks.shard_device`` gives rank r ``cuda:<r*tp>``).
+    None for any other device: vLLM takes the first ``tp`` visible GPUs, and scissor's ``cuda``/``auto`` is the
+    first. OptionError (exit 2) when fewer than ``tp`` GPUs are left from ``i`` on."""
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if match is None:
+        return None
+    if visible is None:
+        visible = _visible_gpus()
+    first = int(match.group(1))
+    if first + tp > len(visible):
+        raise OptionError(
+            f"--device {device} with --tensor-parallel-size {tp} needs GPUs {first}..{first + tp - 1}; "
+            f"{len(visible)} are visible",
+            hint="pick a lower --device index or a lower --tensor-parallel-size",
+        )
+    return list(visible[first : first + tp])
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@contextlib.contextmanager
+def engine_env(gpus: Sequence[str] | None) -> Iterator[None]:
+    """``os.environ`` as vLLM's processes must inherit it while they start: no launcher variables
+    (``LAUNCHER_VARS``: under torchrun each rank's engine is its own world of ``--tensor-parallel-size``
+    processes), CUDA_VISIBLE_DEVICES = ``gpus`` (``engine_gpus``), and processes spawned, not forked, when this
+    process has a torch.distributed group (batch's barriers): a forked engine core would inherit it, and vLLM
+    would take scissor's ranks for its own. Restored afterwards (scissor's own group keeps its ranks)."""
+    changed: dict[str, str | None] = {}
+
+    def put(key: str, value: str | None) -> None:
+        changed.setdefault(key, os.environ.get(key))
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+    try:
+        for key in list(os.environ):
+            if key in LAUNCHER_VARS or key.startswith(LAUNCHER_PREFIXES):
+                put(key, None)
+        if gpus is not None:
+            put("CUDA_VISIBLE_DEVICES", ",".join(gpus))
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            put("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        yield
+    finally:
+        for key, value in changed.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _ChildStderr:
+    """vLLM's processes write their log and, when they fail, Python tracebacks to the stderr they inherit. While
+    vLLM starts, this process's stderr (fd 2, which they inherit) is a pipe read here and held: a failed start
+    becomes one line (``start_error`` reads the cause from it), a good one passes what was held on, and from then
+    on everything vLLM's processes write goes to the real stderr as it comes."""
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+        self._passing = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._pump, name="scissor-vllm-stderr", daemon=True)
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # closed, or None
+            sys.stderr.flush()
+        try:
+            self._stderr = os.dup(2)
+        except OSError:  # no stderr (fd 2 closed): nothing to hold, vLLM's processes write nowhere either
+            self._stderr = -1
+            return
+        self._read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while chunk := os.read(self._read, 65536):
+                with self._lock:
+                    if self._passing:
+                        with contextlib.suppress(OSError):
+                            os.write(self._stderr, chunk)
+                    else:
+                        self._held += chunk
+        finally:
+            os.close(self._read)
+
+    def _restore(self) -> None:
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # closed, or None
+            sys.stderr.flush()
+        if self._stderr >= 0:
+            os.dup2(self._stderr, 2)
+
+    def started(self) -> None:
+        """vLLM is up (or the start was interrupted): stderr is this process's again; what was held, and all that
+        vLLM's processes write from now on, goes there."""
+        self._restore()
+        with self._lock:
+            with contextlib.suppress(OSError):
+                os.write(self._stderr, bytes(self._held))
+            self._held.clear()
+            self._passing = True
+
+    def failed(self, wait_s: float = 5.0) -> str:
+        """vLLM did not start: stderr is this process's again; returns what vLLM's processes wrote, once it names
+        the cause (or after ``wait_s``: they may still be writing). With SCISSOR_DEBUG it is passed on too."""
+        self._restore()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _cause(self.text()) is None and self._thread.is_alive():
+            time.sleep(0.1)
+        text = self.text()
+        if os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no"):
+            self.started()
+        return text
+
+    def text(self) -> str:
+        with self._lock:
+            return self._held.decode(errors="replace")
+
+    def close(self) -> None:
+        """After vLLM's processes ended: a moment for their last lines (multiprocessing's resource tracker keeps
+        the pipe open until this process exits, so this cannot wait for its end)."""
+        if self._thread.is_alive():
+            self._thread.join(timeout=0.3)
+
+
+# the root cause in vLLM's log or traceback: "ValueError: ...", "torch.OutOfMemoryError: ..."
+_CAUSE = re.compile(r"(?:^|\s)((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)): (\S.*)$", re.MULTILINE)
+_WRAPPERS = ("Engine core initialization failed", "EngineCore failed to start")
+# where vLLM's message turns to advice in its own API's names (the hint gives scissor's)
+_ADVICE = re.compile(r"\s(?:Try |See https?://|Decrease |Please )")
+
+
+def _cause(text: str) -> tuple[str, str] | None:
+    """(exception name, message) of the last exception vLLM's processes reported, wrappers skipped."""
+    found = [m for m in _CAUSE.finditer(text) if not m.group(2).startswith(_WRAPPERS)]
+    return (found[-1].group(1), found[-1].group(2).strip()) if found else None
+
+
+def start_error(name: str, error: BaseException, log: str) -> ModelError:
+    """vLLM's failed start as one line (exit 5): the cause its processes reported (``log``: what they wrote),
+    else the exception this process got; the hint names the scissor knob that changes it."""
+    cause = _cause(log) or (type(error).__name__, " ".join(str(error).split()))
+    kind, detail = cause
+    advice = _ADVICE.search(detail)
+    detail = detail[: advice.start()] if advice else detail
+    text = f"{kind}: {detail}".strip()
+    lower = text.lower()
+    hint = "its log (SCISSOR_DEBUG=1 shows it) says more; --engine hf runs every model scissor loads"
+    if "max seq len" in lower or "kv cache is needed" in lower:
+        fits = re.search(r"estimated maximum model length is (\d+)", text)
+        hint = ("lower --max-model-len" + (f" (about {int(fits.group(1)):,} fits)" if fits else "") + ", or give "
+                "vLLM more memory for its KV cache: --gpu-memory-utilization on a GPU, VLLM_CPU_KVCACHE_SPACE "
+                "(GiB) on a CPU")  # fmt: skip
+    elif "less than desired gpu memory utilization" in lower:
+        hint = "lower --gpu-memory-utilization (vLLM's share of each GPU), or free the memory other processes hold"
+    elif "no available memory for the cache blocks" in lower:
+        hint = ("raise --gpu-memory-utilization (the weights left no room for the KV cache), or split the model "
+                "over more GPUs with --tensor-parallel-size")  # fmt: skip
+    elif "requested memory for kv" in lower:
+        hint = "lower VLLM_CPU_KVCACHE_SPACE (the GiB of KV cache vLLM's CPU build reserves), or free memory"
+    elif "out of memory" in lower or "outofmemoryerror" in lower:
+        hint = ("lower --gpu-memory-utilization or --max-model-len, or split the model over more GPUs with "
+                "--tensor-parallel-size")  # fmt: skip
+    else:
+        return ModelError(f"vLLM could not start {name}'s language model: {text[:400]}", hint=hint)
+    return ModelError(f"vLLM could not start {name}'s language model: out of memory: {text[:400]}", hint=hint)
+
+
+def _check_language_model(text_config: dict[str, Any], name: str) -> None:
+    """scissor hands vLLM a LLaVA-OneVision's language model as a Qwen2 (``engines.vllm_model``): another kind
+    would load into the wrong layers. ModelError (exit 5) before vLLM starts."""
+    kind = text_config.get("model_type")
+    if kind != "qwen2":
+        raise ModelError(
+            f"--engine vllm cannot run {name}: its language model is {kind!r}, and scissor hands vLLM Qwen2 "
+            "language models only (LLaVA-OneVision's)",
+            hint="use --engine hf for this model",
+        )
 
 
 def _check_head_size(text_config: dict[str, Any], name: str) -> None:
@@ -137,10 +359,11 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, llm: Any, folder: Path, key: tuple):
+    def __init__(self, llm: Any, folder: Path, key: tuple, log: _ChildStderr | None = None):
         self.llm = llm
         self.folder = folder
         self.key = key
+        self.log = log  # vLLM's processes' stderr, passed on to this process's
         self.max_model_len: int = llm.llm_engine.model_config.max_model_len
         self.vlm: Any = None
 
@@ -161,6 +384,8 @@ class VLLMEngine:
                 llm.llm_engine.engine_core.shutdown()
             finally:
                 shutil.rmtree(self.folder, ignore_errors=True)
+                if self.log is not None:
+                    self.log.close()
 
     def _step(self, engine: Any) -> list[Any]:
         """``engine.step()``; a vLLM engine that died (its processes crashed) is ModelError (exit 5), and this engine
