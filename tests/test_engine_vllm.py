@@ -176,15 +176,7 @@ def test_ctrl_c_during_a_vllm_batch_leaves_no_process_behind(tiny, videos, tmp_p
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
         assert proc.returncode == 130, proc.stderr.read().decode()[-3000:]
-        for _ in range(60):  # vLLM's processes were in the command's session: all must be gone
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("processes of the interrupted run are still alive: " + subprocess.run(
-                ["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout)  # fmt: skip
+        _assert_group_gone(proc.pid, "processes of the interrupted run are still alive")  # vLLM's were in it
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -323,6 +315,18 @@ if __name__ == "__main__":
 """
 
 
+def _assert_group_gone(pgid: int, what: str) -> None:
+    """Every process of the session ``pgid`` (a command started with ``start_new_session``) ends within 30 s."""
+    for _ in range(60):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what}: " + subprocess.run(["ps", "-o", "pid,args", "-g", str(pgid)], capture_output=True,
+                                             text=True).stdout)  # fmt: skip
+
+
 def _run_cli(args, tmp_path, env=None, timeout=400):
     """(exit code, stderr, whether a frame was decoded) of the CLI run in a session of its own; no process of it
     may outlive it."""
@@ -334,15 +338,7 @@ def _run_cli(args, tmp_path, env=None, timeout=400):
                             start_new_session=True)  # fmt: skip
     try:
         _, err = proc.communicate(timeout=timeout)
-        for _ in range(60):
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("processes of the run outlived it: " + subprocess.run(
-                ["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout)  # fmt: skip
+        _assert_group_gone(proc.pid, "processes of the run outlived it")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
