@@ -415,19 +415,15 @@ def test_streamed_text_keeps_control_characters_off_a_terminal(monkeypatch):
 
 
 def test_kv_cache_across_turns_gives_the_same_answers_and_prefills_only_what_is_new(vlm, clip):
-    from scissor_cli.chat import ChatSession, handle
+    from chat_script import replies
+
+    from scissor_cli.chat import ChatSession
     from scissor_cli.options import Profile
 
     profile = Profile().override(sampling={"n_frames": 4}, generation={"max_new_tokens": 6}, model={"cache": False})
     cached, plain = ChatSession(vlm, profile), ChatSession(vlm, profile, kv_cache=False)
     lines = ["What is happening?", "And then?", "/retention 0.5", "Why?", "/reset", "Who?", "Where?"]
-    turns: dict[str, list] = {"cached": [], "plain": []}
-    for name, session in (("cached", cached), ("plain", plain)):
-        session.open(clip)
-        for line in lines:
-            reply = handle(session, line)
-            if not line.startswith("/"):
-                turns[name].append(reply)
+    turns = {name: replies(session, clip, lines) for name, session in (("cached", cached), ("plain", plain))}
     ids = [[t.answer.answer for t in turns[name]] for name in ("cached", "plain")]
     assert ids[0] == ids[1], "the KV cache changed a greedy answer"
     assert len(ids[0]) == 5

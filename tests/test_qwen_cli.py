@@ -219,7 +219,9 @@ def test_chat_kv_cache_gives_the_same_answers_and_prefills_only_what_is_new(requ
     after /video to a clip of the same size, whose prompt ids are the same as the first one's."""
     import subprocess
 
-    from scissor_cli.chat import ChatSession, handle
+    from chat_script import replies
+
+    from scissor_cli.chat import ChatSession
 
     other = tmp_path / "other.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10", "-t", "1",
@@ -233,13 +235,7 @@ def test_chat_kv_cache_gives_the_same_answers_and_prefills_only_what_is_new(requ
     cached, plain = ChatSession(vlm, profile), ChatSession(vlm, profile, kv_cache=False)
     lines = ["What is happening?", "And then?", "/retention 0.5", "Why?", "/reset", "Who?", "Where?", "/off",
              "What is happening?", f"/video {other}", "What is happening?"]  # fmt: skip
-    turns: dict[str, list] = {"cached": [], "plain": []}
-    for name, session in (("cached", cached), ("plain", plain)):
-        session.open(clip)
-        for line in lines:
-            reply = handle(session, line)
-            if not line.startswith("/"):
-                turns[name].append(reply)
+    turns = {name: replies(session, clip, lines) for name, session in (("cached", cached), ("plain", plain))}
     answers = [[t.answer.answer for t in turns[name]] for name in ("cached", "plain")]
     assert answers[0] == answers[1] and len(answers[0]) == 7, "the KV cache changed a greedy answer"
     assert answers[0][5] != answers[0][6], "the two clips must give different answers, or the last turn proves nothing"
