@@ -78,13 +78,9 @@ if _running_as_command() and signal.getsignal(signal.SIGINT) is signal.default_i
 import typer  # noqa: E402 - after the handler, so Ctrl-C while typer and rich import is one clean line
 
 from scissor_cli import render  # noqa: E402
-from scissor_cli.errors import Interrupted, ScissorError, StdoutClosed  # noqa: E402
+from scissor_cli.errors import Interrupted, ScissorError, StdoutClosed, debug_enabled  # noqa: E402
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _debug() -> bool:
-    return os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
 def _report_interrupt(message: str | None = None) -> None:
@@ -148,17 +144,17 @@ def handle_errors(fn: F) -> F:
             _quiet_stdout()
             raise typer.Exit(0) from None
         except Interrupted as e:
-            if _debug():
+            if debug_enabled():
                 render.err.print_exception()
             _report_interrupt(e.message)
             raise typer.Exit(_exit_code() if _sigint["seen"] else e.exit_code) from None
         except KeyboardInterrupt:
-            if _debug():
+            if debug_enabled():
                 render.err.print_exception()
             _report_interrupt()
             raise typer.Exit(_exit_code()) from None
         except ScissorError as e:
-            if _debug():
+            if debug_enabled():
                 render.err.print_exception()
             if _sigint["seen"]:
                 _report_interrupt()
@@ -166,7 +162,7 @@ def handle_errors(fn: F) -> F:
             render.error(e)
             raise typer.Exit(e.exit_code) from None
         except Exception as e:
-            if _debug():
+            if debug_enabled():
                 raise
             if _sigint["seen"]:
                 _report_interrupt()

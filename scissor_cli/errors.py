@@ -3,8 +3,14 @@ with the class's code. Standard library only."""
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Mapping, Sequence
+
+
+def debug_enabled() -> bool:
+    """``SCISSOR_DEBUG`` is set to something other than empty, 0, false or no: tracebacks and full logs are shown."""
+    return os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no")
 
 
 class ScissorError(Exception):

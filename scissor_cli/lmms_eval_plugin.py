@@ -27,7 +27,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from loguru import logger as eval_logger
 
-from scissor_cli.errors import OptionError, ScissorError, VideoError
+from scissor_cli.errors import OptionError, ScissorError, VideoError, debug_enabled
 from scissor_cli.options import GenerationOptions, Profile, validate
 
 if TYPE_CHECKING:
@@ -67,17 +67,13 @@ HARNESS_ARGS = ("batch_size", "max_batch_size", "device")
 ALTERNATIVE_TASKS = "videomme, mvbench, egoschema, mlvu_dev, nextqa_mc_test"
 
 
-def _debug() -> bool:
-    return os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no")
-
-
 def _fail(e: ScissorError) -> NoReturn:
     """The CLI's error seam inside lmms-eval: one line + hint on stderr, the class's exit code.
 
     SystemExit, because lmms-eval catches every Exception, prints its traceback and exits 0."""
     from scissor_cli import render
 
-    if _debug():
+    if debug_enabled():
         raise e
     render.error(e)
     raise SystemExit(e.exit_code)

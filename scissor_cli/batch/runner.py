@@ -55,7 +55,15 @@ from scissor_cli.batch.safety import (
     summary_path_for,
 )
 from scissor_cli.choices import PROMPT_PRESETS, build_prompt
-from scissor_cli.errors import Interrupted, ManifestError, OptionError, ScissorError, StdoutClosed, shorten
+from scissor_cli.errors import (
+    Interrupted,
+    ManifestError,
+    OptionError,
+    ScissorError,
+    StdoutClosed,
+    debug_enabled,
+    shorten,
+)
 from scissor_cli.jobs import Job
 from scissor_cli.options import Profile
 from scissor_cli.prefetch import check_decode_workers, decoding_ahead
@@ -179,7 +187,7 @@ def _error_record(task: RecordTask, e: Exception) -> dict[str, Any]:
     _capped(record, MAX_ERROR_FIELD)
     record.update(error=shorten(error, MAX_ERROR_TEXT), error_type=type(e).__name__)
     record["hint"] = None if hint is None else shorten(hint, MAX_ERROR_TEXT)
-    if not isinstance(e, ScissorError) and os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no"):
+    if not isinstance(e, ScissorError) and debug_enabled():
         record["traceback"] = traceback.format_exc()
     if job.answer is not None:
         record["correct"] = False

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from scissor_cli.engines import GenerationOutput, Prompts
 from scissor_cli.engines.weights import ARCHITECTURE, language_model_folder
-from scissor_cli.errors import ModelError, OptionError, ScissorError
+from scissor_cli.errors import ModelError, OptionError, ScissorError, debug_enabled
 
 if TYPE_CHECKING:
     from scissor_cli.options import GenerationOptions, ModelOptions
@@ -254,7 +254,7 @@ class _ChildStderr:
         while time.monotonic() < deadline and _cause(self.text()) is None and self._thread.is_alive():
             time.sleep(0.1)
         text = self.text()
-        if os.environ.get("SCISSOR_DEBUG", "").strip() not in ("", "0", "false", "no"):
+        if debug_enabled():
             self.started()
         return text
 
